@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, in order; stops at the first failing stage and says which one.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+V=.venv/bin
+fail() { echo "FAILED stage: $1" >&2; exit 1; }
+stage() { echo; echo "== stage: $1"; }
+
+stage "set-up"
+bash scripts/setup.sh || fail "set-up (scripts/setup.sh)"
+
+stage "nbdev-clean (notebooks must already be clean)"
+$V/nbdev-clean || fail "nbdev-clean crashed"
+if [ -n "$(git status --porcelain -- nbs)" ]; then
+  git status --porcelain -- nbs; git diff --stat -- nbs
+  fail "nbdev-clean changed notebooks: run 'make clean-nbs' and commit"
+fi
+
+stage "nbdev-export (package must match the notebooks)"
+$V/nbdev-export || fail "nbdev-export crashed"
+if [ -n "$(git status --porcelain --untracked-files=all -- tradingrl_nb nbs/llms.txt)" ]; then
+  git status --porcelain --untracked-files=all -- tradingrl_nb
+  fail "nbdev-export changed or added files under tradingrl_nb/: export and commit"
+fi
+
+stage "README is generated from nbs/index.ipynb"
+$V/python scripts/make_readme.py --check || fail "README.md is stale: run 'make readme' and commit"
+
+stage "nbdev-test (notebooks; slow and cuda cells skipped)"
+$V/nbdev-test --timing || fail "nbdev-test"
+
+stage "pytest tests/"
+$V/python -m pytest tests/ -q -p no:cacheprovider "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+  fail "pytest collected no tests: a test suite that runs nothing is a failure here"
+elif [ $rc -ne 0 ]; then
+  fail "pytest (exit $rc)"
+fi
+echo; echo "== all stages passed"
