@@ -36,20 +36,21 @@ def load_settings(path: Path | str | None = None) -> Settings:
     "Read `settings.ini` (found from the cwd or the package's folder), then apply `TRADINGRL_*` overrides."
     f = Path(path) if path else (find_settings_file() or find_settings_file(Path(__file__).parent))
     values = dict(runs_dir="runs", data_dir="data", device="auto", kernel_name="python3")
-    base = Path.cwd()
+    base = {k: Path.cwd() for k in values}
     if f is not None:
+        if not f.is_file(): raise ValueError(f"{f}: settings file not found")
         cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
         cp.read(f, encoding="utf-8")
         if not cp.has_section("workbench"): raise ValueError(f"{f}: no [workbench] section")
         unknown = set(cp["workbench"]) - set(values)
         if unknown: raise ValueError(f"{f}: unknown key(s) {sorted(unknown)} in [workbench]; known: {sorted(values)}")
         values.update(cp["workbench"])
-        base = f.parent
+        base = {k: f.parent for k in values}
     for k in values:
         env = os.environ.get(f"TRADINGRL_{k.upper()}")
-        if env: values[k] = env
-    resolve = lambda v: Path(v) if Path(v).is_absolute() else base / v
-    return Settings(runs_dir=resolve(values["runs_dir"]), data_dir=resolve(values["data_dir"]),
+        if env: values[k], base[k] = env, Path.cwd()
+    resolve = lambda k: Path(values[k]) if Path(values[k]).is_absolute() else base[k] / values[k]
+    return Settings(runs_dir=resolve("runs_dir"), data_dir=resolve("data_dir"),
                     device=values["device"], kernel_name=values["kernel_name"])
 
 # %% ../nbs/00a_config.ipynb #3aaa0340
@@ -62,6 +63,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if name == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try: dev = torch.device(name)
         except RuntimeError as e: raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda'") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {str(device)!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev

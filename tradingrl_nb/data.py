@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['OHLCV', 'DATASETS', 'load_market_data', 'load_csv', 'add_features', 'Split', 'split_by_date', 'synthetic_market',
-           'plot_regimes', 'dataset_summary', 'main']
+__all__ = ['OHLCV', 'DATASETS', 'load_market_data', 'DataFileNotFoundError', 'load_csv', 'add_features', 'Split', 'split_by_date',
+           'synthetic_market', 'plot_regimes', 'dataset_summary', 'main']
 
 # %% ../nbs/00_data.ipynb #27fcd2ef
 OHLCV = ["open", "high", "low", "close", "volume"]
@@ -33,13 +33,14 @@ def _normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype("float64").sort_index()
 
 def load_market_data(name: str = "sp500") -> pd.DataFrame:
-    "Bundled real daily data: `'sp500'`, `'nasdaq'` (OHLCV) or `'vix'` (`close` only)."
+    "Bundled real daily data: `'sp500'`, `'nasdaq'` (OHLCV) or `'vix'` (`close` only, market holidays left out)."
     key = str(name).strip().lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
     import importlib
     raw = importlib.import_module(DATASETS[key][0]).load()
-    if key == "vix": return _normalize_frame(raw.rename(columns={"vix": "close"}))[["close"]]
+    if key == "vix":  # the file has a row for every weekday, with "." (no value) on the 46 weekdays the US market was closed
+        return _normalize_frame(raw.rename(columns={"vix": "close"}))[["close"]].dropna()
     return _normalize_frame(raw)[OHLCV]
 
 # %% ../nbs/00_data.ipynb #6c05b965
@@ -53,62 +54,116 @@ def _first(mask) -> int | None:
     idx = np.flatnonzero(np.asarray(mask))
     return int(idx[0]) if len(idx) else None
 
-def _check_dates(path, df, date_col) -> pd.DatetimeIndex:
-    raw = df[date_col]
-    dates = pd.to_datetime(raw, errors="coerce", format="mixed")
-    if (i := _first(dates.isna())) is not None:
-        raise ValueError(f"unparseable date {raw.iloc[i]!r}: {_where(path, date_col, df, i)}")
-    d = dates.to_numpy()
-    if (i := _first(d[1:] == d[:-1])) is not None:
-        raise ValueError(f"duplicate date: {_where(path, date_col, df, i + 1)} repeats row {i + 1}")
-    if (i := _first(d[1:] < d[:-1])) is not None:
-        raise ValueError(f"dates not sorted ascending: {_where(path, date_col, df, i + 1)} comes before row {i + 1}")
-    return pd.DatetimeIndex(dates, name="date")
-
-def _check_numbers(path, df, cols) -> None:
+# Each check returns `(row, message)` for the first row it finds wrong (or nothing); `load_csv`
+# reports the earliest row over all checks, ties going to the earlier check.
+def _check_numbers(path, df, cols) -> list[tuple[int, str]]:
+    "Converts `cols` to float64 in place (bad entries become NaN) and reports non-numbers and missing/non-finite values."
+    out = []
     for c in cols:
-        num = pd.to_numeric(df[c], errors="coerce")
-        if (i := _first(num.isna() & df[c].notna())) is not None:
-            raise ValueError(f"not a number ({df[c].iloc[i]!r}): {_where(path, c, df, i)}")
-        if (i := _first(~np.isfinite(num.to_numpy(dtype="float64", na_value=np.nan)))) is not None:
-            raise ValueError(f"missing or non-finite value ({df[c].iloc[i]!r}): {_where(path, c, df, i)}")
-        df[c] = num.astype("float64")
+        num = pd.to_numeric(df[c], errors="coerce").astype("float64")
+        text = (num.isna() & df[c].notna()).to_numpy()
+        if (i := _first(text)) is not None:
+            out.append((i, f"not a number ({df[c].iloc[i]!r}): {_where(path, c, df, i)}"))
+        if (i := _first(~np.isfinite(num.to_numpy()) & ~text)) is not None:
+            out.append((i, f"missing or non-finite value ({df[c].iloc[i]!r}): {_where(path, c, df, i)}"))
+        df[c] = num
+    return out
 
-def _check_prices(path, df, price_cols) -> None:
+def _parse_dates(path, df, date_col, date_format=None) -> tuple[pd.Series, list[tuple[int, str]]]:
+    "One format for every row (given, or inferred from the first row); unparseable, duplicate and unsorted dates."
+    import warnings
+    from pandas.tseries.api import guess_datetime_format
+    raw = df[date_col]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # dayfirst hints; with no format dateutil parses each row
+            fmt = date_format or (guess_datetime_format(str(raw.dropna().iloc[0])) if raw.notna().any() else None)
+            dates = pd.to_datetime(raw, errors="coerce", format=fmt)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: column {date_col!r}: dates cannot be parsed together ({e})") from e
+    out = []
+    if (i := _first(dates.isna())) is not None:
+        hint = f"; format {fmt!r} {'given' if date_format else 'inferred from the first row'}" if fmt else ""
+        out.append((i, f"unparseable date {raw.iloc[i]!r}{hint}: {_where(path, date_col, df, i)}"))
+    d = dates.to_numpy()
+    if (i := _first(d[1:] <= d[:-1])) is not None:  # NaT compares False: unparseable rows are reported above
+        if d[i + 1] == d[i]: msg = f"duplicate date: {_where(path, date_col, df, i + 1)} repeats row {i + 1}"
+        else: msg = f"dates not sorted ascending: {_where(path, date_col, df, i + 1)} is earlier than row {i + 1}"
+        out.append((i + 1, msg))
+    return dates, out
+
+def _check_prices(path, df, price_cols) -> list[tuple[int, str]]:
+    "Positive prices, non-negative volume, low <= open, close <= high (NaN compares False: reported elsewhere)."
+    out = []
     for c in price_cols:
         if (i := _first(df[c] <= 0)) is not None:
-            raise ValueError(f"non-positive price {df[c].iloc[i]}: {_where(path, c, df, i)}")
+            out.append((i, f"non-positive price {df[c].iloc[i]}: {_where(path, c, df, i)}"))
     if "volume" in df and (i := _first(df["volume"] < 0)) is not None:
-        raise ValueError(f"negative volume {df['volume'].iloc[i]}: {_where(path, 'volume', df, i)}")
-    if {"high", "low"} <= set(df):
+        out.append((i, f"negative volume {df['volume'].iloc[i]}: {_where(path, 'volume', df, i)}"))
+    if {"high", "low"} <= set(price_cols):
         if (i := _first(df["high"] < df["low"])) is not None:
-            raise ValueError(f"high < low ({df['high'].iloc[i]} < {df['low'].iloc[i]}): {_where(path, 'high', df, i)}")
+            out.append((i, f"high < low ({df['high'].iloc[i]} < {df['low'].iloc[i]}): {_where(path, 'high', df, i)}"))
         for c in ("open", "close"):
-            if c not in df: continue
+            if c not in price_cols: continue
             if (i := _first((df[c] > df["high"]) | (df[c] < df["low"]))) is not None:
-                raise ValueError(f"{c} {df[c].iloc[i]} outside [low, high] = [{df['low'].iloc[i]}, {df['high'].iloc[i]}]: "
-                                 f"{_where(path, c, df, i)}")
+                out.append((i, f"{c} {df[c].iloc[i]} outside [low, high] = [{df['low'].iloc[i]}, {df['high'].iloc[i]}]: "
+                               f"{_where(path, c, df, i)}"))
+    return out
 
 # %% ../nbs/00_data.ipynb #c7431b3c
-def load_csv(path: str | Path, date_col: str = "date", columns: list[str] | None = None, **read_csv_kwargs) -> pd.DataFrame:
+class DataFileNotFoundError(FileNotFoundError, ValueError):
+    "A data file that does not exist: catch it as `FileNotFoundError` or as `ValueError`."
+
+def _colname(c) -> str: return str(c).strip().lower().replace(" ", "_")
+
+def _read_rows(path: Path, **read_csv_kwargs) -> pd.DataFrame:
+    "All fields as strings; only empty fields are missing; no implicit index column; trailing blank lines cut."
+    import warnings
+    kw = dict(dtype=str, keep_default_na=False, na_values=[""], index_col=False, skip_blank_lines=False) | read_csv_kwargs
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)  # e.g. a row longer than the header
+            df = pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError as e: raise ValueError(f"{path}: empty file, no header and no data rows") from e
+    except pd.errors.ParserWarning as e:  # pandas does not say where: find the first row longer than the header
+        import csv
+        with open(path, newline="", encoding=kw.get("encoding") or "utf-8") as f:
+            rows = csv.reader(f, delimiter=kw.get("sep") or ",")
+            width = len(next(rows))
+            where = next((f"row {i} (line {rows.line_num})" for i, r in enumerate(rows, 1) if len(r) > width), "a row")
+        raise ValueError(f"{path}: {where} has more fields than the {width} columns of the header") from e
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from e
+    blank = df.isna().all(axis=1).to_numpy()
+    n = len(df) - (int(np.argmin(blank[::-1])) if not blank.all() else len(df))
+    return df.iloc[:n].copy()
+
+def load_csv(path: str | Path, date_col: str = "date", columns: list[str] | None = None, date_format: str | None = None,
+             **read_csv_kwargs) -> pd.DataFrame:
     "Load a user's daily OHLCV CSV into the standard frame; any bad input raises `ValueError` naming file, column and row."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    try: df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **read_csv_kwargs)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not a readable CSV file ({e})") from e
-    df.columns = [str(c).strip().lower().replace(" ", "_") for c in df.columns]
-    need = [date_col.lower(), *(columns or OHLCV)]
+    if not path.is_file(): raise DataFileNotFoundError(f"{path}: no such file")
+    df = _read_rows(path, **read_csv_kwargs)
+    df.columns = [_colname(c) for c in df.columns]
+    if dup := sorted({c for c in df.columns if list(df.columns).count(c) > 1}):
+        raise ValueError(f"{path}: column(s) {dup} appear more than once (names are case-insensitive)")
+    date_col = _colname(date_col)
+    need = [date_col, *[_colname(c) for c in (columns or OHLCV)]]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}; "
                          f"required: {need} (names are case-insensitive)")
     if df.empty: raise ValueError(f"{path}: no data rows")
-    df["__rawdate__"] = df[date_col.lower()]
+    df["__rawdate__"] = df[date_col]
     values = need[1:]
-    _check_numbers(path, df, values)
-    index = _check_dates(path, df, date_col.lower())
-    _check_prices(path, df, [c for c in values if c != "volume"])
-    return pd.DataFrame(df[values].to_numpy(dtype="float64"), index=index, columns=values)
+    problems = []
+    if (i := _first(df[need].isna().all(axis=1))) is not None:
+        problems.append((i, f"blank line between data rows: {_where(path, date_col, df, i)}"))
+    problems += _check_numbers(path, df, values)
+    dates, date_problems = _parse_dates(path, df, date_col, date_format)
+    problems += date_problems + _check_prices(path, df, [c for c in values if c != "volume"])
+    if problems: raise ValueError(min(problems, key=lambda p: p[0])[1])
+    return pd.DataFrame(df[values].to_numpy(dtype="float64"), index=pd.DatetimeIndex(dates, name="date"), columns=values)
 
 # %% ../nbs/00_data.ipynb #56aeb7cc
 def add_features(df: pd.DataFrame, windows: tuple[int, ...] = (5, 21, 63), vix: pd.DataFrame | None = None,
@@ -150,8 +205,13 @@ def split_by_date(df: pd.DataFrame, train_end: str | pd.Timestamp | None = "2012
                   val_end: str | pd.Timestamp | None = "2014-12-31", fractions: tuple[float, float] = (0.7, 0.85)) -> Split:
     "Split on dates: train `<= train_end`, validation `(train_end, val_end]`, test `> val_end` (fractions if dates are None)."
     if not isinstance(df.index, pd.DatetimeIndex): raise ValueError("split_by_date needs a DatetimeIndex")
+    if df.empty: raise ValueError("split_by_date got an empty frame")
     if train_end is None or val_end is None:
+        if not 0 < fractions[0] < fractions[1] < 1:
+            raise ValueError(f"fractions must satisfy 0 < train < validation < 1, got {tuple(fractions)}")
         n = len(df)
+        if min(int(n * fractions[0]), int(n * fractions[1]) - int(n * fractions[0]), n - int(n * fractions[1])) < 1:
+            raise ValueError(f"{n} rows are too few for fractions {tuple(fractions)}: a span would be empty")
         train_end, val_end = df.index[int(n * fractions[0]) - 1], df.index[int(n * fractions[1]) - 1]
     t, v = pd.Timestamp(train_end), pd.Timestamp(val_end)
     if not t < v: raise ValueError(f"train_end {t.date()} must be before val_end {v.date()}")
