@@ -1,0 +1,218 @@
+"""The papermill runner (tradingrl_nb.experiments): parameters, runs, failures, sweeps, results."""
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tradingrl_nb import experiments as ex
+
+
+def make_notebook(path: Path, params: str, *cells: str, tag: bool = True) -> Path:
+    "A small experiment notebook: a `parameters` cell then code cells."
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params)
+    if tag: p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), p, *[nbformat.v4.new_code_cell(c) for c in cells]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+TINY_PARAMS = 'x = 2            # a number\nscale: float = 1.5\nlabel = "a"\nfail_at = -1\noutput_dir = None\n'
+TINY_CELLS = (
+    "from tradingrl_nb.experiments import save_metrics, save_figure\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
+    "y = x * scale\nif x == fail_at:\n    raise RuntimeError(f'boom at x={x}')\nz = y + 1",
+    "save_metrics({'y': y, 'nested': {'z': z, 'label': label}}, output_dir)\nfig, ax = plt.subplots(); ax.plot([0, 1], [0, y])\nsave_figure(fig, 'line', output_dir)",
+)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> Path:
+    "A fast experiment `tiny` on the experiments search path, and runs going to tmp_path/runs."
+    d = tmp_path / "exps"
+    make_notebook(d / "tiny.ipynb", TINY_PARAMS, *TINY_CELLS)
+    monkeypatch.setenv("TRADINGRL_EXPERIMENTS_DIR", str(d))
+    monkeypatch.setenv("TRADINGRL_RUNS_DIR", str(tmp_path / "runs"))
+    return d / "tiny.ipynb"
+
+
+# ---------------------------------------------------------------- parameters
+def test_parse_parameters_types_defaults_help():
+    specs = ex.parse_parameters(TINY_PARAMS + "n: int | None = None\nsteps = 2 ** 8\nimport os\nseeds = (0, 1)\n")
+    assert list(specs) == ["x", "scale", "label", "fail_at", "output_dir", "n", "steps", "seeds"]
+    assert (specs["x"].type, specs["x"].default, specs["x"].help) == ("int", 2, "a number")
+    assert (specs["scale"].type, specs["label"].type, specs["seeds"].type) == ("float", "str", "tuple")
+    assert (specs["n"].type, specs["n"].optional) == ("int", True)
+    assert specs["output_dir"].type == "any" and specs["steps"].default == "2 ** 8"
+
+
+_literals = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                      st.booleans(), st.text(alphabet="abcxyz_-. 019", max_size=12))
+
+
+@given(v=_literals)
+@settings(max_examples=60, deadline=None)
+def test_parameter_roundtrip(v):
+    "A default's type is inferred, and the command-line string of a value of that type converts back to it."
+    spec = ex.parse_parameters(f"p = {v!r}\n")["p"]
+    assert spec.default == v and spec.type == type(v).__name__
+    text = v if isinstance(v, str) else repr(v)
+    assert ex.coerce_value(spec, text) == v
+    assert type(ex.coerce_value(spec, text)) is type(v)
+
+
+@pytest.mark.parametrize("given_, message", [
+    ({"y": "1"}, "unknown parameter(s) 'y'"),
+    ({"x": "two"}, "'x': 'two' is not a valid int"),
+    ({"x": "2.5"}, "not a valid int"),
+    ({"x": True}, "not a valid int"),
+    ({"scale": "fast"}, "not a valid float"),
+    ({"label": None}, "not a valid str"),
+    ({"output_dir": "/tmp"}, "set by the runner"),
+])
+def test_resolve_parameters_rejects(given_, message):
+    specs = ex.parse_parameters(TINY_PARAMS)
+    with pytest.raises(ValueError) as e: ex.resolve_parameters(specs, given_)
+    assert message in str(e.value)
+    if "unknown" in message: assert "known parameters: x (int), scale (float), label (str), fail_at (int)" in str(e.value)
+
+
+def test_resolve_parameters_converts():
+    specs = ex.parse_parameters(TINY_PARAMS)
+    got = ex.resolve_parameters(specs, {"x": "1e3", "scale": "3", "label": "None"})
+    assert got == {"x": 1000, "scale": 3.0, "label": "None", "fail_at": -1, "output_dir": None}
+    assert type(got["scale"]) is float
+
+
+def test_unknown_experiment_lists_known(tiny):
+    with pytest.raises(ValueError) as e: ex.find_experiment("tinny")
+    assert "unknown experiment 'tinny'" in str(e.value) and "tiny" in str(e.value) and "data_summary" in str(e.value)
+    assert ex.find_experiment("tiny") == tiny.resolve()
+    assert ex.list_experiments()["tiny"] == tiny.resolve()
+
+
+def test_notebook_without_parameters_cell(tmp_path):
+    nb = make_notebook(tmp_path / "untagged.ipynb", "x = 1\n", "x", tag=False)
+    with pytest.raises(ValueError, match="no code cell tagged 'parameters'"): ex.experiment_parameters(nb)
+
+
+def test_device_is_checked_before_running(tiny):
+    with pytest.raises(ValueError, match="no 'device' parameter"): ex.prepare_run("tiny", device="cpu")
+    nb = make_notebook(tiny.parent / "dev.ipynb", 'device = "auto"\noutput_dir = None\n', "print(device)")
+    assert ex.prepare_run(nb, device="cpu")[1]["device"] == "cpu"
+    with pytest.raises(ValueError, match="device 'tpu'"): ex.prepare_run(nb, {"device": "tpu"})
+
+
+# ---------------------------------------------------------------- runs
+def test_run_writes_everything(tiny, tmp_path):
+    out = tmp_path / "one"
+    r = ex.run_experiment("tiny", {"x": "3", "label": "b"}, output_dir=out, progress=False)
+    assert r.ok and r.output_dir == out.resolve()
+    assert json.loads((out / "params.json").read_text()) == {"x": 3, "scale": 1.5, "label": "b", "fail_at": -1}
+    assert json.loads((out / "metrics.json").read_text()) == {"y": 4.5, "nested": {"z": 5.5, "label": "b"}}
+    assert r.metrics["y"] == 4.5
+    assert (out / "figures" / "line.png").stat().st_size > 1000
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+    nb = nbformat.read(out / "tiny.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "x = 3" in injected[0].source and str(out.resolve()) in injected[0].source
+    html = (out / "tiny.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "RuntimeError: boom" not in html and "data:image/png" in html
+
+
+def test_default_run_dir_is_under_settings_runs_dir(tiny, tmp_path):
+    r = ex.run_experiment("tiny", progress=False, report=False)
+    assert r.output_dir.parent == (tmp_path / "runs").resolve() and r.output_dir.name.endswith("-tiny")
+    r2 = ex.run_experiment("tiny", progress=False, report=False)
+    assert r2.output_dir != r.output_dir  # same second: a fresh folder, never a shared one
+
+
+def test_failing_cell_keeps_notebook_and_names_cell(tiny, tmp_path):
+    out = tmp_path / "bad"
+    with pytest.raises(ex.ExperimentFailed) as e:
+        ex.run_experiment("tiny", {"fail_at": 2}, output_dir=out, progress=False)
+    msg = str(e.value)
+    assert "line 3: `raise RuntimeError(f'boom at x={x}')`" in msg and "RuntimeError: boom at x=2" in msg
+    assert "In [" in msg and str(out.resolve() / "tiny.ipynb") in msg
+    res = e.value.result
+    assert res.status == "failed" and res.metrics == {} and not (out / "metrics.json").exists()
+    nb = nbformat.read(out / "tiny.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].evalue == "boom at x=2"
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert (out / "tiny.html").exists()
+    # a rerun into the same folder that succeeds does not keep stale metrics, and a failing one drops old ones
+    assert ex.run_experiment("tiny", output_dir=out, progress=False).ok and (out / "metrics.json").exists()
+    assert not ex.run_experiment("tiny", {"fail_at": 2}, output_dir=out, progress=False, raise_on_failure=False).ok
+    assert not (out / "metrics.json").exists()
+
+
+def test_bad_input_creates_no_run_folder(tiny, tmp_path):
+    for params in ({"nope": 1}, {"x": "one"}):
+        with pytest.raises(ValueError): ex.run_experiment("tiny", params, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ex.list_experiments()))
+def test_each_experiment_runs_with_tiny_defaults(name, tmp_path):
+    "Every notebook in nbs/experiments runs for real with its own defaults and records metrics and figures."
+    specs = ex.experiment_parameters(name)
+    assert "device" in specs and specs["device"].default == "auto", "every experiment takes a device parameter"
+    assert "output_dir" in specs and specs["output_dir"].default is None
+    r = ex.run_experiment(name, output_dir=tmp_path / name, device="cpu", progress=False)
+    assert r.ok, r.error
+    assert r.metrics and json.loads((r.output_dir / "metrics.json").read_text()) == r.metrics
+    assert list((r.output_dir / "figures").glob("*.png")), "each experiment saves at least one figure"
+    assert (r.output_dir / f"{name}.html").stat().st_size > 10_000
+    assert json.loads((r.output_dir / "params.json").read_text())["device"] == "cpu"
+
+
+# ---------------------------------------------------------------- sweeps and results
+def test_sweep_continues_after_failure_and_results_table(tiny, tmp_path):
+    root = tmp_path / "sw"
+    table = ex.sweep("tiny", {"x": [1, 2, 3]}, {"fail_at": 2, "scale": 2.0}, jobs=2, output_dir=root, echo=None)
+    assert list(table["x"]) == [1, 2, 3] and list(table["status"]) == ["ok", "failed", "ok"]
+    assert "boom at x=2" in table["error"].iloc[1] and pd.isna(table["error"].iloc[0])
+    assert list(table["y"].iloc[[0, 2]]) == [2.0, 6.0]
+    runs = sorted(p.name for p in root.iterdir())
+    assert runs == ["000-x=1", "001-x=2", "002-x=3"] and (root / "001-x=2" / "tiny.ipynb").exists()
+
+    res = ex.results(root, sort="y", ascending=False)
+    assert list(res["run"]) == ["002-x=3", "000-x=1", "001-x=2"]  # failed run (no y) last
+    assert {"experiment", "status", "wall_s", "x", "scale", "y", "nested.z", "nested.label"} <= set(res.columns)
+    assert list(res["status"]) == ["ok", "ok", "failed"] and "boom" in res["error"].iloc[2]
+    csv = tmp_path / "r.csv"
+    res.to_csv(csv, index=False)
+    back = pd.read_csv(csv)
+    assert list(back["y"].iloc[:2]) == [6.0, 2.0] and list(back["x"]) == [3, 1, 2]
+    with pytest.raises(ValueError, match="cannot sort by 'nope'"): ex.results(root, sort="nope")
+    assert ex.results(root, experiment="other").empty
+
+
+def test_sweep_validates_every_combination_first(tiny, tmp_path):
+    with pytest.raises(ValueError, match="'x': 'many' is not a valid int"):
+        ex.sweep("tiny", {"x": ["1", "many"]}, output_dir=tmp_path / "sw", echo=None)
+    with pytest.raises(ValueError, match="both fixed and in the grid"):
+        ex.sweep("tiny", {"x": [1]}, {"x": 2}, output_dir=tmp_path / "sw", echo=None)
+    assert not (tmp_path / "sw").exists()
+
+
+def test_results_metric_name_colliding_with_parameter(tmp_path):
+    d = tmp_path / "r1"; d.mkdir()
+    (d / "params.json").write_text(json.dumps({"x": 1}))
+    (d / "metrics.json").write_text(json.dumps({"x": 5, "s": [1, 2]}))
+    t = ex.results(tmp_path)
+    assert t.loc[0, "x"] == 1 and t.loc[0, "metrics.x"] == 5 and t.loc[0, "s"] == "[1, 2]"
+
+
+def test_save_metrics_is_strict_json(tmp_path):
+    import numpy as np
+    ex.save_metrics({"a": np.float64("nan"), "b": np.arange(3), "t": pd.Timestamp("2018-01-02")}, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": None, "b": [0, 1, 2], "t": "2018-01-02T00:00:00"}
+    with pytest.raises(TypeError, match="cannot store"): ex.save_metrics({"m": object()}, tmp_path)
+    assert ex.save_figure(None, "x", None) is None
