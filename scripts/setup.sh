@@ -27,5 +27,6 @@ fi
 $PIP install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 "$VENV/bin/python" -c "import tradingrl_nb, nbdev, torch" # fail loudly if the install did not work
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (tradingrl_nb)" >/dev/null
+bash scripts/install_chromium.sh || true # Debian chromium for the docs browser test; never fails the set-up
 touch "$STAMP"
 echo "== set-up done in $(( $(date +%s) - start ))s"

@@ -1,0 +1,62 @@
+# Sphinx configuration of the documentation site. `make docs` (scripts/build_docs.py) stages the
+# notebooks of nbs/ and generated API pages into a git-ignored folder and runs Sphinx on it with
+# this folder as the configuration directory (-c docs). The notebooks are rendered with the
+# outputs they were committed with: nothing is executed at build time.
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the package, also when it is not installed
+
+project = "tradingrl_nb"
+author = "tradingrl_nb developers"
+copyright = "tradingrl_nb developers"
+try:
+    from tradingrl_nb import __version__ as release
+except Exception:  # the build script imports every module first and reports a broken import itself
+    release = ""
+version = release
+
+extensions = [
+    "myst_nb",  # notebooks and MyST markdown
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+
+# notebooks: render stored outputs, never execute
+nb_execution_mode = "off"
+nb_merge_streams = True
+nb_output_stderr = "remove-warn"
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+
+# API reference
+autosummary_generate = False  # the build script writes one page per module
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+add_module_names = False
+
+exclude_patterns = ["_build", ".doctrees", "**.ipynb_checkpoints", "jupyter_execute"]
+suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
+
+html_theme = "pydata_sphinx_theme"
+html_title = "tradingrl_nb"
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+html_show_sourcelink = False
+html_copy_source = False
+html_last_updated_fmt = None
+# MathJax comes from its CDN when the site is viewed (Sphinx's default): the build itself is
+# offline, and pages without network access show the LaTeX source of the formulas.
+mathjax_path = os.environ.get("TRADINGRL_DOCS_MATHJAX", "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js")
