@@ -296,3 +296,20 @@ class FailOnceAcrossProcesses(ToyMember):
 def pbt_worker_factory(member_id, flag):
     if member_id == 0: return FailOnceAcrossProcesses(0, flag)
     return ToyMember(member_id, sleep=0.05 if member_id == 2 else 0.0)
+
+
+def test_local_scheduler_imports_and_runs_without_ray(tmp_path):
+    import subprocess, sys, textwrap
+    code = textwrap.dedent(f"""
+        import sys; sys.modules['ray'] = None          # make `import ray` fail
+        import torch; torch.set_num_threads(1)
+        from tradingrl_nb.pbt import PBTScheduler, ToyMember, run_population, run_ray_tune, ray_available
+        assert not ray_available()
+        res = run_population(ToyMember, PBTScheduler({{'learning_rate': (1e-4, 1e-2)}}, seed=0), 2, 2, 2,
+                             run_dir={str(tmp_path)!r}, progress=False)
+        assert len(res.log) == 4
+        try: run_ray_tune(ToyMember)
+        except ImportError as e: assert 'tradingrl_nb[ray]' in str(e); print('ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr

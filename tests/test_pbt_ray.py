@@ -1,0 +1,44 @@
+"""PBT on Ray Tune (optional extra `ray`): a small local run completes with an exploit and live hyperparameters."""
+import functools, time
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray[tune] is not installed (optional extra: pip install 'tradingrl_nb[ray]')")
+pytest.importorskip("ray.tune", reason="ray is installed without the tune extra (pip install 'ray[tune]')")
+
+from tradingrl_nb.pbt import Hyperparam, ToyMember, run_ray_tune, load_checkpoint, CHECKPOINT_FORMAT  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_tune_pbt_run_completes_with_an_exploit(local_ray, tmp_path):
+    mutations = {"learning_rate": Hyperparam(1e-4, 3e-2, log=True), "vgs_alpha": Hyperparam(0.0, 1.0)}
+    t0 = time.time()
+    run = run_ray_tune(functools.partial(ToyMember, hidden=8), mutations, n_members=2, n_iterations=8,
+                       steps_per_iteration=10, perturbation_interval=2, max_failures=1, storage_path=tmp_path,
+                       name="pbt_test", seed=1)
+    elapsed = time.time() - t0
+    print(f"Ray Tune PBT run: {elapsed:.1f} s")
+    assert not run.results.errors
+    assert len(run.results) == 2 and all(r.metrics["training_iteration"] == 8 for r in run.results)
+    assert run.scheduler._num_perturbations >= 1 and len(run.history) >= 1          # at least one exploit
+    assert set(run.history.member_id) | set(run.history.source_id) <= {t for t in run.history.member_id} | set(run.history.source_id)
+    assert max(r.metrics["exploits"] for r in run.results) >= 1                      # a trial restored another's checkpoint
+    for r in run.results:                                                          # the config was re-applied after every load
+        df = r.metrics_dataframe
+        assert (df["live_learning_rate"] - df["config/learning_rate"]).abs().max() < 1e-12
+        assert (df["live_vgs_alpha"] - df["config/vgs_alpha"]).abs().max() < 1e-12
+        assert df["config/learning_rate"].between(1e-4, 3e-2).all()                 # explore clipped to the range
+    exploited = [r for r in run.results if r.metrics["exploits"] >= 1]
+    lrs = exploited[0].metrics_dataframe["config/learning_rate"]
+    assert lrs.nunique() >= 2                                                       # its hyperparameters changed
+    ckpt = run.results[0].checkpoint
+    assert ckpt is not None
+    params, meta = load_checkpoint(f"{ckpt.path}/member.safetensors")               # pickle-free member checkpoint
+    assert "policy" in params and "trial_id" in meta
