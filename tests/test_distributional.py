@@ -345,6 +345,7 @@ def test_adjuster_disabled_is_plain():
     torch.manual_seed(0)
     q, t = 5 * torch.randn(6, 8), torch.randn(6, 2)
     adj = VarianceCriticAdjuster(enabled=False)
+    assert torch.equal(adj.weights(q), torch.ones(6))                          # no omega needed when disabled
     adj.update(q)
     assert adj.omega > 0 and torch.equal(adj.weights(q), torch.ones(6))
     assert torch.allclose(adj.loss(q, t), quantile_huber_loss(q, t))
