@@ -284,17 +284,8 @@ def test_worker_processes_with_a_slow_and_a_failing_member(tmp_path):
     assert len(res.history) >= 2                                  # fast members perturbed without waiting for the slow one
 
 
-class FailOnceAcrossProcesses(ToyMember):
-    "Raises once at step >= 8, whichever process it runs in (a flag file remembers)."
-    def __init__(self, member_id, flag, **kw): super().__init__(member_id, **kw); self.flag = flag
-    def train(self, n):
-        if self.num_timesteps >= 8 and not os.path.exists(self.flag):
-            open(self.flag, "w").close(); raise RuntimeError("simulated failure in a worker")
-        return super().train(n)
-
-
 def pbt_worker_factory(member_id, flag):
-    if member_id == 0: return FailOnceAcrossProcesses(0, flag)
+    if member_id == 0: return ToyMember(0, fail_at_step=8, fail_flag=flag)    # fails once, whichever process runs it
     return ToyMember(member_id, sleep=0.05 if member_id == 2 else 0.0)
 
 

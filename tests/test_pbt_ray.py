@@ -20,12 +20,15 @@ def local_ray():
 def test_ray_tune_pbt_run_completes_with_an_exploit(local_ray, tmp_path):
     mutations = {"learning_rate": Hyperparam(1e-4, 3e-2, log=True), "vgs_alpha": Hyperparam(0.0, 1.0)}
     t0 = time.time()
-    run = run_ray_tune(functools.partial(ToyMember, hidden=8), mutations, n_members=2, n_iterations=8,
+    flag = tmp_path / "member_failed_once"        # trial 1 raises once at step 50; FailureConfig restarts it
+    factory = functools.partial(ToyMember, fail_at_step=50, fail_flag=str(flag))
+    run = run_ray_tune(factory, mutations, n_members=2, n_iterations=8,
                        steps_per_iteration=10, perturbation_interval=2, max_failures=1, storage_path=tmp_path,
-                       name="pbt_test", seed=1)
+                       name="pbt_test", seed=1, synch=True)
     elapsed = time.time() - t0
     print(f"Ray Tune PBT run: {elapsed:.1f} s")
-    assert not run.results.errors
+    assert not run.results.errors and flag.exists()
+    assert sum(t.num_failures for t in run.results._experiment_analysis.trials) >= 1   # it failed and was restarted
     assert len(run.results) == 2 and all(r.metrics["training_iteration"] == 8 for r in run.results)
     assert run.scheduler._num_perturbations >= 1 and len(run.history) >= 1          # at least one exploit
     assert set(run.history.member_id) | set(run.history.source_id) <= {t for t in run.history.member_id} | set(run.history.source_id)
