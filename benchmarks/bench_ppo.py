@@ -1,0 +1,97 @@
+"""Env-steps/s of DistributionalPPO vs sb3-contrib RecurrentPPO and SB3 PPO("MlpPolicy"), one run, same settings.
+
+    .venv/bin/python benchmarks/bench_ppo.py            # full (a few minutes)
+    .venv/bin/python benchmarks/bench_ppo.py --quick    # smoke run
+
+Every algorithm trains on the same `TradingVecEnv` (synthetic regime market) with the same n_envs, n_steps,
+batch size, epochs and LSTM size, in its own subprocess (so peak RSS is per algorithm). Each measurement is
+`learn(timesteps)` after a one-rollout warm-up; the median of `--repeats` runs is reported, with ratios against
+the peers measured in the same run. Peak RSS of DistributionalPPO is also measured for growing n_steps to show
+that rollout + update memory grows linearly in n_steps * n_envs.
+"""
+from __future__ import annotations
+import argparse, json, os, resource, statistics, subprocess, sys, time
+
+ALGOS = ("DistributionalPPO", "RecurrentPPO", "PPO-MLP")
+
+def worker(a) -> dict:
+    import torch
+    torch.set_num_threads(a.threads)
+    from tradingrl_nb.data import synthetic_market
+    from tradingrl_nb.env import TradingVecEnv
+    df = synthetic_market(3000, seed=0)
+    env = TradingVecEnv(df, n_envs=a.n_envs, seed=0, window=a.window, episode_length=252)
+    common = dict(n_steps=a.n_steps, batch_size=a.batch_size, n_epochs=a.epochs, seed=0, device="cpu", verbose=0)
+    if a.algo == "DistributionalPPO":
+        from tradingrl_nb.ppo import DistributionalPPO
+        model = DistributionalPPO("MlpLstmPolicy", env, sequence_length=a.seq_len,
+                                  policy_kwargs=dict(lstm_hidden_size=a.lstm), **common)
+    elif a.algo == "RecurrentPPO":
+        from sb3_contrib import RecurrentPPO
+        model = RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(lstm_hidden_size=a.lstm), **common)
+    else:
+        from stable_baselines3 import PPO
+        model = PPO("MlpPolicy", env, **common)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model.learn(a.n_steps * a.n_envs)                       # warm-up: one rollout + one update
+    t = time.perf_counter()
+    model.learn(a.timesteps, reset_num_timesteps=False)
+    dt = time.perf_counter() - t
+    n = model.num_timesteps - a.n_steps * a.n_envs
+    return dict(steps_per_s=n / dt, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                base_rss_mb=rss0 / 1024)
+
+def run(algo: str, a, **over) -> dict:
+    args = dict(vars(a), algo=algo, **over)
+    cmd = [sys.executable, __file__, "--worker"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()
+                                                     if k not in ("worker", "quick")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode: raise RuntimeError(f"{algo} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small run (smoke test)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--algo", default="DistributionalPPO", help=argparse.SUPPRESS)
+    p.add_argument("--n-envs", type=int, default=8)
+    p.add_argument("--n-steps", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lstm", type=int, default=64, help="LSTM hidden size (both recurrent algorithms)")
+    p.add_argument("--seq-len", type=int, default=64, help="DistributionalPPO sequence_length")
+    p.add_argument("--window", type=int, default=1, help="TradingVecEnv feature window")
+    p.add_argument("--timesteps", type=int, default=None, help="timed env steps per run (default: 8 rollouts, quick: 2)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per algorithm (median; default 3, quick 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every algorithm")
+    a = p.parse_args(argv)
+    if a.timesteps is None: a.timesteps = a.n_steps * a.n_envs * (2 if a.quick else 8)
+    if a.repeats is None: a.repeats = 1 if a.quick else 3
+    if a.worker:
+        print(json.dumps(worker(a))); return
+    print(f"TradingVecEnv n_envs={a.n_envs} n_steps={a.n_steps} batch_size={a.batch_size} n_epochs={a.epochs} "
+          f"lstm_hidden_size={a.lstm} timesteps={a.timesteps} repeats={a.repeats} torch threads={a.threads}")
+    res = {algo: [] for algo in ALGOS}
+    for r in range(a.repeats):                                  # interleaved, so load changes hit all alike
+        for algo in ALGOS: res[algo].append(run(algo, a))
+    med = {k: statistics.median(x["steps_per_s"] for x in v) for k, v in res.items()}
+    rss = {k: max(x["peak_rss_mb"] for x in v) for k, v in res.items()}
+    print(f"\n{'algorithm':<20}{'env-steps/s (median)':>22}{'runs':>30}{'peak RSS MB':>14}")
+    for k in ALGOS:
+        runs = ", ".join(f"{x['steps_per_s']:.0f}" for x in res[k])
+        print(f"{k:<20}{med[k]:>22.0f}{runs:>30}{rss[k]:>14.0f}")
+    r1, r2 = med["DistributionalPPO"] / med["RecurrentPPO"], med["DistributionalPPO"] / med["PPO-MLP"]
+    print(f"\nDistributionalPPO / RecurrentPPO = {r1:.1f}x   (goal >= 10x: {'met' if r1 >= 10 else 'NOT met'})")
+    print(f"DistributionalPPO / PPO-MLP      = {r2:.2f}x  (goal >= 0.5x: {'met' if r2 >= 0.5 else 'NOT met'})")
+    print("\nDistributionalPPO peak RSS vs rollout size (n_steps * n_envs):")
+    pts = []
+    for k in (1, 2, 4) if not a.quick else (1, 2):
+        ns = a.n_steps * k
+        x = run("DistributionalPPO", a, n_steps=ns, timesteps=ns * a.n_envs, batch_size=a.batch_size)
+        pts.append((ns * a.n_envs, x["peak_rss_mb"]))
+        print(f"  n_steps={ns:<6} transitions={ns * a.n_envs:<7} peak RSS {x['peak_rss_mb']:.0f} MB")
+    (n0, m0), (n1, m1) = pts[0], pts[-1]
+    print(f"  growth: {(m1 - m0) / (n1 - n0) * 1024:.2f} KB per transition")
+
+if __name__ == "__main__":
+    main()
