@@ -1,0 +1,170 @@
+"""PBT with the real DistributionalPPO: exploit copies weights, return normalizer, VGS and optimizer state per strategy,
+new hyperparameters are live (over the checkpoint, through SB3's schedules), LSTM states reset on the PBT path, and a
+small population runs end to end. (The seed-001 LSTM list for the model itself is in tests/test_lstm_state_reset.py.)"""
+import math
+
+import numpy as np
+import pytest
+import torch as th
+
+pytest.importorskip("tradingrl_nb.ppo", reason="DistributionalPPO (issue 6) needs tradingrl_nb.vgs and tradingrl_nb.upgd")
+
+from tradingrl_nb.data import synthetic_market
+from tradingrl_nb.pbt import (PBTScheduler, PPOMemberFactory, PPO_MUTATIONS, flatten_state, load_checkpoint, load_exploit,
+                              run_population)
+
+DF = synthetic_market(900, seed=5)
+TRAIN, VAL = DF.iloc[:600], DF.iloc[600:]
+PPO_KW = dict(n_steps=32, batch_size=64, n_epochs=1, sequence_length=16, device="cpu", policy_kwargs=dict(lstm_hidden_size=16))
+ENV_KW = dict(window=1, episode_length=60)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    n = th.get_num_threads(); th.set_num_threads(1)
+    yield
+    th.set_num_threads(n)
+
+
+def weight_norm(model) -> float:
+    "A cheap deterministic fitness for tests that are not about the backtest."
+    return -float(sum(p.detach().abs().sum() for p in model.policy.parameters()))
+
+
+def factory(**kw):
+    return PPOMemberFactory(TRAIN, VAL, n_envs=2, env_kwargs=ENV_KW, ppo_kwargs=PPO_KW, fitness_fn=kw.pop("fitness_fn", weight_norm), **kw)
+
+
+def donor_and_target(donor_hp, target_hp):
+    f = factory()
+    donor, target = f(1), f(0)
+    donor.apply_hyperparams(donor_hp); target.apply_hyperparams(target_hp)
+    donor.train(128); target.train(64)
+    return donor, target
+
+
+HP_A = dict(learning_rate=5e-4, ent_coef=0.01, clip_range=0.3, vgs_alpha=0.5, upgd_sigma=3e-3, cvar_alpha=0.2)
+HP_B = dict(learning_rate=1e-4, ent_coef=0.001, clip_range=0.1, vgs_alpha=0.05, upgd_sigma=1e-3, cvar_alpha=0.4)
+
+
+def tensors_equal(a, b):
+    if isinstance(a, th.Tensor): return th.equal(a, b)
+    if isinstance(a, dict): return a.keys() == b.keys() and all(tensors_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)): return len(a) == len(b) and all(tensors_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("strategy", ["copy", "reset"])
+def test_exploit_copies_weights_normalizer_vgs_and_optimizer_per_strategy(strategy):
+    donor, target = donor_and_target(HP_A, HP_B)
+    s = PBTScheduler(PPO_MUTATIONS, seed=0, optimizer_exploit_strategy=strategy)
+    for i, m in enumerate([target, donor]):
+        s.add_member(i, HP_B if i == 0 else HP_A); s.report(i, float(i), 1, m.get_parameters())
+    params, hp, fmt = s.exploit_and_explore(0)
+    assert params is not None and ("policy.optimizer" in params) == (strategy == "copy")
+    load_exploit(target, params, hp, reset_optimizer=strategy == "reset")
+    d, t = donor.model, target.model
+    assert tensors_equal(d.policy.state_dict(), t.policy.state_dict())
+    assert tensors_equal(d.get_parameters()["return_normalizer"], t.get_parameters()["return_normalizer"])
+    assert t._ret_snapshot == d._ret_snapshot
+    assert tensors_equal(flatten_state(d.vgs.state_dict())[0], flatten_state(t.vgs.state_dict())[0])   # statistics
+    assert t.vgs.alpha == pytest.approx(hp["vgs_alpha"])                                                 # its alpha: the new one
+    live = [p for p in t.policy.parameters() if p.requires_grad]
+    assert [id(p) for g in t.policy.optimizer.param_groups for p in g["params"]] == [id(p) for p in live]
+    t_state, d_state = t.policy.optimizer.state_dict()["state"], d.policy.optimizer.state_dict()["state"]
+    if strategy == "copy": assert tensors_equal(t_state, d_state) and len(t_state) > 0
+    else: assert t_state == {}
+    before = [p.detach().clone() for p in live]
+    target.train(64)                                            # the live parameters are the ones that train
+    assert any(not th.equal(a, b) for a, b in zip(before, live))
+
+
+def test_new_hyperparameters_are_live_after_exploit_and_survive_training():
+    donor, target = donor_and_target(HP_A, HP_B)
+    # the checkpoint carries the donor's values: loading it alone leaves UPGD's sigma at the donor's value
+    plain = factory()(2); plain.apply_hyperparams(HP_B)
+    plain.model.set_parameters(donor.get_parameters(include_optimizer=True))
+    assert plain.model.policy.optimizer.param_groups[0]["sigma"] == HP_A["upgd_sigma"] != HP_B["upgd_sigma"]
+
+    s = PBTScheduler(PPO_MUTATIONS, seed=4, resample_probability=0.0)
+    for i, (m, hp) in enumerate([(target, HP_B), (donor, HP_A)]):
+        s.add_member(i, hp); s.report(i, float(i), 1, m.get_parameters())
+    params, hp, _ = s.exploit_and_explore(0)
+    for k in HP_A:   # explored from the donor's values by x0.8 / x1.2 (then clipped to the range)
+        assert any(math.isclose(hp[k], PPO_MUTATIONS[k].clip(HP_A[k] * f)) for f in (0.8, 1.2)), k
+    load_exploit(target, params, hp)
+    live = target.live_hyperparams()
+    assert live["learning_rate"] == live["lr_schedule"] == hp["learning_rate"] != HP_A["learning_rate"]
+    for k in ("clip_range", "ent_coef", "vgs_alpha", "upgd_sigma", "cvar_alpha"): assert live[k] == pytest.approx(hp[k]), k
+    seen, update = [], target.model._update
+    def spy(seqs, clip_range, clip_vf, ent_coef):                # what train() really uses in its updates
+        seen.append((clip_range, ent_coef, target.model.policy.optimizer.param_groups[0]["lr"], target.model.cvar_alpha))
+        return update(seqs, clip_range, clip_vf, ent_coef)
+    target.model._update = spy
+    target.train(64)                                            # train() re-applies lr_schedule: still the new lr
+    assert seen and all(c == pytest.approx(hp["clip_range"]) and e == pytest.approx(hp["ent_coef"]) and
+                        lr == pytest.approx(hp["learning_rate"]) and a == pytest.approx(hp["cvar_alpha"]) for c, e, lr, a in seen)
+    live = target.live_hyperparams()
+    assert live["learning_rate"] == hp["learning_rate"] and live["upgd_sigma"] == pytest.approx(hp["upgd_sigma"])
+
+
+def _first_step_quantiles(model, obs):
+    "What the next rollout step would predict from the model's carried-over LSTM states."
+    with th.no_grad():
+        return model.policy(th.as_tensor(obs), model._last_lstm_states, deterministic=True)[2]
+
+
+@pytest.mark.parametrize("strategy", ["copy", "reset"])
+def test_lstm_states_reset_on_the_pbt_path(strategy):
+    "PBT exploit (scheduler + load_exploit): the next prediction is the donor's fresh prediction, not a stale-state one."
+    donor, target = donor_and_target(HP_A, HP_B)
+    m = target.model
+    stale = m._last_lstm_states
+    n = stale.pi[0].shape[1]
+    assert any(float(x.abs().sum()) > 0 for x in (*stale.pi, *stale.vf))
+    obs = np.random.default_rng(0).normal(size=(n, m.observation_space.shape[0])).astype(np.float32)
+    with th.no_grad():
+        fresh = donor.model.policy(th.as_tensor(obs), donor.model.policy.initial_state(n), deterministic=True)[2]
+    s = PBTScheduler(PPO_MUTATIONS, seed=0, optimizer_exploit_strategy=strategy)
+    for i, (mm, hp) in enumerate([(target, HP_B), (donor, HP_A)]):
+        s.add_member(i, hp); s.report(i, float(i), 1, mm.get_parameters())
+    params, hp, _ = s.exploit_and_explore(0)
+    load_exploit(target, params, hp, reset_optimizer=strategy == "reset")
+    states = m._last_lstm_states
+    assert all(float(x.abs().sum()) == 0 for x in (*states.pi, *states.vf)) and states.pi[0].shape[1] == n
+    assert th.allclose(_first_step_quantiles(m, obs), fresh, atol=1e-6)
+    m._last_lstm_states = stale                                  # the same weights with the stale states disagree
+    assert not th.allclose(_first_step_quantiles(m, obs), fresh, atol=1e-3)
+
+
+def test_unknown_or_invalid_hyperparameters_are_rejected():
+    m = factory()(0)
+    with pytest.raises(ValueError, match="unknown hyperparameter"): m.apply_hyperparams({"gamma": 0.9})
+    with pytest.raises(ValueError, match="cvar_alpha"): m.apply_hyperparams({"cvar_alpha": 1.5})
+
+
+@pytest.mark.slow
+def test_small_ppo_population_runs_end_to_end(tmp_path):
+    s = PBTScheduler({k: PPO_MUTATIONS[k] for k in ("learning_rate", "clip_range", "cvar_alpha")}, seed=0,
+                     perturbation_interval=64)
+    f = factory()
+    res = run_population(f, s, n_members=3, n_rounds=2, steps_per_round=64, run_dir=tmp_path, progress=False)
+    assert len(res.log) == 6 and res.log.fitness.notna().all() and (res.history.kind == "exploit").sum() == 2
+    for mid, m in res.members.items():                          # live hyperparameters are the scheduler's
+        live = m.live_hyperparams()
+        for k, v in s.records[mid].hyperparams.items(): assert live[k] == pytest.approx(v), (mid, k)
+    params, meta = load_checkpoint(s.records[res.best_member_id].checkpoint)
+    fresh = f(9); fresh.set_parameters(params)                  # a checkpoint loads into a fresh model
+    assert tensors_equal(fresh.model.policy.state_dict(), params["policy"])
+
+
+def test_default_fitness_is_the_validation_backtest_sharpe():
+    bt = pytest.importorskip("tradingrl_nb.backtest", reason="tradingrl_nb.backtest (issue 5) not available")
+    f = PPOMemberFactory(TRAIN, DF, n_envs=2, env_kwargs=ENV_KW, ppo_kwargs=PPO_KW,
+                         backtest_kwargs=dict(start=VAL.index[0], window=1))
+    m = f(0); m.train(64)
+    expected = bt.backtest(m.model, DF, start=VAL.index[0], window=1).metrics["sharpe"]
+    got = m.evaluate()
+    assert math.isfinite(got) and got == pytest.approx(expected)
+    res = bt.backtest(m.model, DF, start=VAL.index[0], window=1)
+    assert res.equity.index[0] >= VAL.index[0]                   # the fitness is measured on the validation span only
