@@ -45,3 +45,29 @@ def test_ray_tune_pbt_run_completes_with_an_exploit(local_ray, tmp_path):
     assert ckpt is not None
     params, meta = load_checkpoint(f"{ckpt.path}/member.safetensors")               # pickle-free member checkpoint
     assert "policy" in params and "trial_id" in meta
+
+
+@pytest.mark.parametrize("strategy", ["copy", "reset"])
+def test_trainable_load_checkpoint_resets_lstm_and_reapplies_config(tmp_path, strategy):
+    "The Trainable's restore path without a cluster: exploit (another trial's checkpoint) vs restart (its own)."
+    import torch
+    from tradingrl_nb.pbt import make_tune_trainable
+    torch.set_num_threads(1)
+    T = make_tune_trainable(ToyMember, ["learning_rate", "vgs_alpha"], 5, optimizer_exploit_strategy=strategy)
+    a = T(config={"member_id": 0, "learning_rate": 1e-3, "vgs_alpha": 0.1})
+    b = T(config={"member_id": 1, "learning_rate": 2e-2, "vgs_alpha": 0.7})
+    a.train(); b.train(); b.train()
+    assert a.member.lstm_states is not None and float(a.member.lstm_states[0].abs().sum()) > 0
+    b.save_checkpoint(str(tmp_path / "b"))
+    a.load_checkpoint(str(tmp_path / "b"))                                         # exploit: b's weights, a's config
+    assert all(torch.equal(x, y) for x, y in zip(a.member.net.state_dict().values(), b.member.net.state_dict().values()))
+    assert a.member.live_hyperparams() == {"learning_rate": 1e-3, "vgs_alpha": 0.1}
+    assert all(float(s.abs().sum()) == 0 for s in a.member.lstm_states)
+    assert (a.exploits, a.restores) == (1, 0)
+    assert (a.member.optimizer.state_dict()["state"] == {}) == (strategy == "reset")
+    r = a.train(); assert r["exploits"] == 1 and r["live_learning_rate"] == 1e-3
+    a.save_checkpoint(str(tmp_path / "a")); a.train()
+    a.load_checkpoint(str(tmp_path / "a"))                                         # a restart from its own checkpoint
+    assert (a.exploits, a.restores) == (1, 1) and a.member.optimizer.state_dict()["state"] != {}
+    assert a.reset_config({"member_id": 0, "learning_rate": 4e-3, "vgs_alpha": 0.3})   # reuse_actors: same member, new config
+    assert a.member.live_hyperparams() == {"learning_rate": 4e-3, "vgs_alpha": 0.3}
