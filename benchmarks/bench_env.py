@@ -60,10 +60,11 @@ def main(argv=None) -> dict:
 
     df = split_by_date(load_market_data("sp500")).train
     kw = dict(window=args.window, episode_length=256)
+    market = TradingEnv(df, **kw).market  # the DummyVecEnv's TradingEnvs share one copy of the market arrays
     contenders = {
         "TradingVecEnv": (lambda n: TradingVecEnv(df, n, **kw), fast_steps, False),
         "TradingVecEnv(full_info)": (lambda n: TradingVecEnv(df, n, full_info=True, **kw), fast_steps // 2, False),
-        "DummyVecEnv[TradingEnv]": (lambda n: DummyVecEnv([lambda: TradingEnv(df, **kw) for _ in range(n)]), slow_steps, False),
+        "DummyVecEnv[TradingEnv]": (lambda n: DummyVecEnv([lambda: TradingEnv(df, market=market, **kw) for _ in range(n)]), slow_steps, False),
     }
     try:
         import gymnasium as gym
