@@ -443,3 +443,12 @@ def test_prepare_market_shares_one_matrix(mkt):
     venv = TradingVecEnv(mkt, 64, seed=0, window=8, windows=(5, 21))
     assert venv.market.obs_rows.nbytes == m.obs_rows.nbytes  # one copy of the market, whatever n_envs
     assert m.obs_rows.dtype == np.float32 and m.obs_rows.flags.c_contiguous
+
+
+def test_envs_can_share_market_arrays(mkt):
+    first = TradingEnv(mkt, episode_length=20, cost_bps=4, **SMALL)
+    second = TradingEnv(None, market=first.market, episode_length=20, cost_bps=4)
+    assert second.market is first.market and second.observation_space == first.observation_space
+    o1, r1, _ = run(first, actions=[np.array([0.7]), np.array([-0.2])], seed=9)
+    o2, r2, _ = run(second, actions=[np.array([0.7]), np.array([-0.2])], seed=9)
+    assert np.array_equal(o1, o2) and np.array_equal(r1, r2)
