@@ -279,6 +279,9 @@ def test_worker_processes_with_a_slow_and_a_failing_member(tmp_path):
     log = res.log
     done = log[log.fitness.notna()].groupby("member_id").size()
     assert (done >= 4).all()                                     # everyone finished its rounds
+    for mid in (1, 2):                                           # steps keep counting across rebuilds in workers
+        steps = list(log[(log.member_id == mid) & log.fitness.notna()].step)
+        assert len(steps) == 4 and all(b > a for a, b in zip(steps, steps[1:])) and steps[-1] >= 16
     assert len(res.failures) == 1 and "simulated failure" in res.failures[0]["traceback"]
     assert (res.history.kind == "replace_failed").sum() == 1
     assert len(res.history) >= 2                                  # fast members perturbed without waiting for the slow one

@@ -168,3 +168,18 @@ def test_default_fitness_is_the_validation_backtest_sharpe():
     assert math.isfinite(got) and got == pytest.approx(expected)
     res = bt.backtest(m.model, DF, start=VAL.index[0], window=1)
     assert res.equity.index[0] >= VAL.index[0]                   # the fitness is measured on the validation span only
+
+
+@pytest.mark.slow
+def test_ppo_population_in_worker_processes(tmp_path):
+    "Members rebuilt from checkpoints in spawned workers: the factory pickles, steps keep counting, exploits happen."
+    s = PBTScheduler({k: PPO_MUTATIONS[k] for k in ("learning_rate", "clip_range")}, seed=0, perturbation_interval=64,
+                     optimizer_exploit_strategy="reset")
+    res = run_population(factory(), s, n_members=3, n_rounds=3, steps_per_round=64, run_dir=tmp_path, n_workers=2,
+                         progress=False)
+    log = res.log
+    for mid in range(3):
+        assert list(log[log.member_id == mid].step) == [64, 128, 192]
+    assert (res.history.kind == "exploit").sum() >= 1 and set(res.history.optimizer) == {"reset"}
+    params, _ = load_checkpoint(s.records[res.best_member_id].checkpoint)
+    assert "policy.optimizer" in params                            # a member's own checkpoint keeps its optimizer
