@@ -307,3 +307,25 @@ def test_local_scheduler_imports_and_runs_without_ray(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_crash_with_worker_processes(tmp_path):
+    n_done = []
+    def crash_after_three(rnd, scheduler):
+        n_done.append(rnd)
+        if len(n_done) == 3: raise Crash()
+    s1 = PBTScheduler(MUT, seed=0, perturbation_interval=3)
+    with pytest.raises(Crash):
+        run_population(ToyMember, s1, n_members=3, n_rounds=3, steps_per_round=3, run_dir=tmp_path, n_workers=2,
+                       progress=False, callback=crash_after_three)
+    saved = json.loads((tmp_path / "population.json").read_text())
+    assert sum(saved["rounds_done"].values()) == 3                 # three intervals were finished and saved
+    assert all(os.path.exists(r["checkpoint"]) for r in saved["scheduler"]["records"].values() if r["checkpoint"])
+    s2 = PBTScheduler(MUT, seed=0, perturbation_interval=3)
+    res = run_population(ToyMember, s2, n_members=3, n_rounds=3, steps_per_round=3, run_dir=tmp_path, n_workers=2,
+                         progress=False)
+    log = res.log
+    assert log.groupby("member_id").size().to_dict() == {0: 3, 1: 3, 2: 3}   # each interval reported exactly once
+    state = json.loads((tmp_path / "population.json").read_text())
+    assert state["rounds_done"] == {"0": 3, "1": 3, "2": 3}
