@@ -392,3 +392,12 @@ def test_rollout_buffer_memory_is_linear():
         buf = SequenceRolloutBuffer(T, 8, (12,), 1, 32, (1, 64), 32, th.device("cpu"))
         sizes.append(sum(x.numel() * x.element_size() for x in (buf.obs, buf.actions, buf.log_probs, buf.quantiles, buf.chunk_states)))
     assert sizes[1] == 2 * sizes[0]
+
+
+def test_fixed_upgd_noise_with_vgs_warns():
+    from tradingrl_nb.upgd import VGSNoiseWarning
+    with pytest.warns(VGSNoiseWarning):
+        make(policy_kwargs=dict(lstm_hidden_size=16, optimizer_kwargs=dict(adaptive_noise=False, sigma=0.01)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VGSNoiseWarning)
+        make()                                          # the default (adaptive noise) does not warn
