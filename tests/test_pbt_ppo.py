@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch as th
 
-pytest.importorskip("tradingrl_nb.ppo", reason="DistributionalPPO (issue 6) needs tradingrl_nb.vgs and tradingrl_nb.upgd")
-
 from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.pbt import (PBTScheduler, PPOMemberFactory, PPO_MUTATIONS, flatten_state, load_checkpoint, load_exploit,
                               run_population)
@@ -159,7 +157,7 @@ def test_small_ppo_population_runs_end_to_end(tmp_path):
 
 
 def test_default_fitness_is_the_validation_backtest_sharpe():
-    bt = pytest.importorskip("tradingrl_nb.backtest", reason="tradingrl_nb.backtest (issue 5) not available")
+    import tradingrl_nb.backtest as bt
     f = PPOMemberFactory(TRAIN, DF, n_envs=2, env_kwargs=ENV_KW, ppo_kwargs=PPO_KW,
                          backtest_kwargs=dict(start=VAL.index[0], window=1))
     m = f(0); m.train(64)
