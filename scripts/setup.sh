@@ -24,7 +24,12 @@ else
   echo "== no GPU: installing the CPU wheel of torch"
   $PIP install -q "torch==2.13.0"
 fi
-$PIP install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+log=$(mktemp)
+if ! $PIP install -q -e ".[dev,ray]" >"$log" 2>&1; then
+  grep -v "is ignored: it is neither a file nor a directory" "$log" >&2; echo "pip install of the package failed" >&2; exit 1
+fi
+grep -v "is ignored: it is neither a file nor a directory" "$log" || true
+rm -f "$log"
 "$VENV/bin/python" -c "import tradingrl_nb, nbdev, torch" # fail loudly if the install did not work
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (tradingrl_nb)" >/dev/null
 bash scripts/install_chromium.sh || true # Debian chromium for the docs browser test; never fails the set-up
