@@ -1,0 +1,95 @@
+"""Time per update of SA-PPO (`SAPPO`, robust KL regularizer with a 10-step SGLD attack) against plain
+`DistributionalPPO`, same env and settings, measured in the same run.
+
+    .venv/bin/python benchmarks/bench_sappo.py            # full (a few minutes)
+    .venv/bin/python benchmarks/bench_sappo.py --quick    # smoke run
+
+An *update* is what the epsilon ramp counts: one rollout of `n_steps` x `n_envs` steps and its `n_epochs` of
+minibatch updates. Two ratios are printed: per update (rollout + training, what a run costs) and per training
+phase alone (`train()`, where all of the extra work is). The attack runs at full radius from the first update
+(`ramp_fraction=0`); with the default ramp the early updates have eps ~ 0 and cost less. Each algorithm runs in
+its own subprocess, interleaved over `--repeats` runs; medians are reported (the machine is shared).
+"""
+from __future__ import annotations
+import argparse, json, statistics, subprocess, sys, time
+
+ALGOS = ("DistributionalPPO", "SAPPO")
+
+def worker(a) -> dict:
+    import torch
+    torch.set_num_threads(a.threads)
+    from tradingrl_nb.data import synthetic_market
+    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.ppo import DistributionalPPO
+    from tradingrl_nb.sappo import SAPPO
+    env = TradingVecEnv(synthetic_market(3000, seed=0), n_envs=a.n_envs, seed=0, window=a.window, episode_length=252)
+    common = dict(n_steps=a.n_steps, batch_size=a.batch_size, n_epochs=a.epochs, sequence_length=a.seq_len, seed=0,
+                  device="cpu", verbose=0, policy_kwargs=dict(lstm_hidden_size=a.lstm))
+    if a.algo == "SAPPO":
+        model = SAPPO("MlpLstmPolicy", env, sappo=dict(eps=a.eps, steps=a.attack_steps, method=a.method, ramp_fraction=0.0), **common)
+    else:
+        model = DistributionalPPO("MlpLstmPolicy", env, **common)
+    per = a.n_steps * a.n_envs
+    model.learn(per)                                                  # warm-up: one rollout + one training phase
+    train_times: list[float] = []
+    train = model.train
+    def timed_train():
+        t = time.perf_counter(); train(); train_times.append(time.perf_counter() - t)
+    model.train = timed_train
+    t = time.perf_counter()
+    model.learn(a.updates * per, reset_num_timesteps=False)
+    dt = time.perf_counter() - t
+    if a.algo == "SAPPO": assert model.sappo_eps == a.eps
+    return dict(update_s=dt / a.updates, train_s=statistics.median(train_times))
+
+def run(algo: str, a) -> dict:
+    args = dict(vars(a), algo=algo)
+    cmd = [sys.executable, __file__, "--worker"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()
+                                                     if k not in ("worker", "quick")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode: raise RuntimeError(f"{algo} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small run (smoke test)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--algo", default="SAPPO", help=argparse.SUPPRESS)
+    p.add_argument("--n-envs", type=int, default=8)
+    p.add_argument("--n-steps", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lstm", type=int, default=64, help="LSTM hidden size")
+    p.add_argument("--seq-len", type=int, default=64, help="sequence_length")
+    p.add_argument("--window", type=int, default=1, help="TradingVecEnv feature window (observation size 9 * window + 3)")
+    p.add_argument("--eps", type=float, default=0.05, help="attack radius")
+    p.add_argument("--attack-steps", type=int, default=10, help="inner attack steps (SAPPOConfig.steps)")
+    p.add_argument("--method", default="sgld", choices=("sgld", "pgd"))
+    p.add_argument("--updates", type=int, default=None, help="timed updates per run (default 6, quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per algorithm (median; default 5, quick 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both")
+    a = p.parse_args(argv)
+    if a.updates is None: a.updates = 2 if a.quick else 6
+    if a.repeats is None: a.repeats = 1 if a.quick else 5
+    if a.quick: a.n_steps, a.epochs = min(a.n_steps, 128), min(a.epochs, 2)
+    if a.worker:
+        print(json.dumps(worker(a))); return
+    print(f"TradingVecEnv n_envs={a.n_envs} window={a.window} n_steps={a.n_steps} batch_size={a.batch_size} "
+          f"n_epochs={a.epochs} lstm={a.lstm} sequence_length={a.seq_len}; SA-PPO {a.method} steps={a.attack_steps} "
+          f"eps={a.eps}; {a.updates} timed updates x {a.repeats} repeats; torch threads={a.threads}")
+    res = {algo: [] for algo in ALGOS}
+    for _ in range(a.repeats):                                       # interleaved, so load changes hit both alike
+        for algo in ALGOS: res[algo].append(run(algo, a))
+    med = {k: {m: statistics.median(x[m] for x in v) for m in ("update_s", "train_s")} for k, v in res.items()}
+    print(f"\n{'algorithm':<20}{'s / update':>12}{'s / training phase':>20}   runs (s / update)")
+    for k in ALGOS:
+        print(f"{k:<20}{med[k]['update_s']:>12.3f}{med[k]['train_s']:>20.3f}   "
+              + ", ".join(f"{x['update_s']:.3f}" for x in res[k]))
+    r_up = med["SAPPO"]["update_s"] / med["DistributionalPPO"]["update_s"]
+    r_tr = med["SAPPO"]["train_s"] / med["DistributionalPPO"]["train_s"]
+    print(f"\nSA-PPO / PPO time per update (rollout + training): {r_up:.2f}x  (goal <= 3x with 10 attack steps: "
+          f"{'met' if r_up <= 3 else 'NOT met'})")
+    print(f"SA-PPO / PPO time per training phase alone:        {r_tr:.2f}x")
+
+if __name__ == "__main__":
+    main()
