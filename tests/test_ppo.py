@@ -401,3 +401,14 @@ def test_fixed_upgd_noise_with_vgs_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", VGSNoiseWarning)
         make()                                          # the default (adaptive noise) does not warn
+
+
+def test_first_snapshot_replaces_the_prior_without_rescaling_heads():
+    m = make()
+    w = [t.detach().clone() for t in (m.policy.q_net.weights[-1], m.policy.q_net.biases[-1])]
+    assert m._ret_snapshot == (0.0, 1.0)
+    rollout(m)
+    assert m._ret_snapshot != (0.0, 1.0)
+    assert all(th.equal(a, b) for a, b in zip(w, (m.policy.q_net.weights[-1], m.policy.q_net.biases[-1])))
+    m.train(); rollout(m)                               # later refreshes preserve outputs: the heads move
+    assert not th.equal(w[0], m.policy.q_net.weights[-1])

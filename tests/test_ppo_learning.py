@@ -1,6 +1,6 @@
 """DistributionalPPO learns: on a regime-switching synthetic market whose regime is predictable from trailing
-volatility / volume features, a fixed-seed run (about 45k env steps, well under two minutes of CPU) beats
-buy-and-hold and flat on held-out dates."""
+volatility / volume features, a fixed-seed run (about 45k env steps, well under two minutes of CPU) trained on
+20,000 days beats buy-and-hold and flat on the 1,500 held-out days that follow."""
 import time
 
 import numpy as np
@@ -12,8 +12,8 @@ from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 
-MARKET = dict(n_days=6000, seed=0, drift=(0.0008, -0.003), vol=(0.008, 0.025), stay=(0.99, 0.97))
-N_TRAIN = 5000
+MARKET = dict(n_days=21500, seed=0, drift=(0.0008, -0.003), vol=(0.008, 0.025), stay=(0.99, 0.97))
+N_TRAIN = 20000
 PPO_KW = dict(n_steps=128, batch_size=512, n_epochs=4, learning_rate=1e-3, gamma=0.5, seed=0, device="cpu",
               policy_kwargs=dict(lstm_hidden_size=64, log_std_init=-0.5))
 
