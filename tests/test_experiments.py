@@ -157,6 +157,40 @@ def test_bad_input_creates_no_run_folder(tiny, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _check_data_summary(m):
+    from tradingrl_nb.data import load_market_data
+    n = len(load_market_data("sp500"))
+    assert m["train"]["rows"] + m["val"]["rows"] + m["test"]["rows"] == n - 1  # daily returns of every bar but the first
+    assert m["test"]["start"].startswith("2015-01-02") and m["test"]["ann_vol"] > 0
+
+
+def _check_train_agent(m):
+    from tradingrl_nb.data import load_market_data
+    close = load_market_data("sp500")["close"]
+    t0 = close.index[close.index > "2014-12-31"][0]
+    bh = m["test"]["buy_and_hold"]
+    # buy-and-hold over the test span: the close-to-close return less the 2 bp entry cost
+    assert bh["total_return"] == pytest.approx(close.iloc[-1] / close[t0] / (1 + 2e-4) - 1, rel=1e-9)
+    assert set(m["test"]) == {"agent", "buy_and_hold", "momentum", "flat", "random"}
+    assert m["test"]["flat"]["total_return"] == 0.0 and m["test"]["agent"]["max_drawdown"] <= 0
+    assert m["training"]["timesteps"] >= 2048 and m["training"]["n_evals"] == 2
+    assert m["span"] == {"train_end": "2012-12-31", "val_start": "2013-01-02", "test_start": "2015-01-02", "test_end": "2018-12-31"}
+
+
+def _check_ablation(m):
+    assert set(m["configs"]) == {"VGS on, adaptive noise", "VGS on, fixed noise", "VGS off, adaptive noise", "VGS off, fixed noise"}
+    c = m["claims"]
+    for k in ("value_loss_variance_reduction", "sample_efficiency_gain"):
+        assert c[k]["verdict"].split(":")[0] in {"holds", "partly", "does not hold", "not supported", "cannot tell"}
+    # fixed noise of sigma 0.001 is far above 0.001 x the gradient scale: the ratio must show it
+    assert c["noise_to_signal_fixed_over_adaptive"] > 10
+    assert m["configs"]["VGS off, adaptive noise"]["vgs_factor"] == 1.0
+    assert m["setup"]["runs"] == 8
+
+
+CHECKS = {"data_summary": _check_data_summary, "train_agent": _check_train_agent, "ablation_vgs_upgd": _check_ablation}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ex.list_experiments()))
 def test_each_experiment_runs_with_tiny_defaults(name, tmp_path):
@@ -170,6 +204,8 @@ def test_each_experiment_runs_with_tiny_defaults(name, tmp_path):
     assert list((r.output_dir / "figures").glob("*.png")), "each experiment saves at least one figure"
     assert (r.output_dir / f"{name}.html").stat().st_size > 10_000
     assert json.loads((r.output_dir / "params.json").read_text())["device"] == "cpu"
+    assert name in CHECKS, f"add a check of {name}'s metrics to CHECKS"
+    CHECKS[name](r.metrics)
 
 
 # ---------------------------------------------------------------- sweeps and results
@@ -216,3 +252,22 @@ def test_save_metrics_is_strict_json(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": None, "b": [0, 1, 2], "t": "2018-01-02T00:00:00"}
     with pytest.raises(TypeError, match="cannot store"): ex.save_metrics({"m": object()}, tmp_path)
     assert ex.save_figure(None, "x", None) is None
+
+
+def test_training_log_rows_per_iteration():
+    "One row per PPO iteration, timesteps continuing across learn() calls, each row with the update's own values."
+    import torch
+    from tradingrl_nb.data import synthetic_market
+    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.ppo import DistributionalPPO
+    torch.set_num_threads(1)
+    env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)
+    model = DistributionalPPO("MlpLstmPolicy", env, n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0,
+                              device="cpu", policy_kwargs=dict(lstm_hidden_size=8, n_quantiles=8))
+    log = ex.TrainingLog(model)
+    log.learn(128); log.learn(64)
+    f = log.frame()
+    assert list(f.index) == [64, 128, 192]
+    assert list(f["train/n_updates"]) == [2, 4, 6]          # n_epochs updates after each rollout, in order
+    assert f["rollout/reward_mean"].notna().all() and (f["train/value_loss"] > 0).all()
+    assert model.num_timesteps == 192
