@@ -112,3 +112,19 @@ def test_sweep_all_ok_exits_0(env, tmp_path):
     r = tradingrl("sweep", "tiny", "-q", "--grid", "scale=2", "--output-dir", tmp_path / "sw", env=env)
     assert r.returncode == 0, r.stderr
     assert "1 ok, 0 failed" in r.stdout
+
+
+def test_main_job_parameters_are_valid():
+    "The Makefile's `run` target names a known experiment and only parameters it declares, with the right types."
+    import re, shlex
+    from tradingrl_nb import experiments as ex
+    from tradingrl_nb.cli import build_parser
+    make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", make, re.M).group(1).replace("\\\n", " ")
+    words = shlex.split(recipe)
+    args = build_parser().parse_args(words[words.index(next(w for w in words if w.endswith("tradingrl"))) + 1:])
+    assert args.command == "run" and args.name == "train_agent"
+    path, values = ex.prepare_run(args.name, dict(args.p), device="cpu" if args.device else None)
+    specs = ex.experiment_parameters(path)
+    assert values["total_timesteps"] > 100 * specs["total_timesteps"].default  # full size, not the tiny default
+    assert values["dataset"] == "sp500" and values["val_end"] == "2014-12-31"  # tests on 2015-2018

@@ -188,7 +188,19 @@ def _check_ablation(m):
     assert m["setup"]["runs"] == 8
 
 
-CHECKS = {"data_summary": _check_data_summary, "train_agent": _check_train_agent, "ablation_vgs_upgd": _check_ablation}
+def _check_pbt(m):
+    from tradingrl_nb.data import load_market_data
+    close = load_market_data("sp500")["close"]
+    t0 = close.index[close.index > "2014-12-31"][0]
+    assert m["test"]["buy_and_hold"]["total_return"] == pytest.approx(close.iloc[-1] / close[t0] / (1 + 2e-4) - 1, rel=1e-9)
+    assert set(m["members"]) == {"member_0", "member_1"} and m["pbt"]["exploits"] == 2   # one exploit per round
+    best = m["members"][f"member_{m['pbt']['best_member']}"]
+    assert best["sharpe"] == m["test"]["best_member"]["sharpe"]
+    assert all(1e-5 <= v["learning_rate"] <= 1e-3 and 0.05 <= v["cvar_alpha"] <= 0.5 for v in m["members"].values())
+
+
+CHECKS = {"data_summary": _check_data_summary, "train_agent": _check_train_agent, "ablation_vgs_upgd": _check_ablation,
+          "pbt_population": _check_pbt}
 
 
 @pytest.mark.slow
