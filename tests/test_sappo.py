@@ -119,6 +119,10 @@ def test_perturb_observations_api():
         kw = dict(method="sgld", eps=0.1, steps=2) | bad
         with pytest.raises(ValueError): perturb_observations(pol, obs, **kw)
     with pytest.raises(ValueError, match="shape"): perturb_observations(pol, np.zeros((5, 2, D + 1), np.float32), 0.1)
+    m = np.array([1, 1, 1, 0, 0], bool)                                          # numpy mask of one sequence
+    x = perturb_observations(pol, obs, 0.1, "sgld", steps=2, mask=m)
+    assert np.array_equal(x[3:], obs[3:]) and not np.array_equal(x[:3], obs[:3])
+    with pytest.raises(ValueError, match="mask"): perturb_observations(pol, obs, 0.1, mask=m[:4])
     with pytest.raises(TypeError): perturb_observations(object(), obs, 0.1)
 
 # ---- schedule ----------------------------------------------------------------------------------------

@@ -144,7 +144,10 @@ def perturb_observations(model, obs, eps: float, method: str = "sgld", steps: in
     if single: x = x.unsqueeze(1)
     if x.dim() != len(shape) + 2 or tuple(x.shape[2:]) != tuple(shape):
         raise ValueError(f"obs must have shape [T, B, *{tuple(shape)}] or [T, *{tuple(shape)}], got {tuple(x.shape)}")
-    if mask is not None and single: mask = th.as_tensor(mask).reshape(-1, 1)
+    if mask is not None:
+        mask = th.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, device=policy.device)
+        if single: mask = mask.reshape(-1, 1)
+        if tuple(mask.shape) != tuple(x.shape[:2]): raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
     with _rnn_backend(policy, 1 if method == "mad" else x.shape[0]):
         out, _ = _attack(policy, x, float(eps), method, int(steps) if method != "random" else 0, states, mask, beta)
     if single: out = out.squeeze(1)
@@ -322,6 +325,7 @@ class AttackedPolicy:
         if not vectorized: o = o[None]
         n = len(o)
         x = th.as_tensor(o, device=p.device).unsqueeze(0)                  # [1, n, ...]
+        if state is None: self.kl_history = []                              # a new run
         if state is None or self._clean is None or self._clean[0].shape[1] != n:
             adv = _actor_state(p, None if state is None else tuple(th.as_tensor(np.asarray(s)) for s in state), n, p.device)
             self._clean = adv if state is not None else _actor_state(p, None, n, p.device)
