@@ -199,8 +199,16 @@ def _check_pbt(m):
     assert all(1e-5 <= v["learning_rate"] <= 1e-3 and 0.05 <= v["cvar_alpha"] <= 0.5 for v in m["members"].values())
 
 
+def _check_sappo(m):
+    assert set(m["test_sharpe"]) == set(m["mean_kl"]) == {"ppo", "sappo"}
+    for k in ("ppo", "sappo"):
+        assert set(m["test_sharpe"][k]) == {"eps=0", "eps=0.1"}
+        assert m["mean_kl"][k]["eps=0"] == 0 and m["mean_kl"][k]["eps=0.1"] > 0   # the attack moves the policy
+        assert m["sharpe_drop_at_max_eps"][k] == pytest.approx(m["test_sharpe"][k]["eps=0"] - m["test_sharpe"][k]["eps=0.1"])
+
+
 CHECKS = {"data_summary": _check_data_summary, "train_agent": _check_train_agent, "ablation_vgs_upgd": _check_ablation,
-          "pbt_population": _check_pbt}
+          "pbt_population": _check_pbt, "robustness_sappo": _check_sappo}
 
 
 @pytest.mark.slow
