@@ -87,9 +87,14 @@ def main(argv=None):
               + ", ".join(f"{x['update_s']:.3f}" for x in res[k]))
     r_up = med["SAPPO"]["update_s"] / med["DistributionalPPO"]["update_s"]
     r_tr = med["SAPPO"]["train_s"] / med["DistributionalPPO"]["train_s"]
+    paired = lambda m: [s[m] / p[m] for s, p in zip(res["SAPPO"], res["DistributionalPPO"])]
+    pu, pt = paired("update_s"), paired("train_s")
     print(f"\nSA-PPO / PPO time per update (rollout + training): {r_up:.2f}x  (goal <= 3x with 10 attack steps: "
           f"{'met' if r_up <= 3 else 'NOT met'})")
     print(f"SA-PPO / PPO time per training phase alone:        {r_tr:.2f}x")
+    print(f"paired ratios (runs next to each other), per update: {', '.join(f'{r:.2f}' for r in pu)} "
+          f"(median {statistics.median(pu):.2f}); per training phase: {', '.join(f'{r:.2f}' for r in pt)} "
+          f"(median {statistics.median(pt):.2f})")
 
 if __name__ == "__main__":
     main()
