@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.torch_layers import FlattenExtractor
 
 from .ppo import DistributionalPPO
 
@@ -42,12 +43,16 @@ def _actor_state(policy, states, batch: int, device) -> tuple[th.Tensor, th.Tens
     h, c = states.pi if isinstance(states, RNNStates) else states
     return (th.as_tensor(h, device=device).detach(), th.as_tensor(c, device=device).detach())
 
+def _seq_features(policy, obs: th.Tensor) -> th.Tensor:
+    "Features `[T, B, F]` of `obs [T, B, ...]` (a float observation through `FlattenExtractor` is just reshaped)."
+    T, B = obs.shape[:2]
+    if type(policy.features_extractor) is FlattenExtractor and obs.dtype == th.float32: return obs.reshape(T, B, -1)
+    return policy.extract_features(obs.reshape(T * B, *obs.shape[2:]), policy.features_extractor).reshape(T, B, -1)
+
 def actor_mean(policy, obs: th.Tensor, states=None) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor]]:
     """Means `[T, B, A]` of the Gaussian actor on whole sequences `obs [T, B, ...]` from `states` (zeros when `None`)
     and the actor's final `(h, c)`: one `nn.LSTM` call for all sequences; the critics are not run."""
-    T, B = obs.shape[:2]
-    f = policy.extract_features(obs.reshape(T * B, *obs.shape[2:]), policy.features_extractor).reshape(T, B, -1)
-    out, st = policy.lstm_actor(f, _actor_state(policy, states, B, obs.device))
+    out, st = policy.lstm_actor(_seq_features(policy, obs), _actor_state(policy, states, obs.shape[1], obs.device))
     return policy.action_net(policy.pi_net(out)), st
 
 def gaussian_kl(mu: th.Tensor, mu_hat: th.Tensor, log_std: th.Tensor) -> th.Tensor:
@@ -66,18 +71,17 @@ def _sign_ascent(policy, obs, mu_ref, states, w, eps: float, steps: int, start: 
     lo, hi = obs - eps, obs + eps
     if start == "corner": x = obs + th.randn_like(obs).sign() * alpha
     else: x = obs + th.empty_like(obs).uniform_(-alpha, alpha)
-    x = th.minimum(th.maximum(x, lo), hi)
-    inv_std = th.exp(-policy.log_std.detach())
+    x = th.clamp(x, lo, hi)
+    dobj = 2.0 * w.unsqueeze(-1) * th.exp(-2.0 * policy.log_std.detach())    # d objective / d mu = dobj * (mu - mu_ref)
     noise0 = math.sqrt(2 * alpha * beta)
     for i in range(steps):
-        x = x.detach().requires_grad_(True)
+        x.requires_grad_(True)
         with th.enable_grad():
             mu, _ = actor_mean(policy, x, states)
-            obj = ((((mu - mu_ref) * inv_std).pow(2).sum(-1)) * w).sum()
-            g, = th.autograd.grad(obj, x)
-        if beta > 0: g = g + (noise0 / (i + 2)) * th.randn_like(g)
-        x = th.minimum(th.maximum(x.detach() + alpha * g.sign(), lo), hi)
-    return x.detach()
+            g, = th.autograd.grad(mu, x, grad_outputs=(mu.detach() - mu_ref) * dobj)
+        if beta > 0: g.add_(th.randn_like(g), alpha=noise0 / (i + 2))
+        x = th.clamp(x.detach().add_(g.sign_(), alpha=alpha), lo, hi)
+    return x
 
 # %% ../nbs/07_sappo.ipynb #ff774ab6
 def _check_attack(method: str, eps: float, steps: int) -> None:
