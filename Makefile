@@ -11,7 +11,7 @@ setup:
 run: setup
 	.venv/bin/tradingrl run train_agent --device auto \
 	  -p dataset sp500 -p train_end 2012-12-31 -p val_end 2014-12-31 \
-	  -p total_timesteps 1500000 -p eval_every 50000 -p n_envs 8 -p n_steps 256 -p batch_size 512 \
+	  -p total_timesteps 2000000 -p eval_every 50000 -p n_envs 8 -p n_steps 256 -p batch_size 512 \
 	  -p n_epochs 4 -p sequence_length 32 -p episode_length 256 -p window 32 -p lstm_hidden_size 64 \
 	  -p n_quantiles 32 -p threads 1
 test:
