@@ -218,6 +218,21 @@ def test_attacked_policy_in_a_backtest():
         kls[method] = np.mean(ap.kl_history)
     assert kls["mad"] > 3 * kls["random"]
 
+def test_backtest_attack_option_matches_the_wrapper():
+    from tradingrl_nb.backtest import backtest
+    from tradingrl_nb.data import synthetic_market
+    m = tiny_sappo(2)
+    m.learn(16 * 2)
+    df = synthetic_market(200, seed=2)
+    th.manual_seed(0); via_option = backtest(m, df, window=1, attack=dict(method="random", eps=0.5))
+    th.manual_seed(0); via_wrapper = backtest(AttackedPolicy(m, "random", 0.5), df, window=1)
+    clean = backtest(m, df, window=1)
+    pos = lambda r: r.equity["position"].to_numpy()[:-1]
+    assert np.array_equal(pos(via_option), pos(via_wrapper))
+    assert not np.allclose(pos(via_option), pos(clean))
+    with pytest.raises(ValueError, match="attack= needs a trained model"):
+        backtest("buy_and_hold", df, window=1, attack=dict(method="mad", eps=0.1))
+
 def test_attacked_policy_keeps_the_lstm_state_like_predict():
     pol = make_policy(7)
     obs = np.random.default_rng(1).normal(size=(6, 3, D)).astype(np.float32)

@@ -122,10 +122,18 @@ def _build_env(df, start, end, window, model, obs_space, env_kwargs) -> TradingE
 
 def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=None, *, window: int | None = None,
              name: str | None = None, deterministic: bool = True, vec_normalize=None, seed: int = 0,
-             periods: int = ANNUALIZATION, **env_kwargs) -> BacktestResult:
-    "Run a policy (baseline name, `Baseline`, SB3 model, or callable) over `[start, end]` of `df`; equity curve and metrics."
+             periods: int = ANNUALIZATION, attack: dict | None = None, **env_kwargs) -> BacktestResult:
+    """Run a policy (baseline name, `Baseline`, SB3 model, or callable) over `[start, end]` of `df`; equity curve and metrics.
+    `attack`, e.g. `dict(method="mad", eps=0.1, steps=10)`, runs a recurrent model under an observation attack
+    (`tradingrl_nb.sappo.AttackedPolicy`, applied after `vec_normalize`, as in training)."""
     policy = model_or_policy
     if isinstance(policy, str): policy = make_baseline(policy)
+    if attack is not None:
+        if isinstance(policy, Baseline) or not hasattr(policy, "predict"):
+            raise ValueError("attack= needs a trained model with predict() (a DistributionalPPO or its policy), "
+                             f"not {type(policy).__name__}")
+        from tradingrl_nb.sappo import AttackedPolicy
+        policy = AttackedPolicy(policy, **attack)
     env = _make_env(df, start, end, window, policy, env_kwargs)
     if isinstance(policy, Baseline) or hasattr(policy, "bind"): policy.bind(env)
     if hasattr(policy, "predict"): kind = "model"
