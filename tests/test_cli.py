@@ -63,7 +63,7 @@ def test_run_failing_cell(env, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "tinny"], "unknown experiment 'tinny'; known experiments: data_summary"),
+    (["run", "tinny"], "unknown experiment 'tinny'; known experiments: "),
     (["run", "tiny", "-p", "xx", "1"], "unknown parameter(s) 'xx' for experiment 'tiny'; known parameters: x (int)"),
     (["run", "tiny", "-p", "x", "1.5"], "parameter 'x': '1.5' is not a valid int"),
     (["run", "tiny", "-p", "scale", "big"], "parameter 'scale': 'big' is not a valid float"),
@@ -74,6 +74,10 @@ def test_run_failing_cell(env, tmp_path):
 def test_bad_input_exits_2_before_running(env, tmp_path, args, message):
     r = tradingrl(*args, env=env)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+    if "unknown experiment" in message:  # lists every known one: the project's and the one on the search path
+        repo = Path(__file__).resolve().parents[1] / "nbs" / "experiments"
+        listed = r.stderr.split("known experiments: ")[1].split(" (searched")[0].split(", ")
+        assert listed == sorted([p.stem for p in repo.glob("*.ipynb")] + ["tiny"])
     assert not (tmp_path / "runs").exists()
 
 
