@@ -5,8 +5,10 @@
 
 Every algorithm trains on the same `TradingVecEnv` (synthetic regime market) with the same n_envs, n_steps,
 batch size, epochs and LSTM size, in its own subprocess (so peak RSS is per algorithm). Each measurement is
-`learn(timesteps)` after a one-rollout warm-up; the median of `--repeats` runs is reported, with ratios against
-the peers measured in the same run. Peak RSS of DistributionalPPO is also measured for growing n_steps to show
+`learn(timesteps)` after a one-rollout warm-up; runs are interleaved and the median of `--repeats` runs is
+reported, with ratios against the peers measured in the same run. Throughput is env steps per second of the
+process's CPU time (one torch thread), which other processes on a shared machine disturb far less than wall
+time; wall-time figures are printed too. Peak RSS of DistributionalPPO is also measured for growing n_steps to show
 that rollout + update memory grows linearly in n_steps * n_envs.
 """
 from __future__ import annotations
@@ -34,15 +36,15 @@ def worker(a) -> dict:
         model = PPO("MlpPolicy", env, **common)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.learn(a.n_steps * a.n_envs)                       # warm-up: one rollout + one update
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     model.learn(a.timesteps, reset_num_timesteps=False)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
     n = model.num_timesteps - a.n_steps * a.n_envs
-    return dict(steps_per_s=n / dt, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return dict(steps_per_s=n / dc, steps_per_wall_s=n / dt, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 base_rss_mb=rss0 / 1024)
 
 def run(algo: str, a, **over) -> dict:
-    args = dict(vars(a), algo=algo, **over)
+    args = {**vars(a), "algo": algo, **over}
     cmd = [sys.executable, __file__, "--worker"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()
                                                      if k not in ("worker", "quick")]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -61,28 +63,34 @@ def main(argv=None):
     p.add_argument("--lstm", type=int, default=64, help="LSTM hidden size (both recurrent algorithms)")
     p.add_argument("--seq-len", type=int, default=64, help="DistributionalPPO sequence_length")
     p.add_argument("--window", type=int, default=1, help="TradingVecEnv feature window")
-    p.add_argument("--timesteps", type=int, default=None, help="timed env steps per run (default: 8 rollouts, quick: 2)")
-    p.add_argument("--repeats", type=int, default=None, help="runs per algorithm (median; default 3, quick 1)")
+    p.add_argument("--timesteps", type=int, default=None,
+                   help="timed env steps per run (default: 6 rollouts, quick: 2; RecurrentPPO a quarter, at least one rollout)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per algorithm (median; default 5, quick 1)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for every algorithm")
     a = p.parse_args(argv)
-    if a.timesteps is None: a.timesteps = a.n_steps * a.n_envs * (2 if a.quick else 8)
-    if a.repeats is None: a.repeats = 1 if a.quick else 3
+    if a.timesteps is None: a.timesteps = a.n_steps * a.n_envs * (2 if a.quick else 6)
+    if a.repeats is None: a.repeats = 1 if a.quick else 5
     if a.worker:
         print(json.dumps(worker(a))); return
     print(f"TradingVecEnv n_envs={a.n_envs} n_steps={a.n_steps} batch_size={a.batch_size} n_epochs={a.epochs} "
           f"lstm_hidden_size={a.lstm} timesteps={a.timesteps} repeats={a.repeats} torch threads={a.threads}")
     res = {algo: [] for algo in ALGOS}
     for r in range(a.repeats):                                  # interleaved, so load changes hit all alike
-        for algo in ALGOS: res[algo].append(run(algo, a))
+        for algo in ALGOS:                                      # RecurrentPPO is slow: fewer timed steps (a rate is a rate)
+            ts = a.timesteps if algo != "RecurrentPPO" else max(a.n_steps * a.n_envs, a.timesteps // 4)
+            res[algo].append(run(algo, a, timesteps=ts))
     med = {k: statistics.median(x["steps_per_s"] for x in v) for k, v in res.items()}
+    wall = {k: statistics.median(x["steps_per_wall_s"] for x in v) for k, v in res.items()}
     rss = {k: max(x["peak_rss_mb"] for x in v) for k, v in res.items()}
-    print(f"\n{'algorithm':<20}{'env-steps/s (median)':>22}{'runs':>30}{'peak RSS MB':>14}")
+    print("\nenv-steps per second of process CPU time (one torch thread; robust to other processes' load), and of wall time")
+    print(f"{'algorithm':<20}{'CPU (median)':>14}{'runs':>34}{'wall (median)':>15}{'peak RSS MB':>13}")
     for k in ALGOS:
         runs = ", ".join(f"{x['steps_per_s']:.0f}" for x in res[k])
-        print(f"{k:<20}{med[k]:>22.0f}{runs:>30}{rss[k]:>14.0f}")
+        print(f"{k:<20}{med[k]:>14.0f}{runs:>34}{wall[k]:>15.0f}{rss[k]:>13.0f}")
     r1, r2 = med["DistributionalPPO"] / med["RecurrentPPO"], med["DistributionalPPO"] / med["PPO-MLP"]
-    print(f"\nDistributionalPPO / RecurrentPPO = {r1:.1f}x   (goal >= 10x: {'met' if r1 >= 10 else 'NOT met'})")
-    print(f"DistributionalPPO / PPO-MLP      = {r2:.2f}x  (goal >= 0.5x: {'met' if r2 >= 0.5 else 'NOT met'})")
+    w1, w2 = wall["DistributionalPPO"] / wall["RecurrentPPO"], wall["DistributionalPPO"] / wall["PPO-MLP"]
+    print(f"\nDistributionalPPO / RecurrentPPO = {r1:.1f}x   (wall: {w1:.1f}x)   goal >= 10x: {'met' if r1 >= 10 else 'NOT met'}")
+    print(f"DistributionalPPO / PPO-MLP      = {r2:.2f}x  (wall: {w2:.2f}x)  goal >= 0.5x: {'met' if r2 >= 0.5 else 'NOT met'}")
     print("\nDistributionalPPO peak RSS vs rollout size (n_steps * n_envs):")
     pts = []
     for k in (1, 2, 4) if not a.quick else (1, 2):

@@ -159,3 +159,14 @@ def test_twin_mlp_members_match_their_own_mlp():
 def test_alias_registered_in_distributional_ppo():
     from tradingrl_nb.ppo import DistributionalPPO
     assert DistributionalPPO.policy_aliases["MlpLstmPolicy"] is RecurrentQuantilePolicy is MlpLstmPolicy
+
+
+def test_fused_rollout_reuses_its_stacked_states():
+    "After one fused step the states are views of one [2, 2, layers, B, H] tensor, which the next step reads directly."
+    for layers in (1, 2):
+        p = make(n_lstm_layers=layers)
+        with th.no_grad():
+            _, _, _, s1 = p(th.randn(3, 6), p.initial_state(3))
+            base = s1.pi[0]._base
+            assert base is not None and base.dim() == 5 and all(t._base is base for t in (*s1.pi, *s1.vf))
+

@@ -412,3 +412,25 @@ def test_first_snapshot_replaces_the_prior_without_rescaling_heads():
     assert all(th.equal(a, b) for a, b in zip(w, (m.policy.q_net.weights[-1], m.policy.q_net.biases[-1])))
     m.train(); rollout(m)                               # later refreshes preserve outputs: the heads move
     assert not th.equal(w[0], m.policy.q_net.weights[-1])
+
+
+def test_value_clipping_is_per_sample_max():
+    "The loss equals mean over samples of max(unclipped, clipped), computed naively for comparison."
+    from tradingrl_nb.distributional import quantile_huber_loss
+    m = make(n_steps=64, clip_range_vf=0.05)
+    rollout(m); m.train(); rollout(m)                   # old quantiles from the previous weights: some clip, some not
+    mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))
+    _, _, q = m.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
+    with th.no_grad(): q.add_(0.1 * th.randn_like(q))   # move the atoms so that clipping happens
+    mu, sigma = m._ret_snapshot
+    target = (mb["returns"] - mu) / sigma
+    got = m._critic_losses(q, mb["old_quantiles"], 0.05, target, mb["mask"])
+    mask, old = mb["mask"], mb["old_quantiles"]
+    for k in range(2):
+        qk, ok = q[..., k, :][mask], old[..., k, :][mask]
+        t = target[mask].unsqueeze(-1)
+        ref = th.maximum(quantile_huber_loss(qk, t, reduction="none"),
+                         quantile_huber_loss(ok + (qk - ok).clamp(-0.05, 0.05), t, reduction="none"))
+        unclipped = quantile_huber_loss(qk, t, reduction="none")
+        assert th.allclose(got[..., k][mask], ref, atol=1e-6)
+        assert (ref > unclipped + 1e-6).any()           # clipping was active somewhere

@@ -45,4 +45,5 @@ def test_beats_buy_and_hold_and_flat_on_held_out_dates():
     # and not by luck of one lucky bet: the agent holds less in the crash regime than in the calm one
     pos = agent.equity["position"].iloc[:-1]
     regime = df["regime"].reindex(pos.index)
+    print(f"mean position: calm regime {pos[regime == 0].mean():+.2f}, crash regime {pos[regime == 1].mean():+.2f}")
     assert pos[regime == 1].mean() < pos[regime == 0].mean() - 0.5
