@@ -11,14 +11,6 @@ from tradingrl_nb import pbt
 from tradingrl_nb.pbt import (Hyperparam, PBTScheduler, ToyMember, load_checkpoint, load_exploit, run_population,
                               save_checkpoint)
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    "Tiny models: thread pools only add contention on a shared 2-core machine (30 steps: 5 s vs 0.1 s)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MUT = {"learning_rate": Hyperparam(1e-4, 5e-2, log=True), "vgs_alpha": Hyperparam(0.0, 1.0)}
 
 

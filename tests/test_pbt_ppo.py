@@ -17,13 +17,6 @@ PPO_KW = dict(n_steps=32, batch_size=64, n_epochs=1, sequence_length=16, device=
 ENV_KW = dict(window=1, episode_length=60)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = th.get_num_threads(); th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
-
-
 def weight_norm(model) -> float:
     "A cheap deterministic fitness for tests that are not about the backtest."
     return -float(sum(p.detach().abs().sum() for p in model.policy.parameters()))

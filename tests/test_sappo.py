@@ -13,13 +13,6 @@ from tradingrl_nb.sappo import (METHODS, AttackedPolicy, EpsSchedule, RobustKLRe
 
 D = 6
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Small LSTMs run faster and steadier on one thread (the machine is shared)."
-    n = th.get_num_threads(); th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
-
 def make_policy(seed=0, hidden=16, ortho_init=False, obs_dim=D):
     th.manual_seed(seed)
     box = spaces.Box(-10, 10, (obs_dim,), np.float32)

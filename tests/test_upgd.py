@@ -9,14 +9,6 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from tradingrl_nb.upgd import AdaptiveUPGD, AdaptiveUPGDLoop, UPGD, UPGDLoop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    "Tiny tensors: one intra-op thread avoids oversubscribing shared CI cores (restored afterwards)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def mlp(seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
