@@ -9,13 +9,6 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from tradingrl_nb.vgs import VarianceGradientScaler, allocate, stratified_sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reference_stats(grads, beta):
     "Straightforward per-element EMAs of g and g^2 with bias correction, and nv = Var / (E^2 + eps)."
     m1 = torch.zeros_like(grads[0], dtype=torch.float64); m2 = torch.zeros_like(m1)

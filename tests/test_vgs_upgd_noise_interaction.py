@@ -11,13 +11,6 @@ from tradingrl_nb.upgd import AdaptiveUPGD, AdaptiveUPGDLoop, UPGD, VGSNoiseWarn
 from tradingrl_nb.vgs import VarianceGradientScaler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ratios_as_vgs_falls(make_opt, n=1024, hold=40, fall=200, k_end=0.01, seed=0, update_space=False):
     """Gradients of unit RMS per element times a VGS factor held at 1 for `hold` steps, falling geometrically to
     `k_end` over `fall` steps (as fast as VGS's EMA statistics can move it) and held there; the noise-to-signal
