@@ -376,7 +376,8 @@ class _Update:
     def _update(self, seqs: np.ndarray, clip_range: float, clip_vf: float | None, ent_coef: float) -> th.Tensor | None:
         """One optimizer update on a minibatch of whole sequences, in the order of seed 003 1.1:
         zero_grad, backward over weighted micro-batches (weights sum to 1), VGS scale, clip, step, VGS step.
-        Returns the update's statistics (`_STATS`), or None if it was skipped as non-finite."""
+        Returns the update's statistics (`_STATS`; the per-critic gradient norms only on the updates `train()` marks
+        in `_diagnostics`, NaN otherwise), or None if it was skipped as non-finite."""
         opt = self.policy.optimizer
         opt.zero_grad(set_to_none=True)
         mb = self.rollout_buffer.gather(seqs)
@@ -395,7 +396,8 @@ class _Update:
             if not th.isfinite(loss): return self._skip("loss", st, mb)
             (loss * weight).backward()
             stats = st * weight if stats is None else stats + st * weight
-        q_norms = self.policy.q_net.member_grad_norms()
+        diag = getattr(self, "_diagnostics", True)
+        q_norms = self.policy.q_net.member_grad_norms() if diag else stats.new_full((2,), float("nan"))
         scale = self.vgs.scale_gradients() if self.vgs is not None else 1.0
         grad_norm = th.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
         if not th.isfinite(grad_norm): return self._skip("gradient", stats, mb)
@@ -434,7 +436,8 @@ class _Update:
         kl_i = self._STATS.index("approx_kl")
         for epoch in range(self.n_epochs):
             applied = 0
-            for seqs in self.rollout_buffer.minibatches(self.batch_size, self._rng):
+            for i, seqs in enumerate(self.rollout_buffer.minibatches(self.batch_size, self._rng)):
+                self._diagnostics = i == 0                              # per-critic gradient norms once an epoch
                 st = self._update(seqs, clip_range, clip_vf, ent_coef)
                 if st is None: continue
                 applied += 1
@@ -450,7 +453,7 @@ class _Update:
 
     def _log_train(self, acc: list, empty_epochs: int, clip_range: float, clip_vf: float | None, ent_coef: float) -> None:
         rec = self.logger.record
-        mean = dict(zip(self._STATS, th.stack(acc).mean(0).tolist())) if acc else {}
+        mean = dict(zip(self._STATS, th.stack(acc).nanmean(0).tolist())) if acc else {}
         for k in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction", "loss", "grad_norm"):
             if k in mean: rec(f"train/{k}", mean[k])
         buf = self.rollout_buffer
