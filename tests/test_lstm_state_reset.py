@@ -9,7 +9,6 @@ from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 
-th.set_num_threads(1)
 DF = synthetic_market(1500, seed=3)
 
 

@@ -14,7 +14,6 @@ from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO, SequenceRolloutBuffer, gae
 from tradingrl_nb.upgd import AdaptiveUPGD
 
-th.set_num_threads(1)
 DF = synthetic_market(1500, seed=3)
 
 
