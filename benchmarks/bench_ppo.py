@@ -12,7 +12,10 @@ time; wall-time figures are printed too. Peak RSS of DistributionalPPO is also m
 that rollout + update memory grows linearly in n_steps * n_envs.
 """
 from __future__ import annotations
-import argparse, json, os, resource, statistics, subprocess, sys, time
+import argparse, json, os, resource, statistics, sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _worker import run_worker
 
 ALGOS = ("DistributionalPPO", "RecurrentPPO", "PPO-MLP")
 
@@ -44,12 +47,7 @@ def worker(a) -> dict:
                 base_rss_mb=rss0 / 1024)
 
 def run(algo: str, a, **over) -> dict:
-    args = {**vars(a), "algo": algo, **over}
-    cmd = [sys.executable, __file__, "--worker"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()
-                                                     if k not in ("worker", "quick")]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode: raise RuntimeError(f"{algo} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, {**vars(a), "algo": algo, **over})
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

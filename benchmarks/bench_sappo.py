@@ -11,7 +11,10 @@ phase alone (`train()`, where all of the extra work is). The attack runs at full
 its own subprocess, interleaved over `--repeats` runs; medians are reported (the machine is shared).
 """
 from __future__ import annotations
-import argparse, json, statistics, subprocess, sys, time
+import argparse, json, statistics, sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _worker import run_worker
 
 ALGOS = ("DistributionalPPO", "SAPPO")
 
@@ -43,12 +46,7 @@ def worker(a) -> dict:
     return dict(update_s=dt / a.updates, train_s=statistics.median(train_times))
 
 def run(algo: str, a) -> dict:
-    args = dict(vars(a), algo=algo)
-    cmd = [sys.executable, __file__, "--worker"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()
-                                                     if k not in ("worker", "quick")]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode: raise RuntimeError(f"{algo} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, dict(vars(a), algo=algo))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
