@@ -238,3 +238,58 @@ def test_attacked_policy_keeps_the_lstm_state_like_predict():
         assert np.allclose(a1, a2, atol=1e-6) and np.allclose(s1[0], s2[0], atol=1e-6)
     a, _ = ap.predict(obs[0, 0])                                                 # one observation, no batch axis
     assert a.shape == (1,)
+
+# ---- SA-PPO as a DistributionalPPO option --------------------------------------------------------------
+def tiny_ppo(sappo=None, **kw):
+    from tradingrl_nb.data import synthetic_market
+    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.ppo import DistributionalPPO
+    env = TradingVecEnv(synthetic_market(400, seed=0), n_envs=2, seed=0, window=1, episode_length=40)
+    m = DistributionalPPO("MlpLstmPolicy", env, sappo=sappo, n_steps=16, batch_size=32, n_epochs=2, sequence_length=8,
+                          seed=0, device="cpu", policy_kwargs=dict(lstm_hidden_size=8, n_quantiles=4, ortho_init=False), **kw)
+    m.set_logger(configure(None, []))
+    return m
+
+def test_distributional_ppo_sappo_option_adds_the_regularizer():
+    m = tiny_ppo(sappo=dict(eps=0.2, kappa=0.5, steps=2, ramp_fraction=0.0))
+    assert type(m).__name__ == "DistributionalPPO" and m.sappo == SAPPOConfig(eps=0.2, kappa=0.5, steps=2, ramp_fraction=0.0)
+    m.learn(16 * 2 * 2)
+    log = m.logger.name_to_value
+    assert log["sappo/eps"] == 0.2 and log["sappo/kl"] > 0 and log["sappo/loss"] == pytest.approx(2 * 0.5 * log["sappo/kl"])
+    mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))           # the same batch, option on and off
+    th.manual_seed(0); loss_on, st_on = m._loss(mb, 0.2, 1.0, 0.0)
+    cfg, m.sappo = m.sappo, None
+    loss_off, st_off = m._loss(mb, 0.2, 1.0, 0.0)
+    m.sappo = cfg
+    th.manual_seed(0); term, _ = RobustKLRegularizer(cfg).loss(m.policy, mb, 0.2)
+    assert th.equal(st_on, st_off) and float(term.detach()) > 0
+    assert float((loss_on - loss_off).detach()) == pytest.approx(float(term.detach()), rel=1e-4)
+    assert isinstance(SAPPO("MlpLstmPolicy", m.env, sappo=None, n_steps=16).sappo, SAPPOConfig)   # the alias: defaults
+    with pytest.raises(TypeError, match="sappo must be"): tiny_ppo(sappo=0.1)
+
+def test_sappo_none_leaves_ppo_unchanged():
+    "With `sappo=None` (the default) training is bit for bit that of a model whose regularizer is inert (kappa = 0)."
+    off = tiny_ppo()                                             # built and trained one after the other: the global
+    off.learn(16 * 2 * 3)                                        # torch RNG (seeded at construction) drives UPGD's noise
+    inert = tiny_ppo(sappo=dict(eps=0.2, kappa=0.0, ramp_fraction=0.0))
+    inert.learn(16 * 2 * 3)
+    assert off.sappo is None and off._hparams()["sappo"] is None
+    for (n, a), (_, b) in zip(off.policy.state_dict().items(), inert.policy.state_dict().items()): assert th.equal(a, b), n
+    assert off.logger.name_to_value["train/loss"] == inert.logger.name_to_value["train/loss"]
+    assert not any(k.startswith("sappo/") for k in off.logger.name_to_value)
+
+def test_distributional_ppo_load_restores_the_sappo_config(tmp_path):
+    from tradingrl_nb.ppo import DistributionalPPO
+    cfg = SAPPOConfig(eps=0.15, kappa=0.3, method="pgd", steps=3, ramp_fraction=0.25, detach_std=True)
+    m = tiny_ppo(sappo=cfg)
+    m.learn(16 * 2)
+    m.save(tmp_path / "sa")
+    m2 = DistributionalPPO.load(tmp_path / "sa")
+    assert type(m2) is DistributionalPPO and m2.sappo == cfg and m2._sappo_reg.config == cfg
+    m2.set_logger(configure(None, []))
+    m2.set_env(m.env); m2.learn(16 * 2, reset_num_timesteps=False)
+    assert m2.logger.name_to_value["sappo/eps"] > 0
+    off = tiny_ppo(); off.save(tmp_path / "off")
+    assert DistributionalPPO.load(tmp_path / "off").sappo is None
+    sa = SAPPO.load(tmp_path / "sa")                                              # the alias reads the same file
+    assert isinstance(sa, SAPPO) and sa.sappo == cfg

@@ -7,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/ppo.html.md"""
 
 # %% ../nbs/06_ppo.ipynb #f5776434
 from __future__ import annotations
-import contextlib, json, math, os, pathlib, tempfile, warnings
+import contextlib, dataclasses, json, math, os, pathlib, tempfile, warnings
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -364,6 +364,10 @@ class _Update:
             kl = (((ratio - 1) - log_ratio) * w).sum()
             clip_frac = (((ratio - 1).abs() > clip_range).float() * w).sum()
             stats = th.stack([pg, value_loss, ent_loss, loss, kl, clip_frac, vl[0], vl[1]]).detach()
+        if self.sappo is not None and self.sappo_eps > 0 and self.sappo.kappa > 0:    # SA-PPO robust KL term
+            term, m = self._sappo_reg.loss(self.policy, mb, self.sappo_eps)
+            self._sappo_acc.append(th.stack([term.detach(), m["kl"]]))
+            loss = loss + term
         return loss, stats
 
     @staticmethod
@@ -424,7 +428,16 @@ class _Update:
         warnings.warn(f"skipped update: {msg}", RuntimeWarning)
         return None
 
+    def eps_schedule(self):
+        "SA-PPO's epsilon ramp of this run (SA-PPO on): its length is `total_timesteps // (n_steps * n_envs)` updates."
+        return self.sappo.schedule(max(int(self._total_timesteps), 1), self.n_steps, self.n_envs)
+
+    def current_update(self) -> int:
+        "0-based index of the update that trains on the rollout just collected."
+        return max(0, -(-int(self.num_timesteps) // (self.n_steps * self.n_envs)) - 1)
+
     def train(self) -> None:
+        if self.sappo is not None: self.sappo_eps, self._sappo_acc = self.eps_schedule()(self.current_update()), []
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         prog = self._current_progress_remaining
@@ -450,6 +463,11 @@ class _Update:
             self._n_updates += 1
             if not continue_training: break
         self._log_train(acc, empty_epochs, clip_range, clip_vf, ent_coef)
+        if self.sappo is not None:
+            if self._sappo_acc:
+                loss, kl = th.stack(self._sappo_acc).mean(0).tolist()
+                self.logger.record("sappo/loss", loss); self.logger.record("sappo/kl", kl)
+            self.logger.record("sappo/eps", self.sappo_eps)
 
     def _log_train(self, acc: list, empty_epochs: int, clip_range: float, clip_vf: float | None, ent_coef: float) -> None:
         rec = self.logger.record
@@ -596,7 +614,7 @@ _HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_
             "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
             "micro_batches", "huber_kappa", "cvar_alpha", "normalize_returns", "freeze_vecnormalize_obs",
             "critic_adjustment", "critic_adjustment_kwargs", "use_vgs", "vgs_kwargs", "max_nonfinite_updates",
-            "stats_window_size", "policy_kwargs", "verbose", "seed")
+            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo")
 
 class _Checkpointing:
     "Parameters (with VGS and optimizer state), relinking, learning rate, and pickle-free save/load."
@@ -648,6 +666,7 @@ class _Checkpointing:
 
     def _hparams(self) -> dict[str, Any]:
         h = {k: getattr(self, "_stats_window_size" if k == "stats_window_size" else k) for k in _HPARAMS}
+        if h["sappo"] is not None: h["sappo"] = dataclasses.asdict(h["sappo"])
         for k in ("learning_rate", "clip_range", "clip_range_vf"):
             if callable(h[k]):
                 warnings.warn(f"{k} is a schedule; the checkpoint stores its current value {h[k](self._current_progress_remaining)}")
@@ -721,7 +740,9 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
     - `critic_adjustment`, `critic_adjustment_kwargs`: DSAC-T variance-based critic loss (`VarianceCriticAdjuster`)
     - `use_vgs`, `vgs_kwargs`: VarianceGradientScaler (on by default); the optimizer is `AdaptiveUPGD` unless
       `policy_kwargs["optimizer_class"]` says otherwise (e.g. `torch.optim.Adam`)
-    - `max_nonfinite_updates`: non-finite updates in a row before `FloatingPointError`"""
+    - `max_nonfinite_updates`: non-finite updates in a row before `FloatingPointError`
+    - `sappo`: SA-PPO's robust KL regularizer (`tradingrl_nb.sappo.SAPPOConfig` or a dict of its fields; None: off),
+      logged as `sappo/eps`, `sappo/kl`, `sappo/loss`"""
     policy_aliases: ClassVar[dict[str, type]] = {"MlpLstmPolicy": RecurrentQuantilePolicy}
     policy: RecurrentQuantilePolicy
 
@@ -737,7 +758,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                  critic_adjustment_kwargs: dict | None = None, use_vgs: bool = True, vgs_kwargs: dict | None = None,
                  max_nonfinite_updates: int = 3, stats_window_size: int = 100, tensorboard_log: str | None = None,
                  policy_kwargs: dict | None = None, verbose: int = 0, seed: int | None = None,
-                 device: th.device | str = "auto", _init_setup_model: bool = True):
+                 device: th.device | str = "auto", sappo: Any = None, _init_setup_model: bool = True):
         super().__init__(policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False,
                          sde_sample_freq=-1, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -760,6 +781,11 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
         self.critic_adjustment, self.critic_adjustment_kwargs = critic_adjustment, dict(critic_adjustment_kwargs or {})
         self.use_vgs, self.vgs_kwargs, self.max_nonfinite_updates = use_vgs, dict(vgs_kwargs or {}), max_nonfinite_updates
         self._last_lstm_states: RNNStates | None = None
+        self.sappo, self._sappo_reg, self.sappo_eps, self._sappo_acc = None, None, 0.0, []
+        if sappo is not None:
+            from .sappo import SAPPOConfig, RobustKLRegularizer     # lazy: sappo imports this module
+            self.sappo = SAPPOConfig.coerce(sappo)
+            self._sappo_reg = RobustKLRegularizer(self.sappo)
         if _init_setup_model: self._setup_model()
 
     def _setup_model(self) -> None:

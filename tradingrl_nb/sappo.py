@@ -254,41 +254,13 @@ class RobustKLRegularizer:
 
 # %% ../nbs/07_sappo.ipynb #bcff1926
 class SAPPO(DistributionalPPO):
-    """`DistributionalPPO` plus the SA-PPO robust KL regularizer (`sappo`: a `SAPPOConfig`, a dict of its fields, or
-    `None` for the defaults); every other argument is `DistributionalPPO`'s."""
+    """`DistributionalPPO` with SA-PPO always on (`sappo`: a `SAPPOConfig`, a dict of its fields, or `None` for the
+    defaults); kept for backwards compatibility, `DistributionalPPO(..., sappo=...)` is the same model."""
     def __init__(self, policy, env, sappo: SAPPOConfig | dict | None = None, **kwargs):
-        self.sappo = SAPPOConfig.coerce(sappo)
-        self.regularizer = RobustKLRegularizer(self.sappo)
-        self.sappo_eps = 0.0
-        self._sappo_acc: list[th.Tensor] = []
-        super().__init__(policy, env, **kwargs)
+        super().__init__(policy, env, sappo=SAPPOConfig.coerce(sappo), **kwargs)
 
-    def eps_schedule(self) -> EpsSchedule:
-        "The ramp of this run: its length is `total_timesteps // (n_steps * n_envs)` updates."
-        return self.sappo.schedule(max(int(self._total_timesteps), 1), self.n_steps, self.n_envs)
-
-    def current_update(self) -> int:
-        "0-based index of the update that trains on the rollout just collected."
-        return max(0, -(-int(self.num_timesteps) // (self.n_steps * self.n_envs)) - 1)
-
-    def train(self) -> None:
-        self.sappo_eps = self.eps_schedule()(self.current_update())
-        self._sappo_acc = []
-        super().train()
-        if self._sappo_acc:
-            loss, kl = th.stack(self._sappo_acc).mean(0).tolist()
-            self.logger.record("sappo/loss", loss); self.logger.record("sappo/kl", kl)
-        self.logger.record("sappo/eps", self.sappo_eps)
-
-    def _loss(self, mb: dict, clip_range: float, clip_vf: float | None, ent_coef: float):
-        loss, stats = super()._loss(mb, clip_range, clip_vf, ent_coef)
-        if self.sappo_eps <= 0 or self.sappo.kappa == 0: return loss, stats
-        term, m = self.regularizer.loss(self.policy, mb, self.sappo_eps)
-        self._sappo_acc.append(th.stack([term.detach(), m["kl"]]))
-        return loss + term, stats
-
-    def _hparams(self) -> dict[str, Any]:
-        return dict(super()._hparams(), sappo=asdict(self.sappo))
+    @property
+    def regularizer(self) -> RobustKLRegularizer: return self._sappo_reg
 
 # %% ../nbs/07_sappo.ipynb #b31d5d67
 class AttackedPolicy:
