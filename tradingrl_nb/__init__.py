@@ -2,6 +2,16 @@
 
 Modules:
 
-- `tradingrl_nb.data`: Real daily index data shipped with the package's dependencies, a strict loader for your own CSV files, causal features, date splits, and synthetic regime-switching markets."""
+- `tradingrl_nb.backtest`: Run any policy (a baseline, a function, or a stable-baselines3 model, recurrent ones included) over held-out dates in `TradingEnv`, deterministically, and report honest metrics next to buy-and-hold.
+- `tradingrl_nb.data`: Real daily index data shipped with the package's dependencies, a strict loader for your own CSV files, causal features, date splits, and synthetic regime-switching markets.
+- `tradingrl_nb.distributional`: The quantile Huber loss, CVaR from quantiles, the twin-critic rules, and a DSAC-T variance adjustment that keeps the critic's gradient the same size in calm and crash markets.
+- `tradingrl_nb.env`: `TradingEnv`, a gymnasium environment for one instrument with honest timing and costs, and `TradingVecEnv`, the same market stepped for thousands of agents at once as array operations, plus the baseline policies every backtest is compared with.
+- `tradingrl_nb.experiments`: Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs, sweeps, the results table, and the `tradingrl` command.
+- `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: on one machine by default (`PBTScheduler`, `run_population`), on Ray Tune for a cluster.
+- `tradingrl_nb.policy`: An LSTM actor-critic for `DistributionalPPO`: a Gaussian actor for the target position and two quantile critics, built to be run on whole padded sequences (one LSTM call per minibatch).
+- `tradingrl_nb.ppo`: PPO on stable-baselines3 with an LSTM actor, twin quantile critics, CVaR-aware advantages, return normalization, VGS and AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
+- `tradingrl_nb.sappo`: Observation attacks that work through the LSTM over whole sequences (SGLD, PGD, random noise, MAD), the robust KL regularizer of SA-PPO with its epsilon ramp, and an attacked policy for backtests.
+- `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
+- `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters."""
 
 __version__ = "0.0.1"
