@@ -5,7 +5,8 @@ help:
 	@echo "make test   - set up and run the whole test suite (what CI runs)"
 	@echo "make lab    - set up and open JupyterLab on nbs/"
 	@echo "make docs   - build the documentation site into _docs/"
-	@echo "make bench  - run the benchmarks"
+	@echo "make bench  - run the benchmarks (ratios against peers measured in the same run)"
+	@echo "make export - nbdev-export + nbdev-clean after editing notebooks; make notebooks re-runs them with outputs"
 setup:
 	@bash scripts/setup.sh
 run: setup
@@ -27,6 +28,7 @@ clean-nbs: setup
 	.venv/bin/nbdev-clean
 notebooks: setup
 	.venv/bin/nbdev-test --save
+	.venv/bin/nbdev-clean
 docs: setup
 	.venv/bin/python scripts/build_docs.py
 bench: setup
