@@ -12,10 +12,10 @@ time; wall-time figures are printed too. Peak RSS of DistributionalPPO is also m
 that rollout + update memory grows linearly in n_steps * n_envs.
 """
 from __future__ import annotations
-import argparse, json, os, resource, statistics, sys, time
+import json, os, resource, statistics, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _worker import run_worker
+from _worker import recurrent_ppo_parser, run_worker
 
 ALGOS = ("DistributionalPPO", "RecurrentPPO", "PPO-MLP")
 
@@ -50,17 +50,7 @@ def run(algo: str, a, **over) -> dict:
     return run_worker(__file__, {**vars(a), "algo": algo, **over})
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small run (smoke test)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--algo", default="DistributionalPPO", help=argparse.SUPPRESS)
-    p.add_argument("--n-envs", type=int, default=8)
-    p.add_argument("--n-steps", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lstm", type=int, default=64, help="LSTM hidden size (both recurrent algorithms)")
-    p.add_argument("--seq-len", type=int, default=64, help="DistributionalPPO sequence_length")
-    p.add_argument("--window", type=int, default=1, help="TradingVecEnv feature window")
+    p = recurrent_ppo_parser(__doc__, "DistributionalPPO")
     p.add_argument("--timesteps", type=int, default=None,
                    help="timed env steps per run (default: 6 rollouts, quick: 2; RecurrentPPO a quarter, at least one rollout)")
     p.add_argument("--repeats", type=int, default=None, help="runs per algorithm (median; default 5, quick 1)")

@@ -11,10 +11,10 @@ phase alone (`train()`, where all of the extra work is). The attack runs at full
 its own subprocess, interleaved over `--repeats` runs; medians are reported (the machine is shared).
 """
 from __future__ import annotations
-import argparse, json, statistics, sys, time
+import json, statistics, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _worker import run_worker
+from _worker import recurrent_ppo_parser, run_worker
 
 ALGOS = ("DistributionalPPO", "SAPPO")
 
@@ -49,17 +49,7 @@ def run(algo: str, a) -> dict:
     return run_worker(__file__, dict(vars(a), algo=algo))
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small run (smoke test)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--algo", default="SAPPO", help=argparse.SUPPRESS)
-    p.add_argument("--n-envs", type=int, default=8)
-    p.add_argument("--n-steps", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lstm", type=int, default=64, help="LSTM hidden size")
-    p.add_argument("--seq-len", type=int, default=64, help="sequence_length")
-    p.add_argument("--window", type=int, default=1, help="TradingVecEnv feature window (observation size 9 * window + 3)")
+    p = recurrent_ppo_parser(__doc__, "SAPPO")
     p.add_argument("--eps", type=float, default=0.05, help="attack radius")
     p.add_argument("--attack-steps", type=int, default=10, help="inner attack steps (SAPPOConfig.steps)")
     p.add_argument("--method", default="sgld", choices=("sgld", "pgd"))
