@@ -21,115 +21,14 @@ from torch import nn
 
 _logger = logging.getLogger("tradingrl_nb.pbt")
 
+from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, flatten_state, unflatten_state, atomic_write_bytes,
+    atomic_write_json, save_checkpoint, load_checkpoint)
+
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'PPO_MUTATIONS', 'flatten_state', 'unflatten_state', 'atomic_write_bytes', 'atomic_write_json',
-           'save_checkpoint', 'load_checkpoint', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component',
-           'load_exploit', 'ToyGradScaler', 'toy_series', 'ToyMember', 'MemberRecord', 'PBTScheduler',
-           'PopulationResult', 'run_population', 'lineage', 'plot_population', 'PPOMember', 'PPOMemberFactory',
-           'ray_available', 'tune_mutations', 'make_tune_trainable', 'TuneRun', 'run_ray_tune']
-
-# %% ../nbs/08_pbt.ipynb #6361e897
-CHECKPOINT_FORMAT = "tradingrl_nb.pbt/1"
-
-def _encode(obj, tensors: dict, path: str):
-    "JSON skeleton of `obj`; tensors and arrays are moved into `tensors` under unique keys."
-    def _key():
-        k = path or "root"
-        while k in tensors: k += "'"
-        return k
-    if isinstance(obj, torch.Tensor):
-        k = _key(); tensors[k] = obj.detach().to("cpu").contiguous().clone(); return {"__tensor__": k}
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object: raise ValueError(f"state at {path!r}: numpy object arrays cannot be saved without pickle")
-        k = _key(); tensors[k] = torch.from_numpy(np.ascontiguousarray(obj).copy()); return {"__ndarray__": k}
-    if isinstance(obj, np.generic): obj = obj.item()
-    if obj is None or isinstance(obj, (bool, str)): return obj
-    if isinstance(obj, int): return obj
-    if isinstance(obj, float): return obj if math.isfinite(obj) else {"__float__": repr(obj)}
-    if isinstance(obj, Mapping):
-        items = []
-        for k, v in obj.items():
-            if not (k is None or isinstance(k, (str, int, float, bool))):
-                raise ValueError(f"state at {path!r}: dict key {k!r} of type {type(k).__name__} is not a JSON scalar")
-            items.append([k, _encode(v, tensors, f"{path}/{k}" if path else str(k))])
-        return {"__dict__": items}
-    if isinstance(obj, (list, tuple)):
-        enc = [_encode(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
-        return {"__tuple__": enc} if isinstance(obj, tuple) else enc
-    raise ValueError(f"state at {path!r}: cannot save a {type(obj).__name__} without pickle "
-                     "(allowed: tensors, numpy arrays, numbers, str, bool, None, dict, list, tuple)")
-
-def _decode(obj, tensors: dict):
-    if isinstance(obj, list): return [_decode(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if "__tensor__" in obj: return tensors[obj["__tensor__"]]
-        if "__ndarray__" in obj: return tensors[obj["__ndarray__"]].numpy()
-        if "__float__" in obj: return float(obj["__float__"])
-        if "__tuple__" in obj: return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-        if "__dict__" in obj: return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
-        raise ValueError(f"unknown node in checkpoint skeleton: {sorted(obj)}")
-    return obj
-
-def flatten_state(tree) -> tuple[dict[str, torch.Tensor], Any]:
-    "Split a state tree into `(tensors, json_skeleton)`; refuses anything that would need pickle."
-    tensors: dict[str, torch.Tensor] = {}
-    return tensors, _encode(tree, tensors, "")
-
-def unflatten_state(tensors: Mapping[str, torch.Tensor], skeleton) -> Any:
-    "Inverse of `flatten_state`."
-    return _decode(skeleton, dict(tensors))
-
-# %% ../nbs/08_pbt.ipynb #8a4ce0cc
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass  # not supported on every platform/filesystem
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    "Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-def atomic_write_json(path: str | Path, obj) -> Path:
-    "Write `obj` as JSON atomically (non-finite floats become `null`)."
-    return atomic_write_bytes(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False).encode())
-
-def _json_safe(obj):
-    if isinstance(obj, Mapping): return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic): obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj): return None
-    return obj
-
-def save_checkpoint(path: str | Path, parameters: Mapping, meta: Mapping | None = None) -> Path:
-    "Save a state tree (plus JSON-able `meta`) as one safetensors file, atomically. No pickle."
-    from safetensors.torch import save
-    tensors, skeleton = flatten_state(dict(parameters))
-    header = {"format": CHECKPOINT_FORMAT, "tree": json.dumps(skeleton, allow_nan=False),
-              "meta": json.dumps(_json_safe(dict(meta or {})), allow_nan=False)}
-    return atomic_write_bytes(path, save(tensors, metadata=header))
-
-def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    "Load `(parameters, meta)` written by `save_checkpoint`."
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such checkpoint")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-        if header.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format {header.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return unflatten_state(tensors, json.loads(header["tree"])), json.loads(header["meta"])
+__all__ = ['PPO_MUTATIONS', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component', 'load_exploit', 'ToyGradScaler',
+           'toy_series', 'ToyMember', 'MemberRecord', 'PBTScheduler', 'PopulationResult', 'run_population', 'lineage',
+           'plot_population', 'PPOMember', 'PPOMemberFactory', 'ray_available', 'tune_mutations', 'make_tune_trainable',
+           'TuneRun', 'run_ray_tune']
 
 # %% ../nbs/08_pbt.ipynb #353ee529
 @dataclass(frozen=True)

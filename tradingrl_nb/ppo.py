@@ -28,10 +28,11 @@ from .policy import RecurrentQuantilePolicy, mask_states
 from .vgs import VarianceGradientScaler
 from .upgd import UPGD, AdaptiveUPGD, check_vgs_noise_compat
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, register_checkpoint_class, write_checkpoint,
+    _encode, _decode, _to_device, _space_to_dict, _space_from_dict, _read_checkpoint)
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'gae', 'SequenceRolloutBuffer', 'register_checkpoint_class',
-           'write_checkpoint', 'DistributionalPPO']
+__all__ = ['gae', 'SequenceRolloutBuffer', 'DistributionalPPO']
 
 # %% ../nbs/06_ppo.ipynb #d28b842a
 def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
@@ -430,7 +431,7 @@ class _Update:
 
     def eps_schedule(self):
         "SA-PPO's epsilon ramp of this run (SA-PPO on): its length is `total_timesteps // (n_steps * n_envs)` updates."
-        return self.sappo.schedule(max(int(self._total_timesteps), 1), self.n_steps, self.n_envs)
+        return self.sappo.schedule(max(int(self.schedule_horizon or self._total_timesteps), 1), self.n_steps, self.n_envs)
 
     def current_update(self) -> int:
         "0-based index of the update that trains on the rollout just collected."
@@ -505,116 +506,13 @@ class _Update:
         rec("warn/empty_epoch", empty_epochs)
         if empty_epochs and self.verbose >= 1: print(f"warning: {empty_epochs} epoch(s) applied no update")
 
-# %% ../nbs/06_ppo.ipynb #1d771578
-CHECKPOINT_FORMAT = "tradingrl_nb.DistributionalPPO"
-CHECKPOINT_VERSION = "1"
-_SAFE_CLASSES: dict[str, type] = {}
-
-def register_checkpoint_class(cls: type) -> type:
-    "Allow `cls` (activation, optimizer, feature extractor, policy) in checkpoints: the file stores its name only."
-    _SAFE_CLASSES[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return cls
-
-for _c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Identity, th.optim.Adam, th.optim.AdamW,
-           th.optim.SGD, th.optim.RMSprop, AdaptiveUPGD, UPGD, RecurrentQuantilePolicy, FlattenExtractor):
-    register_checkpoint_class(_c)
-
-def _encode(obj: Any, tensors: dict[str, th.Tensor], where: str = "checkpoint") -> Any:
-    "JSON-able form of `obj`; tensors and arrays go to `tensors`, classes must be registered."
-    if th.is_tensor(obj) or isinstance(obj, np.ndarray):
-        key = f"t{len(tensors)}"
-        tensors[key] = (obj.detach().cpu() if th.is_tensor(obj) else th.from_numpy(np.array(obj))).contiguous().clone()
-        return {"__tensor__" if th.is_tensor(obj) else "__ndarray__": key}
-    if obj is None or isinstance(obj, (bool, int, float, str)): return obj
-    if isinstance(obj, np.generic): return obj.item()
-    if isinstance(obj, dict): return {"__dict__": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}.{k}")] for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [_encode(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]}
-    if isinstance(obj, type):
-        name = f"{obj.__module__}.{obj.__qualname__}"
-        if _SAFE_CLASSES.get(name) is not obj:
-            raise TypeError(f"cannot store class {name} at {where} without pickle: register it with register_checkpoint_class")
-        return {"__class__": name}
-    raise TypeError(f"cannot store a {type(obj).__name__} at {where} in a checkpoint (no pickle): use plain values")
-
-def _decode(obj: Any, tensors: dict[str, th.Tensor]) -> Any:
-    if obj is None or isinstance(obj, (bool, int, float, str)): return obj
-    if not isinstance(obj, dict) or len(obj) != 1: raise ValueError(f"malformed entry {str(obj)[:80]!r}")
-    (tag, v), = obj.items()
-    if tag == "__tensor__": return tensors[v]
-    if tag == "__ndarray__": return tensors[v].numpy()
-    if tag == "__dict__": return {_decode(k, tensors): _decode(x, tensors) for k, x in v}
-    if tag == "__list__": return [_decode(x, tensors) for x in v]
-    if tag == "__tuple__": return tuple(_decode(x, tensors) for x in v)
-    if tag == "__class__":
-        if v not in _SAFE_CLASSES: raise ValueError(f"refers to class {v!r}, which is not registered (register_checkpoint_class)")
-        return _SAFE_CLASSES[v]
-    raise ValueError(f"unknown tag {tag!r}")
-
-def _to_device(obj: Any, device: th.device) -> Any:
-    if th.is_tensor(obj): return obj.to(device)
-    if isinstance(obj, dict): return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return type(obj)(_to_device(v, device) for v in obj)
-    return obj
-
-def _space_to_dict(space: spaces.Space) -> dict:
-    if not isinstance(space, spaces.Box): raise TypeError(f"checkpoints support Box spaces, got {space}")
-    return dict(low=space.low, high=space.high, dtype=str(space.dtype))
-
-def _space_from_dict(d: dict) -> spaces.Box:
-    return spaces.Box(low=d["low"], high=d["high"], dtype=np.dtype(d["dtype"]))
-
-def _checkpoint_path(path: str | pathlib.Path) -> pathlib.Path:
-    p = pathlib.Path(path)
-    return p if p.suffix else p.with_suffix(".safetensors")
-
-def write_checkpoint(path, content: dict) -> None:
-    "Encode `content` (tensors to safetensors, the rest to JSON metadata) and write it atomically."
-    tensors: dict[str, th.Tensor] = {}
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "content": json.dumps(_encode(content, tensors))}
-    data = safetensors.torch.save(tensors, metadata=meta)
-    if hasattr(path, "write"): path.write(data); return
-    p = _checkpoint_path(path); p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
-        raise
-
-def _read_checkpoint(path) -> dict:
-    "Parse a checkpoint; anything that is not one (pickle, zip, corrupt, foreign safetensors) raises `ValueError`."
-    if hasattr(path, "read"): raw, name = path.read(), "<buffer>"
-    else:
-        p = pathlib.Path(path)
-        if not p.exists() and not p.suffix: p = p.with_suffix(".safetensors")
-        if not p.is_file(): raise FileNotFoundError(f"{p}: no such checkpoint file")
-        raw, name = p.read_bytes(), str(p)
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{name} is not a DistributionalPPO checkpoint ({why}). Checkpoints are safetensors files with "
-                          "JSON metadata written by DistributionalPPO.save; pickle or zip files are never loaded")
-    n = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
-    if not 0 < n <= len(raw) - 8: raise bad("no safetensors header")
-    try: header = json.loads(raw[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise bad(f"unreadable header: {e}") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT: raise bad("foreign safetensors file")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{name}: checkpoint version {meta.get('version')!r}, this code reads version {CHECKPOINT_VERSION}")
-    try:
-        tensors = safetensors.torch.load(raw)
-        return _decode(json.loads(meta["content"]), tensors)
-    except Exception as e: raise bad(f"corrupt content: {type(e).__name__}: {e}") from None
-
 # %% ../nbs/06_ppo.ipynb #5b8af287
 _HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
             "normalize_advantage", "ent_coef", "ent_coef_final", "ent_coef_min", "ent_plateau_patience",
             "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
             "micro_batches", "huber_kappa", "cvar_alpha", "normalize_returns", "freeze_vecnormalize_obs",
             "critic_adjustment", "critic_adjustment_kwargs", "use_vgs", "vgs_kwargs", "max_nonfinite_updates",
-            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo")
+            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon")
 
 class _Checkpointing:
     "Parameters (with VGS and optimizer state), relinking, learning rate, and pickle-free save/load."
@@ -742,7 +640,10 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
       `policy_kwargs["optimizer_class"]` says otherwise (e.g. `torch.optim.Adam`)
     - `max_nonfinite_updates`: non-finite updates in a row before `FloatingPointError`
     - `sappo`: SA-PPO's robust KL regularizer (`tradingrl_nb.sappo.SAPPOConfig` or a dict of its fields; None: off),
-      logged as `sappo/eps`, `sappo/kl`, `sappo/loss`"""
+      logged as `sappo/eps`, `sappo/kl`, `sappo/loss`
+    - `schedule_horizon`: env steps of the whole run when it is trained in several `learn` calls (PBT rounds);
+      every schedule (learning rate, clip range, entropy, SA-PPO eps) then runs against it instead of restarting
+      with each call (None: the current `learn` call's total, as in SB3)"""
     policy_aliases: ClassVar[dict[str, type]] = {"MlpLstmPolicy": RecurrentQuantilePolicy}
     policy: RecurrentQuantilePolicy
 
@@ -758,7 +659,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                  critic_adjustment_kwargs: dict | None = None, use_vgs: bool = True, vgs_kwargs: dict | None = None,
                  max_nonfinite_updates: int = 3, stats_window_size: int = 100, tensorboard_log: str | None = None,
                  policy_kwargs: dict | None = None, verbose: int = 0, seed: int | None = None,
-                 device: th.device | str = "auto", sappo: Any = None, _init_setup_model: bool = True):
+                 device: th.device | str = "auto", sappo: Any = None, schedule_horizon: int | None = None,
+                 _init_setup_model: bool = True):
         super().__init__(policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False,
                          sde_sample_freq=-1, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -780,6 +682,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
         self.normalize_returns, self.freeze_vecnormalize_obs = normalize_returns, freeze_vecnormalize_obs
         self.critic_adjustment, self.critic_adjustment_kwargs = critic_adjustment, dict(critic_adjustment_kwargs or {})
         self.use_vgs, self.vgs_kwargs, self.max_nonfinite_updates = use_vgs, dict(vgs_kwargs or {}), max_nonfinite_updates
+        if schedule_horizon is not None and int(schedule_horizon) < 1: raise ValueError("DistributionalPPO: schedule_horizon must be >= 1 or None")
+        self.schedule_horizon = None if schedule_horizon is None else int(schedule_horizon)
         self._last_lstm_states: RNNStates | None = None
         self.sappo, self._sappo_reg, self.sappo_eps, self._sappo_acc = None, None, 0.0, []
         if sappo is not None:
@@ -817,6 +721,11 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
     def _make_critic_adjuster(self) -> tuple[VarianceCriticAdjuster, VarianceCriticAdjuster]:
         "One DSAC-T variance adjuster per critic (`critic_adjustment_kwargs` go to both)."
         return tuple(VarianceCriticAdjuster(**self.critic_adjustment_kwargs) for _ in range(2))
+
+    def _update_current_progress_remaining(self, num_timesteps: int, total_timesteps: int) -> None:
+        "Schedules' progress: against `schedule_horizon` (the whole run) when set, else this `learn` call's total."
+        horizon = self.schedule_horizon or total_timesteps
+        self._current_progress_remaining = max(0.0, 1.0 - float(num_timesteps) / float(horizon))
 
     def reset_lstm_states_to_initial(self) -> None:
         "Reset the rollout's LSTM states to the policy's initial (zero) state, keeping the batch size; `None` stays `None`."
