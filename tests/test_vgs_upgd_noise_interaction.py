@@ -144,8 +144,11 @@ def test_training_stability_with_adaptive_noise():
     first, adaptive, nsr_a = train(True)
     _, fixed, nsr_f = train(False)
     assert np.isfinite(adaptive).all() and np.isfinite(fixed).all()
-    assert adaptive[-50:].mean() < 0.1 * first                          # adaptive: trains
-    assert adaptive[-50:].std() < fixed[-50:].std()                     # and is steadier (seed 000's test 2)
+    # VGS measures the noise at any gradient scale since issue 14 (k ~ 0.05 here; before, its absolute eps read
+    # the 1e-3-scaled gradients as noise-free and k stayed ~1), and in gradient placement a falling k shrinks an
+    # Adam-type step through the second moment's memory: adaptive trains, more slowly than without VGS
+    assert adaptive[-50:].mean() < 0.3 * first                          # adaptive: trains
+    assert np.diff(adaptive[-50:]).std() < np.diff(fixed[-50:]).std()   # and is steadier step to step (seed 000's test 2)
     assert adaptive[-50:].mean() < 0.5 * fixed[-50:].mean()             # fixed noise at the same sigma: pushed around
     assert np.median(nsr_a[50:]) == pytest.approx(1e-2, rel=0.3) and np.median(nsr_f[50:]) > 10
 

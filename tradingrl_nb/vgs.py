@@ -40,7 +40,9 @@ def stratified_sample(numels: list[int], counts: list[int], generator: torch.Gen
 
 # %% ../nbs/02_vgs.ipynb #4c2000a8
 class _VGSBucket:
-    "Flat statistics (EMA of g and of g^2) for the parameters on one device, their per-tensor views, and the sample."
+    """Flat statistics (EMA of g and of g^2, float32 or float64) for the parameters on one device, their per-tensor
+    views, a scratch buffer for the clamped gradients, and the fixed sample (`idx`, and `owner`: the tensor of each
+    sampled element, as an index into the bucket)."""
     def __init__(self, params: list[Tensor], counts: list[int], seed: int):
         self.params = tuple(params)
         self.device = params[0].device
@@ -49,9 +51,14 @@ class _VGSBucket:
         n = sum(self.numels)
         self.m1 = torch.zeros(n, device=self.device, dtype=self.dtype)
         self.m2 = torch.zeros(n, device=self.device, dtype=self.dtype)
-        self.v1, self.v2 = self._split(self.m1), self._split(self.m2)
+        self.scratch = torch.empty(n, device=self.device, dtype=self.dtype)
+        self.v1, self.v2, self.sv = self._split(self.m1), self._split(self.m2), self._split(self.scratch)
         idx = stratified_sample(self.numels, counts, generator=torch.Generator().manual_seed(seed))
+        ends = torch.tensor(self.numels).cumsum(0)
+        self.owner = torch.bucketize(idx, ends, right=True).to(self.device, non_blocking=True)
         self.idx = idx.to(self.device, non_blocking=True)
+        # the largest |g| whose square, and an EMA of squares, stays finite: sqrt(max) / 16 (1.2e18 in float32)
+        self.g_max = math.sqrt(torch.finfo(self.dtype).max) / 16
 
     def _split(self, buf: Tensor) -> list[Tensor]:
         return [t.view(p.shape) for t, p in zip(buf.split(self.numels), self.params)]
@@ -59,14 +66,19 @@ class _VGSBucket:
 # %% ../nbs/02_vgs.ipynb #afe1a96b
 class VarianceGradientScaler:
     """Variance Gradient Scaling with element-wise stochastic variance. For every gradient element `g_i` it keeps
-    EMAs of `g_i` and `g_i^2` (rate `beta`, bias-corrected), forms `nv_i = Var[g_i] / (E[g_i]^2 + eps)` and aggregates
-    them into one `normalized_variance`: the `quantile` (default 0.9) of all elements, estimated from a fixed sample of
-    `sample_size` elements stratified over the tensors in proportion to their sizes (exact when the model is smaller). `scale_gradients()` multiplies the gradients by
-    `1 / (1 + alpha * normalized_variance)`, clamped to [1e-4, 1] and exactly 1 for the first `warmup_steps` steps;
-    `step()`, called after the optimizer step, adds the current gradients (un-scaled) to the statistics; a parameter
-    without a gradient counts as a zero gradient for that step. The EMAs are stored divided by the running decay
-    `beta^t` (renormalized now and then), so a step is one `_foreach_add_` and one `_foreach_addcmul_`."""
-    FORMAT_VERSION = 1
+    EMAs of `g_i` and `g_i^2` (rate `beta`, bias-corrected by the count of steps *that tensor* had a gradient), forms
+    the scale-free `nv_i = Var[g_i] / (E[g_i]^2 + eps * E[g_i^2])` and aggregates them into one `normalized_variance`:
+    the `quantile` (default 0.9) of the elements of the tensors that had a gradient at the last `step()`, estimated
+    from a fixed sample of `sample_size` elements stratified over the tensors in proportion to their sizes (exact when
+    the model is smaller). The factor is `k = 1 / (1 + alpha * normalized_variance)`, clamped to [1e-4, 1] and exactly
+    1 for the first `warmup_steps` steps. Two placements (DistributionalPPO's `vgs_mode`): `scale_gradients()`
+    multiplies the gradients by k ("gradient"); `get_scaling_factor()` only reads k, for scaling the optimizer's step
+    ("step"). `step()`, called after the optimizer step, adds the current gradients to the statistics, dividing out
+    the factor of a `scale_gradients()` made since the previous `step()` (so they describe the raw gradients).
+    A tensor without a gradient keeps its statistics frozen; gradient elements are clamped to +-sqrt(max float)/16
+    before they enter, so the statistics never overflow (a NaN element stays NaN in its own statistics only and is
+    left out of the aggregate). Statistics are float32 (float64 for float64 parameters), also for bf16/fp16 ones."""
+    FORMAT_VERSION = 2
     MIN_FACTOR = 1e-4
 
     def __init__(self, parameters: Iterable[Tensor] | Iterable[dict], alpha: float = 0.1, beta: float = 0.99,
@@ -83,10 +95,12 @@ class VarianceGradientScaler:
         self.alpha, self.beta, self.warmup_steps, self.eps = float(alpha), float(beta), int(warmup_steps), float(eps)
         self.enabled, self.quantile, self.sample_size, self.seed = bool(enabled), float(quantile), int(sample_size), int(seed)
         self._step_count, self._applied, self._last_factor = 0, 1.0, 1.0
-        self._decay = 1.0                      # the stored statistics times _decay are the EMAs
-        self._nv_cache: tuple[int, float] | None = None
+        self._counts: list[int] | None = None          # per tensor: steps at which it had a gradient
+        self._live: list[bool] | None = None           # per tensor: had a gradient at the last step()
+        self._nv_cache: tuple[int, Tensor] | None = None
         self._params: list[Tensor] | None = None
         self._buckets: list[_VGSBucket] | None = None
+        self._bucket_ids: list[list[int]] | None = None
         self._shapes: list[tuple[int, ...]] | None = None
         self._stats: tuple[list[Tensor], list[Tensor]] | None = None   # per-parameter views (what pickling keeps)
         self.update_parameters(parameters)
@@ -112,11 +126,14 @@ class VarianceGradientScaler:
         counts = allocate([p.numel() for p in params], self.sample_size)
         self._buckets = [_VGSBucket([params[i] for i in ids], [counts[i] for i in ids], self.seed + j)
                          for j, ids in enumerate(by_dev.values())]
+        self._bucket_ids = [list(ids) for ids in by_dev.values()]
         v1: list = [None] * len(params); v2: list = [None] * len(params)
-        for b, ids in zip(self._buckets, by_dev.values()):
+        for b, ids in zip(self._buckets, self._bucket_ids):
             for k, i in enumerate(ids): v1[i], v2[i] = b.v1[k], b.v2[k]
         if old is not None:
             for dst, src in zip(v1 + v2, old[0] + old[1]): dst.copy_(src)
+        if self._counts is None or len(self._counts) != len(params):
+            self._counts, self._live = [0] * len(params), [False] * len(params)
         self._params, self._shapes, self._stats = params, shapes, (v1, v2)
         self._nv_cache = None
 
@@ -125,41 +142,61 @@ class VarianceGradientScaler:
             raise RuntimeError("VarianceGradientScaler has no parameters (it was unpickled or loaded without them): "
                                "call update_parameters(model.parameters()) first")
 
-    # -- scaling ---------------------------------------------------------------------------------
+    # -- the noise measure -----------------------------------------------------------------------
+    def _nv(self, s1: Tensor, s2: Tensor, count: Tensor | int) -> Tensor:
+        "nv from the EMAs with `count` steps each (a number or a per-element tensor): bias-correct, Var / (E^2 + eps E[g^2])."
+        c = 1.0 / (1.0 - self.beta ** count) if not torch.is_tensor(count) else (1.0 - torch.pow(self.beta, count)).reciprocal()
+        mean, sq = s1 * c, s2 * c
+        mean_sq = mean * mean
+        tiny = torch.finfo(mean.dtype).tiny
+        return (sq - mean_sq).clamp_min_(0) / (mean_sq + self.eps * sq).clamp_min_(tiny)
+
+    def _nv_tensor(self) -> Tensor | None:
+        "The aggregate as a 0-d tensor on the first bucket's device (no host sync); None when no tensor is live."
+        if self._nv_cache is not None and self._nv_cache[0] == self._step_count: return self._nv_cache[1]
+        dev0, vals = self._buckets[0].device, []
+        for b, ids in zip(self._buckets, self._bucket_ids):
+            if not len(b.idx): continue
+            cnt = torch.tensor([self._counts[i] if self._live[i] else 0 for i in ids], dtype=torch.float64)
+            cnt = cnt.to(b.device, non_blocking=True)[b.owner]
+            s1 = b.m1.index_select(0, b.idx).double(); s2 = b.m2.index_select(0, b.idx).double()   # float64: no overflow
+            nv = self._nv(s1, s2, cnt.clamp_min(1))
+            vals.append(torch.where(cnt > 0, nv, math.nan).to(dev0))        # dead and never-seen tensors: left out
+        out = torch.nanquantile(torch.cat(vals), self.quantile, interpolation="lower") if vals else None
+        self._nv_cache = (self._step_count, out)
+        return out
+
     def get_normalized_variance(self) -> float:
-        "The aggregate (quantile over elements) of `Var[g_i] / (E[g_i]^2 + eps)`; 0.0 before the first `step()`."
+        "The aggregate (quantile over the live tensors' elements) of `Var[g_i] / (E[g_i]^2 + eps E[g_i^2])`; 0.0 before the first `step()`."
         self._require_params()
         if self._step_count == 0: return 0.0
-        if self._nv_cache is not None and self._nv_cache[0] == self._step_count: return self._nv_cache[1]
-        dev0 = self._buckets[0].device
-        vals = [self._nv(b.m1.index_select(0, b.idx), b.m2.index_select(0, b.idx)).to(dev0) for b in self._buckets if len(b.idx)]
-        if vals:
-            v = torch.cat(vals)                          # a selection (O(K)), not a sort
-            nv = float(torch.kthvalue(v, max(1, math.ceil(self.quantile * len(v)))).values)
-        else: nv = 0.0
-        self._nv_cache = (self._step_count, nv)
-        return nv
-
-    def _nv(self, s1: Tensor, s2: Tensor) -> Tensor:
-        "nv from stored statistics: undo the lazy decay, bias-correct, Var / (E^2 + eps)."
-        c = self._decay / (1 - self.beta ** self._step_count)
-        mean = s1 * c
-        mean_sq = mean * mean
-        return (s2 * c - mean_sq).clamp_min_(0) / (mean_sq + self.eps)
+        nv = self._nv_tensor()
+        if nv is None: return 0.0
+        nv = float(nv)
+        return 0.0 if math.isnan(nv) else nv
 
     def normalized_variance_per_element(self) -> Tensor:
-        "`Var[g_i] / (E[g_i]^2 + eps)` for every element, concatenated in parameter order (diagnostics; a full pass)."
+        "`nv_i` for every element, concatenated in parameter order (diagnostics; a full pass; 0 for never-seen tensors)."
         self._require_params()
-        if self._step_count == 0: return torch.zeros(sum(math.prod(s) for s in self._shapes))
-        parts = [self._nv(a.reshape(-1), b.reshape(-1)) for a, b in zip(*self._stats)]
+        parts = [self._nv(a.reshape(-1).double(), b.reshape(-1).double(), max(c, 1)).float() for a, b, c in zip(*self._stats, self._counts)]
+        if not parts: return torch.zeros(0)
         return torch.cat([p.to(parts[0].device) for p in parts])
 
+    def scaling_factor_tensor(self) -> Tensor | float:
+        "The factor as a 0-d tensor on the parameters' (first) device, computed without a host sync; 1.0 when disabled or in warmup."
+        self._require_params()
+        if not self.enabled or self._step_count < self.warmup_steps or self._step_count == 0: return 1.0
+        nv = self._nv_tensor()
+        if nv is None: return 1.0
+        nv = torch.nan_to_num(nv, nan=0.0, posinf=math.inf)
+        return (1.0 / (1.0 + self.alpha * nv)).clamp(self.MIN_FACTOR, 1.0)
+
     def get_scaling_factor(self) -> float:
-        "`1 / (1 + alpha * normalized_variance)` clamped to [1e-4, 1]; exactly 1.0 when disabled or during warmup."
-        if not self.enabled or self._step_count < self.warmup_steps: return 1.0
-        nv = self.get_normalized_variance()
-        if not math.isfinite(nv): return self.MIN_FACTOR
-        return float(min(max(1.0 / (1.0 + self.alpha * nv), self.MIN_FACTOR), 1.0))
+        """`1 / (1 + alpha * normalized_variance)` clamped to [1e-4, 1]; exactly 1.0 when disabled or during warmup.
+        It is what `scale_gradients()` would apply, and it touches no gradient: `vgs_mode="step"` scales the
+        optimizer's step by it. One host read per call on a GPU (`scaling_factor_tensor()` has none)."""
+        k = self.scaling_factor_tensor()
+        return float(k)
 
     def _grads(self) -> list[Tensor]:
         gs = [p.grad for p in self._params if p.grad is not None]
@@ -180,36 +217,38 @@ class VarianceGradientScaler:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Add the current gradients to the statistics (call after the optimizer step). The factor applied by the last
-        `scale_gradients()` is divided out, so the statistics describe the raw gradients (clipping is not undone)."""
+        """Add the current gradients to the statistics (call after the optimizer step). A factor applied by
+        `scale_gradients()` since the previous `step()` is divided out, so the statistics describe the raw gradients
+        (clipping is not undone); in step mode (no `scale_gradients()`) the gradients are taken as they are. Tensors
+        without a gradient keep their statistics and count, and leave the aggregate until they have one again."""
         self._require_params()
         k, self._applied = self._applied, 1.0
         if not self.enabled: return
-        work = []
-        for b in self._buckets:
-            have = [i for i, p in enumerate(b.params) if p.grad is not None]
+        w = 1.0 - self.beta
+        live = [False] * len(self._params)
+        for b, ids in zip(self._buckets, self._bucket_ids):
+            have = [j for j, p in enumerate(b.params) if p.grad is not None]
             if not have: continue
-            grads = [b.params[i].grad for i in have]
-            if any(g.is_sparse for g in grads): raise ValueError("VarianceGradientScaler does not support sparse gradients")
-            work.append(([b.v1[i] for i in have], [b.v2[i] for i in have], grads))
-        if not work: return
-        decay = self._decay * self.beta                  # EMA_t = decay_t * S_t,  S_t = S_{t-1} + (1 - beta) g / decay_t
-        if decay < 1e-20:                                # fold the decay in before it underflows (or beta == 0)
-            for b in self._buckets: b.m1.mul_(decay); b.m2.mul_(decay)
-            decay = 1.0
-        self._decay = decay
-        w1 = (1 - self.beta) / (decay * k)
-        for v1, v2, grads in work:
-            torch._foreach_add_(v1, grads, alpha=w1)
-            torch._foreach_addcmul_(v2, grads, grads, value=w1 / k)
+            for j in have:
+                g = b.params[j].grad
+                if g.is_sparse: raise ValueError("VarianceGradientScaler does not support sparse gradients")
+                if g.dtype == b.dtype: torch.clamp(g, -b.g_max * k, b.g_max * k, out=b.sv[j])   # copy, clamp: no overflow
+                else: b.sv[j].copy_(g).clamp_(-b.g_max * k, b.g_max * k)       # bf16 / fp16 gradients: to float32 first
+                live[ids[j]] = True; self._counts[ids[j]] += 1
+            if k != 1.0:                                                        # undo scale_gradients()
+                if len(have) == len(b.params): b.scratch.mul_(1.0 / k)
+                else: torch._foreach_mul_([b.sv[j] for j in have], 1.0 / k)
+            if len(have) == len(b.params):                                      # every tensor: flat ops
+                b.m1.lerp_(b.scratch, w); b.scratch.mul_(b.scratch); b.m2.lerp_(b.scratch, w)
+            else:
+                s = [b.sv[j] for j in have]
+                torch._foreach_lerp_([b.v1[j] for j in have], s, w)
+                torch._foreach_mul_(s, s)
+                torch._foreach_lerp_([b.v2[j] for j in have], s, w)
+        if not any(live): return
+        self._live = live
         self._step_count += 1
         self._nv_cache = None
-
-    def _renormalize(self) -> None:
-        "Fold the lazy decay into the stored statistics (keeps them far from overflow; a no-op numerically)."
-        if self._decay != 1.0 and self._buckets is not None:
-            for b in self._buckets: b.m1.mul_(self._decay); b.m2.mul_(self._decay)
-            self._decay, self._nv_cache = 1.0, None
 
     # -- logging and state -----------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
@@ -219,24 +258,25 @@ class VarianceGradientScaler:
                 "step": self._step_count}
 
     def state_dict(self) -> dict[str, Any]:
-        "Settings, step count and per-parameter statistics (copies, own storage); never the parameters."
+        "Settings, step counts and per-parameter statistics (copies, own storage); never the parameters."
         if self._stats is None: raise RuntimeError("VarianceGradientScaler has no statistics yet")
-        self._renormalize()                              # so that a loaded copy continues bit for bit
         return {"format_version": self.FORMAT_VERSION, "alpha": self.alpha, "beta": self.beta,
                 "warmup_steps": self.warmup_steps, "eps": self.eps, "enabled": self.enabled, "quantile": self.quantile,
                 "sample_size": self.sample_size, "seed": self.seed, "step_count": self._step_count,
                 "last_factor": self._last_factor, "param_shapes": [list(s) for s in self._shapes],
-                "grad_mean_ema": [t.detach() * self._decay for t in self._stats[0]],   # copies (own storage)
-                "grad_sq_ema": [t.detach() * self._decay for t in self._stats[1]]}
+                "tensor_steps": list(self._counts), "tensor_live": list(self._live),
+                "grad_mean_ema": [t.detach().clone() for t in self._stats[0]],   # copies (own storage)
+                "grad_sq_ema": [t.detach().clone() for t in self._stats[1]]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        "Restore `state_dict()` output; the statistics' shapes must match the linked parameters."
+        """Restore `state_dict()` output; the statistics' shapes must match the linked parameters. A version-1 state
+        (one step count for all tensors, absolute eps) loads with that count for every tensor."""
         if not isinstance(state, dict): raise ValueError(f"VGS state must be a dict, got {type(state).__name__}")
         ver = state.get("format_version")
-        if ver != self.FORMAT_VERSION:
+        if ver not in (1, self.FORMAT_VERSION):
             hint = (" (an old VGS state tracks the variance of each tensor's mean, which cannot be turned into "
                     "element-wise statistics: start the statistics afresh)") if "vgs_version" in state else ""
-            raise ValueError(f"VGS state format_version {ver!r} is not supported (expected {self.FORMAT_VERSION}){hint}")
+            raise ValueError(f"VGS state format_version {ver!r} is not supported (expected {self.FORMAT_VERSION} or 1){hint}")
         missing = {"step_count", "param_shapes", "grad_mean_ema", "grad_sq_ema"} - set(state)
         if missing: raise ValueError(f"VGS state lacks {sorted(missing)}")
         shapes = [tuple(int(x) for x in s) for s in state["param_shapes"]]
@@ -246,11 +286,17 @@ class VarianceGradientScaler:
         if self._shapes is not None and shapes != self._shapes:
             raise ValueError(f"VGS state has {len(shapes)} tensors of shapes {shapes[:4]}..., the linked parameters "
                              f"{len(self._shapes)} of shapes {self._shapes[:4]}...: not the same architecture")
+        steps = int(state["step_count"])
+        counts = [int(c) for c in state.get("tensor_steps", [steps] * len(shapes))]
+        live = [bool(x) for x in state.get("tensor_live", [c > 0 for c in counts])]
+        if len(counts) != len(shapes) or len(live) != len(shapes):
+            raise ValueError(f"VGS state is inconsistent: {len(counts)} tensor_steps for {len(shapes)} tensors")
         for k in ("alpha", "beta", "eps", "quantile"): setattr(self, k, float(state.get(k, getattr(self, k))))
         self.warmup_steps, self.enabled = int(state.get("warmup_steps", self.warmup_steps)), bool(state.get("enabled", self.enabled))
         resample = int(state.get("sample_size", self.sample_size)) != self.sample_size or int(state.get("seed", self.seed)) != self.seed
         self.sample_size, self.seed = int(state.get("sample_size", self.sample_size)), int(state.get("seed", self.seed))
-        self._step_count, self._applied, self._decay = int(state["step_count"]), 1.0, 1.0
+        self._step_count, self._applied = steps, 1.0
+        self._counts, self._live = counts, live
         self._last_factor = float(state.get("last_factor", 1.0))
         if self._stats is not None and not resample:
             for dst, src in zip(self._stats[0] + self._stats[1], m1 + m2): dst.copy_(src)
@@ -261,17 +307,15 @@ class VarianceGradientScaler:
 
     def __getstate__(self) -> dict[str, Any]:
         "Pickle the settings and statistics, never the parameters (relink with `update_parameters` after loading)."
-        self._renormalize()
         d = self.__dict__.copy()
-        d["_params"], d["_buckets"], d["_nv_cache"] = None, None, None
-        d["_stats"] = None if self._stats is None else ([t.detach() * self._decay for t in self._stats[0]],
-                                                        [t.detach() * self._decay for t in self._stats[1]])
-        d["_decay"] = 1.0
+        d["_params"], d["_buckets"], d["_bucket_ids"], d["_nv_cache"] = None, None, None, None
+        d["_stats"] = None if self._stats is None else ([t.detach().clone() for t in self._stats[0]],
+                                                        [t.detach().clone() for t in self._stats[1]])
         return d
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._params, self._buckets, self._nv_cache = None, None, None
+        self._params, self._buckets, self._bucket_ids, self._nv_cache = None, None, None, None
 
     def __repr__(self) -> str:
         n = sum(math.prod(s) for s in self._shapes) if self._shapes else 0
