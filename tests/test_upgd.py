@@ -183,7 +183,8 @@ def test_parameters_without_gradients_are_skipped_and_can_join_later():
         if t < 2: ps[0].grad = None
         opt.step()
         if t < 2: assert torch.equal(ps[0], frozen) and "utility" not in opt.state[ps[0]]
-    assert int(opt.state[ps[0]]["step"]) == 4 and not torch.equal(ps[0], frozen)   # joined with the bucket's count
+    assert int(opt.state[ps[0]]["step"]) == 2 and not torch.equal(ps[0], frozen)   # joined with its own count (issue 14)
+    assert int(opt.state[ps[1]]["step"]) == 4
     assert all(torch.isfinite(p).all() for p in ps)
 
 
@@ -194,7 +195,10 @@ def test_invalid_arguments_raise_value_error():
     for kw in ({"beta1": 1.0}, {"beta2": -0.1}, {"eps": 0.0}, {"noise_beta": 1.0}, {"min_noise_std": -1.0}):
         with pytest.raises(ValueError): AdaptiveUPGD(p, **kw)
     q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16)); q.grad = torch.zeros_like(q)
-    with pytest.raises(ValueError, match="float16"): AdaptiveUPGD([q]).step()
+    o = AdaptiveUPGD([q]); o.step()                                   # float16 works since issue 14: float32 state
+    assert o.state[q]["rms"].dtype == torch.float32 and torch.isfinite(q).all()
+    r = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64).float().long(), requires_grad=False)
+    with pytest.raises(ValueError, match="floating-point"): AdaptiveUPGD([r]).step()
 
 
 # ---- state -------------------------------------------------------------------------------------

@@ -18,12 +18,15 @@ __all__ = ['UPGD', 'UPGDLoop', 'AdaptiveUPGDLoop', 'AdaptiveUPGD', 'VGSNoiseWarn
 
 # %% ../nbs/03_upgd.ipynb #94ebc0f7
 class _Bucket:
-    "Flat state for the parameters of one group that share a device and dtype: one buffer per key, views per tensor."
+    """Flat state for all parameters of one group that share a device and dtype (whether they have a gradient now or
+    not, so a changing set of gradients never rebuilds it): one buffer per key, views per tensor, a step count per
+    tensor, scratch buffers, and for bfloat16/float16 parameters float32 copies of the gradients and parameters."""
     def __init__(self, params: list[Tensor], keys: tuple[str, ...], vec_keys: tuple[str, ...], n_scratch: int,
                  state_dtype: torch.dtype | None = None, flat: bool = True):
         self.params = tuple(params)
         p0 = params[0]
         self.device, self.dtype = p0.device, state_dtype or p0.dtype
+        self.low = p0.dtype != self.dtype                                     # low-precision parameters: float32 work
         self.numels = [p.numel() for p in params]
         self.n = sum(self.numels)
         kw = dict(device=self.device, dtype=self.dtype)
@@ -33,7 +36,7 @@ class _Bucket:
         else:                                           # separate tensors: what compiled kernels want (no aliasing)
             self.flat = {}
             self.views = {k: [torch.zeros(p.shape, **kw) for p in params] for k in keys}
-        self.scratch = [torch.empty(self.n, **kw) for _ in range(n_scratch)]
+        self.scratch = [torch.empty(self.n, **kw) for _ in range(n_scratch + (2 if self.low else 0))]
         self.scratch_views = [self._split(b) for b in self.scratch]
         self.vec = {k: torch.zeros(len(params), **kw) for k in vec_keys}
         self.vec_views = {k: list(v.unbind(0)) for k, v in self.vec.items()}
@@ -41,10 +44,23 @@ class _Bucket:
         self.is_flat = flat
         self.numel_vec = counts.to(self.device, non_blocking=True)                  # one-time copies, no sync
         self.inv_sqrt_numel = counts.clamp_min(1).rsqrt().to(self.device, non_blocking=True)
-        self.step = 0
+        self.steps = [0] * len(params)                                             # per-parameter step counts
 
     def _split(self, buf: Tensor) -> list[Tensor]:
         return [t.view(p.shape) for t, p in zip(buf.split(self.numels), self.params)]
+
+    def work(self, A: list[int]) -> tuple[list[Tensor], list[Tensor]]:
+        """The gradients and parameters of the tensors `A` to compute with: the tensors themselves, or for
+        low-precision parameters float32 copies (the last two scratch buffers; `commit` writes the parameters back)."""
+        grads, params = [self.params[j].grad for j in A], [self.params[j] for j in A]
+        if not self.low: return grads, params
+        g32, p32 = [self.scratch_views[-2][j] for j in A], [self.scratch_views[-1][j] for j in A]
+        torch._foreach_copy_(g32, grads); torch._foreach_copy_(p32, params)
+        return g32, p32
+
+    def commit(self, A: list[int]) -> None:
+        "Write the float32 parameters back (rounded once) for low-precision parameters."
+        if self.low: torch._foreach_copy_([self.params[j] for j in A], [self.scratch_views[-1][j] for j in A])
 
 # %% ../nbs/03_upgd.ipynb #0358afcb
 def _tiny(dtype: torch.dtype) -> float: return torch.finfo(dtype).tiny
@@ -63,10 +79,15 @@ def _check_hparams(lr, weight_decay, beta_utility, sigma, **extra) -> None:
             if not 0 <= v < 1: raise ValueError(f"invalid {k} {v!r}: must be in [0, 1)")
         elif not v >= 0: raise ValueError(f"invalid {k} {v!r}: must be >= 0")
 
+def _per(A: list[int], steps: list[int], beta: float) -> list[float]:
+    "Bias corrections `1 - beta^t` for the tensors `A` with per-tensor counts `steps`."
+    return [1 - beta ** steps[j] for j in A]
+
 # %% ../nbs/03_upgd.ipynb #6788e351
 class _FlatOptimizer(torch.optim.Optimizer):
     """Shared machinery of `UPGD` and `AdaptiveUPGD`: flat per-(group, device, dtype) state buffers whose per-tensor
-    views are what `self.state[p]` holds, a seeded noise generator per device saved in `state_dict`, and metrics."""
+    views are what `self.state[p]` holds, per-parameter step counts, float32 state for bfloat16/float16 parameters,
+    the non-finite gradient guard, a seeded noise generator per device saved in `state_dict`, and metrics."""
     _keys: tuple[str, ...] = ("utility",)
     _vec_keys: tuple[str, ...] = ()
     _n_scratch: int = 1
@@ -76,8 +97,9 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if seed is None: seed = int(torch.randint(0, 2**62, (1,)).item())    # reproducible under torch.manual_seed
         self._seed = int(seed)
         self._generators: dict[str, torch.Generator] = {}
-        self._buckets: dict[int, list[_Bucket]] = {}
+        self._buckets: dict[int, tuple[tuple, list[_Bucket]]] = {}
         self._stats: dict[str, Any] = {}
+        self.nonfinite_steps = 0
 
     # -- noise generators ------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -90,83 +112,110 @@ class _FlatOptimizer(torch.optim.Optimizer):
         return g
 
     # -- flat state ------------------------------------------------------------------------------
-    def _state_dtype(self, p: Tensor) -> torch.dtype: return p.dtype
+    def _state_dtype(self, p: Tensor) -> torch.dtype:
+        "float32 state for bfloat16/float16 parameters (bf16(0.999) == 1.0: their EMAs would barely move)."
+        return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
 
-    def _prepare(self) -> list[tuple[dict, list[_Bucket]]]:
-        "The buckets of each group for the parameters that have a gradient now; rebuilt when that set or the state changed."
+    def _prepare(self) -> list[tuple[dict, _Bucket, list[int]]]:
+        """(group, bucket, indices of the bucket's tensors that have a gradient now) for every bucket with one. The
+        buckets hold all of a group's parameters and are built once (again only after `load_state_dict` or when the
+        group's parameter list changes); a parameter's state views are handed out at its first gradient."""
         plans = []
         for gi, group in enumerate(self.param_groups):
-            active = [p for p in group["params"] if p.grad is not None]
-            if not active: continue
-            buckets = self._buckets.get(gi)
-            if buckets is None or not self._still_valid(buckets, active):
-                for p in active: _check_param(p)
-                buckets = self._build(gi, active)
-            plans.append((group, buckets))
+            key = tuple(id(p) for p in group["params"]) + (getattr(self, "fused", False),)
+            entry = self._buckets.get(gi)
+            if entry is None or entry[0] != key: entry = self._buckets[gi] = (key, self._build(group))
+            for b in entry[1]:
+                A = [j for j, p in enumerate(b.params) if p.grad is not None]
+                if not A: continue
+                for j in A:
+                    p = b.params[j]
+                    if p.grad.is_sparse: raise ValueError("UPGD/AdaptiveUPGD do not support sparse gradients")
+                    if self.state[p].get(self._keys[0]) is not b.views[self._keys[0]][j]: self._link(b, j)
+                plans.append((group, b, A))
         return plans
 
-    def _still_valid(self, buckets: list[_Bucket], active: list[Tensor]) -> bool:
-        i = 0
-        for b in buckets:
-            if b.is_flat == getattr(self, "fused", False): return False
-            for j, p in enumerate(b.params):
-                if i >= len(active) or active[i] is not p: return False
-                st = self.state.get(p)
-                if st is None or st.get(self._keys[0]) is not b.views[self._keys[0]][j]: return False
-                i += 1
-        return i == len(active)
-
-    def _build(self, gi: int, active: list[Tensor]) -> list[_Bucket]:
-        old = self._buckets.pop(gi, None) or []
-        keep = {id(p) for p in active}
-        for b in old:                                   # parameters that left the active set own their state again
-            for p in b.params:
-                if id(p) not in keep and p in self.state:
-                    self.state[p] = {k: (v.clone() if torch.is_tensor(v) and k != "step" else v) for k, v in self.state[p].items()}
+    def _build(self, group: dict) -> list[_Bucket]:
         by_kind: dict[tuple, list[Tensor]] = {}
-        for p in active: by_kind.setdefault((p.device, self._state_dtype(p)), []).append(p)
-        buckets = []
-        for (dev, dt), ps in by_kind.items():
-            b = _Bucket(ps, self._keys, self._vec_keys, self._n_scratch, state_dtype=dt, flat=not getattr(self, "fused", False))
-            steps = []
-            for j, p in enumerate(ps):
-                st = self.state[p]
-                for k in self._keys:
-                    if k in st:
-                        v = st[k]
-                        if v.shape != p.shape:
-                            raise ValueError(f"{type(self).__name__}: state {k!r} of a parameter has shape {tuple(v.shape)}, "
-                                             f"the parameter has {tuple(p.shape)} (state_dict of a different model?)")
-                        b.views[k][j].copy_(v)
-                    st[k] = b.views[k][j]
-                for k in self._vec_keys:
-                    if k in st: b.vec_views[k][j].copy_(st[k].reshape(()))
-                    st[k] = b.vec_views[k][j]
-                steps.append(int(float(st["step"])) if "step" in st else 0)
-            b.step = max(steps)
-            for p in ps: self.state[p]["step"] = torch.tensor(float(b.step))
-            buckets.append(b)
-        self._buckets[gi] = buckets
+        for p in group["params"]:
+            if not p.is_floating_point(): raise ValueError(f"UPGD/AdaptiveUPGD need floating-point parameters, got {p.dtype}")
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        fused = getattr(self, "fused", False)
+        buckets = [_Bucket(ps, self._keys, self._vec_keys, self._n_scratch, state_dtype=self._state_dtype(ps[0]), flat=not fused)
+                   for ps in by_kind.values()]
+        for b in buckets:
+            for j, p in enumerate(b.params):
+                if self.state.get(p): self._link(b, j)                      # existing (e.g. loaded) state moves in
         return buckets
 
+    def _link(self, b: _Bucket, j: int) -> None:
+        "Copy parameter j's state (if any) into the bucket and make `self.state[p]` hold the bucket's views."
+        p = b.params[j]; st = self.state[p]
+        for k in self._keys:
+            if k in st and st[k] is not b.views[k][j]:
+                v = st[k]
+                if v.shape != p.shape:
+                    raise ValueError(f"{type(self).__name__}: state {k!r} of a parameter has shape {tuple(v.shape)}, "
+                                     f"the parameter has {tuple(p.shape)} (state_dict of a different model?)")
+                b.views[k][j].copy_(v)
+            st[k] = b.views[k][j]
+        for k in self._vec_keys:
+            if k in st and st[k] is not b.vec_views[k][j]: b.vec_views[k][j].copy_(st[k].reshape(()))
+            st[k] = b.vec_views[k][j]
+        b.steps[j] = int(float(st["step"])) if "step" in st else 0
+        st["step"] = torch.tensor(float(b.steps[j]))
+
+    def _gradients(self, plans) -> list[tuple] | None:
+        """Per plan: (group, bucket, A, grads, params, per-tensor gradient norms), the gradients and parameters in the
+        state dtype; None (and the step is skipped, counted in `nonfinite_steps`, with a warning) when any gradient
+        element is NaN or infinite. The check reads one flag: free on the CPU, one host read per step on a GPU."""
+        work = []
+        for group, b, A in plans:
+            grads, params = b.work(A)
+            work.append((group, b, A, grads, params, torch.stack(torch._foreach_norm(grads))))
+        dev0 = work[0][-1].device
+        ok = torch.stack([w[-1].isfinite().all().to(dev0) for w in work]).all() if len(work) > 1 else work[0][-1].isfinite().all()
+        if bool(ok): return work
+        self.nonfinite_steps += 1
+        warnings.warn(f"{type(self).__name__}: a gradient has non-finite elements (NaN or inf); the step is skipped "
+                      f"(parameters and state unchanged; {self.nonfinite_steps} skipped so far)", RuntimeWarning, stacklevel=3)
+        return None
+
+    @staticmethod
+    def _advance(b: _Bucket, A: list[int]) -> tuple[list[int], bool]:
+        "Count the step for the tensors A; their counts, and whether the flat buffers can be used (all, same count)."
+        for j in A: b.steps[j] += 1
+        ts = [b.steps[j] for j in A]
+        return ts, len(A) == len(b.params) and min(ts) == max(ts)
+
     def _finish(self, plans) -> None:
-        for _, buckets in plans:
-            for b in buckets:
-                for p in b.params: self.state[p]["step"].fill_(b.step)
+        for _, b, A in plans:
+            b.commit(A)
+            for j in A: self.state[b.params[j]]["step"].fill_(b.steps[j])
 
     # -- (de)serialization -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The standard optimizer state dict with every tensor copied into its own storage (the live state is views
-        into flat buffers; safetensors refuses shared storage), plus the noise generators' states and the seed."""
+        into flat buffers; safetensors refuses shared storage), plus the noise generators' states, the seed and the
+        count of skipped non-finite steps."""
         sd = super().state_dict()
         sd["state"] = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for i, s in sd["state"].items()}
         sd["rng"] = {"seed": self._seed, **{dev: g.get_state() for dev, g in self._generators.items()}}
+        sd["nonfinite_steps"] = self.nonfinite_steps
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         sd = dict(state_dict)
         rng = sd.pop("rng", None)
-        super().load_state_dict(sd)
+        self.nonfinite_steps = int(sd.pop("nonfinite_steps", 0))
+        super().load_state_dict(sd)                     # casts state to the parameter dtype: undone below
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, s in sd.get("state", {}).items():
+            p = params[int(i)] if int(i) < len(params) else None
+            if p is None or p.dtype == self._state_dtype(p): continue
+            for k, v in s.items():                      # low-precision parameters keep their float32 state
+                if torch.is_tensor(v) and k != "step" and v.is_floating_point():
+                    self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p))
         self._buckets.clear()                           # next step copies the loaded state into fresh flat buffers
         if rng is not None:
             self._seed = int(rng["seed"])
@@ -180,7 +229,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         d = super().__getstate__()                      # defaults, state, param_groups
-        d["_extra"] = {"_seed": self._seed, "fused": getattr(self, "fused", False),
+        d["_extra"] = {"_seed": self._seed, "fused": getattr(self, "fused", False), "nonfinite_steps": self.nonfinite_steps,
                        "generators": {dev: g.get_state() for dev, g in self._generators.items()}}
         return d
 
@@ -189,27 +238,29 @@ class _FlatOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._buckets, self._generators, self._stats = {}, {}, {}
         self._seed = extra.get("_seed", 0)
+        self.nonfinite_steps = extra.get("nonfinite_steps", 0)
         if "fused" in extra: self.fused = extra["fused"]
         for dev, s in extra.get("generators", {}).items(): self._generator(torch.device(dev)).set_state(s)
 
     # -- metrics ---------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         """`noise_std` (per-element RMS of the noise std), `grad_norm` (L2 norm of the gradients the optimizer saw),
-        `noise_to_signal` (norm of the injected noise over the gradient norm) of the last step, and `step`.
-        Reading them synchronizes with the device; `step()` itself never does."""
+        `noise_to_signal` (norm of the injected noise over the gradient norm) of the last step, `step`, and
+        `nonfinite_steps` (steps skipped for NaN/inf gradients). Reading them synchronizes with the device."""
         s = self._stats
-        if not s: return {"noise_std": 0.0, "grad_norm": 0.0, "noise_to_signal": 0.0, "step": 0}
+        if not s: return {"noise_std": 0.0, "grad_norm": 0.0, "noise_to_signal": 0.0, "step": 0, "nonfinite_steps": self.nonfinite_steps}
         g2, z2 = float(s["grad_sq"]), float(s["noise_sq"])
         nts = math.sqrt(z2 / g2) if g2 > 0 else (math.inf if z2 > 0 else 0.0)
         return {"noise_std": math.sqrt(z2 / max(s["numel"], 1)), "grad_norm": math.sqrt(g2),
-                "noise_to_signal": nts, "step": s["step"]}
+                "noise_to_signal": nts, "step": s["step"], "nonfinite_steps": self.nonfinite_steps}
 
 # %% ../nbs/03_upgd.ipynb #23284f37
 class UPGD(_FlatOptimizer):
     """Utility-based Perturbed Gradient Descent (Elsayed & Mahmood, ICLR 2024), the paper's rule:
     `u <- b*u - (1-b)*g*theta`, `s = sigmoid(u_hat / max_j u_hat_j)`, `theta <- theta*(1 - lr*wd) - 2*lr*(g + xi)*(1 - s)`,
     `xi ~ N(0, sigma^2)`. Multi-tensor, with the global max kept on the device, bias-corrected like the numerator,
-    and guarded for `max <= 0`. `seed` seeds the optimizer's own noise generator (saved in `state_dict`)."""
+    and guarded for `max <= 0`; per-parameter step counts, float32 state for bf16/fp16 parameters, a
+    step with a NaN/inf gradient is skipped (`nonfinite_steps`). `seed` seeds the optimizer's own noise generator (saved in `state_dict`)."""
     _keys = ("utility",)
     _n_scratch = 2
 
@@ -225,40 +276,46 @@ class UPGD(_FlatOptimizer):
             with torch.enable_grad(): loss = closure()
         plans = self._prepare()
         if not plans: return loss
+        work = self._gradients(plans)                   # None: a NaN/inf gradient, the step is skipped
+        if work is None: return loss
         # pass 1: utility EMA, global max of the bias-corrected utility (on device), gradient norms for metrics
-        hi, grad_sq, noise_sq, numel = None, None, 0.0, 0
-        for group, buckets in plans:
+        hi, grad_sq, noise_sq, numel, steps = None, None, 0.0, 0, []
+        for group, b, A, grads, params, norms in work:
             bu = group["beta_utility"]
-            for b in buckets:
-                b.step += 1
-                grads = [p.grad for p in b.params]
-                b.flat["utility"].mul_(bu)
-                torch._foreach_addcmul_(b.views["utility"], grads, list(b.params), value=-(1 - bu))
-                m = b.flat["utility"].max() / (1 - bu ** b.step)
-                hi = m if hi is None else torch.maximum(hi, m.to(hi.device))
-                g2 = torch.stack(torch._foreach_norm(grads)).square().sum()
-                grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
-                noise_sq += b.n * group["sigma"] ** 2; numel += b.n
+            ts, uni = self._advance(b, A); steps.append((ts, uni))
+            if uni: b.flat["utility"].mul_(bu)
+            else: torch._foreach_mul_([b.views["utility"][j] for j in A], bu)
+            torch._foreach_addcmul_([b.views["utility"][j] for j in A], grads, params, value=-(1 - bu))
+            if uni: m = b.flat["utility"].max() / (1 - bu ** ts[0])
+            else: m = torch.stack([b.views["utility"][j].max() / bc for j, bc in zip(A, _per(A, b.steps, bu))]).max()
+            hi = m if hi is None else torch.maximum(hi, m.to(hi.device))
+            g2 = norms.square().sum()
+            grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
+            n = sum(b.numels[j] for j in A)
+            noise_sq += n * group["sigma"] ** 2; numel += n
         # pass 2: gate 1 - s = sigmoid(-u_hat / max), perturbed gradient, update
-        for group, buckets in plans:
+        for (group, b, A, grads, params, _), (ts, uni) in zip(work, steps):
             bu, lr, wd, sigma = group["beta_utility"], group["lr"], group["weight_decay"], group["sigma"]
-            for b in buckets:
-                params, grads = list(b.params), [p.grad for p in b.params]
-                den = hi.to(b.device).mul(1 - bu ** b.step).clamp_min(_tiny(b.dtype))   # the raw max, floored
-                coef = den.reciprocal().neg_()                                    # finite: -1 / max(M, tiny)
-                W, Wv = b.scratch[0], b.scratch_views[0]
+            W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
+            h = hi.to(b.device)
+            if uni:
+                coef = h.mul(1 - bu ** ts[0]).clamp_min(_tiny(b.dtype)).reciprocal().neg_()   # finite: -1 / max(M, tiny)
                 torch.mul(b.flat["utility"], coef.item() if b.device.type == "cpu" else coef, out=W)
                 W.sigmoid_()
-                if sigma > 0:
-                    Z, Zv = b.scratch[1], b.scratch_views[1]
-                    Z.normal_(0.0, sigma, generator=self._generator(b.device))
-                    torch._foreach_add_(Zv, grads)                                 # g + xi
-                    direction = Zv
-                else: direction = grads
-                if wd != 0: torch._foreach_mul_(params, 1 - lr * wd)
-                torch._foreach_addcmul_(params, direction, Wv, value=-2 * lr)
+            else:
+                for j, w, bc in zip(A, Wv, _per(A, b.steps, bu)):
+                    torch.mul(b.views["utility"][j], h.mul(bc).clamp_min(_tiny(b.dtype)).reciprocal().neg_(), out=w).sigmoid_()
+            if sigma > 0:
+                Z, Zv = b.scratch[1], [b.scratch_views[1][j] for j in A]
+                Z.normal_(0.0, sigma, generator=self._generator(b.device))
+                torch._foreach_add_(Zv, grads)                                     # g + xi
+                direction = Zv
+            else: direction = grads
+            if wd != 0: torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_addcmul_(params, direction, Wv, value=-2 * lr)
         self._finish(plans)
-        self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel, "step": max(b.step for _, bs in plans for b in bs)}
+        self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
+                       "step": max(b.steps[j] for _, b, A in plans for j in A)}
         return loss
 
 # %% ../nbs/03_upgd.ipynb #6de55af0
@@ -413,7 +470,9 @@ class AdaptiveUPGD(_FlatOptimizer):
     The noise enters where the gradient enters, so the update's noise-to-gradient ratio is the injected one:
     constant with adaptive noise, growing as 1/k with fixed noise when the gradients are scaled by k.
     State per parameter: `utility`, `exp_avg` (m) and `rms` = sqrt(EMA(g~^2 + eps^2)), one scratch buffer per
-    parameter element, and a per-tensor `grad_norm_ema`."""
+    parameter element, and a per-tensor `grad_norm_ema`; float32 for bfloat16/float16 parameters (the step is computed
+    in float32 and written back). Step counts are per parameter. A step whose gradients hold a NaN or inf is skipped
+    as a whole (parameters and state unchanged, `nonfinite_steps` counts it, a `RuntimeWarning` says so)."""
     _keys = ("utility", "exp_avg", "rms")
     _vec_keys = ("grad_norm_ema",)
     _n_scratch = 1
@@ -431,12 +490,6 @@ class AdaptiveUPGD(_FlatOptimizer):
         super().__init__(params, defaults, seed)
         self.fused = bool(fused)
 
-    def _state_dtype(self, p: Tensor) -> torch.dtype:
-        if p.dtype == torch.float16:
-            raise ValueError("AdaptiveUPGD keeps eps^2 in the parameter dtype; float16 parameters are not supported "
-                             "(use bfloat16 or float32)")
-        return p.dtype
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         loss = None
@@ -444,42 +497,46 @@ class AdaptiveUPGD(_FlatOptimizer):
             with torch.enable_grad(): loss = closure()
         plans = self._prepare()
         if not plans: return loss
+        work = self._gradients(plans)                   # None: a NaN/inf gradient, the step is skipped
+        if work is None: return loss
         lo = hi = grad_sq = noise_sq = None
-        numel = 0
+        numel, steps = 0, []
         # pass 1: utility EMA and its global min/max (on device), noise, moments of the perturbed gradient
-        for group, buckets in plans:
+        for group, b, A, grads, params, norms in work:
             bu, b1, b2, eps, sigma = group["beta_utility"], group["beta1"], group["beta2"], group["eps"], group["sigma"]
-            for b in buckets:
-                b.step += 1; t = b.step
-                cpu = b.device.type == "cpu"
-                params, grads = list(b.params), [p.grad for p in b.params]
-                U, M, R = (b.flat.get(k) for k in self._keys)
-                W, Wv = b.scratch[0], b.scratch_views[0]
-                gen = self._generator(b.device)
-                if self.fused:
-                    adaptive = group["adaptive_noise"]
-                    if adaptive or sigma > 0: W.normal_(generator=gen)
-                    else: W.zero_()
-                    s_eff = sigma / (1 - group["noise_beta"] ** t) if adaptive else sigma
-                    sc = torch.tensor([bu, 1 - bu, 1 - b1, 1 - b2, eps * eps, group["noise_beta"], s_eff,
-                                       group["min_noise_std"], 1 / (1 - bu ** t)], dtype=b.dtype).to(b.device, non_blocking=True)
-                    mn, mx, g2, z2 = _compiled("pass1")(b.views["utility"], b.views["exp_avg"], b.views["rms"], Wv, grads,
-                                                        params, b.vec["grad_norm_ema"], b.inv_sqrt_numel, b.numel_vec,
-                                                        sc, bool(adaptive))
-                    lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
-                    hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
-                    grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
-                    noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
-                    numel += b.n
-                    continue
-                norms = torch.stack(torch._foreach_norm(grads))
+            ts, uni = self._advance(b, A); steps.append((ts, uni))
+            t = ts[0]
+            cpu = b.device.type == "cpu"
+            W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
+            gen = self._generator(b.device)
+            n = sum(b.numels[j] for j in A)
+            if self.fused and uni and not b.low:
+                adaptive = group["adaptive_noise"]
+                if adaptive or sigma > 0: W.normal_(generator=gen)
+                else: W.zero_()
+                s_eff = sigma / (1 - group["noise_beta"] ** t) if adaptive else sigma
+                sc = torch.tensor([bu, 1 - bu, 1 - b1, 1 - b2, eps * eps, group["noise_beta"], s_eff,
+                                   group["min_noise_std"], 1 / (1 - bu ** t)], dtype=b.dtype).to(b.device, non_blocking=True)
+                mn, mx, g2, z2 = _compiled("pass1")(b.views["utility"], b.views["exp_avg"], b.views["rms"], b.scratch_views[0], grads,
+                                                    params, b.vec["grad_norm_ema"], b.inv_sqrt_numel, b.numel_vec,
+                                                    sc, bool(adaptive))
+            else:
                 g2 = norms.square().sum()
                 if group["adaptive_noise"]:
                     nb = group["noise_beta"]
                     ne = b.vec["grad_norm_ema"]
-                    ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)      # EMA of the per-element RMS
-                    std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
-                    z2 = (std.square() * b.numel_vec).sum()
+                    if uni:
+                        ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)              # EMA of the per-element RMS
+                        std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
+                        numels = b.numel_vec
+                    else:
+                        ix = torch.tensor(A, device=b.device)
+                        neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
+                        ne.index_copy_(0, ix, neA)
+                        bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
+                        std = (neA * bcn).clamp_min_(group["min_noise_std"])
+                        numels = b.numel_vec.index_select(0, ix)
+                    z2 = (std.square() * numels).sum()
                     W.normal_(generator=gen)
                     if cpu:                                                        # one pass: W = g + std * W
                         for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
@@ -487,49 +544,68 @@ class AdaptiveUPGD(_FlatOptimizer):
                         torch._foreach_mul_(Wv, list(std.unbind(0)))
                         torch._foreach_add_(Wv, grads)
                 else:
-                    z2 = torch.full_like(g2, b.n * sigma ** 2)
+                    z2 = torch.full_like(g2, n * sigma ** 2)
                     if sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
                     else: torch._foreach_copy_(Wv, grads)
-                U.mul_(bu)
-                torch._foreach_addcmul_(b.views["utility"], grads, params, value=-(1 - bu))
-                mn, mx = torch.aminmax(U)
-                M.lerp_(W, 1 - b1)                                                 # m = EMA(g~)
-                W.mul_(W).add_(eps * eps)                                          # g~^2 + eps^2
-                R.mul_(R).lerp_(W, 1 - b2).sqrt_()                                 # rms = sqrt(EMA(g~^2 + eps^2))
-                bcu = 1 - bu ** t
-                lo = mn / bcu if lo is None else torch.minimum(lo, (mn / bcu).to(lo.device))
-                hi = mx / bcu if hi is None else torch.maximum(hi, (mx / bcu).to(hi.device))
-                grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
-                noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
-                numel += b.n
+                Uv = [b.views["utility"][j] for j in A]
+                if uni: U, M, R, Wl = [b.flat["utility"]], [b.flat["exp_avg"]], [b.flat["rms"]], [W]
+                else: U, M, R, Wl = Uv, [b.views["exp_avg"][j] for j in A], [b.views["rms"][j] for j in A], Wv
+                torch._foreach_mul_(U, bu)
+                torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
+                if uni:
+                    mn, mx = torch.aminmax(U[0]); bcu = 1 - bu ** t
+                    mn, mx = mn / bcu, mx / bcu
+                else:
+                    mm = [torch.aminmax(u) for u in Uv]
+                    bcs = _per(A, b.steps, bu)
+                    mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
+                    mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
+                torch._foreach_lerp_(M, Wl, 1 - b1)                               # m = EMA(g~)
+                torch._foreach_mul_(Wl, Wl); torch._foreach_add_(Wl, eps * eps)    # g~^2 + eps^2
+                torch._foreach_mul_(R, R); torch._foreach_lerp_(R, Wl, 1 - b2); torch._foreach_sqrt_(R)   # rms = sqrt(EMA(g~^2 + eps^2))
+            lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
+            hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
+            grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
+            noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
+            numel += n
         # pass 2: utility gate and the update
-        for group, buckets in plans:
+        for (group, b, A, grads, params, _), (ts, uni) in zip(work, steps):
             bu, b1, b2, lr, wd = group["beta_utility"], group["beta1"], group["beta2"], group["lr"], group["weight_decay"]
-            for b in buckets:
-                t, params = b.step, list(b.params)
-                W, Wv = b.scratch[0], b.scratch_views[0]
+            t = ts[0]
+            W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
+            Rv = [b.views["rms"][j] for j in A]
+            if self.fused and uni and not b.low:
                 bcu, bc1, bc2 = 1 - bu ** t, 1 - b1 ** t, 1 - b2 ** t
-                lr_t = -2 * lr * math.sqrt(bc2) / bc1
-                if self.fused:
-                    sc = torch.tensor([bcu, _tiny(b.dtype), 1 - lr * wd, lr_t], dtype=b.dtype).to(b.device, non_blocking=True)
-                    _compiled("pass2")(b.views["utility"], b.views["exp_avg"], b.views["rms"], params, lo.to(b.device),
-                                       hi.to(b.device), sc)
-                    continue
-                # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
-                if b.device.type == "cpu":                                         # scalars are free on the CPU
-                    lo_f, hi_f = float(lo), float(hi)
-                    span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
-                    if span > 1e-3 * max(abs(lo_f), abs(hi_f)) * bcu:              # one pass, cancellation harmless
-                        torch.add(torch.tensor(lo_f * bcu / span, dtype=b.dtype), b.flat["utility"], alpha=-1 / span, out=W)
-                    else: torch.sub(b.flat["utility"], lo_f * bcu, out=W).mul_(-1 / span)
-                else:                                                              # on a GPU they stay on the device
-                    c1 = ((hi.to(b.device) - lo.to(b.device)) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-                    torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1)
-                W.sigmoid_().mul_(b.flat["exp_avg"])                                # (1 - s) * m
-                if wd != 0: torch._foreach_mul_(params, 1 - lr * wd)
-                torch._foreach_addcdiv_(params, Wv, b.views["rms"], value=lr_t)
+                sc = torch.tensor([bcu, _tiny(b.dtype), 1 - lr * wd, -2 * lr * math.sqrt(bc2) / bc1], dtype=b.dtype).to(b.device, non_blocking=True)
+                _compiled("pass2")(b.views["utility"], b.views["exp_avg"], b.views["rms"], params, lo.to(b.device),
+                                   hi.to(b.device), sc)
+                continue
+            lr_ts = [-2 * lr * math.sqrt(1 - b2 ** x) / (1 - b1 ** x) for x in ts]
+            # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
+            if uni and b.device.type == "cpu":                                  # scalars are free on the CPU
+                bcu = 1 - bu ** t
+                lo_f, hi_f = float(lo), float(hi)
+                span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
+                if span > 1e-3 * max(abs(lo_f), abs(hi_f)) * bcu:              # one pass, cancellation harmless
+                    torch.add(torch.tensor(lo_f * bcu / span, dtype=b.dtype), b.flat["utility"], alpha=-1 / span, out=W)
+                else: torch.sub(b.flat["utility"], lo_f * bcu, out=W).mul_(-1 / span)
+                W.sigmoid_().mul_(b.flat["exp_avg"])                            # (1 - s) * m
+            elif uni:                                                          # on a GPU they stay on the device
+                bcu = 1 - bu ** t
+                c1 = ((hi.to(b.device) - lo.to(b.device)) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
+                torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1)
+                W.sigmoid_().mul_(b.flat["exp_avg"])
+            else:                                                              # per tensor: own bias correction
+                l_, h_ = lo.to(b.device), hi.to(b.device)
+                for j, w, bcu in zip(A, Wv, _per(A, b.steps, bu)):
+                    c1 = ((h_ - l_) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
+                    torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_().mul_(b.views["exp_avg"][j])
+            if wd != 0: torch._foreach_mul_(params, 1 - lr * wd)
+            if uni: torch._foreach_addcdiv_(params, Wv, Rv, value=lr_ts[0])
+            else: torch._foreach_addcdiv_(params, Wv, Rv, lr_ts)
         self._finish(plans)
-        self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel, "step": max(b.step for _, bs in plans for b in bs)}
+        self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
+                       "step": max(b.steps[j] for _, b, A in plans for j in A)}
         return loss
 
 # %% ../nbs/03_upgd.ipynb #95919d1d
