@@ -109,3 +109,21 @@ def test_a_parameter_without_gradient_is_left_alone_and_nothing_is_rebuilt(cls):
             assert all(torch.equal(opt.state[b][k], v) for k, v in sb.items())
     assert {k: v.data_ptr() for k, v in opt.state[a].items() if torch.is_tensor(v) and v.ndim > 0} == ptrs
     assert int(opt.state[a]["step"]) == 7 and int(opt.state[b]["step"]) == 4
+
+
+@pytest.mark.parametrize("cls", OPTS)
+def test_the_gpu_guard_without_host_reads_never_moves_on_a_bad_step(cls):
+    "The sync-free guard (used on GPUs), forced on the CPU: a bad step moves nothing and spreads no NaN."
+    m = model()
+    opt = cls(m.parameters(), lr=1e-2, seed=0)
+    opt._sync_free = lambda device: True
+    for s in range(3): grads_of(m, s); opt.step()
+    before = [p.detach().clone() for p in m.parameters()]
+    grads_of(m, 3); m[0].weight.grad[2, 3] = float("nan"); m[2].bias.grad[0] = float("inf")
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(m.parameters(), before))
+    assert all(torch.isfinite(v).all() for st in opt.state.values() for v in st.values() if torch.is_tensor(v))
+    with pytest.warns(RuntimeWarning, match="non-finite"): met = opt.metrics()
+    assert met["nonfinite_steps"] == 1
+    for s in range(4, 8): grads_of(m, s); opt.step()
+    assert all(torch.isfinite(p).all() for p in m.parameters()) and not torch.equal(m[0].weight, before[0])

@@ -99,7 +99,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._generators: dict[str, torch.Generator] = {}
         self._buckets: dict[int, tuple[tuple, list[_Bucket]]] = {}
         self._stats: dict[str, Any] = {}
-        self.nonfinite_steps = 0
+        self.nonfinite_steps, self._nonfinite_warned = 0, 0
 
     # -- noise generators ------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -165,21 +165,51 @@ class _FlatOptimizer(torch.optim.Optimizer):
         b.steps[j] = int(float(st["step"])) if "step" in st else 0
         st["step"] = torch.tensor(float(b.steps[j]))
 
-    def _gradients(self, plans) -> list[tuple] | None:
+    def _gradients(self, plans) -> tuple[list[tuple], Tensor | None] | None:
         """Per plan: (group, bucket, A, grads, params, per-tensor gradient norms), the gradients and parameters in the
-        state dtype; None (and the step is skipped, counted in `nonfinite_steps`, with a warning) when any gradient
-        element is NaN or infinite. The check reads one flag: free on the CPU, one host read per step on a GPU."""
+        state dtype, and the device flag `ok` (None on the CPU). A NaN or inf gradient element skips the step:
+        on the CPU the flag is read (free) and `step()` returns before touching anything, counted in `nonfinite_steps`,
+        with a `RuntimeWarning`. On a GPU, to stay free of host syncs, the gradients are copied with their non-finite
+        elements zeroed and multiplied by `ok`, and the update by `ok`: the parameters do not move and nothing
+        non-finite enters the state, the EMAs take one zero-gradient step; the device-side count is read, and warned
+        about, by `metrics()`. Returns None for a skipped (CPU) step."""
         work = []
         for group, b, A in plans:
             grads, params = b.work(A)
-            work.append((group, b, A, grads, params, torch.stack(torch._foreach_norm(grads))))
+            work.append([group, b, A, grads, params, torch.stack(torch._foreach_norm(grads))])
         dev0 = work[0][-1].device
         ok = torch.stack([w[-1].isfinite().all().to(dev0) for w in work]).all() if len(work) > 1 else work[0][-1].isfinite().all()
-        if bool(ok): return work
-        self.nonfinite_steps += 1
-        warnings.warn(f"{type(self).__name__}: a gradient has non-finite elements (NaN or inf); the step is skipped "
-                      f"(parameters and state unchanged; {self.nonfinite_steps} skipped so far)", RuntimeWarning, stacklevel=3)
-        return None
+        if not self._sync_free(dev0):
+            if bool(ok): return [tuple(w) for w in work], None
+            self._nonfinite_host += 1
+            warnings.warn(f"{type(self).__name__}: a gradient has non-finite elements (NaN or inf); the step is skipped "
+                          f"(parameters and state unchanged; {self.nonfinite_steps} skipped so far)", RuntimeWarning, stacklevel=3)
+            return None
+        self._nonfinite_dev = (~ok).to(torch.int64) if self._nonfinite_dev is None else self._nonfinite_dev + (~ok).to(self._nonfinite_dev.device)
+        for w in work:
+            b, A = w[1], w[2]
+            okb = ok.to(b.device)
+            if b.low: gbuf, gv = b.scratch[-2], [b.scratch_views[-2][j] for j in A]
+            else:
+                if getattr(b, "gsafe", None) is None: b.gsafe = torch.empty(b.n, device=b.device, dtype=b.dtype); b.gsafe_views = b._split(b.gsafe)
+                gbuf, gv = b.gsafe, [b.gsafe_views[j] for j in A]
+                torch._foreach_copy_(gv, w[3])
+            gbuf.nan_to_num_(0.0, 0.0, 0.0).mul_(okb)
+            w[3], w[5] = gv, torch.where(w[5].isfinite() & okb, w[5], 0.0)
+        return [tuple(w) for w in work], ok
+
+    def _sync_free(self, device: torch.device) -> bool:
+        "Whether the non-finite guard must avoid host reads (any device but the CPU)."
+        return device.type != "cpu"
+
+    @property
+    def nonfinite_steps(self) -> int:
+        "Steps whose gradients held a NaN or inf (skipped). Reading it synchronizes with the device on a GPU."
+        return self._nonfinite_host + (0 if self._nonfinite_dev is None else int(self._nonfinite_dev))
+
+    @nonfinite_steps.setter
+    def nonfinite_steps(self, value: int) -> None:
+        self._nonfinite_host, self._nonfinite_dev = int(value), None
 
     @staticmethod
     def _advance(b: _Bucket, A: list[int]) -> tuple[list[int], bool]:
@@ -238,7 +268,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._buckets, self._generators, self._stats = {}, {}, {}
         self._seed = extra.get("_seed", 0)
-        self.nonfinite_steps = extra.get("nonfinite_steps", 0)
+        self.nonfinite_steps, self._nonfinite_warned = extra.get("nonfinite_steps", 0), 0
         if "fused" in extra: self.fused = extra["fused"]
         for dev, s in extra.get("generators", {}).items(): self._generator(torch.device(dev)).set_state(s)
 
@@ -247,6 +277,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
         """`noise_std` (per-element RMS of the noise std), `grad_norm` (L2 norm of the gradients the optimizer saw),
         `noise_to_signal` (norm of the injected noise over the gradient norm) of the last step, `step`, and
         `nonfinite_steps` (steps skipped for NaN/inf gradients). Reading them synchronizes with the device."""
+        if self._nonfinite_dev is not None and int(self._nonfinite_dev) > self._nonfinite_warned:
+            self._nonfinite_warned = int(self._nonfinite_dev)
+            warnings.warn(f"{type(self).__name__}: {self._nonfinite_warned} step(s) had non-finite gradients (NaN or inf) "
+                          "and were skipped", RuntimeWarning, stacklevel=2)
         s = self._stats
         if not s: return {"noise_std": 0.0, "grad_norm": 0.0, "noise_to_signal": 0.0, "step": 0, "nonfinite_steps": self.nonfinite_steps}
         g2, z2 = float(s["grad_sq"]), float(s["noise_sq"])
@@ -276,8 +310,9 @@ class UPGD(_FlatOptimizer):
             with torch.enable_grad(): loss = closure()
         plans = self._prepare()
         if not plans: return loss
-        work = self._gradients(plans)                   # None: a NaN/inf gradient, the step is skipped
-        if work is None: return loss
+        checked = self._gradients(plans)                # None: a NaN/inf gradient, the step is skipped
+        if checked is None: return loss
+        work, ok = checked
         # pass 1: utility EMA, global max of the bias-corrected utility (on device), gradient norms for metrics
         hi, grad_sq, noise_sq, numel, steps = None, None, 0.0, 0, []
         for group, b, A, grads, params, norms in work:
@@ -311,7 +346,10 @@ class UPGD(_FlatOptimizer):
                 torch._foreach_add_(Zv, grads)                                     # g + xi
                 direction = Zv
             else: direction = grads
-            if wd != 0: torch._foreach_mul_(params, 1 - lr * wd)
+            if ok is not None: torch._foreach_mul_(Wv, ok.to(b.device, b.dtype))   # GPU guard: no move on a bad step
+            if wd != 0:
+                if ok is None: torch._foreach_mul_(params, 1 - lr * wd)
+                else: torch._foreach_mul_(params, 1 - lr * wd * ok.to(b.device, b.dtype))
             torch._foreach_addcmul_(params, direction, Wv, value=-2 * lr)
         self._finish(plans)
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
@@ -497,8 +535,9 @@ class AdaptiveUPGD(_FlatOptimizer):
             with torch.enable_grad(): loss = closure()
         plans = self._prepare()
         if not plans: return loss
-        work = self._gradients(plans)                   # None: a NaN/inf gradient, the step is skipped
-        if work is None: return loss
+        checked = self._gradients(plans)                # None: a NaN/inf gradient, the step is skipped
+        if checked is None: return loss
+        work, ok = checked
         lo = hi = grad_sq = noise_sq = None
         numel, steps = 0, []
         # pass 1: utility EMA and its global min/max (on device), noise, moments of the perturbed gradient
@@ -530,7 +569,7 @@ class AdaptiveUPGD(_FlatOptimizer):
                         std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
                         numels = b.numel_vec
                     else:
-                        ix = torch.tensor(A, device=b.device)
+                        ix = torch.tensor(A).to(b.device, non_blocking=True)
                         neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
                         ne.index_copy_(0, ix, neA)
                         bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
@@ -577,6 +616,9 @@ class AdaptiveUPGD(_FlatOptimizer):
             if self.fused and uni and not b.low:
                 bcu, bc1, bc2 = 1 - bu ** t, 1 - b1 ** t, 1 - b2 ** t
                 sc = torch.tensor([bcu, _tiny(b.dtype), 1 - lr * wd, -2 * lr * math.sqrt(bc2) / bc1], dtype=b.dtype).to(b.device, non_blocking=True)
+                if ok is not None:                                             # GPU guard: no move on a bad step
+                    okf = ok.to(b.device, b.dtype)
+                    sc = torch.cat([sc[:2], (1 - lr * wd * okf).reshape(1), (sc[3] * okf).reshape(1)])
                 _compiled("pass2")(b.views["utility"], b.views["exp_avg"], b.views["rms"], params, lo.to(b.device),
                                    hi.to(b.device), sc)
                 continue
@@ -600,7 +642,10 @@ class AdaptiveUPGD(_FlatOptimizer):
                 for j, w, bcu in zip(A, Wv, _per(A, b.steps, bu)):
                     c1 = ((h_ - l_) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
                     torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_().mul_(b.views["exp_avg"][j])
-            if wd != 0: torch._foreach_mul_(params, 1 - lr * wd)
+            if ok is not None: torch._foreach_mul_(Wv, ok.to(b.device, b.dtype))   # GPU guard: no move on a bad step
+            if wd != 0:
+                if ok is None: torch._foreach_mul_(params, 1 - lr * wd)
+                else: torch._foreach_mul_(params, 1 - lr * wd * ok.to(b.device, b.dtype))
             if uni: torch._foreach_addcdiv_(params, Wv, Rv, value=lr_ts[0])
             else: torch._foreach_addcdiv_(params, Wv, Rv, lr_ts)
         self._finish(plans)
