@@ -143,26 +143,33 @@ class VarianceGradientScaler:
                                "call update_parameters(model.parameters()) first")
 
     # -- the noise measure -----------------------------------------------------------------------
-    def _nv(self, s1: Tensor, s2: Tensor, count: Tensor | int) -> Tensor:
-        "nv from the EMAs with `count` steps each (a number or a per-element tensor): bias-correct, Var / (E^2 + eps E[g^2])."
-        c = 1.0 / (1.0 - self.beta ** count) if not torch.is_tensor(count) else (1.0 - torch.pow(self.beta, count)).reciprocal()
+    def _nv(self, s1: Tensor, s2: Tensor, c: Tensor | float) -> Tensor:
+        "nv from EMAs and their bias corrections `c = 1 / (1 - beta^count)` (a number or per element): Var / (E^2 + eps E[g^2])."
         mean, sq = s1 * c, s2 * c
         mean_sq = mean * mean
-        tiny = torch.finfo(mean.dtype).tiny
-        return (sq - mean_sq).clamp_min_(0) / (mean_sq + self.eps * sq).clamp_min_(tiny)
+        return (sq - mean_sq).clamp_min_(0) / (mean_sq + self.eps * sq).clamp_min_(torch.finfo(mean.dtype).tiny)
 
     def _nv_tensor(self) -> Tensor | None:
-        "The aggregate as a 0-d tensor on the first bucket's device (no host sync); None when no tensor is live."
+        """The aggregate as a 0-d tensor on the first bucket's device, without a host sync on a GPU (a sort of the
+        sample and a gather at a device-side rank); None when no sampled element belongs to a live tensor."""
         if self._nv_cache is not None and self._nv_cache[0] == self._step_count: return self._nv_cache[1]
         dev0, vals = self._buckets[0].device, []
         for b, ids in zip(self._buckets, self._bucket_ids):
             if not len(b.idx): continue
-            cnt = torch.tensor([self._counts[i] if self._live[i] else 0 for i in ids], dtype=torch.float64)
-            cnt = cnt.to(b.device, non_blocking=True)[b.owner]
-            s1 = b.m1.index_select(0, b.idx).double(); s2 = b.m2.index_select(0, b.idx).double()   # float64: no overflow
-            nv = self._nv(s1, s2, cnt.clamp_min(1))
-            vals.append(torch.where(cnt > 0, nv, math.nan).to(dev0))        # dead and never-seen tensors: left out
-        out = torch.nanquantile(torch.cat(vals), self.quantile, interpolation="lower") if vals else None
+            # per tensor 1 / (1 - beta^count), NaN for dead and never-seen tensors: they leave the aggregate
+            c = torch.tensor([1.0 / (1.0 - self.beta ** self._counts[i]) if self._live[i] and self._counts[i] > 0 else math.nan
+                              for i in ids], dtype=b.dtype).to(b.device, non_blocking=True)
+            vals.append(self._nv(b.m1.index_select(0, b.idx), b.m2.index_select(0, b.idx), c.index_select(0, b.owner)).to(dev0))
+        if not vals: out = None
+        else:
+            v = torch.cat(vals)
+            if dev0.type == "cpu":                                   # host values are free: select, no sort
+                v = v[~v.isnan()]
+                out = torch.kthvalue(v, max(1, math.ceil(self.quantile * len(v)))).values if len(v) else None
+            else:                                                    # NaN (left out) sorts last; rank from the count
+                n = (~v.isnan()).sum()
+                k = (n * self.quantile).ceil().long().sub(1).clamp_min(0)
+                out = v.sort().values.gather(0, k.reshape(1)).reshape(())   # NaN when nothing is live: reads as 0
         self._nv_cache = (self._step_count, out)
         return out
 
@@ -178,7 +185,7 @@ class VarianceGradientScaler:
     def normalized_variance_per_element(self) -> Tensor:
         "`nv_i` for every element, concatenated in parameter order (diagnostics; a full pass; 0 for never-seen tensors)."
         self._require_params()
-        parts = [self._nv(a.reshape(-1).double(), b.reshape(-1).double(), max(c, 1)).float() for a, b, c in zip(*self._stats, self._counts)]
+        parts = [self._nv(a.reshape(-1), b.reshape(-1), 1.0 / (1.0 - self.beta ** max(c, 1))) for a, b, c in zip(*self._stats, self._counts)]
         if not parts: return torch.zeros(0)
         return torch.cat([p.to(parts[0].device) for p in parts])
 
@@ -188,7 +195,7 @@ class VarianceGradientScaler:
         if not self.enabled or self._step_count < self.warmup_steps or self._step_count == 0: return 1.0
         nv = self._nv_tensor()
         if nv is None: return 1.0
-        nv = torch.nan_to_num(nv, nan=0.0, posinf=math.inf)
+        nv = torch.nan_to_num(nv.double(), nan=0.0, posinf=math.inf)          # float64: the clamp is exact
         return (1.0 / (1.0 + self.alpha * nv)).clamp(self.MIN_FACTOR, 1.0)
 
     def get_scaling_factor(self) -> float:
