@@ -196,7 +196,7 @@ def test_invalid_arguments_raise_value_error():
         with pytest.raises(ValueError): AdaptiveUPGD(p, **kw)
     q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16)); q.grad = torch.zeros_like(q)
     o = AdaptiveUPGD([q]); o.step()                                   # float16 works since issue 14: float32 state
-    assert o.state[q]["rms"].dtype == torch.float32 and torch.isfinite(q).all()
+    assert o.state[q]["exp_avg_sq"].dtype == torch.float32 and torch.isfinite(q).all()
     r = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64).float().long(), requires_grad=False)
     with pytest.raises(ValueError, match="floating-point"): AdaptiveUPGD([r]).step()
 
@@ -238,7 +238,7 @@ def test_state_dict_tensors_have_their_own_storage_for_safetensors():
     flat.update({f"rng.{k}": v for k, v in sd["rng"].items() if torch.is_tensor(v)})
     data = safetensors.torch.save(flat)                            # raises on shared storage
     assert set(safetensors.torch.load(data)) == set(flat)
-    assert set(sd["state"][0]) == {"step", "utility", "exp_avg", "rms", "grad_norm_ema"}
+    assert set(sd["state"][0]) == {"step", "utility", "exp_avg", "exp_avg_sq", "grad_norm_ema"}
 
 
 def test_pickle_and_deepcopy_preserve_the_noise_stream():
@@ -284,18 +284,7 @@ def test_metrics_report_noise_gradient_and_their_ratio():
     assert opt2.metrics()["noise_to_signal"] == math.inf and opt2.metrics()["noise_std"] == pytest.approx(1e-6)
 
 
-# ---- fused and CUDA paths ----------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.parametrize("adaptive", [True, False])
-def test_fused_compiled_path_matches_eager(adaptive):
-    pytest.importorskip("torch._inductor")
-    a, b = mlp(dtype=torch.float32), mlp(dtype=torch.float32)
-    kw = {**KW, "adaptive_noise": adaptive, "seed": 3}
-    pa = train(a, AdaptiveUPGD(a.parameters(), **kw), steps=8, dtype=torch.float32)
-    pb = train(b, AdaptiveUPGD(b.parameters(), **kw, fused=True), steps=8, dtype=torch.float32)
-    assert torch.allclose(pa, pb, rtol=0, atol=1e-5)
-
-
+# ---- CUDA paths ----------------------------------------------------------------------
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("make", [lambda ps: AdaptiveUPGD(ps, seed=0), lambda ps: AdaptiveUPGD(ps, adaptive_noise=False, seed=0),

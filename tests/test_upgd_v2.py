@@ -127,3 +127,25 @@ def test_the_gpu_guard_without_host_reads_never_moves_on_a_bad_step(cls):
     assert met["nonfinite_steps"] == 1
     for s in range(4, 8): grads_of(m, s); opt.step()
     assert all(torch.isfinite(p).all() for p in m.parameters()) and not torch.equal(m[0].weight, before[0])
+
+
+def test_a_state_saved_before_issue_14_loads_and_continues_alike():
+    "Old states kept rms = sqrt(EMA(g~^2 + eps^2)); loading converts it to exp_avg_sq and the run continues alike."
+    a, b = model(dtype=torch.float64), model(dtype=torch.float64)
+    kw = dict(lr=1e-2, weight_decay=1e-3, sigma=0.0, seed=0)
+    oa = AdaptiveUPGD(a.parameters(), **kw)
+    for s in range(5): grads_of(a, s); oa.step()
+    sd = oa.state_dict()
+    for st in sd["state"].values():
+        t = int(st["step"])
+        st["rms"] = (st.pop("exp_avg_sq") + 1e-16 * (1 - 0.999 ** t)).sqrt()
+    b.load_state_dict(a.state_dict())
+    ob = AdaptiveUPGD(b.parameters(), **kw); ob.load_state_dict(sd)
+    for s in range(5, 9):
+        grads_of(a, s); oa.step(); grads_of(b, s); ob.step()
+    for p, q in zip(a.parameters(), b.parameters()): assert torch.allclose(p, q, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_is_accepted_and_ignored():
+    m = model()
+    with pytest.warns(DeprecationWarning, match="ignored"): AdaptiveUPGD(m.parameters(), fused=True)

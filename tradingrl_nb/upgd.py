@@ -45,6 +45,8 @@ class _Bucket:
         self.numel_vec = counts.to(self.device, non_blocking=True)                  # one-time copies, no sync
         self.inv_sqrt_numel = counts.clamp_min(1).rsqrt().to(self.device, non_blocking=True)
         self.steps = [0] * len(params)                                             # per-parameter step counts
+        self.dsteps = torch.zeros(len(params), device=self.device, dtype=torch.float32)   # the same, on the device
+        self.dstep_views = list(self.dsteps.unbind(0))
 
     def _split(self, buf: Tensor) -> list[Tensor]:
         return [t.view(p.shape) for t, p in zip(buf.split(self.numels), self.params)]
@@ -131,7 +133,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
                 for j in A:
                     p = b.params[j]
                     if p.grad.is_sparse: raise ValueError("UPGD/AdaptiveUPGD do not support sparse gradients")
-                    if self.state[p].get(self._keys[0]) is not b.views[self._keys[0]][j]: self._link(b, j)
+                    if self.state[p].get(self._keys[0]) is not b.views[self._keys[0]][j]: self._link(b, j, group)
                 plans.append((group, b, A))
         return plans
 
@@ -145,10 +147,10 @@ class _FlatOptimizer(torch.optim.Optimizer):
                    for ps in by_kind.values()]
         for b in buckets:
             for j, p in enumerate(b.params):
-                if self.state.get(p): self._link(b, j)                      # existing (e.g. loaded) state moves in
+                if self.state.get(p): self._link(b, j, group)               # existing (e.g. loaded) state moves in
         return buckets
 
-    def _link(self, b: _Bucket, j: int) -> None:
+    def _link(self, b: _Bucket, j: int, group: dict) -> None:
         "Copy parameter j's state (if any) into the bucket and make `self.state[p]` hold the bucket's views."
         p = b.params[j]; st = self.state[p]
         for k in self._keys:
@@ -163,6 +165,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
             if k in st and st[k] is not b.vec_views[k][j]: b.vec_views[k][j].copy_(st[k].reshape(()))
             st[k] = b.vec_views[k][j]
         b.steps[j] = int(float(st["step"])) if "step" in st else 0
+        b.dsteps[j].fill_(b.steps[j])
         st["step"] = torch.tensor(float(b.steps[j]))
 
     def _gradients(self, plans) -> tuple[list[tuple], Tensor | None] | None:
@@ -213,10 +216,14 @@ class _FlatOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _advance(b: _Bucket, A: list[int]) -> tuple[list[int], bool]:
-        "Count the step for the tensors A; their counts, and whether the flat buffers can be used (all, same count)."
+        """Count the step for the tensors A (on the host, and in the device copy the fused Adam kernel reads); their
+        counts, and whether the flat buffers can be used (all tensors, the same count)."""
         for j in A: b.steps[j] += 1
         ts = [b.steps[j] for j in A]
-        return ts, len(A) == len(b.params) and min(ts) == max(ts)
+        uni = len(A) == len(b.params) and min(ts) == max(ts)
+        if uni: b.dsteps.add_(1)
+        else: torch._foreach_add_([b.dstep_views[j] for j in A], 1.0)
+        return ts, uni
 
     def _finish(self, plans) -> None:
         for _, b, A in plans:
@@ -448,7 +455,7 @@ class AdaptiveUPGDLoop(torch.optim.Optimizer):
                 st, t = self.state[p], self.state[p]["step"]
                 u_hat = st["utility"] / (1 - group["beta_utility"] ** t)
                 gate = torch.sigmoid(-(u_hat - lo) / span)
-                denom = (st["v"] / (1 - group["beta2"] ** t) + group["eps"] ** 2).sqrt()
+                denom = (st["v"] / (1 - group["beta2"] ** t)).sqrt() + group["eps"]
                 bc1 = 1 - group["beta1"] ** t
                 if self.track_terms:
                     g_sq += (gate * st["m_g"] / bc1 / denom).square().sum().item()
@@ -458,62 +465,25 @@ class AdaptiveUPGDLoop(torch.optim.Optimizer):
             self.last_terms = {"grad_term": math.sqrt(g_sq), "noise_term": math.sqrt(z_sq),
                                "noise_to_signal": math.sqrt(z_sq / g_sq) if g_sq > 0 else math.inf}
 
-# %% ../nbs/03_upgd.ipynb #28c7ad3e
-def _fused_pass1(U: list[Tensor], M: list[Tensor], R: list[Tensor], W: list[Tensor], grads: list[Tensor],
-                 params: list[Tensor], ne: Tensor, inv_sqrt_n: Tensor, numel: Tensor, sc: Tensor,
-                 adaptive: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """AdaptiveUPGD pass 1 (compiled): gradient norms and noise std, then one fused loop per tensor for the utility,
-    the perturbed gradient and the moments, with the bias-corrected min/max of the utility."""
-    bu, cu, w1, w2, e2, nb, s_eff, min_std, inv_bcu = sc.unbind(0)
-    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
-    if adaptive:
-        ne.copy_(ne * nb + (1 - nb) * norms * inv_sqrt_n)
-        std = torch.maximum(ne * s_eff, min_std)
-    else: std = s_eff.expand(len(grads))
-    lo, hi = [], []
-    for u, m, r, w, g, p, s in zip(U, M, R, W, grads, params, std.unbind(0)):
-        un = u * bu - cu * g * p
-        gt = g + s * w
-        r2 = r * r
-        u.copy_(un); m.copy_(m + w1 * (gt - m)); r.copy_(torch.sqrt(r2 + w2 * (gt * gt + e2 - r2)))
-        lo.append(un.amin()); hi.append(un.amax())
-    return (torch.stack(lo).amin() * inv_bcu, torch.stack(hi).amax() * inv_bcu, (norms * norms).sum(),
-            (std * std * numel).sum())
-
-def _fused_pass2(U: list[Tensor], M: list[Tensor], R: list[Tensor], params: list[Tensor], lo: Tensor, hi: Tensor,
-                 sc: Tensor) -> None:
-    "AdaptiveUPGD pass 2 (compiled): gate and update in one loop per tensor."
-    bcu, tiny, decay, lr_t = sc.unbind(0)
-    lo_b = lo * bcu
-    c1 = -1 / torch.clamp_min((hi - lo) * bcu, tiny)
-    for u, m, r, p in zip(U, M, R, params):
-        p.copy_(p * decay + lr_t * torch.sigmoid((u - lo_b) * c1) * m / r)
-
-_COMPILED: dict[str, Callable] = {}
-
-def _compiled(name: str) -> Callable:
-    "The `torch.compile`d kernel `name`, created on first use (the first call per model compiles: tens of seconds)."
-    if name not in _COMPILED:
-        fn = {"pass1": _fused_pass1, "pass2": _fused_pass2}[name]
-        _COMPILED[name] = torch.compile(fn, dynamic=False, fullgraph=True)
-    return _COMPILED[name]
-
 # %% ../nbs/03_upgd.ipynb #7b5ad27b
 class AdaptiveUPGD(_FlatOptimizer):
     """UPGD with Adam moments and adaptive noise. Per step, with `g` the gradient of one tensor:
     `std = max(sigma * EMA(rms(g)) / (1 - noise_beta^t), min_noise_std)` (`std = sigma` with `adaptive_noise=False`),
     `g~ = g + std * N(0, 1)`, `m = EMA(g~)`, `v = EMA(g~^2)`, the utility `u = EMA(-g*theta)` min-max normalized over
     all tensors (bias-corrected, on device) `x = (u_hat - min) / (max - min)`, and
-    `theta <- theta*(1 - lr*wd) - 2*lr*sigmoid(-x) * m_hat / sqrt(v_hat + eps^2)`.
+    `theta <- theta*(1 - lr*wd) - 2*lr*sigmoid(-x) * m_hat / (sqrt(v_hat) + eps)`.
     The noise enters where the gradient enters, so the update's noise-to-gradient ratio is the injected one:
     constant with adaptive noise, growing as 1/k with fixed noise when the gradients are scaled by k.
-    State per parameter: `utility`, `exp_avg` (m) and `rms` = sqrt(EMA(g~^2 + eps^2)), one scratch buffer per
-    parameter element, and a per-tensor `grad_norm_ema`; float32 for bfloat16/float16 parameters (the step is computed
-    in float32 and written back). Step counts are per parameter. A step whose gradients hold a NaN or inf is skipped
-    as a whole (parameters and state unchanged, `nonfinite_steps` counts it, a `RuntimeWarning` says so)."""
-    _keys = ("utility", "exp_avg", "rms")
+    The moments and the Adam direction `m_hat / (sqrt(v_hat) + eps)` come from torch's fused Adam kernel
+    (`torch._fused_adam_`, one pass), run on a scratch "parameter" that receives the direction.
+    State per parameter: `utility`, `exp_avg` (m), `exp_avg_sq` (v), a per-tensor `grad_norm_ema` and `step`
+    (per parameter: its bias corrections follow its own gradients); two scratch buffers per parameter element.
+    float32 state for bfloat16/float16 parameters (the step is computed in float32 and written back). A step whose
+    gradients hold a NaN or inf is skipped (see `_gradients`; `nonfinite_steps` counts it). `fused` is accepted for
+    compatibility and ignored: the default step is the fast one (the `torch.compile` path is gone)."""
+    _keys = ("utility", "exp_avg", "exp_avg_sq")
     _vec_keys = ("grad_norm_ema",)
-    _n_scratch = 1
+    _n_scratch = 2
 
     def __init__(self, params, lr: float = 1e-4, weight_decay: float = 0.001, beta_utility: float = 0.999,
                  sigma: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
@@ -526,7 +496,16 @@ class AdaptiveUPGD(_FlatOptimizer):
                         beta2=beta2, eps=eps, adaptive_noise=bool(adaptive_noise), noise_beta=noise_beta,
                         min_noise_std=min_noise_std)
         super().__init__(params, defaults, seed)
-        self.fused = bool(fused)
+        if fused: warnings.warn("AdaptiveUPGD(fused=True) is ignored: the default step uses torch's fused Adam kernel "
+                                "and needs no compile", DeprecationWarning, stacklevel=2)
+
+    def _link(self, b: _Bucket, j: int, group: dict) -> None:
+        "As `_FlatOptimizer._link`; a state saved before issue 14 (`rms` = sqrt(EMA(g~^2 + eps^2))) becomes `exp_avg_sq`."
+        st = self.state[b.params[j]]
+        if "rms" in st and "exp_avg_sq" not in st:
+            t = int(float(st.get("step", 0)))
+            st["exp_avg_sq"] = (st.pop("rms").to(b.dtype).square() - group["eps"] ** 2 * (1 - group["beta2"] ** t)).clamp_min(0)
+        super()._link(b, j, group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
@@ -540,89 +519,70 @@ class AdaptiveUPGD(_FlatOptimizer):
         work, ok = checked
         lo = hi = grad_sq = noise_sq = None
         numel, steps = 0, []
-        # pass 1: utility EMA and its global min/max (on device), noise, moments of the perturbed gradient
+        # pass 1: noise, the utility EMA and its global min/max (on device), and the fused Adam kernel: moments of
+        # the perturbed gradient and the direction m_hat / (sqrt(v_hat) + eps), written (negated) into scratch D
         for group, b, A, grads, params, norms in work:
             bu, b1, b2, eps, sigma = group["beta_utility"], group["beta1"], group["beta2"], group["eps"], group["sigma"]
             ts, uni = self._advance(b, A); steps.append((ts, uni))
             t = ts[0]
-            cpu = b.device.type == "cpu"
             W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
             gen = self._generator(b.device)
             n = sum(b.numels[j] for j in A)
-            if self.fused and uni and not b.low:
-                adaptive = group["adaptive_noise"]
-                if adaptive or sigma > 0: W.normal_(generator=gen)
-                else: W.zero_()
-                s_eff = sigma / (1 - group["noise_beta"] ** t) if adaptive else sigma
-                sc = torch.tensor([bu, 1 - bu, 1 - b1, 1 - b2, eps * eps, group["noise_beta"], s_eff,
-                                   group["min_noise_std"], 1 / (1 - bu ** t)], dtype=b.dtype).to(b.device, non_blocking=True)
-                mn, mx, g2, z2 = _compiled("pass1")(b.views["utility"], b.views["exp_avg"], b.views["rms"], b.scratch_views[0], grads,
-                                                    params, b.vec["grad_norm_ema"], b.inv_sqrt_numel, b.numel_vec,
-                                                    sc, bool(adaptive))
-            else:
-                g2 = norms.square().sum()
-                if group["adaptive_noise"]:
-                    nb = group["noise_beta"]
-                    ne = b.vec["grad_norm_ema"]
-                    if uni:
-                        ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)              # EMA of the per-element RMS
-                        std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
-                        numels = b.numel_vec
-                    else:
-                        ix = torch.tensor(A).to(b.device, non_blocking=True)
-                        neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
-                        ne.index_copy_(0, ix, neA)
-                        bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
-                        std = (neA * bcn).clamp_min_(group["min_noise_std"])
-                        numels = b.numel_vec.index_select(0, ix)
-                    z2 = (std.square() * numels).sum()
-                    W.normal_(generator=gen)
-                    if cpu:                                                        # one pass: W = g + std * W
-                        for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
-                    else:
-                        torch._foreach_mul_(Wv, list(std.unbind(0)))
-                        torch._foreach_add_(Wv, grads)
-                else:
-                    z2 = torch.full_like(g2, n * sigma ** 2)
-                    if sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
-                    else: torch._foreach_copy_(Wv, grads)
-                Uv = [b.views["utility"][j] for j in A]
-                if uni: U, M, R, Wl = [b.flat["utility"]], [b.flat["exp_avg"]], [b.flat["rms"]], [W]
-                else: U, M, R, Wl = Uv, [b.views["exp_avg"][j] for j in A], [b.views["rms"][j] for j in A], Wv
-                torch._foreach_mul_(U, bu)
-                torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
+            g2 = norms.square().sum()
+            if group["adaptive_noise"]:
+                nb = group["noise_beta"]
+                ne = b.vec["grad_norm_ema"]
                 if uni:
-                    mn, mx = torch.aminmax(U[0]); bcu = 1 - bu ** t
-                    mn, mx = mn / bcu, mx / bcu
+                    ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)              # EMA of the per-element RMS
+                    std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
+                    numels = b.numel_vec
                 else:
-                    mm = [torch.aminmax(u) for u in Uv]
-                    bcs = _per(A, b.steps, bu)
-                    mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
-                    mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
-                torch._foreach_lerp_(M, Wl, 1 - b1)                               # m = EMA(g~)
-                torch._foreach_mul_(Wl, Wl); torch._foreach_add_(Wl, eps * eps)    # g~^2 + eps^2
-                torch._foreach_mul_(R, R); torch._foreach_lerp_(R, Wl, 1 - b2); torch._foreach_sqrt_(R)   # rms = sqrt(EMA(g~^2 + eps^2))
+                    ix = torch.tensor(A).to(b.device, non_blocking=True)
+                    neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
+                    ne.index_copy_(0, ix, neA)
+                    bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
+                    std = (neA * bcn).clamp_min_(group["min_noise_std"])
+                    numels = b.numel_vec.index_select(0, ix)
+                z2 = (std.square() * numels).sum()
+                W.normal_(generator=gen)
+                if b.device.type == "cpu":                                         # one pass: W = g + std * W
+                    for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
+                else:
+                    torch._foreach_mul_(Wv, list(std.unbind(0)))
+                    torch._foreach_add_(Wv, grads)
+            else:
+                z2 = torch.full_like(g2, n * sigma ** 2)
+                if sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
+                else: torch._foreach_copy_(Wv, grads)
+            Uv = [b.views["utility"][j] for j in A]
+            if uni: b.flat["utility"].mul_(bu)
+            else: torch._foreach_mul_(Uv, bu)
+            torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
+            if uni:
+                mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
+                mn, mx = mn / bcu, mx / bcu
+            else:
+                mm = [torch.aminmax(u) for u in Uv]
+                bcs = _per(A, b.steps, bu)
+                mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
+                mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
+            D, Dv = b.scratch[1], [b.scratch_views[1][j] for j in A]
+            if uni: D.zero_()
+            else: torch._foreach_zero_(Dv)
+            torch._fused_adam_(Dv, Wv, [b.views["exp_avg"][j] for j in A], [b.views["exp_avg_sq"][j] for j in A], [],
+                               [b.dstep_views[j] for j in A], lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
+                               amsgrad=False, maximize=False)
             lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
             hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
             grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
             noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
             numel += n
-        # pass 2: utility gate and the update
+        # pass 2: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D
         for (group, b, A, grads, params, _), (ts, uni) in zip(work, steps):
-            bu, b1, b2, lr, wd = group["beta_utility"], group["beta1"], group["beta2"], group["lr"], group["weight_decay"]
+            bu, lr, wd = group["beta_utility"], group["lr"], group["weight_decay"]
             t = ts[0]
             W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
-            Rv = [b.views["rms"][j] for j in A]
-            if self.fused and uni and not b.low:
-                bcu, bc1, bc2 = 1 - bu ** t, 1 - b1 ** t, 1 - b2 ** t
-                sc = torch.tensor([bcu, _tiny(b.dtype), 1 - lr * wd, -2 * lr * math.sqrt(bc2) / bc1], dtype=b.dtype).to(b.device, non_blocking=True)
-                if ok is not None:                                             # GPU guard: no move on a bad step
-                    okf = ok.to(b.device, b.dtype)
-                    sc = torch.cat([sc[:2], (1 - lr * wd * okf).reshape(1), (sc[3] * okf).reshape(1)])
-                _compiled("pass2")(b.views["utility"], b.views["exp_avg"], b.views["rms"], params, lo.to(b.device),
-                                   hi.to(b.device), sc)
-                continue
-            lr_ts = [-2 * lr * math.sqrt(1 - b2 ** x) / (1 - b1 ** x) for x in ts]
+            Dv = [b.scratch_views[1][j] for j in A]
             # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
             if uni and b.device.type == "cpu":                                  # scalars are free on the CPU
                 bcu = 1 - bu ** t
@@ -631,23 +591,21 @@ class AdaptiveUPGD(_FlatOptimizer):
                 if span > 1e-3 * max(abs(lo_f), abs(hi_f)) * bcu:              # one pass, cancellation harmless
                     torch.add(torch.tensor(lo_f * bcu / span, dtype=b.dtype), b.flat["utility"], alpha=-1 / span, out=W)
                 else: torch.sub(b.flat["utility"], lo_f * bcu, out=W).mul_(-1 / span)
-                W.sigmoid_().mul_(b.flat["exp_avg"])                            # (1 - s) * m
+                W.sigmoid_()
             elif uni:                                                          # on a GPU they stay on the device
                 bcu = 1 - bu ** t
                 c1 = ((hi.to(b.device) - lo.to(b.device)) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-                torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1)
-                W.sigmoid_().mul_(b.flat["exp_avg"])
+                torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1).sigmoid_()
             else:                                                              # per tensor: own bias correction
                 l_, h_ = lo.to(b.device), hi.to(b.device)
                 for j, w, bcu in zip(A, Wv, _per(A, b.steps, bu)):
                     c1 = ((h_ - l_) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-                    torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_().mul_(b.views["exp_avg"][j])
+                    torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_()
             if ok is not None: torch._foreach_mul_(Wv, ok.to(b.device, b.dtype))   # GPU guard: no move on a bad step
             if wd != 0:
                 if ok is None: torch._foreach_mul_(params, 1 - lr * wd)
                 else: torch._foreach_mul_(params, 1 - lr * wd * ok.to(b.device, b.dtype))
-            if uni: torch._foreach_addcdiv_(params, Wv, Rv, value=lr_ts[0])
-            else: torch._foreach_addcdiv_(params, Wv, Rv, lr_ts)
+            torch._foreach_addcmul_(params, Wv, Dv, value=2 * lr)                  # D = -m_hat / (sqrt(v_hat) + eps)
         self._finish(plans)
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
                        "step": max(b.steps[j] for _, b, A in plans for j in A)}
