@@ -279,11 +279,51 @@ def test_adjuster_ema_of_mean_std():
     adj = VarianceCriticAdjuster(tau=0.1)
     b1, b2 = torch.randn(16, 32) * 2, torch.randn(16, 32) * 0.5
     s1, s2 = (b.var(-1, unbiased=False).sqrt().mean().item() for b in (b1, b2))
-    assert adj.update(b1) == pytest.approx(s1 ** 2, rel=1e-6)                # first batch initializes
-    assert adj.update(b2) == pytest.approx((0.9 * s1 + 0.1 * s2) ** 2, rel=1e-6)
+    assert float(adj.update(b1)) == pytest.approx(s1 ** 2, rel=1e-6)         # first batch initializes
+    assert float(adj.update(b2)) == pytest.approx((0.9 * s1 + 0.1 * s2) ** 2, rel=1e-6)
     assert adj.n_updates == 2
-    with pytest.raises(ValueError, match="non-finite"):
-        adj.update(torch.full((2, 4), float("nan")))
+
+
+class _NoHostReads:
+    "Make every host read of a tensor (bool, float, int, item, tolist) raise: what a GPU sync would be."
+    names = ("__bool__", "__float__", "__int__", "item", "tolist", "__index__")
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.names}
+        def boom(*a, **k): raise AssertionError("host read of a tensor")
+        for n in self.names: setattr(torch.Tensor, n, boom)
+    def __exit__(self, *exc):
+        for n, f in self.saved.items(): setattr(torch.Tensor, n, f)
+
+
+def test_adjuster_update_and_loss_read_nothing_back_to_the_host():
+    "Issue 14: several host syncs per minibatch; update() and loss() now stay on the device."
+    torch.manual_seed(0)
+    adj = VarianceCriticAdjuster(tau=0.1)
+    q, t = torch.randn(16, 8), torch.randn(16, 1)
+    with _NoHostReads():
+        adj.update(q); adj.update(q * 2, mask=torch.arange(16) < 10)
+        adj.loss(q, t, 1.0, "none")
+    assert adj.n_updates == 2 and adj.omega > 0
+
+
+def test_adjuster_skips_non_finite_batches_and_counts_them():
+    torch.manual_seed(0)
+    adj = VarianceCriticAdjuster(tau=0.1)
+    adj.update(torch.randn(8, 4))
+    before = adj.omega
+    adj.update(torch.full((2, 4), float("nan")))
+    assert adj.omega == before and adj.metrics()["nonfinite_updates"] == 1
+    adj.update(torch.randn(8, 4) * 3)
+    assert adj.omega > before and adj.metrics()["nonfinite_updates"] == 1
+
+
+def test_adjuster_mask_equals_boolean_indexing():
+    torch.manual_seed(1)
+    q, mask = torch.randn(32, 8), torch.rand(32) < 0.6
+    a, b = VarianceCriticAdjuster(tau=0.3), VarianceCriticAdjuster(tau=0.3)
+    for s in (1.0, 2.0, 0.5):
+        a.update(q * s, mask=mask); b.update((q * s)[mask])
+    assert a.omega == pytest.approx(b.omega, rel=1e-6)
 
 
 def test_adjuster_weights_divide_by_current_spread_and_clamp():

@@ -68,7 +68,10 @@ def quantile_huber_loss(pred: Tensor, target: Tensor, kappa: float | Tensor = 1.
     "Quantile Huber loss of quantiles `pred` `[B, N]` (levels `(i+0.5)/N`) against samples `target` `[B, M]`; `reduction='none'` gives `[B]`."
     _check_pair(pred, target)
     if reduction not in _REDUCTIONS: raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    k = _kappa_like(kappa, pred)
+    return _quantile_huber(pred, target, _kappa_like(kappa, pred), reduction)
+
+def _quantile_huber(pred: Tensor, target: Tensor, k: Tensor | float, reduction: str) -> Tensor:
+    "The loss itself, on checked inputs (`k` a float or `[B, 1, 1]` / 0-d tensor): no validation, no host read."
     tau = quantile_levels(pred.shape[1], pred.device, pred.dtype).view(1, -1, 1)
     delta = target.to(pred.dtype).unsqueeze(-2) - pred.unsqueeze(-1)          # [B, N, M]
     weight = (tau - (delta.detach() < 0).to(pred.dtype)).abs()
@@ -137,6 +140,7 @@ class VarianceCriticAdjuster:
         self.tau, self.min_weight, self.max_weight, self.eps, self.enabled = float(tau), float(min_weight), float(max_weight), float(eps), bool(enabled)
         self.n_updates = 0
         self._mean_std: Tensor | None = None
+        self._nonfinite: Tensor | int = 0                  # batches skipped for non-finite quantiles (on device)
         if omega is not None:
             if not omega >= 0: raise ValueError(f"omega must be >= 0, got {omega}")
             self._mean_std = torch.tensor(math.sqrt(omega))
@@ -150,15 +154,32 @@ class VarianceCriticAdjuster:
     @property
     def omega(self) -> float | None:
         "The running average of the predicted variance (None before the first `update`)."
-        return None if self._mean_std is None else float(self._mean_std) ** 2
+        if self._mean_std is None: return None
+        v = float(self._mean_std)
+        return None if math.isnan(v) else v ** 2
 
-    def update(self, quantiles: Tensor) -> float:
-        "Fold the batch-mean predicted std of `quantiles` `[B, N]` into the EMA (the first batch initializes it); returns omega."
-        m = self.predicted_std(quantiles).mean().float()                   # float32: fine on every device
-        if not bool(torch.isfinite(m)): raise ValueError("non-finite predicted quantiles: cannot update omega")
-        self._mean_std = m if self._mean_std is None else (1 - self.tau) * self._mean_std.to(m.device) + self.tau * m
+    def update(self, quantiles: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Fold the batch-mean predicted std of `quantiles` `[B, N]` (over the rows where `mask` `[B]` is true, if
+        given) into the EMA (the first batch initializes it); returns omega as a 0-d tensor. Nothing is read back to
+        the host: a batch with a non-finite mean leaves omega unchanged and is counted (`metrics()`)."""
+        sd = self.predicted_std(quantiles).float()                         # float32: fine on every device
+        if mask is None: m = sd.mean()
+        else:
+            w = mask.to(sd.device, sd.dtype).reshape(-1)
+            m = (sd * w).sum() / w.sum()                                   # an empty mask gives NaN: skipped
+        ok = torch.isfinite(m)
+        self._nonfinite = self._nonfinite + (~ok).to(torch.int64)
+        if self._mean_std is None: self._mean_std = torch.where(ok, m, math.nan)   # NaN until a finite batch
+        else:
+            prev = self._mean_std.to(m.device)
+            new = torch.where(prev.isnan(), m, (1 - self.tau) * prev + self.tau * m)
+            self._mean_std = torch.where(ok, new, prev)
         self.n_updates += 1
-        return self.omega
+        return self._mean_std.square()
+
+    def metrics(self) -> dict[str, float]:
+        "`omega` and `nonfinite_updates` for logging (reads the device once)."
+        return {"omega": math.nan if self.omega is None else self.omega, "nonfinite_updates": int(self._nonfinite)}
 
     def scale_ratio(self, quantiles: Tensor) -> Tensor:
         "`r_b`: each sample's predicted std in units of the running std, clamped to `[1/max_weight, 1/min_weight]`; `[B]`."
@@ -178,12 +199,18 @@ class VarianceCriticAdjuster:
 
     def loss(self, pred: Tensor, target: Tensor, kappa: float = 1.0, reduction: str = "mean", stats_from: Tensor | None = None) -> Tensor:
         "Adjusted quantile Huber loss `w_b * L_{kappa r_b}(pred_b, target_b)`; `stats_from` (default `pred`) gives `sigma_b` (pass the unclipped quantiles when `pred` is clipped)."
+        _check_pair(pred, target)
+        if reduction not in _REDUCTIONS: raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        k = _kappa_like(float(kappa), pred)                               # a float: checked without a host read
         r = self.scale_ratio(pred if stats_from is None else stats_from)
-        return _reduce(quantile_huber_loss(pred, target, kappa * r, "none") / r, reduction)
+        if r.shape != (pred.shape[0],): raise ValueError(f"stats_from must have pred's batch size {pred.shape[0]}, got {tuple(r.shape)}")
+        # k * r is positive and finite by construction (r is clamped): no per-call validation, no host sync
+        return _reduce(_quantile_huber(pred, target, (k * r).to(pred.dtype).reshape(-1, 1, 1), "none") / r, reduction)
 
     def state_dict(self) -> dict:
         "JSON-ready state: the running mean std, the update count and the configuration."
-        return dict(mean_std=None if self._mean_std is None else float(self._mean_std), n_updates=self.n_updates,
+        ms = None if self._mean_std is None else float(self._mean_std)
+        return dict(mean_std=None if ms is None or math.isnan(ms) else ms, n_updates=self.n_updates,
                     **{k: getattr(self, k) for k in self._CONFIG})
 
     def load_state_dict(self, state: dict) -> None:
