@@ -41,7 +41,7 @@ def stratified_sample(numels: list[int], counts: list[int], generator: torch.Gen
 # %% ../nbs/02_vgs.ipynb #4c2000a8
 class _VGSBucket:
     """Flat statistics (EMA of g and of g^2, float32 or float64) for the parameters on one device, their per-tensor
-    views, a scratch buffer for the clamped gradients, and the fixed sample (`idx`, and `owner`: the tensor of each
+    views, a scratch buffer the size of the largest tensor for a clamped gradient, and the fixed sample (`idx`, and `owner`: the tensor of each
     sampled element, as an index into the bucket)."""
     def __init__(self, params: list[Tensor], counts: list[int], seed: int):
         self.params = tuple(params)
@@ -51,8 +51,8 @@ class _VGSBucket:
         n = sum(self.numels)
         self.m1 = torch.zeros(n, device=self.device, dtype=self.dtype)
         self.m2 = torch.zeros(n, device=self.device, dtype=self.dtype)
-        self.scratch = torch.empty(n, device=self.device, dtype=self.dtype)
-        self.v1, self.v2, self.sv = self._split(self.m1), self._split(self.m2), self._split(self.scratch)
+        self.scratch = torch.empty(max(self.numels), device=self.device, dtype=self.dtype)   # one tensor's worth
+        self.v1, self.v2 = self._split(self.m1), self._split(self.m2)
         idx = stratified_sample(self.numels, counts, generator=torch.Generator().manual_seed(seed))
         ends = torch.tensor(self.numels).cumsum(0)
         self.owner = torch.bucketize(idx, ends, right=True).to(self.device, non_blocking=True)
@@ -234,24 +234,16 @@ class VarianceGradientScaler:
         w = 1.0 - self.beta
         live = [False] * len(self._params)
         for b, ids in zip(self._buckets, self._bucket_ids):
-            have = [j for j, p in enumerate(b.params) if p.grad is not None]
-            if not have: continue
-            for j in have:
-                g = b.params[j].grad
+            for j, p in enumerate(b.params):
+                g = p.grad
+                if g is None: continue
                 if g.is_sparse: raise ValueError("VarianceGradientScaler does not support sparse gradients")
-                if g.dtype == b.dtype: torch.clamp(g, -b.g_max * k, b.g_max * k, out=b.sv[j])   # copy, clamp: no overflow
-                else: b.sv[j].copy_(g).clamp_(-b.g_max * k, b.g_max * k)       # bf16 / fp16 gradients: to float32 first
+                s = b.scratch[:g.numel()].view(g.shape)
+                if g.dtype == b.dtype: torch.clamp(g, -b.g_max * k, b.g_max * k, out=s)   # copy, clamp: no overflow
+                else: s.copy_(g).clamp_(-b.g_max * k, b.g_max * k)          # bf16 / fp16 gradients: to float32 first
+                if k != 1.0: s.mul_(1.0 / k)                                # undo scale_gradients()
+                b.v1[j].lerp_(s, w); s.mul_(s); b.v2[j].lerp_(s, w)
                 live[ids[j]] = True; self._counts[ids[j]] += 1
-            if k != 1.0:                                                        # undo scale_gradients()
-                if len(have) == len(b.params): b.scratch.mul_(1.0 / k)
-                else: torch._foreach_mul_([b.sv[j] for j in have], 1.0 / k)
-            if len(have) == len(b.params):                                      # every tensor: flat ops
-                b.m1.lerp_(b.scratch, w); b.scratch.mul_(b.scratch); b.m2.lerp_(b.scratch, w)
-            else:
-                s = [b.sv[j] for j in have]
-                torch._foreach_lerp_([b.v1[j] for j in have], s, w)
-                torch._foreach_mul_(s, s)
-                torch._foreach_lerp_([b.v2[j] for j in have], s, w)
         if not any(live): return
         self._live = live
         self._step_count += 1
