@@ -234,16 +234,25 @@ class VarianceGradientScaler:
         w = 1.0 - self.beta
         live = [False] * len(self._params)
         for b, ids in zip(self._buckets, self._bucket_ids):
-            for j, p in enumerate(b.params):
-                g = p.grad
-                if g is None: continue
-                if g.is_sparse: raise ValueError("VarianceGradientScaler does not support sparse gradients")
+            have = [j for j, p in enumerate(b.params) if p.grad is not None]
+            if not have: continue
+            grads = [b.params[j].grad for j in have]
+            if any(g.is_sparse for g in grads): raise ValueError("VarianceGradientScaler does not support sparse gradients")
+            for j in have: live[ids[j]] = True; self._counts[ids[j]] += 1
+            if (b.device.type == "cpu" and all(g.dtype == b.dtype for g in grads)
+                    and float(torch.stack(torch._foreach_norm(grads)).max()) <= b.g_max * k):
+                # the CPU reads the norms for free: every |g| <= norm in range (the usual case): foreach ops on the gradients
+                v1, v2 = [b.v1[j] for j in have], [b.v2[j] for j in have]
+                if k == 1.0: torch._foreach_lerp_(v1, grads, w)
+                else: torch._foreach_mul_(v1, self.beta); torch._foreach_add_(v1, grads, alpha=w / k)
+                torch._foreach_mul_(v2, self.beta); torch._foreach_addcmul_(v2, grads, grads, value=w / (k * k))
+                continue
+            for j, g in zip(have, grads):                                   # clamped copies, one tensor at a time
                 s = b.scratch[:g.numel()].view(g.shape)
                 if g.dtype == b.dtype: torch.clamp(g, -b.g_max * k, b.g_max * k, out=s)   # copy, clamp: no overflow
                 else: s.copy_(g).clamp_(-b.g_max * k, b.g_max * k)          # bf16 / fp16 gradients: to float32 first
                 if k != 1.0: s.mul_(1.0 / k)                                # undo scale_gradients()
                 b.v1[j].lerp_(s, w); s.mul_(s); b.v2[j].lerp_(s, w)
-                live[ids[j]] = True; self._counts[ids[j]] += 1
         if not any(live): return
         self._live = live
         self._step_count += 1
