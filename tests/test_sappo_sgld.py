@@ -122,3 +122,13 @@ def test_regularizer_uses_the_configured_noise():
         th.manual_seed(0)
         kl[noise] = float(RobustKLRegularizer(SAPPOConfig(eps=0.05, kappa=1.0, noise=noise)).loss(pol, batch, 0.05)[1]["kl"])
     assert kl["relative"] > kl["absolute"], kl
+
+
+def test_coerce_accepts_an_equal_config_class_from_a_reloaded_module():
+    "A notebook that re-executes the exported cells defines its own SAPPOConfig; DistributionalPPO must still take it."
+    import dataclasses
+    Other = dataclasses.make_dataclass("SAPPOConfig", [(f.name, f.type, dataclasses.field(default=f.default))
+                                                      for f in dataclasses.fields(SAPPOConfig)])
+    cfg = SAPPOConfig.coerce(Other(eps=0.3, noise="absolute"))
+    assert type(cfg) is SAPPOConfig and cfg.eps == 0.3 and cfg.noise == "absolute"
+    with pytest.raises(TypeError, match="sappo must be"): SAPPOConfig.coerce(3.0)

@@ -9,7 +9,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/sappo.html.md"""
 # %% ../nbs/07_sappo.ipynb #793b4326
 from __future__ import annotations
 import math, warnings
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -227,9 +227,11 @@ class SAPPOConfig:
 
     @classmethod
     def coerce(cls, cfg: "SAPPOConfig | dict | None") -> "SAPPOConfig":
-        "A config from a config, a dict of its fields (a checkpoint stores one), or `None` (defaults)."
+        """A config from a config, a dict of its fields (a checkpoint stores one), or `None` (defaults). A config of another
+        definition of this class (a notebook that re-ran the exported cells, a reloaded module) is converted by its fields."""
         if cfg is None: return cls()
         if isinstance(cfg, cls): return cfg
+        if is_dataclass(cfg) and not isinstance(cfg, type) and type(cfg).__name__ == cls.__name__: cfg = asdict(cfg)
         if isinstance(cfg, dict):
             unknown = set(cfg) - {f.name for f in fields(cls)}
             if unknown: raise ValueError(f"unknown SA-PPO option(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
