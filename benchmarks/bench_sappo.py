@@ -29,7 +29,8 @@ def worker(a) -> dict:
     common = dict(n_steps=a.n_steps, batch_size=a.batch_size, n_epochs=a.epochs, sequence_length=a.seq_len, seed=0,
                   device="cpu", verbose=0, policy_kwargs=dict(lstm_hidden_size=a.lstm))
     if a.algo == "SAPPO":
-        model = SAPPO("MlpLstmPolicy", env, sappo=dict(eps=a.eps, steps=a.attack_steps, method=a.method, ramp_fraction=0.0), **common)
+        cfg = dict(eps=a.eps, steps=a.attack_steps, method=a.method, noise=a.noise, ramp_fraction=0.0)
+        model = SAPPO("MlpLstmPolicy", env, sappo=cfg, **common)
     else:
         model = DistributionalPPO("MlpLstmPolicy", env, **common)
     per = a.n_steps * a.n_envs
@@ -53,6 +54,8 @@ def main(argv=None):
     p.add_argument("--eps", type=float, default=0.05, help="attack radius")
     p.add_argument("--attack-steps", type=int, default=10, help="inner attack steps (SAPPOConfig.steps)")
     p.add_argument("--method", default="sgld", choices=("sgld", "pgd"))
+    p.add_argument("--noise", default="relative", choices=("relative", "absolute"),
+                   help="SGLD noise: scaled to each state's gradient (default) or the reference's absolute noise")
     p.add_argument("--updates", type=int, default=None, help="timed updates per run (default 6, quick 2)")
     p.add_argument("--repeats", type=int, default=None, help="runs per algorithm (median; default 5, quick 1)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both")
@@ -64,7 +67,7 @@ def main(argv=None):
         print(json.dumps(worker(a))); return
     print(f"TradingVecEnv n_envs={a.n_envs} window={a.window} n_steps={a.n_steps} batch_size={a.batch_size} "
           f"n_epochs={a.epochs} lstm={a.lstm} sequence_length={a.seq_len}; SA-PPO {a.method} steps={a.attack_steps} "
-          f"eps={a.eps}; {a.updates} timed updates x {a.repeats} repeats; torch threads={a.threads}")
+          f"eps={a.eps} noise={a.noise}; {a.updates} timed updates x {a.repeats} repeats; torch threads={a.threads}")
     res = {algo: [] for algo in ALGOS}
     for _ in range(a.repeats):                                       # interleaved, so load changes hit both alike
         for algo in ALGOS: res[algo].append(run(algo, a))

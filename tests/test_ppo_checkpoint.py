@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch as th
 
+import tradingrl_nb.checkpoint as ck
 import tradingrl_nb.ppo as ppo_mod
 from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
@@ -100,13 +101,15 @@ def test_pickle_payload_is_rejected_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def _rewrite(path, out, edit):
+def _rewrite(path, out, edit, rehash=False):
+    "Copy a checkpoint with its metadata edited; `rehash`: recompute its checksums too (a deliberate forgery)."
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
     tensors = safetensors.torch.load(raw)
     meta = header["__metadata__"]
     edit(meta)
+    if rehash: meta = ck._seal(tensors, {k: v for k, v in meta.items() if k not in (ck._DATA_SUM, ck._META_SUM)})
     out.write_bytes(safetensors.torch.save(tensors, metadata=meta))
     return out
 
@@ -116,8 +119,11 @@ def test_crafted_metadata_cannot_name_arbitrary_code(saved, tmp_path):
     def evil(meta):
         meta["content"] = meta["content"].replace("tradingrl_nb.policy.RecurrentQuantilePolicy", "os.system", 1)
     bad = _rewrite(path, tmp_path / "evil.safetensors", evil)
+    with pytest.raises(ValueError, match="does not match its checksum"):      # an edit alone fails the checksum
+        DistributionalPPO.load(bad)
+    bad = _rewrite(path, tmp_path / "evil.safetensors", evil, rehash=True)   # a forger who recomputes it
     assert "os.system" in bad.read_bytes().decode("latin-1")
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(ValueError, match="not registered"):                  # still meets the class registry
         DistributionalPPO.load(bad)
 
 

@@ -6,7 +6,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/checkpoint.html.md"""
 
 # %% ../nbs/06a_checkpoint.ipynb #761724c3
 from __future__ import annotations
-import json, math, os, pathlib, uuid
+import hashlib, json, math, os, pathlib, uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,66 @@ def _json_safe(obj):
     if isinstance(obj, np.generic): obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj): return None
     return obj
+
+
+# %% ../nbs/06a_checkpoint.ipynb #c3d2f1a2
+_DATA_SUM, _META_SUM = "sha256_tensors", "sha256_metadata"
+_MAX_HEADER = 100_000_000                                   # safetensors' own limit on the header size
+
+def _tensor_digest(tensors: Mapping[str, th.Tensor]) -> str:
+    "SHA-256 over the sorted tensor names, dtypes, shapes and raw bytes."
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(json.dumps([k, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(th.uint8).numpy())
+    return h.hexdigest()
+
+def _meta_digest(meta: Mapping[str, str]) -> str:
+    "SHA-256 over every metadata entry but `sha256_metadata` (keys sorted)."
+    return hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != _META_SUM}, sort_keys=True).encode()).hexdigest()
+
+def _seal(tensors: Mapping[str, th.Tensor], meta: Mapping[str, str]) -> dict[str, str]:
+    "`meta` plus the two digests."
+    meta = {**meta, _DATA_SUM: _tensor_digest(tensors)}
+    return {**meta, _META_SUM: _meta_digest(meta)}
+
+def _safetensors_header(raw: bytes, bad) -> dict[str, str]:
+    """The metadata of the safetensors file `raw` after checking the header's shape; `bad(why)` makes the error.
+    Nothing here recurses on the file's content, and every failure is `bad(...)`."""
+    n = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
+    if not 0 < n <= min(len(raw) - 8, _MAX_HEADER): raise bad("no safetensors header, or a truncated file")
+    try: header = json.loads(raw[8:8 + n])
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"unreadable header: {type(e).__name__}: {str(e)[:120]}") from None
+    if not isinstance(header, dict): raise bad("the header is not a JSON object")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()): raise bad("no metadata")
+    for k, v in header.items():
+        if k != "__metadata__" and not (isinstance(v, dict) and isinstance(v.get("dtype"), str)
+                                        and isinstance(v.get("shape"), list) and isinstance(v.get("data_offsets"), list)):
+            raise bad(f"malformed entry for tensor {k[:80]!r}")
+    return meta
+
+def _verified_tensors(raw: bytes, meta: Mapping[str, str], name: str, bad) -> dict[str, th.Tensor]:
+    "The tensors of `raw` once the metadata and the tensor data match their digests."
+    if _DATA_SUM not in meta or _META_SUM not in meta:
+        raise ValueError(f"{name}: this file has no checksum (it was written by an older tradingrl_nb); it is refused "
+                         "because its integrity cannot be verified -- re-create it with the current version")
+    if meta[_META_SUM] != _meta_digest(meta):
+        raise bad("its metadata does not match its checksum: the file was edited or corrupted")
+    try: tensors = safetensors.torch.load(raw)
+    except Exception as e: raise bad(f"unreadable tensor data: {type(e).__name__}: {str(e)[:120]}") from None
+    if meta[_DATA_SUM] != _tensor_digest(tensors):
+        raise bad("its tensor data does not match its checksum: the file is corrupted")
+    return tensors
+
+def _read_bytes(path) -> tuple[bytes, str]:
+    "`(content, name)` of a path or a readable buffer."
+    if hasattr(path, "read"): return path.read(), "<buffer>"
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"{p}: no such checkpoint file")
+    return p.read_bytes(), str(p)
 
 
 # %% ../nbs/06a_checkpoint.ipynb #8ebf7086
@@ -112,28 +172,32 @@ def unflatten_state(tensors: Mapping[str, torch.Tensor], skeleton) -> Any:
 
 # %% ../nbs/06a_checkpoint.ipynb #ef0851b7
 def save_checkpoint(path: str | Path, parameters: Mapping, meta: Mapping | None = None) -> Path:
-    "Save a state tree (plus JSON-able `meta`) as one safetensors file, atomically. No pickle."
-    from safetensors.torch import save
+    "Save a state tree (plus JSON-able `meta`) as one safetensors file with checksums, atomically. No pickle."
     tensors, skeleton = flatten_state(dict(parameters))
     header = {"format": TREE_FORMAT, "tree": json.dumps(skeleton, allow_nan=False),
               "meta": json.dumps(_json_safe(dict(meta or {})), allow_nan=False)}
-    return atomic_write_bytes(path, save(tensors, metadata=header))
+    return atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=_seal(tensors, header)))
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    "Load `(parameters, meta)` written by `save_checkpoint`."
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: no such checkpoint")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-        if header.get("format") != TREE_FORMAT:
-            raise ValueError(f"{path}: not a {TREE_FORMAT} checkpoint (format {header.get('format')!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return unflatten_state(tensors, json.loads(header["tree"])), json.loads(header["meta"])
+    """Load `(parameters, meta)` written by `save_checkpoint`, after verifying its checksums; a file that is not one,
+    or is damaged or edited, raises `ValueError` naming it."""
+    raw, name = _read_bytes(path)
+    def bad(why: str) -> ValueError: return ValueError(f"{name}: not a valid {TREE_FORMAT} checkpoint ({why})")
+    header = _safetensors_header(raw, bad)
+    if header.get("format") != TREE_FORMAT:
+        raise ValueError(f"{name}: not a {TREE_FORMAT} checkpoint (format {header.get('format')!r})")
+    tensors = _verified_tensors(raw, header, name, bad)
+    try:
+        params, meta = unflatten_state(tensors, json.loads(header["tree"])), json.loads(header["meta"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
+        raise bad(f"malformed content: {type(e).__name__}: {str(e)[:120]}") from None
+    if not isinstance(params, dict) or not isinstance(meta, dict): raise bad("the state or its meta is not a dict")
+    return params, meta
+
 
 # %% ../nbs/06a_checkpoint.ipynb #df86546b
 CHECKPOINT_FORMAT = "tradingrl_nb.DistributionalPPO"
-CHECKPOINT_VERSION = "1"
+CHECKPOINT_VERSION = "2"                # 2: with checksums (version 1 files are refused)
 _SAFE_CLASSES: dict[str, type] = {}
 
 def register_checkpoint_class(cls: type) -> type:
@@ -194,34 +258,38 @@ def _checkpoint_path(path: str | pathlib.Path) -> pathlib.Path:
     p = pathlib.Path(path)
     return p if p.suffix else p.with_suffix(".safetensors")
 
+_CONTENT_KEYS = ("hparams", "policy_class", "n_envs", "observation_space", "action_space", "params", "state")
+
 def write_checkpoint(path, content: dict) -> None:
-    "Encode `content` (tensors to safetensors, the rest to JSON metadata) and write it atomically."
+    "Encode `content` (tensors to safetensors, the rest to JSON metadata), add checksums and write it atomically."
     tensors: dict[str, th.Tensor] = {}
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "content": json.dumps(_encode(content, tensors))}
-    data = safetensors.torch.save(tensors, metadata=meta)
+    data = safetensors.torch.save(tensors, metadata=_seal(tensors, meta))
     if hasattr(path, "write"): path.write(data); return
     atomic_write_bytes(_checkpoint_path(path), data)
 
 def _read_checkpoint(path) -> dict:
-    "Parse a checkpoint; anything that is not one (pickle, zip, corrupt, foreign safetensors) raises `ValueError`."
-    if hasattr(path, "read"): raw, name = path.read(), "<buffer>"
-    else:
+    """Parse and verify a checkpoint; anything that is not one (pickle, zip, corrupt, edited, foreign safetensors)
+    raises `ValueError` naming the file."""
+    if not hasattr(path, "read"):
         p = pathlib.Path(path)
-        if not p.exists() and not p.suffix: p = p.with_suffix(".safetensors")
-        if not p.is_file(): raise FileNotFoundError(f"{p}: no such checkpoint file")
-        raw, name = p.read_bytes(), str(p)
+        path = p.with_suffix(".safetensors") if not p.exists() and not p.suffix else p
+    raw, name = _read_bytes(path)
     def bad(why: str) -> ValueError:
         return ValueError(f"{name} is not a DistributionalPPO checkpoint ({why}). Checkpoints are safetensors files with "
                           "JSON metadata written by DistributionalPPO.save; pickle or zip files are never loaded")
-    n = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else 0
-    if not 0 < n <= len(raw) - 8: raise bad("no safetensors header")
-    try: header = json.loads(raw[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise bad(f"unreadable header: {e}") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT: raise bad("foreign safetensors file")
+    meta = _safetensors_header(raw, bad)
+    if meta.get("format") != CHECKPOINT_FORMAT: raise bad("foreign safetensors file")
+    if meta.get("version") == "1":
+        raise ValueError(f"{name}: checkpoint version '1' has no checksum and is refused because its integrity cannot be "
+                         f"verified; this code reads version {CHECKPOINT_VERSION} (save the model again with this version)")
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{name}: checkpoint version {meta.get('version')!r}, this code reads version {CHECKPOINT_VERSION}")
-    try:
-        tensors = safetensors.torch.load(raw)
-        return _decode(json.loads(meta["content"]), tensors)
-    except Exception as e: raise bad(f"corrupt content: {type(e).__name__}: {e}") from None
+    tensors = _verified_tensors(raw, meta, name, bad)
+    try: content = _decode(json.loads(meta["content"]), tensors)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
+        raise bad(f"corrupt content: {type(e).__name__}: {str(e)[:160]}") from None
+    missing = [k for k in _CONTENT_KEYS if not isinstance(content, dict) or k not in content]
+    if missing: raise bad(f"its content lacks {missing}")
+    return content
+

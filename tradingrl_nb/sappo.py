@@ -9,7 +9,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/sappo.html.md"""
 # %% ../nbs/07_sappo.ipynb #793b4326
 from __future__ import annotations
 import math, warnings
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,12 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from .ppo import DistributionalPPO
 
 # %% auto #0
-__all__ = ['METHODS', 'actor_mean', 'gaussian_kl', 'perturb_observations', 'total_updates', 'EpsSchedule', 'SAPPOConfig',
-           'RobustKLRegularizer', 'SAPPO', 'AttackedPolicy']
+__all__ = ['METHODS', 'NOISES', 'actor_mean', 'gaussian_kl', 'perturb_observations', 'total_updates', 'EpsSchedule',
+           'SAPPOConfig', 'RobustKLRegularizer', 'SAPPO', 'AttackedPolicy']
 
 # %% ../nbs/07_sappo.ipynb #829ca491
 METHODS = ("sgld", "pgd", "random", "mad")
+NOISES = ("relative", "absolute")          # SGLD noise: scaled to each state's gradient, or the reference's
 
 def _policy(model):
     "The recurrent Gaussian actor of `model` (a `DistributionalPPO`, an `AttackedPolicy`, or the policy itself)."
@@ -64,33 +65,42 @@ def _valid_weights(mask: th.Tensor | None, T: int, B: int, device) -> th.Tensor:
     "Weights `[T, B]`: 1 on valid steps, 0 on padding."
     return th.ones(T, B, device=device) if mask is None else mask.to(device=device, dtype=th.float32)
 
-def _sign_ascent(policy, obs, mu_ref, states, w, eps: float, steps: int, start: str, beta: float) -> th.Tensor:
+def _sign_ascent(policy, obs, mu_ref, states, w, eps: float, steps: int, start: str, beta: float,
+                 noise: str = "relative") -> th.Tensor:
     """Signed gradient ascent of `sum_{t,b} w * sum_j ((mu(s_hat) - mu_ref) / sigma)^2` over the box `obs +- eps`, for whole
-    sequences at once; gradients go to the input only. `start`: 'corner' (SGLD) or 'uniform' (PGD); `beta`: SGLD noise."""
+    sequences at once; gradients go to the input only. `start`: 'corner' (SGLD) or 'uniform' (PGD); `beta`: SGLD noise,
+    `noise`: 'relative' (std `sqrt(2 beta / alpha) / (i + 2)` times the RMS of each state's gradient) or 'absolute'
+    (the reference's `sqrt(2 alpha beta) / (i + 2)`). One forward and one input-only backward per step, updates in place."""
     alpha = eps / steps
     lo, hi = obs - eps, obs + eps
-    if start == "corner": x = obs + th.randn_like(obs).sign() * alpha
-    else: x = obs + th.empty_like(obs).uniform_(-alpha, alpha)
-    x = th.clamp(x, lo, hi)
+    if start == "corner": x = th.randn_like(obs).sign_().mul_(alpha).add_(obs)
+    else: x = th.empty_like(obs).uniform_(-alpha, alpha).add_(obs)
+    x.clamp_(lo, hi)
     dobj = 2.0 * w.unsqueeze(-1) * th.exp(-2.0 * policy.log_std.detach())    # d objective / d mu = dobj * (mu - mu_ref)
-    noise0 = math.sqrt(2 * alpha * beta)
-    for i in range(steps):
-        x.requires_grad_(True)
-        with th.enable_grad():
+    feat = tuple(range(2, obs.dim()))                                        # the dimensions of one state
+    nu = math.sqrt(2 * alpha * beta) if noise == "absolute" else math.sqrt(2 * beta / alpha / math.prod(obs.shape[2:]))
+    with th.enable_grad():
+        for i in range(steps):
+            x.requires_grad_(True)
             mu, _ = actor_mean(policy, x, states)
             g, = th.autograd.grad(mu, x, grad_outputs=(mu.detach() - mu_ref) * dobj)
-        if beta > 0: g.add_(th.randn_like(g), alpha=noise0 / (i + 2))
-        x = th.clamp(x.detach().add_(g.sign_(), alpha=alpha), lo, hi)
+            if beta > 0:
+                if noise == "absolute": g.add_(th.randn_like(g), alpha=nu / (i + 2))
+                else: g.addcmul_(th.randn_like(g), th.linalg.vector_norm(g, dim=feat, keepdim=True).mul_(nu / (i + 2)))
+            x = x.detach().add_(g.sign_(), alpha=alpha).clamp_(lo, hi)
     return x
 
+
 # %% ../nbs/07_sappo.ipynb #ff774ab6
-def _check_attack(method: str, eps: float, steps: int) -> None:
+def _check_attack(method: str, eps: float, steps: int, noise: str = "relative") -> None:
     if method not in METHODS: raise ValueError(f"unknown attack method {method!r}; choose one of {METHODS}")
+    if noise not in NOISES: raise ValueError(f"unknown SGLD noise {noise!r}; choose one of {NOISES}")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0): raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     if method != "random" and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
-def _attack(policy, obs: th.Tensor, eps: float, method: str, steps: int, states, mask, beta: float | None):
+def _attack(policy, obs: th.Tensor, eps: float, method: str, steps: int, states, mask, beta: float | None,
+            noise: str = "relative"):
     """Perturbed copy of `obs [T, B, ...]` (sequences from `states`) and the clean means `[T, B, A]` (no grad)."""
     T, B = obs.shape[:2]
     obs = obs.detach()
@@ -102,14 +112,14 @@ def _attack(policy, obs: th.Tensor, eps: float, method: str, steps: int, states,
     elif method in ("sgld", "pgd"):
         w = _valid_weights(mask, T, B, obs.device)
         x = _sign_ascent(policy, obs, mu_clean, states, w, eps, steps, "corner" if method == "sgld" else "uniform",
-                         (1e-5 if beta is None else beta) if method == "sgld" else 0.0)
+                         (1e-5 if beta is None else beta) if method == "sgld" else 0.0, noise)
     else:                                                     # mad: causal, one step at a time
         st_adv = _actor_state(policy, states, B, obs.device)
         x = th.empty_like(obs)
         w1 = th.ones(1, B, device=obs.device)
         for t in range(T):
             xt = _sign_ascent(policy, obs[t:t + 1], mu_clean[t:t + 1], st_adv, w1, eps, steps, "corner",
-                              0.0 if beta is None else beta)
+                              0.0 if beta is None else beta, noise)
             with th.no_grad(): _, st_adv = actor_mean(policy, xt, st_adv)
             x[t] = xt[0]
     if mask is not None:
@@ -131,15 +141,16 @@ def _rnn_backend(policy, seq_len: int):
     return stack
 
 def perturb_observations(model, obs, eps: float, method: str = "sgld", steps: int = 10, states=None, mask=None,
-                         beta: float | None = None):
+                         beta: float | None = None, noise: str = "relative"):
     """A perturbed copy of a batch of observations, inside the L-inf ball of radius `eps` around `obs`.
 
     `obs`: sequences `[T, B, *obs_shape]` (time first, as the rollout buffer), or one sequence `[T, *obs_shape]`;
     numpy in, numpy out. The LSTM starts from `states` (`RNNStates` or the actor's `(h, c)`), by default the initial
     (zero) state. `method`: 'sgld' (the SA-PPO inner maximization), 'pgd', 'random' (uniform noise) or 'mad' (causal,
-    step-by-step action-KL attack). `mask [T, B]` marks valid steps (padding is left untouched). Parameter gradients
-    are never touched."""
-    _check_attack(method, eps, steps)
+    step-by-step action-KL attack). `mask [T, B]` marks valid steps (padding is left untouched). `beta`: the Langevin
+    noise (default 1e-5 for 'sgld', 0 otherwise), `noise`: 'relative' (scaled to each state's gradient) or 'absolute'
+    (the reference's). Parameter gradients are never touched."""
+    _check_attack(method, eps, steps, noise)
     policy = _policy(model)
     was_np = isinstance(obs, np.ndarray)
     x = th.as_tensor(np.asarray(obs) if was_np else obs, dtype=th.float32, device=policy.device)
@@ -153,7 +164,7 @@ def perturb_observations(model, obs, eps: float, method: str = "sgld", steps: in
         if single: mask = mask.reshape(-1, 1)
         if tuple(mask.shape) != tuple(x.shape[:2]): raise ValueError(f"mask must have shape {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
     with _rnn_backend(policy, 1 if method == "mad" else x.shape[0]):
-        out, _ = _attack(policy, x, float(eps), method, int(steps) if method != "random" else 0, states, mask, beta)
+        out, _ = _attack(policy, x, float(eps), method, int(steps) if method != "random" else 0, states, mask, beta, noise)
     if single: out = out.squeeze(1)
     return out.cpu().numpy() if was_np else out
 
@@ -195,8 +206,9 @@ class EpsSchedule:
 @dataclass
 class SAPPOConfig:
     """Options of SA-PPO: attack radius `eps` (the ramp's end, in units of the policy's normalized observations),
-    weight `kappa`, inner attack `method` ('sgld' or 'pgd') with `steps` steps, SGLD noise `beta`, the ramp's length as
-    a fraction of the run, and `detach_std` (keep the regularizer from widening the policy's std)."""
+    weight `kappa`, inner attack `method` ('sgld' or 'pgd') with `steps` steps, SGLD noise `beta` and its `noise` scale
+    ('relative': to each state's gradient; 'absolute': the reference's), the ramp's length as a fraction of the run, and
+    `detach_std` (keep the regularizer from widening the policy's std)."""
     eps: float = 0.05
     kappa: float = 0.1
     method: str = "sgld"
@@ -204,19 +216,22 @@ class SAPPOConfig:
     ramp_fraction: float = 0.75
     beta: float = 1e-5
     detach_std: bool = False
+    noise: str = "relative"
 
     def __post_init__(self):
         if self.method not in ("sgld", "pgd"): raise ValueError(f"SA-PPO's inner attack must be 'sgld' or 'pgd', got {self.method!r}")
-        _check_attack(self.method, self.eps, self.steps)
+        _check_attack(self.method, self.eps, self.steps, self.noise)
         if not (math.isfinite(self.kappa) and self.kappa >= 0): raise ValueError(f"kappa must be finite and >= 0, got {self.kappa!r}")
         if not (math.isfinite(self.beta) and self.beta >= 0): raise ValueError(f"beta must be finite and >= 0, got {self.beta!r}")
         if not 0.0 <= self.ramp_fraction <= 1.0: raise ValueError(f"ramp_fraction must be in [0, 1], got {self.ramp_fraction!r}")
 
     @classmethod
     def coerce(cls, cfg: "SAPPOConfig | dict | None") -> "SAPPOConfig":
-        "A config from a config, a dict of its fields (a checkpoint stores one), or `None` (defaults)."
+        """A config from a config, a dict of its fields (a checkpoint stores one), or `None` (defaults). A config of another
+        definition of this class (a notebook that re-ran the exported cells, a reloaded module) is converted by its fields."""
         if cfg is None: return cls()
         if isinstance(cfg, cls): return cfg
+        if is_dataclass(cfg) and not isinstance(cfg, type) and type(cfg).__name__ == cls.__name__: cfg = asdict(cfg)
         if isinstance(cfg, dict):
             unknown = set(cfg) - {f.name for f in fields(cls)}
             if unknown: raise ValueError(f"unknown SA-PPO option(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
@@ -245,7 +260,7 @@ class RobustKLRegularizer:
         if eps <= 0 or cfg.kappa == 0:
             return zero, dict(kl=zero, eps=obs.new_tensor(float(eps)))
         with _rnn_backend(policy, T):
-            x, mu_clean = _attack(policy, obs, float(eps), cfg.method, cfg.steps, states, mask, cfg.beta)
+            x, mu_clean = _attack(policy, obs, float(eps), cfg.method, cfg.steps, states, mask, cfg.beta, cfg.noise)
             mu_hat, _ = actor_mean(policy, x, states)
         log_std = policy.log_std.detach() if cfg.detach_std else policy.log_std
         d2 = ((mu_hat - mu_clean) * th.exp(-log_std)).pow(2).sum(-1)      # 2 KL per step, [T, B]
@@ -266,11 +281,13 @@ class SAPPO(DistributionalPPO):
 class AttackedPolicy:
     """`model` (a `DistributionalPPO` or its policy) acting on observations perturbed by an L-inf adversary of radius
     `eps` (`method`: 'mad', 'sgld', 'pgd' or 'random'), causally, one step at a time; the stable-baselines3 `predict`
-    interface, so `backtest(AttackedPolicy(model, "mad", 0.1), df, ...)` runs a backtest under attack."""
-    def __init__(self, model, method: str = "mad", eps: float = 0.05, steps: int = 10, beta: float | None = None):
-        _check_attack(method, eps, steps)
+    interface, so `backtest(AttackedPolicy(model, "mad", 0.1), df, ...)` runs a backtest under attack. `beta`, `noise`:
+    the Langevin noise, as in `perturb_observations`."""
+    def __init__(self, model, method: str = "mad", eps: float = 0.05, steps: int = 10, beta: float | None = None,
+                 noise: str = "relative"):
+        _check_attack(method, eps, steps, noise)
         self.model, self.policy = model, _policy(model)
-        self.method, self.eps, self.steps, self.beta = method, float(eps), int(steps), beta
+        self.method, self.eps, self.steps, self.beta, self.noise = method, float(eps), int(steps), beta, noise
         self.observation_space, self.action_space = self.policy.observation_space, self.policy.action_space
         self._clean: tuple[th.Tensor, th.Tensor] | None = None
         self.kl_history: list[float] = []
@@ -289,7 +306,7 @@ class AttackedPolicy:
         beta = self.beta if self.beta is not None else (1e-5 if self.method == "sgld" else 0.0)
         with _rnn_backend(self.policy, 1):
             return _sign_ascent(self.policy, x, mu_clean, st_adv, th.ones(x.shape[:2], device=x.device), self.eps,
-                                self.steps, "uniform" if self.method == "pgd" else "corner", beta)
+                                self.steps, "uniform" if self.method == "pgd" else "corner", beta, self.noise)
 
     def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
         "Actions on the perturbed observations and the agent's next actor state `(h, c)`, as `RecurrentQuantilePolicy.predict`."
