@@ -7,13 +7,14 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/policy.html.md"""
 
 # %% ../nbs/05_policy.ipynb #58d22e2b
 from __future__ import annotations
-import math, pathlib, weakref
+import math, pathlib
 from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 import torch.nn.functional as F
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, BaseFeaturesExtractor
@@ -81,6 +82,10 @@ class TwinMLP(nn.Module):
 
 # %% ../nbs/05_policy.ipynb #8afd6e15
 _LOG_2PI = math.log(2 * math.pi)
+_OPTIMIZER_STEPS = [0]                                             # steps of any torch optimizer in this process
+
+def _count_optimizer_step(*_) -> None: _OPTIMIZER_STEPS[0] += 1
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 class RecurrentQuantilePolicy(BasePolicy):
     """LSTM actor-critic: Gaussian actor, twin quantile critics (`n_quantiles` atoms each).
@@ -134,20 +139,11 @@ class RecurrentQuantilePolicy(BasePolicy):
         self._std_cache: tuple | None = None
         self._act = activation_fn()
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
-        self.watch_optimizer(self.optimizer)
 
     # ---- caches of the rollout step ----------------------------------------------------------
     def invalidate_caches(self) -> None:
         "Drop the rollout step's caches (stacked LSTM weights, std). Needed only after in-place edits through `.data`."
         self._cell_cache = self._std_cache = None
-
-    def watch_optimizer(self, optimizer: th.optim.Optimizer) -> None:
-        "Invalidate the caches after every `optimizer.step()` (fused optimizers write without moving version counters)."
-        ref = weakref.ref(self)                                    # the hook must not keep the policy alive
-        def hook(*_):
-            p = ref()
-            if p is not None: p.invalidate_caches()
-        optimizer.register_step_post_hook(hook)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         out = super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -156,8 +152,10 @@ class RecurrentQuantilePolicy(BasePolicy):
 
     @staticmethod
     def _cache_key(params) -> tuple:
-        "What identifies the values of `params` without reading them: version counters and storage addresses."
-        return tuple((p._version, p.data_ptr()) for p in params)
+        """What identifies the values of `params` without reading them: the count of optimizer steps taken in this
+        process (a global step hook: fused optimizers write without moving version counters), version counters and
+        storage addresses (a `.data` assignment)."""
+        return (_OPTIMIZER_STEPS[0], *((p._version, p.data_ptr()) for p in params))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         d = super()._get_constructor_parameters()
@@ -322,7 +320,7 @@ class RecurrentQuantilePolicy(BasePolicy):
     # ---- files (no pickle) -------------------------------------------------------------------
     def save(self, path: str | pathlib.Path) -> None:
         "Write the policy alone (constructor arguments and weights) as a pickle-free checkpoint: safetensors + JSON."
-        from .checkpoint import write_checkpoint, _space_to_dict   # lazy: checkpoint imports this module
+        from tradingrl_nb.checkpoint import write_checkpoint, _space_to_dict   # lazy: checkpoint imports this module
         data = self._get_constructor_parameters()
         data.pop("lr_schedule", None)
         for k in ("observation_space", "action_space"): data[k] = _space_to_dict(data[k])
@@ -333,7 +331,7 @@ class RecurrentQuantilePolicy(BasePolicy):
         """Re-create a policy written by `save`. Reads only safetensors and JSON: unlike SB3's `BaseModel.load` it
         never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
         from stable_baselines3.common.utils import get_device
-        from .checkpoint import _read_checkpoint, _space_from_dict
+        from tradingrl_nb.checkpoint import _read_checkpoint, _space_from_dict
         try: ck = _read_checkpoint(path)
         except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
         if not (isinstance(ck, dict) and ck.get("policy_only")):
