@@ -142,6 +142,25 @@ def test_checkpoint_restores_cuda_rng_states(tmp_path):
     assert th.equal(th.randn(5, device="cuda"), expect)
 
 
+def test_checkpoint_cuda_rng_plumbing_without_a_gpu(tmp_path, monkeypatch):
+    "A stand-in for torch.cuda's RNG functions: one state per GPU goes into the file and back to its device."
+    states = [th.arange(16, dtype=th.uint8), th.arange(16, dtype=th.uint8) + 7]
+    m = make()
+    monkeypatch.setattr(th.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(th.cuda, "get_rng_state_all", lambda: states)
+    m.save(tmp_path / "ck")
+    monkeypatch.undo()
+    loaded = DistributionalPPO.load(tmp_path / "ck", env=env())          # CPU-only: the CUDA states are ignored
+    from tradingrl_nb.checkpoint import _read_checkpoint
+    stored = _read_checkpoint(tmp_path / "ck.safetensors")["state"]
+    restored = {}
+    monkeypatch.setattr(th.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(th.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(th.cuda, "set_rng_state", lambda st, i: restored.__setitem__(i, st.clone()))
+    loaded._restore_state(stored)
+    assert sorted(restored) == [0, 1] and all(th.equal(restored[i], states[i]) for i in (0, 1))
+
+
 def test_checkpoint_rng_states_on_cpu(tmp_path):
     "On CPU nothing changes: the CPU generator is restored, no CUDA state is needed to load."
     m = make()
