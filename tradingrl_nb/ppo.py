@@ -66,7 +66,7 @@ class SequenceRolloutBuffer:
         layers, H = lstm_shape
         self.chunk_states = th.zeros(math.ceil(T / self.L), 4, layers, E, H, **f)
         self.rewards = np.zeros((T, E), np.float32)                # the env's own rewards
-        self.bootstrap = np.zeros((2, T, E))                       # gamma * V(s_T) at truncations: [mean, risk] pass
+        self.bootstrap = np.zeros((2, T, E))     # gamma * V(s_T) at truncations, [mean, risk] pass; zeroed per rollout
         self.episode_starts = np.zeros((T, E), bool)
         self.values = self.advantages = self.returns = None
 
@@ -79,7 +79,6 @@ class SequenceRolloutBuffer:
             rewards: np.ndarray, episode_starts: np.ndarray) -> None:
         self.obs[t].copy_(obs); self.actions[t].copy_(actions); self.log_probs[t].copy_(log_probs)
         self.quantiles[t].copy_(quantiles); self.rewards[t] = rewards; self.episode_starts[t] = episode_starts
-        self.bootstrap[:, t] = 0.0
 
     def build_sequences(self) -> None:
         """Cut the rollout into sequences and lay them out padded: `data [L, S, D]` (every per-step field packed
@@ -224,7 +223,8 @@ class _Rollout:
         assert self._last_obs is not None, "No previous observation was provided"
         self.policy.set_training_mode(False)
         buf, dev, L = rollout_buffer, self.device, rollout_buffer.L
-        low, high = self.action_space.low, self.action_space.high
+        low, high = (th.as_tensor(b, dtype=th.float32, device=self.device) for b in (self.action_space.low, self.action_space.high))
+        buf.bootstrap[:] = 0.0
         vn = self._vec_normalize_env if self.freeze_vecnormalize_obs else None
         frozen = vn is not None and vn.training
         if frozen: vn.training, raw_obs, raw_rew, raw_dones = False, [], [], []
@@ -236,9 +236,9 @@ class _Rollout:
             if starts.any(): states = mask_states(states, th.as_tensor(starts, device=dev))   # per-env reset
             if t % L == 0: buf.record_states(t, states)
             obs_t = th.as_tensor(self._last_obs, dtype=th.float32, device=dev)
-            with th.no_grad(): actions_t, log_prob_t, q_t, states = self.policy(obs_t, states)
+            with th.no_grad(): actions_t, log_prob_t, q_t, states = self.policy.forward(obs_t, states)
             actions = actions_t.cpu().numpy()
-            new_obs, rewards, dones, infos = env.step(np.clip(actions, low, high))
+            new_obs, rewards, dones, infos = env.step(th.clamp(actions_t, low, high).cpu().numpy())
             dones = self._check_dones(dones)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
