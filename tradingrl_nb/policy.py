@@ -7,13 +7,14 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/policy.html.md"""
 
 # %% ../nbs/05_policy.ipynb #58d22e2b
 from __future__ import annotations
-import math
+import math, pathlib
 from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 import torch.nn.functional as F
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, BaseFeaturesExtractor
@@ -81,6 +82,10 @@ class TwinMLP(nn.Module):
 
 # %% ../nbs/05_policy.ipynb #8afd6e15
 _LOG_2PI = math.log(2 * math.pi)
+_OPTIMIZER_STEPS = [0]                                             # steps of any torch optimizer in this process
+
+def _count_optimizer_step(*_) -> None: _OPTIMIZER_STEPS[0] += 1
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 class RecurrentQuantilePolicy(BasePolicy):
     """LSTM actor-critic: Gaussian actor, twin quantile critics (`n_quantiles` atoms each).
@@ -134,6 +139,23 @@ class RecurrentQuantilePolicy(BasePolicy):
         self._std_cache: tuple | None = None
         self._act = activation_fn()
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    # ---- caches of the rollout step ----------------------------------------------------------
+    def invalidate_caches(self) -> None:
+        "Drop the rollout step's caches (stacked LSTM weights, std). Needed only after in-place edits through `.data`."
+        self._cell_cache = self._std_cache = None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.invalidate_caches()
+        return out
+
+    @staticmethod
+    def _cache_key(params) -> tuple:
+        """What identifies the values of `params` without reading them: the count of optimizer steps taken in this
+        process (a global step hook: fused optimizers write without moving version counters), version counters and
+        storage addresses (a `.data` assignment)."""
+        return (_OPTIMIZER_STEPS[0], *((p._version, p.data_ptr()) for p in params))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         d = super()._get_constructor_parameters()
@@ -189,14 +211,14 @@ class RecurrentQuantilePolicy(BasePolicy):
         if src is None or src[0] is not self.lstm_actor.weight_ih_l0 or src[-1] is not self.lstm_critic.weight_hh_l0:
             src = self._cell_src = [*self.lstm_actor.parameters(), *self.lstm_critic.parameters()]
             src.append(self.lstm_critic.weight_hh_l0)
-        key = tuple(p._version for p in src)
+        key = self._cache_key(src)
         if self._cell_cache is None or self._cell_cache[0] != key:
             w = []
             for l in range(self.n_lstm_layers):
                 g = lambda name: th.stack([getattr(self.lstm_actor, f"{name}_l{l}"), getattr(self.lstm_critic, f"{name}_l{l}")])
                 w.append((g("weight_ih").transpose(1, 2).contiguous(), g("weight_hh").transpose(1, 2).contiguous(),
                           (g("bias_ih") + g("bias_hh")).unsqueeze(1)))
-            self._cell_cache = (key, w)
+            self._cell_cache = (key, w, [p.data for p in src])     # the sources' storage stays alive: no address reuse
         H = self.lstm_hidden_size
         x = f.unsqueeze(0).expand(2, -1, -1)
         base = states.pi[0]._base                                  # states from the previous fused step are views
@@ -230,10 +252,11 @@ class RecurrentQuantilePolicy(BasePolicy):
         for m in self.pi_net:
             if isinstance(m, nn.Linear): x = act(F.linear(x, m.weight, m.bias))
         mean = F.linear(x, self.action_net.weight, self.action_net.bias)
-        if self._std_cache is None or self._std_cache[0] != (id(self.log_std), self.log_std._version):
+        key = self._cache_key([self.log_std])
+        if self._std_cache is None or self._std_cache[0] != key:
             ls = self.log_std.detach()                             # std and the log-density's constant, per update
-            self._std_cache = ((id(self.log_std), self.log_std._version), ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel())
-        _, std, const = self._std_cache
+            self._std_cache = (key, ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel(), self.log_std.data)
+        _, std, const, _ = self._std_cache
         if deterministic: return mean, (-const).expand(mean.shape[0]), self.q_net(lat_vf), states
         eps = th.randn_like(mean)
         return th.addcmul(mean, eps, std), eps.pow(2).sum(-1).mul_(-0.5).sub_(const), self.q_net(lat_vf), states
@@ -293,6 +316,34 @@ class RecurrentQuantilePolicy(BasePolicy):
         actions = np.clip(actions.cpu().numpy().reshape((-1, *self.action_space.shape)), self.action_space.low, self.action_space.high)
         if not vectorized: actions = actions.squeeze(axis=0)
         return actions, (st[0].cpu().numpy(), st[1].cpu().numpy())
+
+    # ---- files (no pickle) -------------------------------------------------------------------
+    def save(self, path: str | pathlib.Path) -> None:
+        "Write the policy alone (constructor arguments and weights) as a pickle-free checkpoint: safetensors + JSON."
+        from tradingrl_nb.checkpoint import write_checkpoint, _space_to_dict   # lazy: checkpoint imports this module
+        data = self._get_constructor_parameters()
+        data.pop("lr_schedule", None)
+        for k in ("observation_space", "action_space"): data[k] = _space_to_dict(data[k])
+        write_checkpoint(path, dict(policy_only=True, policy_class=type(self), data=data, state_dict=self.state_dict()))
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path, device: th.device | str = "auto") -> "RecurrentQuantilePolicy":
+        """Re-create a policy written by `save`. Reads only safetensors and JSON: unlike SB3's `BaseModel.load` it
+        never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
+        from stable_baselines3.common.utils import get_device
+        from tradingrl_nb.checkpoint import _read_checkpoint, _space_from_dict
+        try: ck = _read_checkpoint(path)
+        except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
+        if not (isinstance(ck, dict) and ck.get("policy_only")):
+            raise ValueError(f"{path} is a model checkpoint, not a policy file: use DistributionalPPO.load(...).policy")
+        klass = ck["policy_class"]
+        if not (isinstance(klass, type) and issubclass(klass, cls)):
+            raise ValueError(f"{path} holds a {getattr(klass, '__name__', klass)}, not a {cls.__name__}")
+        data = dict(ck["data"])
+        for k in ("observation_space", "action_space"): data[k] = _space_from_dict(data[k])
+        policy = klass(lr_schedule=lambda _: 0.0, **data)
+        policy.load_state_dict(ck["state_dict"])
+        return policy.to(get_device(device))
 
 # %% ../nbs/05_policy.ipynb #6dea5946
 MlpLstmPolicy = RecurrentQuantilePolicy

@@ -65,7 +65,8 @@ class SequenceRolloutBuffer:
         self.quantiles = th.zeros(T, E, 2, n_quantiles, **f)
         layers, H = lstm_shape
         self.chunk_states = th.zeros(math.ceil(T / self.L), 4, layers, E, H, **f)
-        self.rewards = np.zeros((T, E), np.float32)
+        self.rewards = np.zeros((T, E), np.float32)                # the env's own rewards
+        self.bootstrap = np.zeros((2, T, E))     # gamma * V(s_T) at truncations, [mean, risk] pass; zeroed per rollout
         self.episode_starts = np.zeros((T, E), bool)
         self.values = self.advantages = self.returns = None
 
@@ -146,6 +147,7 @@ class _ReturnScale:
         with th.no_grad():
             self.policy.q_net.weights[-1].mul_(a); self.policy.q_net.biases[-1].mul_(a).add_(b)
             for t in quantile_tensors: t.mul_(a).add_(b)
+        self.policy.invalidate_caches()
 
     def _raw(self, z: th.Tensor) -> th.Tensor:
         "Normalized critic units to raw return units."
@@ -206,19 +208,23 @@ class _Rollout:
                              "LSTM states are reset per env at episode boundaries, and a misshaped array would reset the wrong envs")
         return d.astype(bool)
 
-    def _terminal_values(self, infos: list[dict], idx: list[int], states: RNNStates) -> np.ndarray:
-        "Raw values of the terminal observations of truncated episodes, continuing each env's LSTM state."
+    def _terminal_values(self, infos: list[dict], idx: list[int], states: RNNStates) -> tuple[np.ndarray, np.ndarray]:
+        """Raw mean and risk (CVaR at `cvar_alpha`) values of the terminal observations of truncated episodes,
+        continuing each env's LSTM state."""
         obs = th.as_tensor(np.stack([infos[i]["terminal_observation"] for i in idx]), dtype=th.float32, device=self.device)
         j = th.as_tensor(idx, device=self.device)
         sub = RNNStates(tuple(s[:, j] for s in states.pi), tuple(s[:, j] for s in states.vf))
-        with th.no_grad(): return self._values(self.policy.predict_quantiles(obs, sub)).cpu().numpy()
+        with th.no_grad():
+            q = self.policy.predict_quantiles(obs, sub)
+            return self._values(q).cpu().numpy(), self._values(q, risk=self.cvar_alpha < 1.0).cpu().numpy()
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
                          n_rollout_steps: int) -> bool:
         assert self._last_obs is not None, "No previous observation was provided"
         self.policy.set_training_mode(False)
         buf, dev, L = rollout_buffer, self.device, rollout_buffer.L
-        low, high = self.action_space.low, self.action_space.high
+        low, high = (th.as_tensor(b, dtype=th.float32, device=self.device) for b in (self.action_space.low, self.action_space.high))
+        buf.bootstrap[:] = 0.0
         vn = self._vec_normalize_env if self.freeze_vecnormalize_obs else None
         frozen = vn is not None and vn.training
         if frozen: vn.training, raw_obs, raw_rew, raw_dones = False, [], [], []
@@ -230,9 +236,9 @@ class _Rollout:
             if starts.any(): states = mask_states(states, th.as_tensor(starts, device=dev))   # per-env reset
             if t % L == 0: buf.record_states(t, states)
             obs_t = th.as_tensor(self._last_obs, dtype=th.float32, device=dev)
-            with th.no_grad(): actions_t, log_prob_t, q_t, states = self.policy(obs_t, states)
+            with th.no_grad(): actions_t, log_prob_t, q_t, states = self.policy.forward(obs_t, states)
             actions = actions_t.cpu().numpy()
-            new_obs, rewards, dones, infos = env.step(np.clip(actions, low, high))
+            new_obs, rewards, dones, infos = env.step(th.clamp(actions_t, low, high).cpu().numpy())
             dones = self._check_dones(dones)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
@@ -244,11 +250,10 @@ class _Rollout:
             self._ret_acc = self._ret_acc * self.gamma + np.asarray(rewards, dtype=np.float64)
             acc_hist[t] = self._ret_acc
             self._ret_acc[dones] = 0.0
-            rewards = np.asarray(rewards, dtype=np.float32).copy()
+            buf.add(t, obs_t, actions_t, log_prob_t, q_t, rewards, starts)   # the env's rewards, nothing added
             trunc = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None
                      and infos[i].get("TimeLimit.truncated", False)]
-            if trunc: rewards[trunc] += self.gamma * self._terminal_values(infos, trunc, states)
-            buf.add(t, obs_t, actions_t, log_prob_t, q_t, rewards, starts)
+            if trunc: buf.bootstrap[:, t, trunc] = self.gamma * np.stack(self._terminal_values(infos, trunc, states))
             self._last_obs, self._last_episode_starts = new_obs, dones
         self._last_lstm_states = states
         with th.no_grad():
@@ -278,15 +283,16 @@ class _Rollout:
                 vn._update_reward(r); vn.returns[d] = 0
 
     def _compute_advantages(self, buf: SequenceRolloutBuffer, last_q: th.Tensor, dones: np.ndarray) -> None:
-        "GAE on raw values; with `cvar_alpha < 1` the policy's advantages use CVaR values (critic targets stay mean-based)."
+        """GAE on raw values; with `cvar_alpha < 1` the policy's advantages use CVaR values (critic targets stay
+        mean-based). Each pass bootstraps time-limit truncations with its own value: mean, or CVaR."""
         with th.no_grad():
             v = self._values(buf.quantiles).cpu().numpy().astype(np.float64)
             v_last = self._values(last_q).cpu().numpy().astype(np.float64)
-            adv, ret = gae(buf.rewards, v, buf.episode_starts, v_last, dones, self.gamma, self.gae_lambda)
+            adv, ret = gae(buf.rewards + buf.bootstrap[0], v, buf.episode_starts, v_last, dones, self.gamma, self.gae_lambda)
             if self.cvar_alpha < 1.0:
                 rv = self._values(buf.quantiles, risk=True).cpu().numpy().astype(np.float64)
                 rv_last = self._values(last_q, risk=True).cpu().numpy().astype(np.float64)
-                adv, _ = gae(buf.rewards, rv, buf.episode_starts, rv_last, dones, self.gamma, self.gae_lambda)
+                adv, _ = gae(buf.rewards + buf.bootstrap[1], rv, buf.episode_starts, rv_last, dones, self.gamma, self.gae_lambda)
                 self._rollout_cvar = float(rv.mean())
             else:
                 self._rollout_cvar = float(self._raw(cvar_from_quantiles(self.twin_quantiles(buf.quantiles), 1.0)).mean())
@@ -378,11 +384,26 @@ class _Update:
         out["states"] = RNNStates(tuple(s[:, c] for s in mb["states"].pi), tuple(s[:, c] for s in mb["states"].vf))
         return out
 
+    def _kl_exceeded(self, stats: th.Tensor) -> bool:
+        return self.target_kl is not None and float(stats[self._STATS.index("approx_kl")]) > 1.5 * self.target_kl
+
+    @staticmethod
+    def _scaled_step(opt: th.optim.Optimizer, k: float) -> None:
+        "`opt.step()` with every group's learning rate times `k` for this step only (VGS step mode)."
+        if k == 1.0: opt.step(); return
+        lrs = [g["lr"] for g in opt.param_groups]
+        for g, lr in zip(opt.param_groups, lrs): g["lr"] = lr * k
+        try: opt.step()
+        finally:
+            for g, lr in zip(opt.param_groups, lrs): g["lr"] = lr
+
     def _update(self, seqs: np.ndarray, clip_range: float, clip_vf: float | None, ent_coef: float) -> th.Tensor | None:
-        """One optimizer update on a minibatch of whole sequences, in the order of seed 003 1.1:
-        zero_grad, backward over weighted micro-batches (weights sum to 1), VGS scale, clip, step, VGS step.
-        Returns the update's statistics (`_STATS`; the per-critic gradient norms only on the updates `train()` marks
-        in `_diagnostics`, NaN otherwise), or None if it was skipped as non-finite."""
+        """One optimizer update on a minibatch of whole sequences: zero_grad, backward over weighted micro-batches
+        (weights sum to 1), then with `vgs_mode="step"`: read the VGS factor k, clip, step with the learning rate
+        times k, VGS step; with `vgs_mode="gradient"`: clip, VGS scale, step, VGS step. Stops before the step when
+        approx_kl exceeds 1.5 * `target_kl` (as SB3). Returns the update's statistics (`_STATS`; the per-critic gradient
+        norms only on the updates `train()` marks in `_diagnostics`, NaN otherwise; `vgs_scale` and `grad_norm` NaN
+        when no step was taken), or None if it was skipped as non-finite."""
         opt = self.policy.optimizer
         opt.zero_grad(set_to_none=True)
         mb = self.rollout_buffer.gather(seqs)
@@ -403,11 +424,17 @@ class _Update:
             stats = st * weight if stats is None else stats + st * weight
         diag = getattr(self, "_diagnostics", True)
         q_norms = self.policy.q_net.member_grad_norms() if diag else stats.new_full((2,), float("nan"))
-        scale = self.vgs.scale_gradients() if self.vgs is not None else 1.0
+        if self._kl_exceeded(stats):                               # SB3: the offending update is not applied
+            opt.zero_grad(set_to_none=True)
+            return th.cat([stats, q_norms.to(stats.device), stats.new_full((2,), float("nan"))])
+        vgs, step_mode = self.vgs, self.vgs_mode == "step"
+        scale = vgs.get_scaling_factor() if vgs is not None and step_mode else 1.0    # gradients untouched
         grad_norm = th.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
         if not th.isfinite(grad_norm): return self._skip("gradient", stats, mb)
-        opt.step()
-        if self.vgs is not None: self.vgs.step()
+        if vgs is not None and not step_mode: scale = vgs.scale_gradients()    # after the clip, which would undo it
+        self._scaled_step(opt, scale if step_mode else 1.0)
+        if vgs is not None: vgs.step()
+        self.policy.invalidate_caches()
         self._nonfinite_streak = 0
         return th.cat([stats, q_norms.to(stats.device), stats.new_tensor([float(scale)]), grad_norm.reshape(1).to(stats.device)])
 
@@ -447,20 +474,19 @@ class _Update:
         ent_coef = self.current_ent_coef()
         acc: list[th.Tensor] = []
         empty_epochs, continue_training = 0, True
-        kl_i = self._STATS.index("approx_kl")
         for epoch in range(self.n_epochs):
             applied = 0
             for i, seqs in enumerate(self.rollout_buffer.minibatches(self.batch_size, self._rng)):
                 self._diagnostics = i == 0                              # per-critic gradient norms once an epoch
                 st = self._update(seqs, clip_range, clip_vf, ent_coef)
                 if st is None: continue
-                applied += 1
                 acc.append(st)
-                if self.target_kl is not None and float(st[kl_i]) > 1.5 * self.target_kl:
+                if self._kl_exceeded(st):                               # `_update` did not apply this one
                     continue_training = False
-                    if self.verbose >= 1: print(f"Early stopping at epoch {epoch}: approx_kl {float(st[kl_i]):.3f}")
+                    if self.verbose >= 1: print(f"Early stopping at epoch {epoch}: approx_kl {float(st[self._STATS.index('approx_kl')]):.3f}")
                     break
-            if applied == 0: empty_epochs += 1
+                applied += 1
+            if applied == 0 and continue_training: empty_epochs += 1
             self._n_updates += 1
             if not continue_training: break
         self._log_train(acc, empty_epochs, clip_range, clip_vf, ent_coef)
@@ -512,7 +538,7 @@ _HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_
             "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
             "micro_batches", "huber_kappa", "cvar_alpha", "normalize_returns", "freeze_vecnormalize_obs",
             "critic_adjustment", "critic_adjustment_kwargs", "use_vgs", "vgs_kwargs", "max_nonfinite_updates",
-            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon")
+            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon", "vgs_mode")
 
 class _Checkpointing:
     "Parameters (with VGS and optimizer state), relinking, learning rate, and pickle-free save/load."
@@ -582,7 +608,8 @@ class _Checkpointing:
                                   progress_remaining=self._current_progress_remaining,
                                   ent=[self._ent_scale, self._ent_best, self._ent_wait],
                                   nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
-                                  np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state()))
+                                  np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
+                                  cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
         write_checkpoint(path, content)
 
     def _restore_state(self, s: dict) -> None:
@@ -596,6 +623,9 @@ class _Checkpointing:
         if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")
         bg = np.random.PCG64(); bg.state = st; self._rng = np.random.Generator(bg)
         th.set_rng_state(s["torch_rng"].to(th.uint8))
+        cuda = s.get("cuda_rng") or []                             # one state per GPU; absent in CPU-only runs
+        if cuda and th.cuda.is_available():
+            for i, st in enumerate(cuda[:th.cuda.device_count()]): th.cuda.set_rng_state(st.to(th.uint8), i)
 
     @classmethod
     def load(cls, path: str | pathlib.Path, env=None, device: th.device | str = "auto", custom_objects=None,
@@ -638,6 +668,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
     - `critic_adjustment`, `critic_adjustment_kwargs`: DSAC-T variance-based critic loss (`VarianceCriticAdjuster`)
     - `use_vgs`, `vgs_kwargs`: VarianceGradientScaler (on by default); the optimizer is `AdaptiveUPGD` unless
       `policy_kwargs["optimizer_class"]` says otherwise (e.g. `torch.optim.Adam`)
+    - `vgs_mode`: where the VGS factor k acts: `"step"` (default) multiplies the learning rate of the update by k,
+      after clipping; `"gradient"` (the seeds' placement) multiplies the clipped gradient by k before the optimizer
     - `max_nonfinite_updates`: non-finite updates in a row before `FloatingPointError`
     - `sappo`: SA-PPO's robust KL regularizer (`tradingrl_nb.sappo.SAPPOConfig` or a dict of its fields; None: off),
       logged as `sappo/eps`, `sappo/kl`, `sappo/loss`
@@ -660,7 +692,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                  max_nonfinite_updates: int = 3, stats_window_size: int = 100, tensorboard_log: str | None = None,
                  policy_kwargs: dict | None = None, verbose: int = 0, seed: int | None = None,
                  device: th.device | str = "auto", sappo: Any = None, schedule_horizon: int | None = None,
-                 _init_setup_model: bool = True):
+                 vgs_mode: str = "step", _init_setup_model: bool = True):
         super().__init__(policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False,
                          sde_sample_freq=-1, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -671,7 +703,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                   (0.0 < cvar_alpha <= 1.0, "cvar_alpha must be in (0, 1]"), (ent_coef_min >= 0, "ent_coef_min must be >= 0"),
                   (ent_coef >= ent_coef_min, "ent_coef must be >= ent_coef_min"), (0 < ent_plateau_factor, "ent_plateau_factor must be > 0"),
                   (max_nonfinite_updates >= 1, "max_nonfinite_updates must be >= 1"), (huber_kappa > 0, "huber_kappa must be > 0"),
-                  (clip_range_vf is None or clip_range_vf > 0, "clip_range_vf must be > 0 or None")]
+                  (clip_range_vf is None or clip_range_vf > 0, "clip_range_vf must be > 0 or None"),
+                  (vgs_mode in ("step", "gradient"), f"vgs_mode must be 'step' or 'gradient', got {vgs_mode!r}")]
         for ok, msg in checks:
             if not ok: raise ValueError(f"DistributionalPPO: {msg}")
         self.batch_size, self.n_epochs, self.clip_range, self.clip_range_vf = batch_size, n_epochs, clip_range, clip_range_vf
@@ -682,6 +715,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
         self.normalize_returns, self.freeze_vecnormalize_obs = normalize_returns, freeze_vecnormalize_obs
         self.critic_adjustment, self.critic_adjustment_kwargs = critic_adjustment, dict(critic_adjustment_kwargs or {})
         self.use_vgs, self.vgs_kwargs, self.max_nonfinite_updates = use_vgs, dict(vgs_kwargs or {}), max_nonfinite_updates
+        self.vgs_mode = vgs_mode
         if schedule_horizon is not None and int(schedule_horizon) < 1: raise ValueError("DistributionalPPO: schedule_horizon must be >= 1 or None")
         self.schedule_horizon = None if schedule_horizon is None else int(schedule_horizon)
         self._last_lstm_states: RNNStates | None = None
