@@ -106,3 +106,5 @@ def test_recipients_of_one_donor_keep_their_own_seeds(monkeypatch):
         seeds.append((m.seed, tuple(m.env._seeds)))
         assert m.seed == f(mid).model.seed                             # its own seeds, not the donor's
     assert seeds[0] != seeds[1]
+    running = T(config={"member_id": 1, "learning_rate": 5e-3}); before = running.member
+    assert running.reset_config(new[0]) and running.member is before   # reuse_actors: the same trial keeps its member

@@ -8,9 +8,9 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/pbt.html.md"""
 # %% ../nbs/08_pbt.ipynb #bd6cc877
 from __future__ import annotations
 
-import json, logging, math, os, tempfile, time, traceback, uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, asdict
+import logging, math, os, time
+from collections.abc import Mapping
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
