@@ -283,8 +283,10 @@ def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_f
         mid = next((m for m in queue if home.get(m) is w), queue[0]); queue.remove(mid)
         rec, token = scheduler.records[mid], uuid.uuid4().hex
         ckpt = rec.checkpoint if rec.checkpoint and Path(rec.checkpoint).exists() else None
-        w.submit((factory, mid, expect[mid], token, ckpt, reset_opt[mid], dict(rec.hyperparams), steps, fitness_fn,
-                  rec.step, n_rounds), mid, token, member_timeout)
+        try: w.submit((factory, mid, expect[mid], token, ckpt, reset_opt[mid], dict(rec.hyperparams), steps, fitness_fn,
+                       rec.step, n_rounds), mid, token, member_timeout)
+        except OSError:   # the idle worker died: start another one; the member waits for it
+            queue.appendleft(mid); w.stop(kill=True); workers[workers.index(w)] = _Worker(ctx, threads_per_worker); return
         home[mid] = w
 
     def failed(mid, exc):
@@ -317,7 +319,7 @@ def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_f
     workers = [_Worker(ctx, threads_per_worker) for _ in range(n_workers)]
     try:
         while True:
-            for w in workers:
+            for w in list(workers):
                 if w.ready and w.task is None and queue: dispatch(w)
             waiting = [w for w in workers if w.task is not None or not w.ready]
             if not any(w.task is not None for w in workers) and not queue: break
