@@ -362,3 +362,28 @@ def test_member_timeout_is_validated():
         run_population(ToyMember, PBTScheduler(MUT), 2, 1, 1, member_timeout=0, progress=False)
     with pytest.raises(ValueError, match="n_workers"):
         run_population(ToyMember, PBTScheduler(MUT), 2, 1, 1, member_timeout=5.0, progress=False)
+
+
+class DiesOnce(ToyMember):
+    "Kills its own process once (at step 3), as a segfault or the OOM killer would."
+    def __init__(self, member_id, flag):
+        super().__init__(member_id); self.flag = flag
+    def train(self, n_steps):
+        if self.num_timesteps >= 3 and not os.path.exists(self.flag):
+            open(self.flag, "w").close(); os._exit(3)
+        return super().train(n_steps)
+
+
+def pbt_dying_factory(member_id, flag):
+    return DiesOnce(member_id, flag) if member_id == 1 else ToyMember(member_id)
+
+
+@pytest.mark.slow
+def test_a_worker_process_that_dies_fails_its_member_not_the_run(tmp_path):
+    s = PBTScheduler(MUT, seed=0, perturbation_interval=3)
+    res = run_population(functools.partial(pbt_dying_factory, flag=str(tmp_path / "died")), s, n_members=3, n_rounds=3,
+                         steps_per_round=3, run_dir=tmp_path, n_workers=2, progress=False)
+    assert len(res.failures) == 1 and res.failures[0]["member_id"] == 1 and "died" in res.failures[0]["error"]
+    assert s.records[1].status == "alive"                            # revived from the best member, then went on
+    log = res.log
+    assert (log[log.fitness.notna()].groupby("member_id").size() == 3).all()
