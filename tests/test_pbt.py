@@ -349,7 +349,7 @@ def pbt_hang_factory(member_id):
 def test_member_timeout_kills_a_hung_worker_and_marks_the_member_failed(tmp_path, caplog):
     s = PBTScheduler(MUT, seed=0, perturbation_interval=3)
     res = run_population(pbt_hang_factory, s, n_members=3, n_rounds=3, steps_per_round=3, run_dir=tmp_path, n_workers=2,
-                         member_timeout=20.0, max_failures=0, progress=False)
+                         member_timeout=30.0, max_failures=0, progress=False)
     assert len(res.failures) == 1 and res.failures[0]["member_id"] == 2
     assert "member_timeout" in res.failures[0]["error"] and "member_timeout" in caplog.text   # logged like other failures
     assert s.records[2].status == "dropped"

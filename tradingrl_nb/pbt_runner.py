@@ -222,13 +222,15 @@ class _RemoteTraceback(Exception):
     def __str__(self): return self.tb
 
 def _worker_main(conn, threads: int) -> None:
-    "A worker process: say it is ready, then run `(fn, args)` tasks until `None`; answer `('ok', value)` or `('error', exc, tb)`."
+    """A worker process: say it is ready, then run `(fn, args)` tasks until `None`: say when a task has arrived (its
+    arguments unpickled), then answer `('ok', value)` or `('error', exc, tb)`."""
     torch.set_num_threads(threads)   # as Ray does: several workers with all-core thread pools oversubscribe the CPU
     conn.send(("ready",))
     while True:
         try: task = conn.recv()
         except (EOFError, OSError): return
         if task is None: return
+        conn.send(("started",))
         fn, args = task
         try: msg = ("ok", fn(*args))
         except Exception as e:
@@ -239,7 +241,7 @@ def _worker_main(conn, threads: int) -> None:
         conn.send(msg)
 
 class _Worker:
-    "One worker process; `task` is `(member_id, token, deadline)` while it trains an interval."
+    "One worker process; `task` is `(member_id, token, deadline)` while it trains an interval (no deadline until it starts)."
     def __init__(self, ctx, threads: int):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, threads), daemon=True, name="tradingrl-pbt-worker")
@@ -248,10 +250,13 @@ class _Worker:
 
     def submit(self, args: tuple, member_id: int, token: str, timeout: float | None) -> None:
         self.conn.send((_worker_interval, args))
-        self.task = (member_id, token, None if timeout is None else time.monotonic() + timeout)
+        self.task, self.timeout = (member_id, token, None), timeout
+
+    def started(self) -> None:
+        if self.timeout is not None: self.task = (*self.task[:2], time.monotonic() + self.timeout)
 
     def receive(self):
-        "`('ready',)`, `('ok', value)`, `('error', exc, tb)`, or `('died', exc, '')` when the process is gone."
+        "`('ready',)`, `('started',)`, `('ok', value)`, `('error', exc, tb)`, or `('died', exc, '')` when the process is gone."
         try: return self.conn.recv()
         except (EOFError, OSError):
             self.proc.join(timeout=5)
@@ -280,7 +285,9 @@ def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_f
         _save_population(run_dir, scheduler, {"failures": failures, "rounds_done": rounds_done})
 
     def dispatch(w):
-        mid = next((m for m in queue if home.get(m) is w), queue[0]); queue.remove(mid)
+        least = min(rounds_done[m] for m in queue)   # the members furthest behind first (no one runs ahead of the others),
+        first = [m for m in queue if rounds_done[m] == least]      # among them one whose live copy this worker holds
+        mid = next((m for m in first if home.get(m) is w), first[0]); queue.remove(mid)
         rec, token = scheduler.records[mid], uuid.uuid4().hex
         ckpt = rec.checkpoint if rec.checkpoint and Path(rec.checkpoint).exists() else None
         try: w.submit((factory, mid, expect[mid], token, ckpt, reset_opt[mid], dict(rec.hyperparams), steps, fitness_fn,
@@ -332,6 +339,7 @@ def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_f
                     if not w.ready:
                         if msg[0] != "ready": raise RuntimeError(f"a PBT worker process could not start: {msg[1]}")
                         w.ready = True; continue
+                    if msg[0] == "started": w.started(); continue
                     (mid, token, _), w.task = w.task, None
                     if msg[0] == "died": w.stop(kill=True); workers[i] = _Worker(ctx, threads_per_worker)
                     if msg[0] == "ok": finished(mid, token, msg[1])
