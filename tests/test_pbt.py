@@ -321,3 +321,69 @@ def test_resume_after_crash_with_worker_processes(tmp_path):
     assert log.groupby("member_id").size().to_dict() == {0: 3, 1: 3, 2: 3}   # each interval reported exactly once
     state = json.loads((tmp_path / "population.json").read_text())
     assert state["rounds_done"] == {"0": 3, "1": 3, "2": 3}
+
+
+# --- runner gaps (issue 12.10) ----------------------------------------------------------------------
+def test_sequential_runner_stores_a_revived_members_new_checkpoint(tmp_path):
+    "A failed member revived from a donor: its stored checkpoint is the donor's state right away (as in the worker runner)."
+    seen = []
+    def check(rnd, s):
+        rep = [h for h in s.history if h["kind"] == "replace_failed" and h["round"] == rnd]
+        if not rep: return
+        donor = rep[0]["source_id"]
+        assert s.records[1].checkpoint is not None, "revived member has no stored checkpoint"
+        mine, theirs = s.load(1), s.load(donor)
+        assert all(torch.equal(mine["policy"][k], theirs["policy"][k]) for k in theirs["policy"])
+        seen.append(rnd)
+    s = PBTScheduler(MUT, seed=1, perturbation_interval=5)
+    run_population(factory, s, n_members=4, n_rounds=4, steps_per_round=5, run_dir=tmp_path, progress=False, callback=check)
+    assert seen == [2]                                           # member 1 failed at step 12, in round 2
+
+
+def pbt_hang_factory(member_id):
+    "Member 2 hangs (one step takes an hour); the others train normally."
+    return ToyMember(member_id, sleep=3600.0 if member_id == 2 else 0.0)
+
+
+@pytest.mark.slow
+def test_member_timeout_kills_a_hung_worker_and_marks_the_member_failed(tmp_path, caplog):
+    s = PBTScheduler(MUT, seed=0, perturbation_interval=3)
+    res = run_population(pbt_hang_factory, s, n_members=3, n_rounds=3, steps_per_round=3, run_dir=tmp_path, n_workers=2,
+                         member_timeout=30.0, max_failures=0, progress=False)
+    assert len(res.failures) == 1 and res.failures[0]["member_id"] == 2
+    assert "member_timeout" in res.failures[0]["error"] and "member_timeout" in caplog.text   # logged like other failures
+    assert s.records[2].status == "dropped"
+    log = res.log
+    for mid in (0, 1): assert log[(log.member_id == mid) & log.fitness.notna()].shape[0] == 3   # the others finished
+
+
+def test_member_timeout_is_validated():
+    with pytest.raises(ValueError, match="member_timeout"):
+        run_population(ToyMember, PBTScheduler(MUT), 2, 1, 1, member_timeout=0, progress=False)
+    with pytest.raises(ValueError, match="n_workers"):
+        run_population(ToyMember, PBTScheduler(MUT), 2, 1, 1, member_timeout=5.0, progress=False)
+
+
+class DiesOnce(ToyMember):
+    "Kills its own process once (at step 3), as a segfault or the OOM killer would."
+    def __init__(self, member_id, flag):
+        super().__init__(member_id); self.flag = flag
+    def train(self, n_steps):
+        if self.num_timesteps >= 3 and not os.path.exists(self.flag):
+            open(self.flag, "w").close(); os._exit(3)
+        return super().train(n_steps)
+
+
+def pbt_dying_factory(member_id, flag):
+    return DiesOnce(member_id, flag) if member_id == 1 else ToyMember(member_id)
+
+
+@pytest.mark.slow
+def test_a_worker_process_that_dies_fails_its_member_not_the_run(tmp_path):
+    s = PBTScheduler(MUT, seed=0, perturbation_interval=3)
+    res = run_population(functools.partial(pbt_dying_factory, flag=str(tmp_path / "died")), s, n_members=3, n_rounds=3,
+                         steps_per_round=3, run_dir=tmp_path, n_workers=2, progress=False)
+    assert len(res.failures) == 1 and res.failures[0]["member_id"] == 1 and "died" in res.failures[0]["error"]
+    assert s.records[1].status == "alive"                            # revived from the best member, then went on
+    log = res.log
+    assert (log[log.fitness.notna()].groupby("member_id").size() == 3).all()

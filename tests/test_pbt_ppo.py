@@ -8,7 +8,7 @@ import pytest
 import torch as th
 
 from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.pbt import (PBTScheduler, PPOMemberFactory, PPO_MUTATIONS, flatten_state, load_checkpoint, load_exploit,
+from tradingrl_nb.pbt import (CLOCK, PBTScheduler, PPOMember, PPOMemberFactory, PPO_MUTATIONS, flatten_state, load_checkpoint, load_exploit,
                               run_population)
 
 DF = synthetic_market(900, seed=5)
@@ -74,7 +74,7 @@ def test_new_hyperparameters_are_live_after_exploit_and_survive_training():
     donor, target = donor_and_target(HP_A, HP_B)
     # the checkpoint carries the donor's values: loading it alone leaves UPGD's sigma at the donor's value
     plain = factory()(2); plain.apply_hyperparams(HP_B)
-    plain.model.set_parameters(donor.get_parameters(include_optimizer=True))
+    plain.model.set_parameters({k: v for k, v in donor.get_parameters(include_optimizer=True).items() if k != CLOCK})
     assert plain.model.policy.optimizer.param_groups[0]["sigma"] == HP_A["upgd_sigma"] != HP_B["upgd_sigma"]
 
     s = PBTScheduler(PPO_MUTATIONS, seed=4, resample_probability=0.0)
@@ -174,3 +174,49 @@ def test_ppo_population_in_worker_processes(tmp_path):
     assert (res.history.kind == "exploit").sum() >= 1 and set(res.history.optimizer) == {"reset"}
     params, _ = load_checkpoint(s.records[res.best_member_id].checkpoint)
     assert "policy.optimizer" in params                            # a member's own checkpoint keeps its optimizer
+
+
+# --- schedules over the whole run (issue 12.4) ---------------------------------------------------
+SAPPO_KW = dict(PPO_KW, sappo=dict(eps=0.08, kappa=0.1, steps=1, ramp_fraction=1.0))
+
+
+class EpsProbe(PPOMember):
+    "Records SA-PPO's eps at every update of an interval and the model's step counter after it."
+    def train(self, n_steps):
+        seen, orig = [], self.model.train
+        def spy():
+            orig(); seen.append(float(self.model.sappo_eps))
+        self.model.train = spy
+        try: info = super().train(n_steps)
+        finally: del self.model.train
+        return {**(info or {}), "eps": seen, "timesteps": int(self.model.num_timesteps)}
+
+
+def eps_factory(member_id):
+    base = PPOMemberFactory(TRAIN, VAL, n_envs=2, env_kwargs=ENV_KW, ppo_kwargs=SAPPO_KW, fitness_fn=weight_norm)(member_id)
+    return EpsProbe(base.model, VAL, weight_norm, member_id=member_id)
+
+
+def _eps_run(tmp_path, n_workers):
+    s = PBTScheduler({"learning_rate": PPO_MUTATIONS["learning_rate"]}, seed=0, perturbation_interval=128)
+    res = run_population(eps_factory, s, n_members=3, n_rounds=4, steps_per_round=128, run_dir=tmp_path, n_workers=n_workers,
+                         progress=False)
+    log = res.log.sort_values(["member_id", "round"])
+    return res, {m: [e for es in d.train_eps for e in es] for m, d in log.groupby("member_id")}, \
+        {m: list(d.train_timesteps) for m, d in log.groupby("member_id")}
+
+
+@pytest.mark.slow
+def test_sappo_eps_ramps_once_over_the_whole_population_run_in_both_runners(tmp_path):
+    "4 rounds x 2 updates: eps follows one ramp over the 8 updates of the run, exploits or not, sequential or workers."
+    whole_run = [0.08 * u / 8 for u in range(8)]
+    runs = {}
+    for n_workers in (0, 2):
+        res, eps, steps = _eps_run(tmp_path / f"w{n_workers}", n_workers)
+        assert (res.history.kind == "exploit").sum() >= 1, n_workers          # members were rebuilt/reloaded on the way
+        for mid in range(3):
+            assert eps[mid] == pytest.approx(whole_run), (n_workers, mid, eps[mid])
+            assert all(b >= a for a, b in zip(eps[mid], eps[mid][1:]))
+            assert steps[mid] == [128, 256, 384, 512], (n_workers, mid, steps[mid])  # the model's own counter goes on
+        runs[n_workers] = eps
+    assert runs[0] == runs[2]

@@ -71,3 +71,40 @@ def test_trainable_load_checkpoint_resets_lstm_and_reapplies_config(tmp_path, st
     assert (a.exploits, a.restores) == (1, 1) and a.member.optimizer.state_dict()["state"] != {}
     assert a.reset_config({"member_id": 0, "learning_rate": 4e-3, "vgs_alpha": 0.3})   # reuse_actors: same member, new config
     assert a.member.live_hyperparams() == {"learning_rate": 4e-3, "vgs_alpha": 0.3}
+
+
+def test_recipients_of_one_donor_keep_their_own_seeds(monkeypatch):
+    """Ray's explore deep-copies the donor's config (member_id included): run_ray_tune's scheduler must keep each
+    trial's own identity, so that two recipients of one donor are rebuilt with their own env and torch seeds."""
+    import types
+    import torch
+    from ray import tune
+    from tradingrl_nb.data import synthetic_market
+    from tradingrl_nb.pbt import PPOMemberFactory
+    torch.set_num_threads(1)
+    captured = {}
+    class Captured(Exception): pass
+    def fake_tuner(trainable, param_space=None, run_config=None, tune_config=None):
+        captured.update(trainable=trainable, scheduler=tune_config.scheduler); raise Captured()
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(tune, "Tuner", fake_tuner)
+    df = synthetic_market(400, seed=1)
+    f = PPOMemberFactory(df, None, n_envs=2, env_kwargs=dict(window=1, episode_length=60),
+                         ppo_kwargs=dict(n_steps=16, batch_size=32, device="cpu", policy_kwargs=dict(lstm_hidden_size=8)),
+                         fitness_fn=lambda m: 0.0, seed=3)
+    mutations = {"learning_rate": Hyperparam(1e-4, 1e-2, log=True)}
+    with pytest.raises(Captured):
+        run_ray_tune(f, mutations, n_members=3, n_iterations=4, steps_per_iteration=16, seed=0)
+    sched, T = captured["scheduler"], captured["trainable"]
+    trial = lambda mid, lr: types.SimpleNamespace(config={"member_id": mid, "learning_rate": lr}, trial_id=f"t{mid}")
+    donor = trial(0, 1e-3)
+    new = [sched._get_new_config(trial(mid, 5e-3), donor)[0] for mid in (1, 2)]
+    seeds = []
+    for mid, cfg in zip((1, 2), new):
+        t = T(config=cfg)                                              # the recipient's actor rebuilt with the new config
+        m = t.member.model
+        seeds.append((m.seed, tuple(m.env._seeds)))
+        assert m.seed == f(mid).model.seed                             # its own seeds, not the donor's
+    assert seeds[0] != seeds[1]
+    running = T(config={"member_id": 1, "learning_rate": 5e-3}); before = running.member
+    assert running.reset_config(new[0]) and running.member is before   # reuse_actors: the same trial keeps its member

@@ -7,7 +7,10 @@ Modules:
 - `tradingrl_nb.distributional`: The quantile Huber loss, CVaR from quantiles, the twin-critic rules, and a DSAC-T variance adjustment that keeps the critic's gradient the same size in calm and crash markets.
 - `tradingrl_nb.env`: `TradingEnv`, a gymnasium environment for one instrument with honest timing and costs, and `TradingVecEnv`, the same market stepped for thousands of agents at once as array operations, plus the baseline policies every backtest is compared with.
 - `tradingrl_nb.experiments`: Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs, sweeps, the results table, and the `tradingrl` command.
-- `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: on one machine by default (`PBTScheduler`, `run_population`), on Ray Tune for a cluster.
+- `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: ranges, the member contract and the scheduler (`PBTScheduler`); runners on one machine and on Ray Tune.
+- `tradingrl_nb.pbt_ppo`: `PPOMember`: the distributional PPO agent as a population member, with its hyperparameters applied wherever they live, its schedules spanning the whole run, and a backtest fitness.
+- `tradingrl_nb.pbt_ray`: `run_ray_tune`: the same population members as Ray Tune trainables under Tune's population-based training, on one machine or a cluster.
+- `tradingrl_nb.pbt_runner`: `run_population`: a PBT population on one machine, its members in turn or in worker processes (with a per-interval timeout), resume after a crash, failure handling, and the population plots.
 - `tradingrl_nb.policy`: An LSTM actor-critic for `DistributionalPPO`: a Gaussian actor for the target position and two quantile critics, built to be run on whole padded sequences (one LSTM call per minibatch).
 - `tradingrl_nb.ppo`: PPO on stable-baselines3 with an LSTM actor, twin quantile critics, CVaR-aware advantages, return normalization, VGS and AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 - `tradingrl_nb.sappo`: Observation attacks that work through the LSTM over whole sequences (SGLD, PGD, random noise, MAD), the robust KL regularizer of SA-PPO with its epsilon ramp, and an attacked policy for backtests.

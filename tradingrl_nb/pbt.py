@@ -1,5 +1,5 @@
 """A population of agents that train, compare, copy the best and perturb their hyperparameters:
-on one machine by default (`PBTScheduler`, `run_population`), on Ray Tune for a cluster.
+ranges, the member contract and the scheduler (`PBTScheduler`); runners on one machine and on Ray Tune.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/pbt.html.md"""
 
@@ -8,9 +8,9 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/pbt.html.md"""
 # %% ../nbs/08_pbt.ipynb #bd6cc877
 from __future__ import annotations
 
-import json, logging, math, os, tempfile, time, traceback, uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, asdict
+import logging, math, os, time
+from collections.abc import Mapping
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,10 +25,8 @@ from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, flatten_state, unflat
     atomic_write_json, save_checkpoint, load_checkpoint)
 
 # %% auto #0
-__all__ = ['PPO_MUTATIONS', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component', 'load_exploit', 'ToyGradScaler',
-           'toy_series', 'ToyMember', 'MemberRecord', 'PBTScheduler', 'PopulationResult', 'run_population', 'lineage',
-           'plot_population', 'PPOMember', 'PPOMemberFactory', 'ray_available', 'tune_mutations', 'make_tune_trainable',
-           'TuneRun', 'run_ray_tune']
+__all__ = ['PPO_MUTATIONS', 'CLOCK', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component', 'load_exploit',
+           'plan_run_length', 'ToyGradScaler', 'toy_series', 'ToyMember', 'MemberRecord', 'PBTScheduler']
 
 # %% ../nbs/08_pbt.ipynb #353ee529
 @dataclass(frozen=True)
@@ -89,9 +87,13 @@ PPO_MUTATIONS = {
 }
 
 # %% ../nbs/08_pbt.ipynb #4e7a5ee6
+#: The component of a member's parameters that holds its training clock (steps done, schedule progress).
+CLOCK = "counters"
+
 @runtime_checkable
 class PBTMember(Protocol):
-    "What `PBTScheduler`/`run_population`/Ray Tune need from a population member."
+    """What `PBTScheduler`/`run_population`/Ray Tune need from a population member. Optional: `set_run_length(n_intervals,
+    steps_per_interval)`, called by the runners with the whole run's length so that the member's schedules span it."""
     def get_parameters(self, include_optimizer: bool = True) -> dict: ...
     def set_parameters(self, parameters: Mapping, reset_optimizer: bool = False) -> None: ...
     def apply_hyperparams(self, hyperparams: Mapping) -> None: ...
@@ -102,14 +104,22 @@ def is_optimizer_component(name: str) -> bool:
     "Top-level checkpoint components that hold optimizer state (`'optimizer'`, SB3's `'policy.optimizer'`)."
     return name == "optimizer" or name.endswith(".optimizer") or name.endswith("_optimizer")
 
-def load_exploit(member, parameters: Mapping | None, hyperparams: Mapping, reset_optimizer: bool = False) -> None:
-    "Load exploited `parameters` (if any) into `member`, reset its LSTM states, then re-apply `hyperparams` over the checkpoint."
+def load_exploit(member, parameters: Mapping | None, hyperparams: Mapping, reset_optimizer: bool = False,
+                 keep_clock: bool = False) -> None:
+    """Load exploited `parameters` (if any) into `member`, reset its LSTM states, then re-apply `hyperparams` over the
+    checkpoint. `keep_clock=True`: the member keeps its own training clock (the `CLOCK` component is not loaded)."""
     if parameters is not None:
+        if keep_clock: parameters = {k: v for k, v in parameters.items() if k != CLOCK}
         reset_optimizer = reset_optimizer or not any(is_optimizer_component(k) for k in parameters)
         member.set_parameters(parameters, reset_optimizer=reset_optimizer)
         reset = getattr(member, "reset_lstm_states_to_initial", None)
         if callable(reset): reset()   # idempotent; set_parameters should already have done it
     member.apply_hyperparams(dict(hyperparams))
+
+def plan_run_length(member, n_intervals: int, steps_per_interval: int) -> None:
+    "Tell `member` the whole run's length (`set_run_length`, if it has one), so that its schedules span the run."
+    f = getattr(member, "set_run_length", None)
+    if callable(f): f(int(n_intervals), int(steps_per_interval))
 
 # %% ../nbs/08_pbt.ipynb #f1fb4189
 class ToyGradScaler:
@@ -180,7 +190,7 @@ class ToyMember:
     # --- PBTMember -------------------------------------------------------------------------
     def get_parameters(self, include_optimizer: bool = True) -> dict:
         p = {"policy": self.net.state_dict(), "vgs": self.vgs.state_dict(),
-             "target_stats": dict(self.target_stats), "counters": {"num_timesteps": self.num_timesteps, "cursor": self._cursor}}
+             "target_stats": dict(self.target_stats), CLOCK: {"num_timesteps": self.num_timesteps, "cursor": self._cursor}}
         if include_optimizer: p["policy.optimizer"] = self.optimizer.state_dict()
         return p
 
@@ -189,8 +199,8 @@ class ToyMember:
         if "vgs" in parameters: self.vgs.load_state_dict(parameters["vgs"])
         self.vgs.update_parameters(self.net.parameters())              # relink to the live tensors
         if "target_stats" in parameters: self.target_stats = {k: v.clone() for k, v in parameters["target_stats"].items()}
-        if "counters" in parameters:
-            self.num_timesteps, self._cursor = int(parameters["counters"]["num_timesteps"]), int(parameters["counters"]["cursor"])
+        if CLOCK in parameters:
+            self.num_timesteps, self._cursor = int(parameters[CLOCK]["num_timesteps"]), int(parameters[CLOCK]["cursor"])
         self.optimizer = self._new_optimizer()                          # bound to the live parameters
         if not reset_optimizer and "policy.optimizer" in parameters: self.optimizer.load_state_dict(parameters["policy.optimizer"])
         self.reset_lstm_states_to_initial()
@@ -491,513 +501,16 @@ class PBTScheduler:
         self.history, self.fitness_log = list(state["history"]), list(state["fitness_log"])
         self.rng.bit_generator.state = state["rng"]; self.round, self._saves = int(state["round"]), int(state.get("saves", 0))
 
-# %% ../nbs/08_pbt.ipynb #ede00cac
-@dataclass
-class PopulationResult:
-    "What `run_population` returns."
-    scheduler: PBTScheduler
-    run_dir: Path
-    members: dict[int, Any]             # live members (sequential runs only)
-    failures: list[dict]
+# %% ../nbs/08_pbt.ipynb #9c3fa9a4
+_ELSEWHERE = {"pbt_runner": ("PopulationResult", "run_population", "lineage", "plot_population"),
+              "pbt_ppo": ("PPOMember", "PPOMemberFactory"),
+              "pbt_ray": ("ray_available", "tune_mutations", "make_tune_trainable", "TuneRun", "run_ray_tune")}
+_HOME = {name: module for module, names in _ELSEWHERE.items() for name in names}
 
-    @property
-    def history(self) -> pd.DataFrame: return self.scheduler.history_frame()
-    @property
-    def log(self) -> pd.DataFrame: return self.scheduler.fitness_frame()
-    @property
-    def best_member_id(self) -> int:
-        alive = [r for r in self.scheduler.records.values() if r.status == "alive" and r.fitness is not None]
-        return max(alive, key=lambda r: _rank_value(r.fitness, self.scheduler.mode)).member_id
-    def best_parameters(self) -> dict:
-        return self.scheduler.load(self.best_member_id)
-    def failures_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.failures, columns=["round", "member_id", "step", "error", "traceback", "time"])
+def __getattr__(name: str):
+    "Names of the runner, PPO member and Ray Tune modules, loaded on first use (`from tradingrl_nb.pbt import run_population`)."
+    if name not in _HOME: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(f"tradingrl_nb.{_HOME[name]}"), name)
 
-def _default_fitness(member) -> float: return float(member.evaluate())
-
-def _interval(member, n_steps: int, fitness_fn) -> tuple[float, dict]:
-    info = member.train(n_steps)
-    return float(fitness_fn(member)), (info if isinstance(info, dict) else {})
-
-def _member_steps(member, counted: int) -> int:
-    """Training steps so far: the runner's count, or the member's own if larger (SB3 rounds up to whole rollouts).
-    A member rebuilt from a checkpoint in a worker may have restarted its own counter; the runner's count stands."""
-    return max(int(counted), int(getattr(member, "num_timesteps", 0)))
-
-# %% ../nbs/08_pbt.ipynb #ef57ccc5
-_WORKER_MEMBERS: dict[int, tuple[str, Any]] = {}   # worker process cache: member_id -> (token, live member)
-
-def _worker_interval(factory, member_id: int, expect: str | None, token: str, checkpoint: str | None,
-                     reset_optimizer: bool, hyperparams: dict, n_steps: int, fitness_fn, steps_before: int):
-    """Run in a worker process: reuse the cached live member if it carries the `expect`ed token, else build it and
-    load its checkpoint; train one interval; cache it under `token`; return fitness, step, parameters, info."""
-    cached = _WORKER_MEMBERS.get(member_id)
-    if expect is not None and cached is not None and cached[0] == expect: member = cached[1]
-    else:
-        member = factory(member_id)
-        if checkpoint is not None and Path(checkpoint).exists():
-            load_exploit(member, load_checkpoint(checkpoint)[0], hyperparams, reset_optimizer=reset_optimizer)
-    member.apply_hyperparams(hyperparams)
-    _WORKER_MEMBERS.pop(member_id, None)
-    fitness, info = _interval(member, n_steps, fitness_fn)
-    step = _member_steps(member, steps_before + n_steps)
-    _WORKER_MEMBERS[member_id] = (token, member)
-    return fitness, step, member.get_parameters(include_optimizer=True), info
-
-# %% ../nbs/08_pbt.ipynb #7fd69c4c
-def _save_population(run_dir: Path, scheduler: PBTScheduler, extra: dict) -> None:
-    atomic_write_json(run_dir / "population.json", {"format": CHECKPOINT_FORMAT, "scheduler": scheduler.state_dict(), **extra})
-    scheduler.prune_checkpoints()
-
-def _failure(scheduler, failures, rec, exc) -> None:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    _logger.error("member %d failed at step %d:\n%s", rec.member_id, rec.step, tb)
-    failures.append({"round": scheduler.round, "member_id": rec.member_id, "step": rec.step,
-                     "error": f"{type(exc).__name__}: {exc}", "traceback": tb, "time": time.time()})
-    scheduler.mark_failed(rec.member_id, f"{type(exc).__name__}: {exc}")
-
-def run_population(member_factory: Callable[[int], Any], scheduler: PBTScheduler, n_members: int, n_rounds: int,
-                   steps_per_round: int | None = None, run_dir: str | Path | None = None, *,
-                   fitness_fn: Callable[[Any], float] | None = None, initial_hyperparams: list[dict] | None = None,
-                   n_workers: int = 0, threads_per_worker: int = 1, max_failures: int = 3, resume: bool = True,
-                   progress: bool = True,
-                   callback: Callable[[int, PBTScheduler], None] | None = None) -> PopulationResult:
-    """Train a population of `n_members` for `n_rounds` perturbation intervals of `steps_per_round` steps each.
-    `member_factory(member_id)` builds a fresh member; `fitness_fn(member)` defaults to `member.evaluate()`.
-    With `n_workers > 0` members train asynchronously in that many worker processes (factory and fitness_fn must
-    be picklable, i.e. defined at module level), each with `threads_per_worker` torch threads. Re-running with the same `run_dir` resumes after a crash."""
-    if n_members < 2: raise ValueError(f"n_members must be >= 2, got {n_members}")
-    if n_rounds < 1: raise ValueError(f"n_rounds must be >= 1, got {n_rounds}")
-    steps_per_round = int(steps_per_round or scheduler.perturbation_interval)
-    if steps_per_round < 1: raise ValueError(f"steps_per_round must be >= 1, got {steps_per_round}")
-    if initial_hyperparams is not None and len(initial_hyperparams) != n_members:
-        raise ValueError(f"initial_hyperparams has {len(initial_hyperparams)} entries for {n_members} members")
-    run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="pbt_"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    scheduler.checkpoint_dir = run_dir / "checkpoints"
-    fitness_fn = fitness_fn or _default_fitness
-    state_file, failures, rounds_done = run_dir / "population.json", [], {}
-    if resume and state_file.exists():
-        state = json.loads(state_file.read_text())
-        scheduler.load_state_dict(state["scheduler"])
-        failures, rounds_done = state.get("failures", []), {int(k): v for k, v in state.get("rounds_done", {}).items()}
-        if sorted(scheduler.records) != list(range(n_members)):
-            raise ValueError(f"{state_file}: saved population has members {sorted(scheduler.records)}, not {n_members}")
-        _logger.info("resuming population from %s (rounds done: %s)", state_file, rounds_done)
-    else:
-        scheduler.records.clear(); scheduler.history.clear(); scheduler.fitness_log.clear(); scheduler.round = 0
-        for i in range(n_members): scheduler.add_member(i, None if initial_hyperparams is None else initial_hyperparams[i])
-        rounds_done = {i: 0 for i in range(n_members)}
-    args = dict(scheduler=scheduler, n_rounds=n_rounds, steps=steps_per_round, run_dir=run_dir, fitness_fn=fitness_fn,
-                max_failures=max_failures, failures=failures, rounds_done=rounds_done, progress=progress, callback=callback)
-    members = (_run_sequential(member_factory, **args) if n_workers <= 0
-               else _run_workers(member_factory, n_workers=n_workers, threads_per_worker=threads_per_worker, **args))
-    return PopulationResult(scheduler, run_dir, members, failures)
-
-# %% ../nbs/08_pbt.ipynb #a15ec9b2
-def _progress_bar(total, initial, progress, desc):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, disable=not progress, desc=desc, leave=False)
-
-def _best_str(scheduler):
-    fs = [r.fitness for r in scheduler.alive() if r.fitness is not None]
-    return "-" if not fs else f"{(max if scheduler.mode == 'max' else min)(fs):.4g}"
-
-def _revive_or_drop(scheduler, rec, max_failures):
-    "After a failure: drop the member for good, or revive it as an exploit. Returns the exploit (or None if dropped)."
-    if rec.failures > max_failures:
-        _logger.error("member %d failed %d times (max_failures=%d); dropped", rec.member_id, rec.failures, max_failures)
-        scheduler.drop(rec.member_id); return None
-    return scheduler.replace_failed(rec.member_id)
-
-def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
-                    progress, callback):
-    members: dict[int, Any] = {}
-    for mid, rec in scheduler.records.items():
-        if rec.status == "dropped": continue
-        m = factory(mid)
-        if rec.checkpoint is not None and Path(rec.checkpoint).exists():
-            load_exploit(m, load_checkpoint(rec.checkpoint)[0], rec.hyperparams)   # resume: its own optimizer too
-        else: m.apply_hyperparams(rec.hyperparams)
-        members[mid] = m
-    start = min(rounds_done.values(), default=0)
-    bar = _progress_bar(n_rounds * len(scheduler.records), start * len(scheduler.records), progress, "PBT")
-    try:
-        for rnd in range(start, n_rounds):
-            scheduler.round = rnd
-            for mid in list(members):
-                rec = scheduler.records[mid]
-                if rec.status != "alive": bar.update(1); continue
-                try:
-                    fitness, info = _interval(members[mid], steps, fitness_fn)
-                    scheduler.report(mid, fitness, _member_steps(members[mid], rec.step + steps),
-                                     members[mid].get_parameters(include_optimizer=True),
-                                     **{f"train_{k}": v for k, v in info.items()})
-                except Exception as e:   # a member that raises does not stop the population
-                    _failure(scheduler, failures, rec, e)
-                bar.update(1); bar.set_postfix(best=_best_str(scheduler))
-            for mid in list(members):
-                rec = scheduler.records[mid]
-                if rec.status == "failed":
-                    out = _revive_or_drop(scheduler, rec, max_failures)
-                    if out is None: members.pop(mid); continue
-                    params, hp, _ = out
-                    if params is None: members[mid] = factory(mid); members[mid].apply_hyperparams(hp)
-                    else: load_exploit(members[mid], params, hp, scheduler.optimizer_exploit_strategy == "reset")
-                elif rec.status == "alive":
-                    params, hp, _ = scheduler.exploit_and_explore(mid)
-                    load_exploit(members[mid], params, hp, scheduler.optimizer_exploit_strategy == "reset")
-                    if params is not None:   # its checkpoint is now the exploited state, for resume and donors
-                        scheduler.store(mid, members[mid].get_parameters(include_optimizer=True))
-            if not scheduler.alive(): raise RuntimeError("every member of the population failed; see the failures log")
-            for mid in rounds_done: rounds_done[mid] = rnd + 1
-            scheduler.round = rnd + 1
-            _save_population(run_dir, scheduler, {"failures": failures, "rounds_done": rounds_done})
-            if callback is not None: callback(rnd, scheduler)
-    finally:
-        bar.close()
-    return members
-
-# %% ../nbs/08_pbt.ipynb #90fc0183
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)   # as Ray does: several workers with all-core thread pools oversubscribe the CPU
-
-def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
-                 progress, callback, n_workers, threads_per_worker):
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
-    expect = {mid: None for mid in scheduler.records}   # token of a worker's live copy that is still valid (None: load)
-    reset_opt = {mid: False for mid in scheduler.records}
-    total = n_rounds * len(scheduler.records)
-    bar = _progress_bar(total, sum(min(v, n_rounds) for v in rounds_done.values()), progress, "PBT")
-    pending = {}
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads_per_worker,)) as pool:
-        def submit(mid):
-            rec = scheduler.records[mid]
-            ckpt = rec.checkpoint if rec.checkpoint and Path(rec.checkpoint).exists() else None
-            token = uuid.uuid4().hex
-            fut = pool.submit(_worker_interval, factory, mid, expect[mid], token, ckpt, reset_opt[mid],
-                              dict(rec.hyperparams), steps, fitness_fn, rec.step)
-            pending[fut] = (mid, token)
-        for mid, rec in scheduler.records.items():
-            if rec.status == "alive" and rounds_done[mid] < n_rounds: submit(mid)
-        try:
-            while pending:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    mid, token = pending.pop(fut); rec = scheduler.records[mid]
-                    scheduler.round = rounds_done[mid]
-                    try:
-                        fitness, step, params, info = fut.result()
-                        scheduler.report(mid, fitness, step, params, **{f"train_{k}": v for k, v in info.items()})
-                        expect[mid], reset_opt[mid] = token, False
-                        params, hp, _ = scheduler.exploit_and_explore(mid)
-                        if params is not None:   # the worker reloads from this checkpoint next time
-                            scheduler.store(mid, params); expect[mid] = None
-                            reset_opt[mid] = scheduler.optimizer_exploit_strategy == "reset"
-                    except Exception as e:
-                        _failure(scheduler, failures, rec, e)
-                        out = _revive_or_drop(scheduler, rec, max_failures)
-                        if out is None: bar.update(n_rounds - rounds_done[mid]); rounds_done[mid] = n_rounds
-                        else:
-                            params, hp, _ = out
-                            if params is not None: scheduler.store(mid, params)
-                            expect[mid], reset_opt[mid] = None, scheduler.optimizer_exploit_strategy == "reset"
-                        _save_population(run_dir, scheduler, {"failures": failures, "rounds_done": rounds_done})
-                        if rec.status == "alive": submit(mid)
-                        continue
-                    rounds_done[mid] += 1; bar.update(1); bar.set_postfix(best=_best_str(scheduler))
-                    _save_population(run_dir, scheduler, {"failures": failures, "rounds_done": rounds_done})
-                    if callback is not None: callback(rounds_done[mid] - 1, scheduler)
-                    if rounds_done[mid] < n_rounds: submit(mid)
-            if not scheduler.alive(): raise RuntimeError("every member of the population failed; see the failures log")
-        finally:
-            bar.close()
-            for fut in pending: fut.cancel()
-    return {}
-
-# %% ../nbs/08_pbt.ipynb #fe308f50
-def lineage(history: pd.DataFrame, member_ids, n_rounds: int) -> pd.DataFrame:
-    "For every member and round, the member whose initial weights it carries (`ancestor`)."
-    anc = {m: m for m in member_ids}; rows = []
-    ex = history[history["kind"].isin(["exploit", "replace_failed"])] if len(history) else history
-    for r in range(n_rounds):
-        for m in member_ids: rows.append({"round": r, "member_id": m, "ancestor": anc[m]})
-        for _, h in ex[ex["round"] == r].iterrows(): anc[int(h.member_id)] = anc[int(h.source_id)]
-    return pd.DataFrame(rows)
-
-def plot_population(result: PopulationResult, hyperparams: list[str] | None = None, fitness_transform=None,
-                    fitness_label: str = "fitness", fitness_scale: str = "linear", figsize=(12, 8)):
-    "Fitness over time, hyperparameter trajectories and lineage of a `run_population` result."
-    import matplotlib.pyplot as plt
-    log, hist, sched = result.log, result.history, result.scheduler
-    log = log[log.fitness.notna()].copy()
-    if fitness_transform is not None: log["fitness"] = fitness_transform(log["fitness"])
-    hps = hyperparams or list(sched.mutations)
-    ids, n_rounds = sorted(sched.records), int(log["round"].max()) + 1
-    fig = plt.figure(figsize=figsize); gs = fig.add_gridspec(2, max(2, len(hps)))
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(ids)}
-    ax = fig.add_subplot(gs[0, 0])
-    ex = hist[hist.kind.isin(["exploit", "replace_failed"])]
-    for m in ids:
-        d = log[log.member_id == m]; ax.plot(d["round"], d.fitness, color=colors[m], lw=1.2, label=f"member {m}")
-        after = d[d["round"].isin(ex[ex.member_id == m]["round"] + 1)]
-        ax.plot(after["round"], after.fitness, "o", color=colors[m], ms=5)
-    if fitness_scale != "linear": ax.set_yscale(fitness_scale)
-    ax.set(xlabel="round", ylabel=fitness_label, title=f"population {fitness_label}"); ax.legend(fontsize=7, ncol=2)
-    ax = fig.add_subplot(gs[0, 1:])
-    lin = lineage(hist, ids, n_rounds)
-    for m in ids:
-        d = lin[lin.member_id == m]
-        for r0, a in zip(d["round"], d["ancestor"]): ax.plot([r0, r0 + 1], [m, m], color=colors[a], lw=4, solid_capstyle="butt")
-    for _, h in ex.iterrows():
-        ax.annotate("", xy=(h["round"] + 1, h.member_id), xytext=(h["round"] + 1, h.source_id),
-                    arrowprops=dict(arrowstyle="->", color="k", lw=0.8, shrinkA=2, shrinkB=2))
-    ax.set(xlabel="round", ylabel="member", yticks=ids, title="lineage (colour: ancestor; arrow: donor -> recipient)")
-    for j, k in enumerate(hps):
-        ax = fig.add_subplot(gs[1, j])
-        for m in ids:
-            d = log[log.member_id == m]; ax.step(d["round"], d[f"hp_{k}"], where="post", color=colors[m], lw=1.2)
-        if sched.mutations[k].log: ax.set_yscale("log")
-        ax.set(xlabel="round", ylabel=k, title=f"{k} trajectories")
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/08_pbt.ipynb #5321440e
-class PPOMember:
-    "A `DistributionalPPO` as a `PBTMember`: hyperparameters applied to every place they live; fitness from a validation backtest."
-    HYPERPARAMS = ("learning_rate", "ent_coef", "clip_range", "vgs_alpha", "upgd_sigma", "cvar_alpha")
-
-    def __init__(self, model, val_df: pd.DataFrame | None = None, fitness_fn: Callable[[Any], float] | None = None,
-                 metric: str = "sharpe", backtest_kwargs: dict | None = None, member_id: int = 0):
-        if val_df is None and fitness_fn is None: raise ValueError("PPOMember needs val_df (for the backtest fitness) or fitness_fn")
-        self.model, self.val_df, self.fitness_fn, self.metric = model, val_df, fitness_fn, metric
-        self.backtest_kwargs, self.member_id = dict(backtest_kwargs or {}), member_id
-
-    @property
-    def num_timesteps(self) -> int: return int(self.model.num_timesteps)
-
-    def get_parameters(self, include_optimizer: bool = True) -> dict:
-        return self.model.get_parameters(include_optimizer=include_optimizer)
-
-    def set_parameters(self, parameters: Mapping, reset_optimizer: bool = False) -> None:
-        params = {k: v for k, v in parameters.items() if not (reset_optimizer and is_optimizer_component(k))}
-        self.model.set_parameters(params, exact_match=True)       # relinks optimizer + VGS, resets LSTM states
-        if reset_optimizer: self._fresh_optimizer()
-        self.model.reset_lstm_states_to_initial()
-
-    def _fresh_optimizer(self) -> None:
-        pol = self.model.policy
-        lr = pol.optimizer.param_groups[0]["lr"]
-        live = [p for p in pol.parameters() if p.requires_grad]
-        pol.optimizer = pol.optimizer_class(live, **{**pol.optimizer_kwargs, "lr": lr})
-        self.model._relink()
-
-    def reset_lstm_states_to_initial(self) -> None: self.model.reset_lstm_states_to_initial()
-
-    def apply_hyperparams(self, hyperparams: Mapping) -> None:
-        from stable_baselines3.common.utils import FloatSchedule
-        m = self.model
-        unknown = set(hyperparams) - set(self.HYPERPARAMS)
-        if unknown: raise ValueError(f"PPOMember: unknown hyperparameter(s) {sorted(unknown)}; known: {list(self.HYPERPARAMS)}")
-        for k, v in hyperparams.items():
-            v = float(v)
-            if not math.isfinite(v): raise ValueError(f"PPOMember: {k}={v} is not finite")
-            if k == "learning_rate": m.set_learning_rate(v)           # learning_rate, lr_schedule and param_groups
-            elif k == "clip_range": m.clip_range, m._clip_schedule = v, FloatSchedule(v)
-            elif k == "ent_coef": m.ent_coef = max(v, float(m.ent_coef_min))
-            elif k == "cvar_alpha":
-                if not 0 < v <= 1: raise ValueError(f"PPOMember: cvar_alpha must be in (0, 1], got {v}")
-                m.cvar_alpha = v
-            elif k == "vgs_alpha":
-                if m.vgs is None: raise ValueError("PPOMember: vgs_alpha given but the model has no VGS (use_vgs=False)")
-                m.vgs.alpha = v; m.vgs_kwargs["alpha"] = v
-            elif k == "upgd_sigma":
-                groups = m.policy.optimizer.param_groups
-                if "sigma" not in groups[0]:
-                    raise ValueError(f"PPOMember: upgd_sigma given but {type(m.policy.optimizer).__name__} has no sigma")
-                for g in groups: g["sigma"] = v
-                m.policy.optimizer_kwargs["sigma"] = v
-
-    def live_hyperparams(self) -> dict:
-        "The values in force, read back from the objects `train()` uses."
-        m, prog = self.model, self.model._current_progress_remaining
-        g = m.policy.optimizer.param_groups[0]
-        out = {"learning_rate": g["lr"], "lr_schedule": float(m.lr_schedule(prog)), "clip_range": float(m._clip_schedule(prog)),
-               "ent_coef": float(m.ent_coef), "cvar_alpha": float(m.cvar_alpha)}
-        if m.vgs is not None: out["vgs_alpha"] = float(m.vgs.alpha)
-        if "sigma" in g: out["upgd_sigma"] = float(g["sigma"])
-        return out
-
-    def train(self, n_steps: int) -> dict:
-        self.model.learn(total_timesteps=int(n_steps), reset_num_timesteps=False, progress_bar=False)
-        return {}
-
-    def evaluate(self) -> float:
-        if self.fitness_fn is not None: return float(self.fitness_fn(self.model))
-        from tradingrl_nb.backtest import backtest
-        return float(backtest(self.model, self.val_df, **self.backtest_kwargs).metrics[self.metric])
-
-@dataclass
-class PPOMemberFactory:
-    "Builds `PPOMember`s (one `TradingVecEnv` and one `DistributionalPPO` each); picklable, for workers and Ray."
-    train_df: pd.DataFrame
-    val_df: pd.DataFrame | None = None
-    n_envs: int = 2
-    env_kwargs: dict = field(default_factory=dict)
-    ppo_kwargs: dict = field(default_factory=dict)
-    seed: int = 0
-    metric: str = "sharpe"
-    backtest_kwargs: dict = field(default_factory=dict)
-    fitness_fn: Callable | None = None
-
-    def __call__(self, member_id: int) -> PPOMember:
-        from tradingrl_nb.env import TradingVecEnv
-        from tradingrl_nb.ppo import DistributionalPPO
-        seed = self.seed * 1000 + int(member_id)
-        env = TradingVecEnv(self.train_df, n_envs=self.n_envs, seed=seed, **self.env_kwargs)
-        model = DistributionalPPO("MlpLstmPolicy", env, seed=seed, **self.ppo_kwargs)
-        return PPOMember(model, self.val_df, self.fitness_fn, self.metric, self.backtest_kwargs, member_id)
-
-# %% ../nbs/08_pbt.ipynb #0b0f4a55
-def ray_available() -> bool:
-    "Whether `ray[tune]` can be imported."
-    try:
-        import ray, ray.tune   # noqa: F401
-        return True
-    except ImportError: return False
-
-def tune_mutations(mutations: Mapping[str, Any]) -> dict:
-    "Our hyperparameter ranges as Ray Tune search spaces (continuous ranges become `tune.uniform`/`loguniform`/`randint`)."
-    from ray import tune
-    out = {}
-    for k, spec in mutations.items():
-        h = as_hyperparam(spec)
-        if h.choices is not None: out[k] = list(h.choices)
-        elif h.integer: out[k] = tune.randint(int(h.low), int(h.high) + 1)
-        else: out[k] = tune.loguniform(h.low, h.high) if h.log else tune.uniform(h.low, h.high)
-    return out
-
-def _clip_to_ranges(mutations: Mapping[str, Hyperparam]):
-    def explore(config: dict) -> dict:
-        for k, h in mutations.items():
-            if k in config: config[k] = h.clip(config[k])
-        return config
-    return explore
-
-def make_tune_trainable(member_factory: Callable[[int], Any], hyperparam_names, steps_per_iteration: int,
-                        fitness_fn: Callable[[Any], float] | None = None, optimizer_exploit_strategy: str = "copy"):
-    "A `ray.tune.Trainable` class that trains one member; `config` holds `member_id` and the hyperparameters."
-    from ray import tune
-    names, fitness_fn = list(hyperparam_names), fitness_fn or _default_fitness
-    if optimizer_exploit_strategy not in ("copy", "reset"):
-        raise ValueError(f"optimizer_exploit_strategy must be 'copy' or 'reset', got {optimizer_exploit_strategy!r}")
-
-    class PBTTrainable(tune.Trainable):
-        def setup(self, config):
-            self.member = member_factory(int(config.get("member_id", 0)))
-            self.member.apply_hyperparams(self._hp(config))
-            self.exploits, self.restores, self._local_id = 0, 0, uuid.uuid4().hex
-
-        def _hp(self, config): return {k: config[k] for k in names}
-
-        def _owner(self) -> str:   # the trial this actor trains now (an id of its own outside Tune)
-            tid = self.trial_id
-            return tid if tid and tid != "default" else self._local_id
-
-        def step(self):
-            info = self.member.train(steps_per_iteration)
-            out = {"fitness": float(fitness_fn(self.member)), "exploits": self.exploits, "restores": self.restores}
-            live = getattr(self.member, "live_hyperparams", None)
-            if callable(live): out.update({f"live_{k}": v for k, v in live().items()})
-            if isinstance(info, dict): out.update({f"train_{k}": v for k, v in info.items() if isinstance(v, (int, float))})
-            return out
-
-        def save_checkpoint(self, checkpoint_dir: str):
-            save_checkpoint(Path(checkpoint_dir) / "member.safetensors", self.member.get_parameters(include_optimizer=True),
-                            {"trial_id": self._owner(), "hyperparams": self._hp(self.config), "exploits": self.exploits})
-            return None
-
-        def load_checkpoint(self, checkpoint):
-            folder = checkpoint if isinstance(checkpoint, (str, os.PathLike)) else checkpoint.get("checkpoint_dir")
-            params, meta = load_checkpoint(Path(folder) / "member.safetensors")
-            exploited = meta.get("trial_id") != self._owner()
-            load_exploit(self.member, params, self._hp(self.config),
-                         reset_optimizer=exploited and optimizer_exploit_strategy == "reset")
-            self.exploits = int(meta.get("exploits", 0)) + int(exploited)
-            self.restores += int(not exploited)
-
-        def reset_config(self, new_config):   # reuse_actors: this actor now runs another trial, or the same one re-configured
-            if int(new_config.get("member_id", 0)) != int(self.config.get("member_id", 0)):
-                self.member = member_factory(int(new_config.get("member_id", 0)))
-            self.member.apply_hyperparams(self._hp(new_config)); return True
-
-    return PBTTrainable
-
-# %% ../nbs/08_pbt.ipynb #f8b96656
-@dataclass
-class TuneRun:
-    "What `run_ray_tune` returns: Tune's `ResultGrid`, the PBT scheduler, and the exploit history."
-    results: Any
-    scheduler: Any
-    history: pd.DataFrame
-    experiment_path: str
-    def frame(self) -> pd.DataFrame:
-        "Last result of every trial."
-        return self.results.get_dataframe()
-
-def _tune_history(experiment_path: str) -> pd.DataFrame:
-    "Parse Tune's `pbt_global.txt` (one JSON line per exploit)."
-    rows, f = [], Path(experiment_path) / "pbt_global.txt"
-    if f.exists():
-        for line in f.read_text().splitlines():
-            if not line.strip(): continue
-            target, source, target_it, source_it, old, new = json.loads(line)
-            rows.append({"member_id": target, "source_id": source, "step": target_it, "source_step": source_it,
-                         "old_hyperparams": old, "new_hyperparams": new})
-    return pd.DataFrame(rows, columns=["member_id", "source_id", "step", "source_step", "old_hyperparams", "new_hyperparams"])
-
-def run_ray_tune(member_factory: Callable[[int], Any], hyperparam_mutations: Mapping[str, Any] | None = None, *,
-                 n_members: int = 4, n_iterations: int = 10, steps_per_iteration: int = 1000, perturbation_interval: int = 2,
-                 quantile_fraction: float = 0.25, resample_probability: float = 0.25,
-                 perturbation_factors: tuple[float, float] = (1.2, 0.8), optimizer_exploit_strategy: str = "copy",
-                 fitness_fn: Callable[[Any], float] | None = None, mode: str = "max", max_failures: int = 2,
-                 address: str | None = None, num_cpus: int | None = None, cpus_per_member: float = 1,
-                 storage_path: str | Path | None = None, name: str | None = None, seed: int | None = None,
-                 runtime_env: dict | None = None, synch: bool = False, verbose: int = 0) -> TuneRun:
-    """PBT on Ray Tune with the same members as `run_population`: local Ray when `address` is None, a cluster by
-    address otherwise (`"auto"`, `"ray://head:10001"`). `synch=True` perturbs the whole population at once (every
-    member waits for the slowest; deterministic exploits); the default lets each trial perturb when it gets there.
-    Needs the `ray` extra."""
-    try:
-        import ray
-        from ray import tune
-        from ray.tune.schedulers import PopulationBasedTraining
-    except ImportError as e:
-        raise ImportError('run_ray_tune needs Ray Tune: pip install "tradingrl_nb[ray]" (or "ray[tune]>=2.40,<3")') from e
-    mutations = {k: as_hyperparam(v) for k, v in (PPO_MUTATIONS if hyperparam_mutations is None else hyperparam_mutations).items()}
-    if not ray.is_initialized():
-        init = dict(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=verbose > 0)
-        if address is None: init["num_cpus"] = num_cpus
-        ray.init(**{k: v for k, v in init.items() if v is not None or k == "address"})
-    rng = np.random.default_rng(seed)
-    initial = [{k: h.sample(rng) for k, h in mutations.items()} for _ in range(n_members)]
-    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=perturbation_interval,
-                                  hyperparam_mutations=tune_mutations(mutations), quantile_fraction=quantile_fraction,
-                                  resample_probability=resample_probability, perturbation_factors=tuple(perturbation_factors),
-                                  custom_explore_fn=_clip_to_ranges(mutations), synch=synch)
-    trainable = make_tune_trainable(member_factory, list(mutations), steps_per_iteration, fitness_fn, optimizer_exploit_strategy)
-    trainable = tune.with_resources(trainable, {"cpu": cpus_per_member})
-    space = {"member_id": tune.grid_search(list(range(n_members))),
-             **{k: tune.sample_from(lambda config, k=k: initial[config["member_id"]][k]) for k in mutations}}
-    storage = str(Path(storage_path).resolve()) if storage_path is not None and "://" not in str(storage_path) else storage_path
-    run_config = tune.RunConfig(
-        name=name or f"pbt_{time.strftime('%Y%m%d_%H%M%S')}", storage_path=storage, stop={"training_iteration": n_iterations},
-        failure_config=tune.FailureConfig(max_failures=max_failures), verbose=verbose,
-        checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=perturbation_interval, num_to_keep=4))
-    tuner = tune.Tuner(trainable, param_space=space, run_config=run_config,
-                       tune_config=tune.TuneConfig(scheduler=pbt, metric="fitness", mode=mode, num_samples=1, reuse_actors=True))
-    results = tuner.fit()
-    path = results.experiment_path
-    return TuneRun(results, pbt, _tune_history(path), path)
+def __dir__(): return sorted([*globals(), *_HOME])
