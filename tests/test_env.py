@@ -513,6 +513,8 @@ def test_same_close_is_opt_in_and_optimistic(spx):
 def test_next_open_refused_where_opens_are_stale(spx):
     with pytest.raises(ValueError, match="open.*previous close"):
         TradingEnv(spx, execution="next_open", end="2005-12-31")
+    with pytest.raises(ValueError, match="open.*previous close"):
+        TradingEnv(spx, execution="next_open")  # the whole bundled file: 39% stale
     with pytest.raises(ValueError, match="execution"):
         TradingEnv(spx, execution="tomorrow")
 
