@@ -7,6 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/stats.html.md"""
 # %% ../nbs/11_stats.ipynb #b14a40fa
 from __future__ import annotations
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from arch.bootstrap import StationaryBootstrap, optimal_block_length
 # %% auto #0
 __all__ = ['EULER_GAMMA', 'sharpe_ratio', 'sharpe_moments', 'psr_from_moments', 'probabilistic_sharpe_ratio',
            'expected_max_sharpe', 'deflated_sharpe_ratio', 'min_track_record_length', 'lo_sharpe_se', 'Interval',
-           'verdict', 'block_length', 'sharpe_ci', 'sharpe_difference_ci', 'multi_seed_sharpe_ci']
+           'verdict', 'block_length', 'sharpe_ci', 'sharpe_difference_ci', 'multi_seed_sharpe_ci', 'run_statistics']
 
 # %% ../nbs/11_stats.ipynb #05d1cf8e
 EULER_GAMMA = 0.5772156649015329
@@ -163,3 +164,47 @@ def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.
     a = (1 - confidence) / 2
     lo, hi = np.quantile(draws, [a, 1 - a])
     return Interval(float(stat(X)), float(lo), float(hi), confidence, bl)
+
+# %% ../nbs/11_stats.ipynb #0a1abd09
+def _read_run(d: Path, returns_file: str) -> dict:
+    import json
+    r = pd.read_csv(d / returns_file, index_col=0, parse_dates=True)
+    missing = {"agent", "buy_and_hold"} - set(r.columns)
+    if missing: raise ValueError(f"{d / returns_file}: needs columns 'agent' and 'buy_and_hold', missing {sorted(missing)}")
+    read = lambda name: json.loads((d / name).read_text()) if (d / name).exists() else {}
+    info, params = read("run.json"), read("params.json")
+    return dict(dir=d, returns=r, experiment=info.get("experiment") or next((p.stem for p in d.glob("*.ipynb")), "?"),
+                params=params)
+
+def run_statistics(runs, family: str | list[str] | None = None, confidence: float = 0.95, reps: int = 2000, seed: int = 0,
+                   returns_file: str = "returns.csv", periods: int = 252) -> pd.DataFrame:
+    """One row per run (a folder holding `returns_file`, searched under `runs`, or a list of run folders): annualized
+    Sharpe with its stationary-bootstrap interval, buy-and-hold's, their difference with its interval, PSR, DSR with
+    the runs of the same family as the trials (family: the experiment, and the values of the `family` parameters),
+    the number of trials, and a verdict read from the difference interval."""
+    if isinstance(runs, (str, Path)):
+        root = Path(runs)
+        if not root.exists(): raise ValueError(f"no runs folder {root}")
+        dirs = sorted({p.parent for p in root.rglob(returns_file)})
+    else:
+        dirs = [Path(d) for d in runs]
+    if not dirs: raise ValueError(f"no runs with a {returns_file} under {runs}")
+    keys = [family] if isinstance(family, str) else list(family or [])
+    recs = [_read_run(d, returns_file) for d in dirs]
+    for r in recs:
+        r["family"] = " ".join([r["experiment"], *(f"{k}={r['params'].get(k)}" for k in keys)])
+        r["daily_sharpe"] = sharpe_ratio(r["returns"]["agent"])
+    fam_sharpes = {}
+    for r in recs: fam_sharpes.setdefault(r["family"], []).append(r["daily_sharpe"])
+    rows = []
+    for r in recs:
+        a, b = r["returns"]["agent"], r["returns"]["buy_and_hold"]
+        ci = sharpe_ci(a, confidence, seed, reps, periods=periods)
+        d = sharpe_difference_ci(a, b, confidence, seed, reps, periods=periods)
+        trials = fam_sharpes[r["family"]]
+        rows.append(dict(run=str(r["dir"]), experiment=r["experiment"], family=r["family"], n_days=len(a),
+                         sharpe=ci.estimate, sharpe_low=ci.low, sharpe_high=ci.high, bh_sharpe=sharpe_ratio(b, periods),
+                         sharpe_diff=d.estimate, diff_low=d.low, diff_high=d.high,
+                         psr=probabilistic_sharpe_ratio(a), dsr=deflated_sharpe_ratio(a, trials), n_trials=len(trials),
+                         verdict=d.verdict()))
+    return pd.DataFrame(rows)
