@@ -348,7 +348,9 @@ class TradingEnv(gym.Env):
 
     @property
     def exposure(self) -> float:
-        "The book's current exposure s P_t / V_t (float64): the position before the next decision; an action equal to it trades nothing."
+        """The book's current exposure s P_t / V_t (float64): the position before the next decision. With same-close fills
+        an action equal to it trades nothing; with next-close or next-open fills the price moves before the fill, so
+        holding the shares exactly needs a target of 0 or +-1, or the drifted weight at the fill."""
         P = self._closes[self._t]
         return self._shares * P / (self._cash + self._shares * P)
 
