@@ -533,7 +533,7 @@ def test_next_open_fills_at_the_open(spx):
 
 @pytest.mark.parametrize("execution", ["next_close", "same_close"])
 def test_vec_env_matches_env_for_each_execution(mkt, execution):
-    kw = dict(SMALL, cost_bps=3, borrow_rate=0.05, episode_length=30, execution=execution)
+    kw = dict(SMALL, cost_bps=3, borrow_rate=0.05, episode_length=30, execution=execution, cash_rate=0.03, dividend_yield=0.02)
     venv = TradingVecEnv(mkt, n_envs=3, seed=5, full_info=True, **kw)
     envs = [TradingEnv(mkt, **kw) for _ in range(3)]
     obs = venv.reset()
@@ -549,6 +549,7 @@ def test_vec_env_matches_env_for_each_execution(mkt, execution):
             assert ri == pytest.approx(r[i], rel=1e-6, abs=1e-7)
             assert info["portfolio_value"] == pytest.approx(infos[i]["portfolio_value"], rel=1e-12)
             assert info["benchmark"] == pytest.approx(infos[i]["benchmark"], rel=1e-12)
+            assert info["carry"] == pytest.approx(infos[i]["carry"], rel=1e-12, abs=1e-18)
             if term or trunc:
                 e.reset()
 

@@ -490,13 +490,17 @@ class TradingVecEnv(VecEnv):
         if self._needs_reset: raise RuntimeError("call reset() before step()")
         self._w = self._positions(actions)
 
-    def _carry(self, t, cash, y):
-        "Cash interest and dividends less borrow over the night after bar t, for a book of cash `cash` and exposure `y`."
+    def _night(self, t, cash, y):
+        "Cash after the night from bar t: interest and dividends on a book of cash `cash` and exposure `y`, less borrow."
         e = self.template
-        c = np.zeros_like(cash)
-        if e._carry: c = cash * e._cash_d.take(t) + y * e._div_d.take(t)
-        b = e.borrow * np.maximum(-y, 0.0) if e.borrow else np.zeros_like(cash)
-        return c, b
+        carry = borrow = None
+        if e._carry:
+            carry = cash * e._cash_d.take(t) + y * e._div_d.take(t)
+            cash = cash + carry
+        if e.borrow:
+            borrow = e.borrow * np.maximum(-y, 0.0)
+            cash = cash - borrow
+        return cash, carry, borrow
 
     def step_wait(self):
         # the same arithmetic as TradingEnv.step, one numpy operation per line for all agents
@@ -506,16 +510,16 @@ class TradingVecEnv(VecEnv):
         t1 = t + 1
         P1 = close.take(t1)
         shares, cash = self._shares, self._cash
-        V = cash + shares * P
+        y = shares * P
+        V = cash + y
         same = e._mode == 2
-        if not same:
-            carry, borrow = self._carry(t, cash, shares * P)
-            cash = cash + carry - borrow
+        if not same:  # the book held at the close of t earns the night's carry, then trades at the fill price
+            cash, carry, borrow = self._night(t, cash, y)
             F = self._fill_px.take(t1)
+            y = shares * F
+            Vf = cash + y
         else:
-            F = P
-        y = shares * F
-        Vf = cash + y
+            F, Vf = P, V
         diff = w * Vf - y
         tol = e.min_trade * Vf
         s = (diff > tol) * 1.0 - (diff < -tol)
@@ -524,10 +528,9 @@ class TradingVecEnv(VecEnv):
         tcost = k * np.abs(dx)
         shares = shares + dx / F
         cash = cash - dx - tcost
-        if same:
-            carry, borrow = self._carry(t, cash, y + dx)
-            cash = cash + carry - borrow
-        cost = tcost + borrow
+        if same:  # filled at the close of t: the new book earns the night's carry
+            cash, carry, borrow = self._night(t, cash, y + dx)
+        cost = tcost if borrow is None else tcost + borrow
         shP1 = shares * P1
         V1 = cash + shP1
         ruin = V1 <= e.ruin_value
@@ -557,7 +560,8 @@ class TradingVecEnv(VecEnv):
                       "cash": ca, "price": pr, "carry": cy, "TimeLimit.truncated": tl}
                      for a, b, p, cc, tr, bm, s, ca, pr, cy, tl in zip(
                          d, V1.tolist(), w.tolist(), cost.tolist(), (np.abs(dx) / Vf).tolist(), bench.tolist(),
-                         shares.tolist(), cash.tolist(), P1.tolist(), carry.tolist(), truncated.tolist())]
+                         shares.tolist(), cash.tolist(), P1.tolist(), repeat(0.0) if carry is None else carry.tolist(),
+                         truncated.tolist())]
         else:
             infos = [{} for _ in repeat(None, self.num_envs)]  # SB3 wants a list of fresh dicts
         if dones.any():
