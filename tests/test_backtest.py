@@ -74,20 +74,22 @@ def test_equity_frame_and_benchmark(spx):
     assert list(eq.columns) == ["value", "position", "cost", "trade", "benchmark"]
     assert eq["value"].iloc[0] == 1.0 and eq["benchmark"].iloc[0] == 1.0
     assert np.isnan(eq["position"].iloc[-1]) and eq["position"].iloc[:-1].isin([0.0, 1.0]).all()
-    # value moves by the held position's return minus the costs of the decision
+    # value moves by the held position's return (decided a bar earlier), then pays for the trade at the next close
     p = test["close"].to_numpy()
     v, pos, cost = eq["value"].to_numpy(), eq["position"].to_numpy(), eq["cost"].to_numpy()
     k = 5e-4
+    held = np.r_[0.0, pos[:-1]]  # the decision of bar i - 1 filled at the close of bar i
     for i in range(len(eq) - 1):
-        post = v[i] - k * eq["trade"].iloc[i] * v[i]  # value after the trade at close i
-        assert v[i + 1] == pytest.approx(post * (1 + pos[i] * (p[i + 1] / p[i] - 1)), rel=1e-9)
+        at_fill = v[i] * (1 + held[i] * (p[i + 1] / p[i] - 1))  # value at the close of i + 1, before the trade
+        assert v[i + 1] == pytest.approx(at_fill * (1 - k * eq["trade"].iloc[i]), rel=1e-9)
         assert cost[i] >= 0
-    # the benchmark is buy-and-hold after one entry cost
-    assert np.allclose(eq["benchmark"].iloc[1:], p[1:] / p[0] / (1 + k), rtol=1e-12)
+    # the benchmark is buy-and-hold after one entry cost, bought at the same fill (the second close)
+    assert eq["benchmark"].iloc[1] == pytest.approx(1 / (1 + k), rel=1e-12)
+    assert np.allclose(eq["benchmark"].iloc[1:], p[1:] / p[1] / (1 + k), rtol=1e-12)
     assert res.metrics["costs_paid"] == pytest.approx(eq["cost"].sum(), rel=1e-12)
     assert res.metrics["turnover"] == pytest.approx(eq["trade"].sum() / ((len(eq) - 1) / 252), rel=1e-12)
     assert res.metrics["bh_costs_paid"] == pytest.approx(k / (1 + k), rel=1e-12)
-    assert res.metrics["bh_total_return"] == pytest.approx(p[-1] / p[0] / (1 + k) - 1, rel=1e-12)
+    assert res.metrics["bh_total_return"] == pytest.approx(p[-1] / p[1] / (1 + k) - 1, rel=1e-12)
 
 
 def test_buy_and_hold_without_costs_equals_benchmark(spx):
@@ -249,3 +251,65 @@ def test_plots(spx):
     labels = [l.get_label() for l in fig2.axes[0].lines]
     assert any(l.startswith("VaR 5%") for l in labels) and any(l.startswith("CVaR 5%") for l in labels)
     plt.close("all")
+
+
+# ---------------------------------------------------------------- execution timing and total return (issue 13)
+def test_default_execution_is_next_close_and_same_close_is_labelled(spx):
+    res = backtest("buy_and_hold", spx, "2015-01-01", "2018-12-31", cost_bps=0)
+    assert res.settings["execution"] == "next_close"
+    p = spx.close.loc[res.equity.index].to_numpy()
+    assert np.allclose(res.equity["value"], np.r_[1.0, p[1:] / p[1]], rtol=1e-12)  # bought at the second close
+    same = backtest("buy_and_hold", spx, "2015-01-01", "2018-12-31", cost_bps=0, execution="same_close")
+    assert same.settings["execution"] == "same_close" and "optimistic" in repr(same)
+    assert np.allclose(same.equity["value"], p / p[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="previous close"):
+        backtest("buy_and_hold", spx, "2001-01-01", "2004-12-31", execution="next_open")
+
+
+def test_sharpe_over_the_risk_free_rate(spx):
+    res = backtest("buy_and_hold", spx, "2015-01-01", "2018-12-31", cash_rate=0.03, dividend_yield=0.02)
+    r = res.returns.to_numpy()
+    ex = r - 0.03 / 252
+    assert res.metrics["sharpe"] == pytest.approx(ex.mean() / ex.std(ddof=1) * np.sqrt(252), rel=1e-10)
+    # the same book and rates (the agent pays 2 bps to reinvest its dividends, the index reinvests them for free)
+    assert res.metrics["bh_sharpe"] == pytest.approx(res.metrics["sharpe"], rel=1e-2)
+    # dividends raise the total return of both
+    plain = backtest("buy_and_hold", spx, "2015-01-01", "2018-12-31")
+    assert res.metrics["total_return"] > plain.metrics["total_return"] + 0.07
+    assert res.metrics["bh_total_return"] > plain.metrics["bh_total_return"] + 0.07
+    zero = backtest("buy_and_hold", spx, "2015-01-01", "2018-12-31", cash_rate=0.03, dividend_yield=0.02, risk_free=0.0)
+    assert zero.metrics["sharpe"] > res.metrics["sharpe"]
+    # a flat book earning the cash rate has no excess return
+    flat = backtest("flat", spx, "2015-01-01", "2018-12-31", cash_rate=0.03)
+    assert flat.metrics["total_return"] == pytest.approx((1 + 0.03 / 252) ** len(r) - 1, rel=1e-9)
+    assert abs(flat.metrics["sharpe"]) < 1e-6 or np.isnan(flat.metrics["sharpe"])
+
+
+def test_performance_metrics_risk_free():
+    r = np.random.default_rng(0).normal(5e-4, 0.01, 500)
+    v = np.r_[1.0, np.cumprod(1 + r)]
+    m0, m1 = performance_metrics(v), performance_metrics(v, risk_free=0.02)
+    ex = r - 0.02 / 252
+    assert m1["sharpe"] == pytest.approx(ex.mean() / ex.std(ddof=1) * np.sqrt(252), rel=1e-10)
+    assert m1["sharpe"] < m0["sharpe"] and m1["sortino"] < m0["sortino"]
+    rf = np.full(500, 0.02 / 252)
+    assert performance_metrics(v, risk_free_daily=rf)["sharpe"] == pytest.approx(m1["sharpe"], rel=1e-12)
+
+
+# ---------------------------------------------------------------- burn-in of recurrent state (issue 13)
+def test_recurrent_burn_in_before_the_span(mkt):
+    env = TradingEnv(mkt, **SMALL)
+    start = mkt.index[200]
+    plain = backtest(RecordingModel(env.observation_space.shape[0]), mkt, start=start, **SMALL)
+    model = RecordingModel(env.observation_space.shape[0])
+    res = backtest(model, mkt, start=start, burn_in=20, **SMALL)
+    calls = model.calls
+    assert res.equity.index.equals(plain.equity.index) and res.settings["burn_in"] == 20
+    assert len(calls) == 20 + len(res.equity) - 1
+    assert calls[0][2].tolist() == [True] and all(c[2].tolist() == [False] for c in calls[1:])
+    assert all(c[1].ravel()[0] == i for i, c in enumerate(calls[1:]))  # one state threaded from the burn-in into the span
+    # the default is the model's training window (its sequence_length here), cut to the history available
+    model = RecordingModel(env.observation_space.shape[0]); model.sequence_length = 7
+    assert backtest(model, mkt, start=start, **SMALL).settings["burn_in"] == 7 and len(model.calls) == 7 + len(res.equity) - 1
+    early = backtest(RecordingModel(env.observation_space.shape[0]), mkt, burn_in=50, **SMALL)
+    assert early.settings["burn_in"] == 0  # the span starts at the first bar with features: no history before it

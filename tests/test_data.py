@@ -562,3 +562,105 @@ def test_synthetic_market_parameters_matter():
     assert synthetic_market(10, seed=0, start="2021-03-01", start_price=50.0).index[0] == pd.Timestamp("2021-03-01")
     with pytest.raises(ValueError, match="n_days"):
         synthetic_market(1)
+
+
+# ---------------------------------------------------------------- walk-forward splits (issue 13)
+from tradingrl_nb.data import walk_forward_splits  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(train=st.integers(1, 5), val=st.integers(3, 18), test=st.integers(3, 18), step=st.integers(3, 24),
+       embargo=st.integers(0, 20), rolling=st.booleans())
+def test_walk_forward_spans_are_ordered_disjoint_and_embargoed(spx, train, val, test, step, embargo, rolling):
+    splits = walk_forward_splits(spx, train=f"{train}Y", val=f"{val}M", test=f"{test}M", step=f"{step}M",
+                                 embargo=f"{embargo}D", mode="rolling" if rolling else "expanding")
+    assert len(splits) >= 1
+    for s in splits:
+        assert s.train_start <= s.train_end < s.val_start <= s.val_end < s.test_start <= s.test_end <= spx.index[-1]
+        # the embargo: at least `embargo` calendar days between the spans, no bar of the data inside the gap
+        assert (s.val_start - s.train_end).days > embargo and (s.test_start - s.val_end).days > embargo
+        assert not ((spx.index > s.train_end) & (spx.index < s.val_start)).any() or embargo > 0
+        tr, va, te = s.frames(spx)
+        assert tr.index[0] == s.train_start and tr.index[-1] == s.train_end and te.index[-1] == s.test_end
+        assert tr.index.max() < va.index.min() and va.index.max() < te.index.min()
+    starts = [s.train_start for s in splits]
+    if rolling: assert starts == sorted(starts) and (len(splits) == 1 or starts[1] > starts[0])
+    else: assert len(set(starts)) == 1
+    tests = [s.test_start for s in splits]
+    assert tests == sorted(set(tests))
+
+
+def test_walk_forward_yearly_tests(spx):
+    splits = walk_forward_splits(spx, train="4Y", val="1Y", test="1Y", step="1Y", embargo="5D", mode="rolling")
+    years = [s.test_start.year for s in splits]
+    assert years[0] == 2004 and years[-1] == 2018 and years == list(range(2004, 2019))
+    assert all(s.test_start.year == s.test_end.year for s in splits)
+    assert splits[4].name == "test 2008"
+    # consecutive test years do not overlap
+    assert all(a.test_end < b.test_start for a, b in zip(splits, splits[1:]))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(train="0Y"), "train"), (dict(test="1 fortnight"), "test"), (dict(mode="sliding"), "mode"),
+    (dict(train="30Y"), "too short"), (dict(embargo="-3D"), "embargo")])
+def test_walk_forward_errors(spx, kw, match):
+    args = dict(train="4Y", val="1Y", test="1Y", step="1Y") | kw
+    with pytest.raises(ValueError, match=match):
+        walk_forward_splits(spx, **args)
+
+
+# ---------------------------------------------------------------- bad input (issue 13)
+@pytest.mark.parametrize("dates, what", [
+    (["2020-01-02T00:00:00+00:00", "2020-01-03T00:00:00+00:00"], "time zone"),
+    (["2020-01-02 09:30", "2020-01-02 16:00"], "intraday"),
+    (["2019", "2020"], "year"),
+])
+def test_load_csv_refuses_non_daily_dates(tmp_path, dates, what):
+    rows = [[d, "1", "2", "0.5", "1.5", "100"] for d in dates]
+    path = _write(tmp_path, rows)
+    with pytest.raises(ValueError, match=what) as e:
+        load_csv(path)
+    msg = str(e.value)
+    assert str(path) in msg and "'date'" in msg and "row 1" in msg and dates[0] in msg
+
+
+def test_load_csv_decimal_comma(tmp_path):
+    rows = [r[:1] + [v.replace(".", ",") for v in r[1:]] for r in _rows(6)]
+    path = tmp_path / "eu.csv"
+    path.write_text("\n".join([HEADER.replace(",", ";"), *(";".join(r) for r in rows)]) + "\n", encoding="utf-8")
+    back = load_csv(path, sep=";", decimal=",")
+    expect = synthetic_market(6, seed=0)[OHLCV]
+    assert np.allclose(back.to_numpy(), expect.to_numpy(), rtol=1e-12)
+
+
+def test_load_csv_names_a_directory(tmp_path):
+    with pytest.raises(ValueError, match="is a directory") as e:
+        load_csv(tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
+def test_load_csv_refuses_price_jumps(tmp_path):
+    rows = _rows(8)
+    bad = [rows[4][0]] + [repr(float(v) * 3) for v in rows[4][1:5]] + [rows[4][5]]  # a x3 jump on row 5
+    rows[4] = bad
+    path = _write(tmp_path, rows)
+    with pytest.raises(ValueError, match="max_abs_return") as e:
+        load_csv(path)
+    assert "row 5" in str(e.value) and "'close'" in str(e.value)
+    assert len(load_csv(path, max_abs_return=None)) == 8
+    assert len(load_csv(path, max_abs_return=5.0)) == 8
+
+
+def test_vix_outside_its_span_is_refused_at_construction(spx):
+    from tradingrl_nb.env import TradingEnv
+    vix = load_market_data("vix")
+    with pytest.raises(ValueError, match="VIX.*2014-01-03.*2019-01-03"):
+        TradingEnv(spx, vix=vix)  # the span starts in 1999
+    with pytest.raises(ValueError, match="VIX.*2014-01-03"):
+        TradingEnv(spx, vix=vix, start="2012-01-01", end="2016-12-31")
+    env = TradingEnv(spx, vix=vix, start="2015-01-01")
+    assert "vix" in env.market.feature_names
+    late = spx.copy()
+    late.index = late.index + pd.Timedelta(days=731)  # now runs to 2020: VIX would be stale for two years
+    with pytest.raises(ValueError, match="VIX.*2019-01-03"):
+        TradingEnv(late, vix=vix, start="2017-01-01")

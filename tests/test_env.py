@@ -74,9 +74,21 @@ def test_no_look_ahead(mkt, cut, noise_seed, scale):
     assert not np.array_equal(O1[k + 1], O2[k + 1]) or scale == 1.0
 
 
-def test_decision_date_and_return_timing(mkt):
-    "info['date'] is the decision bar; the position chosen there earns close[t] -> close[t+1]."
+def test_decision_date_and_return_timing_next_close(mkt):
+    "Default: the position chosen at bar t is filled at close[t+1] and earns close[t+1] -> close[t+2]."
     env = TradingEnv(mkt, cost_bps=0, borrow_rate=0, **SMALL)
+    obs, info = env.reset(seed=0)
+    t = env.market.t_lo
+    _, r, _, _, info = env.step(np.array([1.0]))
+    assert info["date"] == mkt.index[t] and r == 0.0 and info["price"] == mkt.close.iloc[t + 1]
+    _, r, _, _, info = env.step(np.array([1.0]))
+    assert info["date"] == mkt.index[t + 1]
+    assert r == pytest.approx(math.log(mkt.close.iloc[t + 2] / mkt.close.iloc[t + 1]), rel=1e-12)
+
+
+def test_decision_date_and_return_timing_same_close(mkt):
+    "same_close: the position chosen at bar t earns close[t] -> close[t+1]."
+    env = TradingEnv(mkt, cost_bps=0, borrow_rate=0, execution="same_close", **SMALL)
     obs, info = env.reset(seed=0)
     t = env.market.t_lo
     assert info["date"] == mkt.index[t]
@@ -99,10 +111,11 @@ def test_regime_column_is_ignored(mkt):
 # ---------------------------------------------------------------- accounting and costs
 @HYP
 @given(acts=st.lists(st.floats(-1.5, 1.5), min_size=1, max_size=30), cost=st.floats(0, 50),
-       slip=st.floats(0, 20), borrow=st.floats(0, 0.5), scale=st.floats(0.1, 100))
-def test_accounting_identity_and_costs(mkt, acts, cost, slip, borrow, scale):
+       slip=st.floats(0, 20), borrow=st.floats(0, 0.5), scale=st.floats(0.1, 100),
+       execution=st.sampled_from(["next_close", "same_close"]), rates=st.tuples(st.floats(-0.02, 0.1), st.floats(0, 0.05)))
+def test_accounting_identity_and_costs(mkt, acts, cost, slip, borrow, scale, execution, rates):
     env = TradingEnv(mkt, cost_bps=cost, slippage_bps=slip, borrow_rate=borrow, reward_scale=scale,
-                     episode_length=60, **SMALL)
+                     episode_length=60, execution=execution, cash_rate=rates[0], dividend_yield=rates[1], **SMALL)
     O, R, I = run(env, actions=[np.array([a]) for a in acts], seed=1)
     V = [i["portfolio_value"] for i in I]
     for i in I:
@@ -113,10 +126,11 @@ def test_accounting_identity_and_costs(mkt, acts, cost, slip, borrow, scale):
     assert R.sum() == pytest.approx(scale * math.log(V[-1] / V[0]), rel=1e-9, abs=1e-12)
     assert np.isfinite(O).all() and np.isfinite(R).all()
     assert (np.abs(O) <= env.obs_clip).all()
-    # value changes by exactly the position's P&L minus costs
+    # value changes by exactly the held position's P&L plus carry minus costs; the fill moves shares, not value
     for a, b in zip(I[:-1], I[1:]):
-        pnl = b["shares"] * (b["price"] - a["price"])
-        assert b["portfolio_value"] == pytest.approx(a["portfolio_value"] + pnl - b["cost"], rel=1e-10, abs=1e-13)
+        held = b["shares"] if execution == "same_close" else a["shares"]
+        pnl = held * (b["price"] - a["price"])
+        assert b["portfolio_value"] == pytest.approx(a["portfolio_value"] + pnl + b["carry"] - b["cost"], rel=1e-10, abs=1e-13)
 
 
 def test_costs_charged_in_reward(mkt):
@@ -143,7 +157,7 @@ def test_holding_costs_nothing(mkt, target):
 @given(first=st.floats(-1, 1), moves=st.lists(st.floats(-1, 1), min_size=1, max_size=10))
 def test_zero_cost_when_position_unchanged(mkt, first, moves):
     "An action equal to the current (drifted) exposure trades nothing and costs nothing."
-    env = TradingEnv(mkt, cost_bps=10, slippage_bps=5, borrow_rate=0, episode_length=40, **SMALL)
+    env = TradingEnv(mkt, cost_bps=10, slippage_bps=5, borrow_rate=0, episode_length=40, execution="same_close", **SMALL)
     env.reset(seed=0)
     env.step(np.array([first]))
     for m in moves:
@@ -155,16 +169,18 @@ def test_zero_cost_when_position_unchanged(mkt, first, moves):
         assert info["cost"] >= 0
 
 
-def test_constant_long_without_cost_is_buy_and_hold(spx):
-    env = TradingEnv(spx, cost_bps=0, slippage_bps=0, borrow_rate=0, start="2015-01-01")
+@pytest.mark.parametrize("execution", ["next_close", "same_close"])
+def test_constant_long_without_cost_is_buy_and_hold(spx, execution):
+    env = TradingEnv(spx, cost_bps=0, slippage_bps=0, borrow_rate=0, start="2015-01-01", execution=execution)
     _, R, I = run(env, actions=[np.array([1.0], np.float32)])
     p = spx.close.to_numpy()
     t0, t1 = env.market.t_lo, env.market.t_hi
     assert I[0]["date"] == pd.Timestamp("2015-01-02")
     growth = np.array([i["portfolio_value"] for i in I])
-    assert np.allclose(growth, p[t0:t1 + 1] / p[t0], rtol=1e-12, atol=0)
+    tf = t0 + (execution == "next_close")  # bought at the close of the fill bar
+    assert np.allclose(growth, np.r_[np.ones(tf - t0), p[tf:t1 + 1] / p[tf]], rtol=1e-12, atol=0)
     assert np.allclose(growth[1:], [i["benchmark"] for i in I[1:]], rtol=1e-12, atol=0)
-    assert np.allclose(R, np.diff(np.log(p[t0:t1 + 1])), rtol=1e-9, atol=1e-15)
+    assert np.allclose(R[tf - t0:], np.diff(np.log(p[tf:t1 + 1])), rtol=1e-9, atol=1e-15)
 
 
 def test_flat_keeps_value_constant(mkt):
@@ -176,12 +192,16 @@ def test_flat_keeps_value_constant(mkt):
 
 def test_short_pays_borrow():
     "On a constant price a short book loses exactly the borrow charge each bar (and one entry cost)."
-    env = TradingEnv(flat_market(), cost_bps=0, borrow_rate=0.252, **SMALL)
+    env = TradingEnv(flat_market(), cost_bps=0, borrow_rate=0.252, execution="same_close", **SMALL)
     _, R, I = run(env, actions=[np.array([-1.0])])
     costs = np.array([i["cost"] for i in I[1:]])
     V = np.array([i["portfolio_value"] for i in I])
     assert np.allclose(costs, 0.001 * V[:-1], rtol=1e-12)  # 25.2% a year / 252 = 0.1% a bar of the short notional
     assert np.allclose(R, math.log(1 - 0.001), rtol=1e-9)
+    # filled at the next close: the first night is flat, then the same charge
+    env = TradingEnv(flat_market(), cost_bps=0, borrow_rate=0.252, **SMALL)
+    _, R, I = run(env, actions=[np.array([-1.0])])
+    assert R[0] == 0.0 and np.allclose(R[1:], math.log(1 - 0.001), rtol=1e-9)
 
 
 def test_discrete_and_long_only_spaces(mkt):
@@ -452,3 +472,121 @@ def test_envs_can_share_market_arrays(mkt):
     o1, r1, _ = run(first, actions=[np.array([0.7]), np.array([-0.2])], seed=9)
     o2, r2, _ = run(second, actions=[np.array([0.7]), np.array([-0.2])], seed=9)
     assert np.array_equal(o1, o2) and np.array_equal(r1, r2)
+
+
+# ---------------------------------------------------------------- execution timing (issue 13)
+def reversal(env):
+    "1-day reversal: short after an up close, long after a down close, reading ret_1 of bar t."
+    i = env.obs_index("ret_1")
+    return lambda o: np.array([-np.sign(o[i])], np.float32)
+
+
+def hand_equity(close, t0, t1, w, delay):
+    "Value of a zero-cost book that holds w[t] (decided at bar t) from t + delay to t + delay + 1."
+    r = close[t0 + 1:t1 + 1] / close[t0:t1] - 1.0
+    held = np.r_[np.zeros(delay), w[:len(r) - delay]]
+    return np.r_[1.0, np.cumprod(1.0 + held * r)]
+
+
+def test_default_execution_fills_at_next_close(spx):
+    "A rule that reads bar t's close cannot trade at it: by default its equity is the one-bar-delayed hand computation."
+    env = TradingEnv(spx, cost_bps=0, borrow_rate=0, start="2015-01-01")
+    assert env.execution == "next_close"
+    O, R, I = run(env, policy=reversal(env))
+    t0, t1 = env.market.t_lo, env.market.t_hi
+    w = np.array([i["position"] for i in I[1:]])
+    close = spx.close.to_numpy()
+    value = np.array([i["portfolio_value"] for i in I])
+    assert np.allclose(value, hand_equity(close, t0, t1, w, delay=1), rtol=1e-10)
+    assert not np.allclose(value, hand_equity(close, t0, t1, w, delay=0), rtol=1e-3)
+
+
+def test_same_close_is_opt_in_and_optimistic(spx):
+    env = TradingEnv(spx, cost_bps=0, borrow_rate=0, start="2015-01-01", execution="same_close")
+    O, R, I = run(env, policy=reversal(env))
+    t0, t1 = env.market.t_lo, env.market.t_hi
+    w = np.array([i["position"] for i in I[1:]])
+    value = np.array([i["portfolio_value"] for i in I])
+    assert np.allclose(value, hand_equity(spx.close.to_numpy(), t0, t1, w, delay=0), rtol=1e-10)
+
+
+def test_next_open_refused_where_opens_are_stale(spx):
+    with pytest.raises(ValueError, match="open.*previous close"):
+        TradingEnv(spx, execution="next_open", end="2005-12-31")
+    with pytest.raises(ValueError, match="open.*previous close"):
+        TradingEnv(spx, execution="next_open")  # the whole bundled file: 39% stale
+    with pytest.raises(ValueError, match="execution"):
+        TradingEnv(spx, execution="tomorrow")
+
+
+def test_next_open_fills_at_the_open(spx):
+    "From 2014 the bundled opens are real: a long bought at the next open earns open -> close on its first bar."
+    env = TradingEnv(spx, cost_bps=0, borrow_rate=0, start="2015-01-01", execution="next_open")
+    env.reset(seed=0)
+    t = env.market.t_lo
+    _, r, _, _, info = env.step(np.array([1.0]))
+    o, c = spx.open.to_numpy(), spx.close.to_numpy()
+    assert r == pytest.approx(math.log(c[t + 1] / o[t + 1]), rel=1e-12)
+    _, r, _, _, info = env.step(np.array([1.0]))
+    assert r == pytest.approx(math.log(c[t + 2] / c[t + 1]), rel=1e-12)
+
+
+@pytest.mark.parametrize("execution", ["next_close", "same_close"])
+def test_vec_env_matches_env_for_each_execution(mkt, execution):
+    kw = dict(SMALL, cost_bps=3, borrow_rate=0.05, episode_length=30, execution=execution, cash_rate=0.03, dividend_yield=0.02)
+    venv = TradingVecEnv(mkt, n_envs=3, seed=5, full_info=True, **kw)
+    envs = [TradingEnv(mkt, **kw) for _ in range(3)]
+    obs = venv.reset()
+    for i, e in enumerate(envs):
+        o, _ = e.reset(seed=5 + i)
+        assert np.array_equal(o, obs[i])
+    rng = np.random.default_rng(0)
+    for _ in range(70):
+        a = rng.uniform(-1, 1, size=(3, 1)).astype(np.float32)
+        obs, r, d, infos = venv.step(a)
+        for i, e in enumerate(envs):
+            o, ri, term, trunc, info = e.step(a[i])
+            assert ri == pytest.approx(r[i], rel=1e-6, abs=1e-7)
+            assert info["portfolio_value"] == pytest.approx(infos[i]["portfolio_value"], rel=1e-12)
+            assert info["benchmark"] == pytest.approx(infos[i]["benchmark"], rel=1e-12)
+            assert info["carry"] == pytest.approx(infos[i]["carry"], rel=1e-12, abs=1e-18)
+            if term or trunc:
+                e.reset()
+
+
+# ---------------------------------------------------------------- total return: cash rate and dividends (issue 13)
+@pytest.mark.parametrize("execution", ["next_close", "same_close"])
+def test_cash_earns_the_cash_rate(execution):
+    env = TradingEnv(flat_market(), cash_rate=0.0252, execution=execution, **SMALL)
+    _, R, I = run(env, actions=[np.array([0.0])])
+    V = np.array([i["portfolio_value"] for i in I])
+    assert np.allclose(V, 1.0001 ** np.arange(len(V)), rtol=1e-12)
+    assert np.allclose(R, math.log(1.0001), rtol=1e-9)
+
+
+@pytest.mark.parametrize("execution", ["next_close", "same_close"])
+def test_dividends_paid_to_longs_and_charged_to_shorts(execution):
+    kw = dict(SMALL, cost_bps=0, borrow_rate=0, dividend_yield=0.0252, execution=execution)
+    _, R, I = run(TradingEnv(flat_market(), **kw), actions=[np.array([1.0])])
+    V = np.array([i["portfolio_value"] for i in I])
+    lag = 1 if execution == "next_close" else 0  # the first bar is held flat when the fill is at the next close
+    n = len(V) - 1 - lag  # bars held long; the dividends land in cash and the daily target 1.0 reinvests them
+    assert V[-1] == pytest.approx(1.0001 ** n, rel=1e-9)
+    bench = np.array([i["benchmark"] for i in I[1:]])
+    assert np.allclose(bench, 1.0001 ** (np.arange(1, len(V)) - lag), rtol=1e-10)  # reinvested in the index
+    _, R, I = run(TradingEnv(flat_market(), **kw), actions=[np.array([-1.0])])
+    assert I[-1]["portfolio_value"] == pytest.approx(0.9999 ** n, rel=1e-9)
+
+
+def test_rates_as_daily_series(mkt):
+    cr = pd.Series(0.0, index=mkt.index)
+    cr.iloc[200:] = 0.0504
+    env = TradingEnv(mkt, cash_rate=cr, **SMALL)
+    _, _, I = run(env, actions=[np.array([0.0])])
+    V = np.array([i["portfolio_value"] for i in I])
+    t = env.market.t_lo + np.arange(len(V) - 1)
+    assert np.allclose(V[1:] / V[:-1], np.where(t >= 200, 1.0002, 1.0), rtol=1e-12)
+    with pytest.raises(ValueError, match="cash_rate.*2001"):
+        TradingEnv(mkt, cash_rate=cr.loc["2001-06-01":], **SMALL)
+    with pytest.raises(ValueError, match="dividend_yield"):
+        TradingEnv(mkt, dividend_yield=float("nan"), **SMALL)

@@ -22,18 +22,30 @@ __all__ = ['ANNUALIZATION', 'performance_metrics', 'BacktestResult', 'backtest',
 # %% ../nbs/09_backtest.ipynb #e8d1a522
 ANNUALIZATION = 252
 
-def performance_metrics(value, trade=None, cost=None, periods: int = ANNUALIZATION) -> dict:
-    "Metrics of a value series `[n+1]` (first = initial value), with the traded fraction and cost of each bar."
+def performance_metrics(value, trade=None, cost=None, periods: int = ANNUALIZATION, risk_free: float = 0.0,
+                        risk_free_daily=None) -> dict:
+    """Metrics of a value series `[n+1]` (first = initial value), with the traded fraction and cost of each bar.
+    Sharpe and Sortino are of the returns in excess of `risk_free` (annual, divided by `periods` per bar) or of
+    `risk_free_daily` (one rate per bar, `[n]`)."""
     v = np.asarray(value, dtype=np.float64)
     if v.ndim != 1 or len(v) < 2: raise ValueError(f"need at least 2 values (one daily return), got {v.shape}")
     if not np.isfinite(v).all() or v[0] <= 0: raise ValueError("values must be finite with a positive initial value")
     r = v[1:] / v[:-1] - 1.0
     n = len(r)
+    if risk_free_daily is not None:
+        rf = np.asarray(risk_free_daily, dtype=np.float64)
+        if rf.shape != r.shape: raise ValueError(f"risk_free_daily must have one rate per return ({n}), got shape {rf.shape}")
+    else:
+        if not np.isfinite(risk_free): raise ValueError(f"risk_free must be finite, got {risk_free!r}")
+        rf = np.full(n, risk_free / periods)
+    ex = r - rf
     years = n / periods
     growth = v[-1] / v[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         sd = r.std(ddof=1) if n > 1 else np.nan
-        down = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) * np.sqrt(periods)
+        sd_ex = ex.std(ddof=1) if n > 1 else np.nan
+        if sd_ex < 1e-14: sd_ex = np.nan  # rounding noise of a riskless book (e.g. flat, earning the cash rate)
+        down = np.sqrt(np.mean(np.minimum(ex, 0.0) ** 2)) * np.sqrt(periods)
         cagr = growth ** (1.0 / years) - 1.0 if growth > 0 else -1.0
         peak = np.maximum.accumulate(v)
         mdd = float(np.min(v / peak - 1.0))
@@ -43,8 +55,8 @@ def performance_metrics(value, trade=None, cost=None, periods: int = ANNUALIZATI
             total_return=growth - 1.0,
             cagr=cagr,
             ann_vol=sd * np.sqrt(periods),
-            sharpe=r.mean() / sd * np.sqrt(periods),
-            sortino=r.mean() * periods / down,
+            sharpe=ex.mean() / sd_ex * np.sqrt(periods),
+            sortino=ex.mean() * periods / down,
             max_drawdown=mdd,
             calmar=calmar if np.isfinite(calmar) else np.nan,
             var_5=float(np.percentile(r, 5)),
@@ -85,8 +97,27 @@ class BacktestResult:
 
     def __repr__(self):
         m = self.metrics
+        fills = ", same-close fills (optimistic)" if self.settings.get("optimistic") else ""
         return (f"BacktestResult({self.name!r}, {self.equity.index[0].date()}..{self.equity.index[-1].date()}, "
-                f"total_return={m['total_return']:.2%}, sharpe={m['sharpe']:.2f}, max_drawdown={m['max_drawdown']:.2%})")
+                f"total_return={m['total_return']:.2%}, sharpe={m['sharpe']:.2f}, max_drawdown={m['max_drawdown']:.2%}{fills})")
+
+def _describe(rate):
+    "A rate setting for `settings`: the float, or 'series' for a dated series."
+    return "series" if isinstance(rate, pd.Series) else float(rate)
+
+def _default_burn_in(model) -> int:
+    "The model's training window: its training env's `episode_length`, else its `sequence_length`, else 0."
+    for m in (model, getattr(model, "model", None)):
+        if m is None: continue
+        env = getattr(m, "env", None)
+        if env is not None:
+            try:
+                L = env.get_attr("episode_length")[0]
+                if L: return int(L)
+            except (AttributeError, IndexError, NotImplementedError): pass
+        L = getattr(m, "sequence_length", None)
+        if isinstance(L, (int, np.integer)) and L > 0: return int(L)
+    return 0
 
 def _infer_env_kwargs(model, env_kwargs: dict) -> dict:
     "Window and action type from a model's spaces, unless given."
@@ -115,15 +146,21 @@ def _build_env(df, start, end, window, model, obs_space, env_kwargs) -> TradingE
     if window is None:
         window = 32
         if obs_space is not None and not isinstance(model, Baseline) and len(obs_space.shape) == 1:
-            probe = TradingEnv(df, window=1, start=None, end=None, **{k: v for k, v in kw.items() if k not in ("episode_length",)})
+            skip = ("episode_length", "execution", "cash_rate", "dividend_yield")
+            probe = TradingEnv(df, window=1, start=None, end=None, **{k: v for k, v in kw.items() if k not in skip})
             n_feat, dim = probe.market.n_features, obs_space.shape[0] - 3
             if dim > 0 and dim % n_feat == 0: window = dim // n_feat
     return TradingEnv(df, window=window, start=start, end=end, episode_length=None, **kw)
 
 def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=None, *, window: int | None = None,
              name: str | None = None, deterministic: bool = True, vec_normalize=None, seed: int = 0,
-             periods: int = ANNUALIZATION, attack: dict | None = None, **env_kwargs) -> BacktestResult:
+             periods: int = ANNUALIZATION, attack: dict | None = None, burn_in: int | None = None, risk_free: float | None = None,
+             **env_kwargs) -> BacktestResult:
     """Run a policy (baseline name, `Baseline`, SB3 model, or callable) over `[start, end]` of `df`; equity curve and metrics.
+    Fills follow `execution` (default `"next_close"`; `"same_close"` is optimistic). A model first reads the `burn_in`
+    bars before `start` as a flat book, so a recurrent state does not start from zeros on the first day (default: the
+    model's training window, its env's `episode_length` or its `sequence_length`). Sharpe and Sortino are in excess of
+    `risk_free` (annual; default: the env's `cash_rate`, 0 unless given).
     `attack`, e.g. `dict(method="mad", eps=0.1, steps=10)`, runs a recurrent model under an observation attack
     (`tradingrl_nb.sappo.AttackedPolicy`, applied after `vec_normalize`, as in training)."""
     policy = model_or_policy
@@ -147,6 +184,17 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
 
     obs, info = env.reset(seed=seed)
     state, episode_start = None, np.ones(1, dtype=bool)
+    m = env.market
+    B = 0
+    if kind == "model":
+        B = _default_burn_in(policy) if burn_in is None else int(burn_in)
+        if B < 0: raise ValueError(f"burn_in must be >= 0 days, got {burn_in!r}")
+        B = min(B, env._t0 - m.t_first)  # only bars with a full observation window
+        for t in range(env._t0 - B, env._t0):  # the bars before the span, seen with a flat book (zero book entries)
+            o = m.obs_rows[t]
+            o = o if vec_normalize is None else vec_normalize.normalize_obs(o)
+            _, state = policy.predict(o[None], state=state, episode_start=episode_start, deterministic=deterministic)
+            episode_start = np.zeros(1, dtype=bool)
     infos, done = [], False
     while not done:
         if kind == "model":
@@ -160,7 +208,6 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
         infos.append(step_info)
         done = terminated or truncated
 
-    m = env.market
     t0, n_rows = env._t0, m.t_hi - env._t0 + 1
     dates = m.dates[t0:t0 + n_rows]
     V0 = env.initial_value
@@ -171,15 +218,19 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
     if len(infos) < n_rows - 1:  # ruined: the book stays where it ended, out of the market
         value[len(infos) + 1:] = value[len(infos)]
         position[len(infos):-1] = 0.0
-    bench = np.r_[V0, V0 / (1.0 + env.k) * m.close[t0 + 1:t0 + n_rows] / m.close[t0]]
+    bench = env.benchmark_values(t0, t0 + n_rows - 1)
     equity = pd.DataFrame(dict(value=value, position=position, cost=cost, trade=trade, benchmark=bench),
                           index=pd.DatetimeIndex(dates, name="date"))
-    metrics = performance_metrics(value, trade[:-1], cost[:-1], periods)
+    rf = dict(risk_free_daily=env._cash_d[t0:t0 + n_rows - 1]) if risk_free is None else dict(risk_free=float(risk_free))
+    metrics = performance_metrics(value, trade[:-1], cost[:-1], periods, **rf)
     bh_trade = np.zeros(n_rows - 1); bh_trade[0] = 1.0 / (1.0 + env.k)
-    bh = performance_metrics(bench, bh_trade, bh_trade * env.k * V0, periods)
+    bh = performance_metrics(bench, bh_trade, bh_trade * env.k * V0, periods, **rf)
     metrics.update({"bh_" + k: v for k, v in bh.items() if k != "n_days"})
     settings = dict(start=dates[0], end=dates[-1], window=env.window, cost_bps=env.cost_bps, slippage_bps=env.slippage_bps,
-                    borrow_rate=env.borrow_rate, discrete=env.discrete, long_only=env.long_only, deterministic=deterministic, seed=seed)
+                    borrow_rate=env.borrow_rate, discrete=env.discrete, long_only=env.long_only, deterministic=deterministic, seed=seed,
+                    execution=env.execution, optimistic=env.execution == "same_close", cash_rate=_describe(env.cash_rate),
+                    dividend_yield=_describe(env.dividend_yield), risk_free="cash_rate" if risk_free is None else float(risk_free),
+                    burn_in=B)
     return BacktestResult(equity, metrics, label, settings)
 
 def compare(results) -> pd.DataFrame:

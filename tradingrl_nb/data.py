@@ -15,7 +15,7 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['OHLCV', 'DATASETS', 'load_market_data', 'DataFileNotFoundError', 'load_csv', 'add_features', 'Split', 'split_by_date',
-           'synthetic_market', 'plot_regimes', 'dataset_summary', 'main']
+           'WalkForwardSplit', 'walk_forward_splits', 'synthetic_market', 'plot_regimes', 'dataset_summary', 'main']
 
 # %% ../nbs/00_data.ipynb #27fcd2ef
 OHLCV = ["open", "high", "low", "close", "volume"]
@@ -56,11 +56,12 @@ def _first(mask) -> int | None:
 
 # Each check returns `(row, message)` for the first row it finds wrong (or nothing); `load_csv`
 # reports the earliest row over all checks, ties going to the earlier check.
-def _check_numbers(path, df, cols) -> list[tuple[int, str]]:
+def _check_numbers(path, df, cols, decimal: str = ".") -> list[tuple[int, str]]:
     "Converts `cols` to float64 in place (bad entries become NaN) and reports non-numbers and missing/non-finite values."
     out = []
     for c in cols:
-        num = pd.to_numeric(df[c], errors="coerce").astype("float64")
+        text_col = df[c] if decimal == "." else df[c].str.replace(decimal, ".", regex=False)
+        num = pd.to_numeric(text_col, errors="coerce").astype("float64")
         text = (num.isna() & df[c].notna()).to_numpy()
         if (i := _first(text)) is not None:
             out.append((i, f"not a number ({df[c].iloc[i]!r}): {_where(path, c, df, i)}"))
@@ -82,6 +83,17 @@ def _parse_dates(path, df, date_col, date_format=None) -> tuple[pd.Series, list[
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: column {date_col!r}: dates cannot be parsed together ({e})") from e
     out = []
+    text = raw.astype(str).str.strip()
+    if (i := _first(text.str.fullmatch(r"\d{4}").to_numpy())) is not None:
+        out.append((i, f"year-only date {raw.iloc[i]!r}: daily bars need a day, e.g. 2020-01-31: {_where(path, date_col, df, i)}"))
+    if isinstance(dates.dtype, pd.DatetimeTZDtype) or dates.dtype == object:  # object: mixed offsets
+        i = _first(text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$").to_numpy()) or 0
+        out.append((i, f"time zone in date {raw.iloc[i]!r}: daily bars need plain dates (convert to the exchange's local "
+                       f"date and drop the offset): {_where(path, date_col, df, i)}"))
+        return dates, out  # tz-aware values do not compare with the checks below
+    if (i := _first((dates.notna() & (dates != dates.dt.normalize())).to_numpy())) is not None:
+        out.append((i, f"intraday timestamp {raw.iloc[i]!r}: the loader takes daily bars, one row per day (resample "
+                       f"intraday data to daily bars first): {_where(path, date_col, df, i)}"))
     if (i := _first(dates.isna())) is not None:
         hint = f"; format {fmt!r} {'given' if date_format else 'inferred from the first row'}" if fmt else ""
         out.append((i, f"unparseable date {raw.iloc[i]!r}{hint}: {_where(path, date_col, df, i)}"))
@@ -91,6 +103,17 @@ def _parse_dates(path, df, date_col, date_format=None) -> tuple[pd.Series, list[
         else: msg = f"dates not sorted ascending: {_where(path, date_col, df, i + 1)} is earlier than row {i + 1}"
         out.append((i + 1, msg))
     return dates, out
+
+def _check_jumps(path, df, max_abs_return) -> list[tuple[int, str]]:
+    "A close-to-close simple return beyond `max_abs_return` (a split not adjusted, a wrong digit) is reported."
+    if max_abs_return is None or "close" not in df: return []
+    c = df["close"].to_numpy(dtype="float64")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = c[1:] / c[:-1] - 1.0
+    if (i := _first(np.abs(r) > max_abs_return)) is None: return []
+    return [(i + 1, f"close jumps {r[i]:+.0%} from the previous row ({c[i]} -> {c[i + 1]}), beyond max_abs_return="
+                    f"{max_abs_return}: {_where(path, 'close', df, i + 1)}; if the move is real, pass a larger "
+                    f"max_abs_return or None")]
 
 def _check_prices(path, df, price_cols) -> list[tuple[int, str]]:
     "Positive prices, non-negative volume, low <= open, close <= high (NaN compares False: reported elsewhere)."
@@ -139,10 +162,15 @@ def _read_rows(path: Path, **read_csv_kwargs) -> pd.DataFrame:
     return df.iloc[:n].copy()
 
 def load_csv(path: str | Path, date_col: str = "date", columns: list[str] | None = None, date_format: str | None = None,
-             **read_csv_kwargs) -> pd.DataFrame:
-    "Load a user's daily OHLCV CSV into the standard frame; any bad input raises `ValueError` naming file, column and row."
+             decimal: str = ".", max_abs_return: float | None = 0.5, **read_csv_kwargs) -> pd.DataFrame:
+    """Load a user's daily OHLCV CSV into the standard frame; any bad input raises `ValueError` naming file, column and row.
+    `decimal=","` reads decimal commas (with e.g. `sep=";"`); a close-to-close move beyond `max_abs_return` (50% a day
+    by default) is refused unless allowed (`None` turns the check off)."""
     path = Path(path)
+    if path.is_dir(): raise ValueError(f"{path}: is a directory, not a CSV file")
     if not path.is_file(): raise DataFileNotFoundError(f"{path}: no such file")
+    if max_abs_return is not None and not (np.isfinite(max_abs_return) and max_abs_return > 0):
+        raise ValueError(f"max_abs_return must be > 0 or None, got {max_abs_return!r}")
     df = _read_rows(path, **read_csv_kwargs)
     df.columns = [_colname(c) for c in df.columns]
     if dup := sorted({c for c in df.columns if list(df.columns).count(c) > 1}):
@@ -159,9 +187,10 @@ def load_csv(path: str | Path, date_col: str = "date", columns: list[str] | None
     problems = []
     if (i := _first(df[need].isna().all(axis=1))) is not None:
         problems.append((i, f"blank line between data rows: {_where(path, date_col, df, i)}"))
-    problems += _check_numbers(path, df, values)
+    problems += _check_numbers(path, df, values, decimal)
     dates, date_problems = _parse_dates(path, df, date_col, date_format)
     problems += date_problems + _check_prices(path, df, [c for c in values if c != "volume"])
+    if not problems: problems += _check_jumps(path, df, max_abs_return)
     if problems: raise ValueError(min(problems, key=lambda p: p[0])[1])
     return pd.DataFrame(df[values].to_numpy(dtype="float64"), index=pd.DatetimeIndex(dates, name="date"), columns=values)
 
@@ -221,6 +250,78 @@ def split_by_date(df: pd.DataFrame, train_end: str | pd.Timestamp | None = "2012
             raise ValueError(f"{name} span is empty for train_end={t.date()}, val_end={v.date()} "
                              f"(data spans {df.index.min().date()} to {df.index.max().date()})")
     return s
+_UNITS = {"Y": "years", "M": "months", "W": "weeks", "D": "days"}
+
+def _calendar_length(x, name: str, allow_zero: bool = False) -> pd.DateOffset:
+    "A calendar length: '4Y', '6M', '2W', '10D' or a `pd.DateOffset`."
+    if isinstance(x, pd.DateOffset): return x
+    import re
+    m = re.fullmatch(r"\s*(-?\d+)\s*([YMWD])\s*", str(x).upper())
+    if not m: raise ValueError(f"{name} must be a calendar length like '4Y', '6M', '2W' or '10D' (or a pd.DateOffset), got {x!r}")
+    n = int(m.group(1))
+    if n < 0 or (n == 0 and not allow_zero): raise ValueError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {x!r}")
+    return pd.DateOffset(**{_UNITS[m.group(2)]: n})
+
+@dataclass(frozen=True)
+class WalkForwardSplit:
+    "One walk-forward window: the first and last bar of its train, validation and test spans."
+    train_start: pd.Timestamp
+    train_end: pd.Timestamp
+    val_start: pd.Timestamp
+    val_end: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+
+    @property
+    def name(self) -> str:
+        "'test 2008' for a calendar-year test span, else 'test 2008-03-03..2008-08-29'."
+        a, b = self.test_start, self.test_end
+        return f"test {a.year}" if a.year == b.year and a.month == 1 and b.month == 12 else f"test {a.date()}..{b.date()}"
+
+    def frames(self, df: pd.DataFrame) -> Split:
+        "The three spans of `df` as a `Split` (the embargo gaps are left out)."
+        span = lambda a, b: df.loc[(df.index >= a) & (df.index <= b)]
+        return Split(span(self.train_start, self.train_end), span(self.val_start, self.val_end),
+                     span(self.test_start, self.test_end))
+
+    def as_dict(self) -> dict:
+        return {k: str(getattr(self, k).date()) for k in self.__dataclass_fields__}
+
+def walk_forward_splits(df: pd.DataFrame, train="4Y", val="1Y", test="1Y", step=None, embargo="5D",
+                        mode: str = "rolling", start=None) -> list[WalkForwardSplit]:
+    """Walk-forward (train, validation, test) windows over `df`'s dates, in calendar lengths ('4Y', '6M', '2W', '10D').
+    Laid out from `start` (default: the first day of the month of the first date): training `[t0, t0 + train)`, then
+    validation for `val`, then test for `test`; window i is shifted by `i * step` (default: `test`). The first `embargo`
+    calendar days of the validation and of the test span are left out, so no bar next to a span boundary serves two
+    spans. `mode="rolling"` moves the training start with the window, `"expanding"` keeps it at `start`. Windows whose
+    test span runs past the data are dropped."""
+    if not isinstance(df.index, pd.DatetimeIndex): raise ValueError("walk_forward_splits needs a DatetimeIndex")
+    if df.empty: raise ValueError("walk_forward_splits got an empty frame")
+    if mode not in ("rolling", "expanding"): raise ValueError(f"mode must be 'rolling' or 'expanding', got {mode!r}")
+    tr, va, te = _calendar_length(train, "train"), _calendar_length(val, "val"), _calendar_length(test, "test")
+    st = te if step is None else _calendar_length(step, "step")
+    gap = _calendar_length(embargo, "embargo", allow_zero=True)
+    dates = df.index
+    origin = dates[0].normalize().replace(day=1) if start is None else pd.Timestamp(start)
+    last = dates[-1]
+    out = []
+    for i in range(100_000):
+        shift = pd.DateOffset(**{k: v * i for k, v in st.kwds.items()})
+        train_stop = origin + tr + shift
+        t0 = origin if mode == "expanding" else origin + shift
+        val_stop = train_stop + va
+        test_stop = val_stop + te
+        if test_stop - pd.Timedelta(days=1) > last: break
+        spans = [(t0, train_stop), (train_stop + gap, val_stop), (val_stop + gap, test_stop)]
+        bars = [dates[(dates >= a) & (dates < b)] for a, b in spans]
+        if any(len(b) == 0 for b in bars): continue
+        b_tr, b_va, b_te = bars
+        out.append(WalkForwardSplit(b_tr[0], b_tr[-1], b_va[0], b_va[-1], b_te[0], b_te[-1]))
+    if not out:
+        raise ValueError(f"the data ({dates[0].date()} to {last.date()}) are too short for one window of train={train}, "
+                         f"val={val}, test={test} with embargo={embargo}")
+    return out
+
 
 # %% ../nbs/00_data.ipynb #d49b65a3
 def synthetic_market(n_days: int = 2000, seed: int = 0, drift: tuple[float, float] = (0.0006, -0.002),

@@ -22,9 +22,9 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 from .data import add_features, OHLCV
 
 # %% auto #0
-__all__ = ['FEATURE_SCALE', 'N_BOOK', 'ENV_ID', 'BASELINES', 'feature_scale', 'MarketData', 'prepare_market', 'TradingEnv',
-           'render_episode', 'TradingVecEnv', 'Baseline', 'BuyAndHold', 'Flat', 'RandomPolicy', 'Momentum',
-           'make_baseline']
+__all__ = ['FEATURE_SCALE', 'N_BOOK', 'EXECUTIONS', 'STALE_OPEN_LIMIT', 'ENV_ID', 'BASELINES', 'feature_scale', 'MarketData',
+           'prepare_market', 'stale_open_fraction', 'daily_rates', 'total_return_index', 'TradingEnv', 'render_episode',
+           'TradingVecEnv', 'Baseline', 'BuyAndHold', 'Flat', 'RandomPolicy', 'Momentum', 'make_baseline']
 
 # %% ../nbs/01_env.ipynb #13dae28b
 FEATURE_SCALE = {"ret_1": 100.0, "range": 100.0, "volume_z": 1.0, "vix": 5.0, "vix_chg": 20.0}
@@ -50,6 +50,7 @@ class MarketData:
     t_first: int             # first bar with a full window of valid features
     t_lo: int                # first decision bar of the span
     t_hi: int                # last bar of the span (the final mark)
+    open: np.ndarray | None = None  # float64 [T] opens, when the frame has them (for execution="next_open")
 
     @property
     def n_features(self) -> int: return len(self.feature_names)
@@ -72,6 +73,7 @@ def prepare_market(df: pd.DataFrame, window: int = 32, start=None, end=None, win
     _validate_frame(df)
     if int(window) != window or window < 1: raise ValueError(f"window must be a positive integer, got {window!r}")
     window = int(window)
+    join_vix = vix is not None and features is None and len(vix) > 0
     if features is None:
         features = add_features(df[[c for c in OHLCV if c in df]], windows=tuple(windows), vix=vix, dropna=False)
     elif not features.index.equals(df.index):
@@ -94,6 +96,13 @@ def prepare_market(df: pd.DataFrame, window: int = 32, start=None, end=None, win
     hi = T - 1 if end is None else int(dates.searchsorted(pd.Timestamp(end), side="right")) - 1
     span = f"[{start if start is not None else dates[0].date()}, {end if end is not None else dates[-1].date()}]"
     if T == 0 or lo > hi: raise ValueError(f"empty span {span}: no bars of df fall inside it")
+    if join_vix:
+        v0, v1 = vix.index[0], vix.index[-1]
+        if dates[lo] < v0 or dates[hi] > v1 + pd.Timedelta(days=5):
+            where = f"starts at {dates[lo].date()}" if dates[lo] < v0 else f"ends at {dates[hi].date()}"
+            raise ValueError(f"the VIX series covers {v0.date()} to {v1.date()} but the span {span} {where}: VIX would be "
+                             f"missing or stale there; pass start/end inside the VIX span (after its feature warm-up) "
+                             f"or leave vix out")
     need = f"the features need {f0} warm-up bars and the window {window} more"
     if t_first > hi - 1:
         raise ValueError(f"span {span} is too short for window={window}: {need}, so the first decision bar is row "
@@ -110,18 +119,56 @@ def prepare_market(df: pd.DataFrame, window: int = 32, start=None, end=None, win
     view = np.lib.stride_tricks.sliding_window_view(Fs, window, axis=0)  # [T-window+1, n_features, window]
     rows[window - 1:, :K] = view.transpose(0, 2, 1).reshape(len(view), K)
     rows[:t_first] = 0.0
-    return MarketData(dates, df["close"].to_numpy(dtype="float64").copy(), rows, names, window, t_first, t_lo, hi)
+    opens = df["open"].to_numpy(dtype="float64").copy() if "open" in df else None
+    return MarketData(dates, df["close"].to_numpy(dtype="float64").copy(), rows, names, window, t_first, t_lo, hi, opens)
+
+EXECUTIONS = ("next_close", "next_open", "same_close")
+STALE_OPEN_LIMIT = 0.05  # real opens equal the previous close on about 1% of days (NASDAQ 1999-2018); the S&P 500 file's on 96% before 2006
+
+def stale_open_fraction(market: MarketData) -> float:
+    "Fraction of the span's bars whose open equals the previous close (to 1e-6): opens that are not real prices."
+    o, c = market.open, market.close
+    if o is None: return 1.0
+    t = np.arange(market.t_lo + 1, market.t_hi + 1)
+    return float(np.mean(np.abs(o[t] - c[t - 1]) <= 1e-6 * c[t - 1]))
+
+def daily_rates(rate, dates: pd.DatetimeIndex, name: str, first: int = 0) -> np.ndarray:
+    "Per-bar rate (annual / 252) for the interval from each bar to the next, from an annual float or a dated series covering bars `first..`."
+    if isinstance(rate, pd.Series):
+        if not isinstance(rate.index, pd.DatetimeIndex):
+            raise ValueError(f"{name} as a series needs a DatetimeIndex, got {type(rate.index).__name__}")
+        s = rate.sort_index().astype("float64")
+        if len(s) == 0 or s.index[0] > dates[first]:
+            have = s.index[0].date() if len(s) else "nothing"
+            raise ValueError(f"{name} starts at {have} but the span's first decision bar is {dates[first].date()}: "
+                             f"give a rate for every bar from {dates[first].date()} to {dates[-1].date()}")
+        a = s.reindex(s.index.union(dates)).ffill().reindex(dates).to_numpy().copy()
+        a[:first] = np.nan_to_num(a[:first])  # bars before the span are never held
+    else:
+        try: a = np.full(len(dates), float(rate))
+        except (TypeError, ValueError): raise ValueError(f"{name} must be an annual rate (float) or a pd.Series, got {rate!r}") from None
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ValueError(f"{name} must be finite; {dates[int(np.flatnonzero(bad)[0])].date()} has {a[bad][0]}")
+    return a / 252.0
+
+def total_return_index(close: np.ndarray, div: np.ndarray) -> np.ndarray:
+    "The close with dividends (`div`, per bar) reinvested: TR[t+1] = TR[t] (P[t+1] + P[t] div[t]) / P[t]; the close itself without dividends."
+    if not div.any(): return close
+    g = (close[1:] + close[:-1] * div[:-1]) / close[:-1]
+    return close[0] * np.r_[1.0, np.cumprod(g)]
 
 # %% ../nbs/01_env.ipynb #0badc77a
 class TradingEnv(gym.Env):
-    "One instrument, daily bars: observe causal features and the book at the close of t, choose a target position, earn t -> t+1 after costs."
+    "One instrument, daily bars: observe causal features and the book at the close of t, choose a target position filled at the next close (by default), earn after costs."
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, df: pd.DataFrame, window: int = 32, episode_length: int | None = None, start=None, end=None,
                  cost_bps: float = 2.0, slippage_bps: float = 0.0, borrow_rate: float = 0.01, reward_scale: float = 1.0,
                  long_only: bool = False, discrete: bool = False, initial_value: float = 1.0, min_trade: float = 1e-9,
                  windows: tuple = (5, 21, 63), vix=None, features: pd.DataFrame | None = None, scale: dict | None = None,
-                 obs_clip: float = 10.0, render_mode: str | None = None, market: MarketData | None = None):
+                 obs_clip: float = 10.0, render_mode: str | None = None, market: MarketData | None = None,
+                 execution: str = "next_close", cash_rate: float | pd.Series = 0.0, dividend_yield: float | pd.Series = 0.0):
         for name, v in dict(cost_bps=cost_bps, slippage_bps=slippage_bps, borrow_rate=borrow_rate, min_trade=min_trade).items():
             if not (np.isfinite(v) and v >= 0): raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
         if not (np.isfinite(initial_value) and initial_value > 0): raise ValueError(f"initial_value must be > 0, got {initial_value!r}")
@@ -130,6 +177,25 @@ class TradingEnv(gym.Env):
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.market = market if market is not None else prepare_market(df, window, start, end, windows, vix, features, scale, obs_clip)
         m = self.market
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS} (same_close is optimistic: it fills at the close the "
+                             f"agent has just observed), got {execution!r}")
+        if execution == "next_open":
+            if m.open is None: raise ValueError("execution='next_open' needs an 'open' column in df")
+            stale = stale_open_fraction(m)
+            if stale > STALE_OPEN_LIMIT:
+                raise ValueError(f"execution='next_open' refused: on {stale:.0%} of the span's bars ({m.dates[m.t_lo].date()} to "
+                                 f"{m.dates[m.t_hi].date()}) the open equals the previous close, so the opens are not real "
+                                 f"prices (the bundled S&P 500 before 2006 is like this); use execution='next_close'")
+        self.execution = execution
+        self._mode = EXECUTIONS.index(execution)  # 0 next close, 1 next open, 2 same close
+        self._fill = (m.close if execution == "next_close" else m.open if execution == "next_open" else m.close).tolist()
+        self.cash_rate, self.dividend_yield = cash_rate, dividend_yield
+        self._cash_d = daily_rates(cash_rate, m.dates, "cash_rate", m.t_lo)
+        self._div_d = daily_rates(dividend_yield, m.dates, "dividend_yield", m.t_lo)
+        self._carry = bool(self._cash_d.any() or self._div_d.any())
+        self._tr = total_return_index(m.close, self._div_d)
+        self._trl = self._tr.tolist()
         self._closes = m.close.tolist()  # python floats: the scalar step is plain float arithmetic
         self._dates = list(m.dates)      # pd.Timestamps, O(1) lookup
         self.window, self.obs_clip = m.window, float(obs_clip)
@@ -205,50 +271,75 @@ class TradingEnv(gym.Env):
         self._shares, self._cash, self._value = 0.0, V0, V0
         self._peak, self._entry, self._sign = V0, V0, 0.0
         self._pos_obs = self._upnl = self._dd = 0.0
-        self._bench_units = V0 / (1.0 + self.k) / self._closes[t0]
+        self._bench_scale, self._t_fill = self._bench_start(t0)
         self._hist = dict(t=[t0], value=[V0], position=[0.0], benchmark=[V0])
         info = dict(date=self._dates[t0], portfolio_value=V0, position=0.0, cost=0.0, trade=0.0,
                     benchmark=V0, shares=0.0, cash=V0, price=self._closes[t0])
         return self._obs(), info
 
+    def _bench_start(self, t0: int) -> tuple[float, int]:
+        "Buy-and-hold from decision bar t0: value = scale * TR[t] from the fill bar on (the initial value before it)."
+        m, V0 = self.market, self.initial_value
+        t_f = t0 if self._mode == 2 else t0 + 1
+        F0 = m.close[t0] if self._mode == 2 else self._fill[t0 + 1]
+        return V0 / (1.0 + self.k) / F0 * m.close[t_f] / self._tr[t_f], t_f
+
+    def benchmark_values(self, t0: int, t_end: int) -> np.ndarray:
+        "Buy-and-hold (same entry cost, same fill, dividends reinvested) marked at bars t0..t_end, from decision bar t0."
+        scale, t_f = self._bench_start(t0)
+        t = np.arange(t0, t_end + 1)
+        return np.where(t < t_f, self.initial_value, scale * self._tr[t])
+
     def step(self, action):
         if self._t is None: raise RuntimeError("call reset() before step()")
         if self._t >= self._t_end: raise RuntimeError("episode is over: call reset()")
         w = self.action_to_position(action)
-        m, k, close = self.market, self.k, self._closes
+        k, close = self.k, self._closes
         t = self._t
-        P = close[t]
+        P, P1 = close[t], close[t + 1]
         shares, cash = self._shares, self._cash
-        y = shares * P
-        V = cash + y
-        diff = w * V - y                       # wanted change of exposure, before costs
-        tol = self.min_trade * V
+        V = cash + shares * P
+        same = self._mode == 2
+        carry = borrow = 0.0
+        if not same:  # the book held at the close of t earns the night's carry, then trades at the fill price
+            y = shares * P
+            borrow = self.borrow * max(-y, 0.0)
+            if self._carry: carry = cash * self._cash_d[t] + y * self._div_d[t]
+            cash = cash + carry - borrow
+        F = P if same else self._fill[t + 1]
+        y = shares * F
+        Vf = cash + y
+        diff = w * Vf - y                      # wanted change of exposure, before costs
+        tol = self.min_trade * Vf
         s = 1.0 if diff > tol else (-1.0 if diff < -tol else 0.0)  # buy, sell, or no trade
-        x = w * (V + (s * k) * y) / (1.0 + s * (w * k))          # exposure after paying for the trade
+        x = w * (Vf + (s * k) * y) / (1.0 + s * (w * k))         # exposure after paying for the trade
         dx = (x - y) * (s * s)
         tcost = k * abs(dx)
-        shares = shares + dx / P
-        borrow = self.borrow * max(-(y + dx), 0.0)
-        cash = cash - dx - tcost - borrow
-        P1 = close[t + 1]
+        shares = shares + dx / F
+        cash = cash - dx - tcost
+        if same:  # filled at the close of t: the new book earns the night's carry
+            yn = y + dx
+            borrow = self.borrow * max(-yn, 0.0)
+            if self._carry: carry = cash * self._cash_d[t] + yn * self._div_d[t]
+            cash = cash + carry - borrow
         shP1 = shares * P1
         V1 = cash + shP1
         ruin = V1 <= self.ruin_value
         Vc = max(V1, self.ruin_value)
         reward = math.log(Vc / V) * self.reward_scale
         s_new = float((w > 0) - (w < 0))
-        if s_new != self._sign: self._entry, self._sign = V - tcost, s_new
+        if s_new != self._sign: self._entry, self._sign = Vf - tcost, s_new
         self._peak = max(self._peak, Vc)
         self._t = t + 1
         self._shares, self._cash, self._value = shares, cash, V1
         self._pos_obs = shP1 / Vc
         self._upnl = math.log(Vc / self._entry) * (abs(s_new) * 10.0)
         self._dd = math.log(Vc / self._peak) * 10.0
-        bench = self._bench_units * P1
+        bench = self._bench_scale * self._trl[t + 1] if t + 1 >= self._t_fill else self.initial_value
         h = self._hist
         h["t"].append(t + 1); h["value"].append(V1); h["position"].append(w); h["benchmark"].append(bench)
-        info = dict(date=self._dates[t], portfolio_value=V1, position=w, cost=tcost + borrow, trade=abs(dx) / V,
-                    benchmark=bench, shares=shares, cash=cash, price=P1)
+        info = dict(date=self._dates[t], portfolio_value=V1, position=w, cost=tcost + borrow, trade=abs(dx) / Vf,
+                    benchmark=bench, shares=shares, cash=cash, price=P1, carry=carry)
         truncated = (not ruin) and self._t >= self._t_end
         return self._obs(), reward, bool(ruin), bool(truncated), info
 
@@ -257,7 +348,9 @@ class TradingEnv(gym.Env):
 
     @property
     def exposure(self) -> float:
-        "The book's current exposure s P_t / V_t (float64): the position before the next decision; an action equal to it trades nothing."
+        """The book's current exposure s P_t / V_t (float64): the position before the next decision. With same-close fills
+        an action equal to it trades nothing; with next-close or next-open fills the price moves before the fill, so
+        holding the shares exactly needs a target of 0 or +-1, or the drifted weight at the fill."""
         P = self._closes[self._t]
         return self._shares * P / (self._cash + self._shares * P)
 
@@ -311,12 +404,13 @@ class TradingVecEnv(VecEnv):
         self.render_mode = None
         super().__init__(n, e.observation_space, e.action_space)
         self._close, self._rows = e.market.close, e.market.obs_rows
+        self._fill_px = np.asarray(e._fill)
         self._rngs: list = [None] * n
         self._t = np.zeros(n, dtype=np.int64)
         self._t_end = np.zeros(n, dtype=np.int64)
         self._shares, self._cash, self._value = np.zeros(n), np.full(n, e.initial_value), np.full(n, e.initial_value)
         self._peak, self._entry, self._sign = np.full(n, e.initial_value), np.full(n, e.initial_value), np.zeros(n)
-        self._bench_units, self._w = np.zeros(n), np.zeros(n)
+        self._bench_scale, self._t_fill, self._w = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
         self._position = np.zeros(n)
         self._book = np.zeros((N_BOOK, n))  # scratch for the book columns of the observation
         self._needs_reset = True
@@ -328,7 +422,8 @@ class TradingVecEnv(VecEnv):
     @property
     def position(self) -> np.ndarray: return self._position.copy()
     @property
-    def benchmark(self) -> np.ndarray: return self._bench_units * self._close[self._t]
+    def benchmark(self) -> np.ndarray:
+        return np.where(self._t < self._t_fill, self.template.initial_value, self._bench_scale * self.template._tr[self._t])
     @property
     def dates(self) -> pd.DatetimeIndex: return self.market.dates[self._t]
     def obs_index(self, name: str, lag: int = 0) -> int: return self.template.obs_index(name, lag)
@@ -351,7 +446,10 @@ class TradingVecEnv(VecEnv):
         self._t_end[idx] = self.market.t_hi if e.episode_length is None else t0 + e.episode_length
         self._shares[idx] = 0.0; self._cash[idx] = V0; self._value[idx] = V0
         self._peak[idx] = V0; self._entry[idx] = V0; self._sign[idx] = 0.0; self._position[idx] = 0.0
-        self._bench_units[idx] = V0 / (1.0 + e.k) / self._close[t0]
+        t_f = t0 if e._mode == 2 else t0 + 1
+        F0 = self._close[t0] if e._mode == 2 else self._fill_px[t0 + 1]
+        self._bench_scale[idx] = V0 / (1.0 + e.k) / F0 * self._close[t_f] / e._tr[t_f]
+        self._t_fill[idx] = t_f
         obs = self._rows.take(t0, axis=0)  # book columns are zero in the matrix: a fresh book
         if self.full_info:
             for i, t in zip(idx.tolist(), t0.tolist()):
@@ -392,30 +490,47 @@ class TradingVecEnv(VecEnv):
         if self._needs_reset: raise RuntimeError("call reset() before step()")
         self._w = self._positions(actions)
 
+    def _night(self, t, cash, y):
+        "Cash after the night from bar t: interest and dividends on a book of cash `cash` and exposure `y`, less borrow."
+        e = self.template
+        carry = borrow = None
+        if e._carry:
+            carry = cash * e._cash_d.take(t) + y * e._div_d.take(t)
+            cash = cash + carry
+        if e.borrow:
+            borrow = e.borrow * np.maximum(-y, 0.0)
+            cash = cash - borrow
+        return cash, carry, borrow
+
     def step_wait(self):
         # the same arithmetic as TradingEnv.step, one numpy operation per line for all agents
         e = self.template
         k, w, t, close = e.k, self._w, self._t, self._close
         P = close.take(t)
+        t1 = t + 1
+        P1 = close.take(t1)
         shares, cash = self._shares, self._cash
         y = shares * P
         V = cash + y
-        diff = w * V - y
-        tol = e.min_trade * V
+        same = e._mode == 2
+        if not same:  # the book held at the close of t earns the night's carry, then trades at the fill price
+            cash, carry, borrow = self._night(t, cash, y)
+            F = self._fill_px.take(t1)
+            y = shares * F
+            Vf = cash + y
+        else:
+            F, Vf = P, V
+        diff = w * Vf - y
+        tol = e.min_trade * Vf
         s = (diff > tol) * 1.0 - (diff < -tol)
-        x = w * (V + (s * k) * y) / (1.0 + s * (w * k))
+        x = w * (Vf + (s * k) * y) / (1.0 + s * (w * k))
         dx = (x - y) * (s * s)
         tcost = k * np.abs(dx)
-        shares = shares + dx / P
+        shares = shares + dx / F
         cash = cash - dx - tcost
-        if e.borrow:
-            borrow = e.borrow * np.maximum(-(y + dx), 0.0)
-            cash = cash - borrow
-            cost = tcost + borrow
-        else:
-            cost = tcost
-        t1 = t + 1
-        P1 = close.take(t1)
+        if same:  # filled at the close of t: the new book earns the night's carry
+            cash, carry, borrow = self._night(t, cash, y + dx)
+        cost = tcost if borrow is None else tcost + borrow
         shP1 = shares * P1
         V1 = cash + shP1
         ruin = V1 <= e.ruin_value
@@ -424,7 +539,7 @@ class TradingVecEnv(VecEnv):
         if e.reward_scale != 1.0: r *= e.reward_scale
         rewards = r.astype(np.float32)
         s_new = np.sign(w)
-        np.copyto(self._entry, V - tcost, where=s_new != self._sign)
+        np.copyto(self._entry, Vf - tcost, where=s_new != self._sign)
         self._sign = s_new
         peak = np.maximum(self._peak, Vc, out=self._peak)
         book, c = self._book, e.obs_clip
@@ -440,11 +555,13 @@ class TradingVecEnv(VecEnv):
         truncated = ended > ruin  # ended and not ruined
         if self.full_info:
             d = self.market.dates[t].tolist()
+            bench = np.where(t1 < self._t_fill, e.initial_value, self._bench_scale * e._tr.take(t1))
             infos = [{"date": a, "portfolio_value": b, "position": p, "cost": cc, "trade": tr, "benchmark": bm, "shares": s,
-                      "cash": ca, "price": pr, "TimeLimit.truncated": tl}
-                     for a, b, p, cc, tr, bm, s, ca, pr, tl in zip(
-                         d, V1.tolist(), w.tolist(), cost.tolist(), (np.abs(dx) / V).tolist(),
-                         (self._bench_units * P1).tolist(), shares.tolist(), cash.tolist(), P1.tolist(), truncated.tolist())]
+                      "cash": ca, "price": pr, "carry": cy, "TimeLimit.truncated": tl}
+                     for a, b, p, cc, tr, bm, s, ca, pr, cy, tl in zip(
+                         d, V1.tolist(), w.tolist(), cost.tolist(), (np.abs(dx) / Vf).tolist(), bench.tolist(),
+                         shares.tolist(), cash.tolist(), P1.tolist(), repeat(0.0) if carry is None else carry.tolist(),
+                         truncated.tolist())]
         else:
             infos = [{} for _ in repeat(None, self.num_envs)]  # SB3 wants a list of fresh dicts
         if dones.any():

@@ -1,0 +1,144 @@
+"""Tests of tradingrl_nb.stats: PSR, DSR and MinTRL against the published formulas and the paper's worked example,
+bootstrap Sharpe intervals against Lo's (2002) analytic width, and the multi-seed interval."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from hypothesis import given, settings, strategies as st
+
+from tradingrl_nb.stats import (deflated_sharpe_ratio, expected_max_sharpe, lo_sharpe_se, min_track_record_length,
+                                multi_seed_sharpe_ci, probabilistic_sharpe_ratio, psr_from_moments, sharpe_ci,
+                                sharpe_difference_ci, sharpe_ratio, verdict)
+
+
+def mertens_psr(r, sr_star):
+    "Second implementation: Mertens' (2002) standard error with EXCESS kurtosis, written independently of the module."
+    r = np.asarray(r)
+    n = len(r)
+    sr = r.mean() / r.std(ddof=1)
+    z = (r - r.mean()) / r.std(ddof=0)
+    g3, excess = (z ** 3).mean(), (z ** 4).mean() - 3.0
+    se = math.sqrt((1 + 0.5 * sr ** 2 - g3 * sr + excess / 4 * sr ** 2) / (n - 1))
+    return 0.5 * math.erfc(-((sr - sr_star) / se) / math.sqrt(2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(30, 2000), mu=st.floats(-0.002, 0.003), df=st.floats(2.5, 30),
+       sr_star=st.floats(-0.1, 0.1))
+def test_psr_matches_a_second_implementation(seed, n, mu, df, sr_star):
+    r = mu + 0.01 * np.random.default_rng(seed).standard_t(df, n)
+    assert probabilistic_sharpe_ratio(r, sr_star) == pytest.approx(mertens_psr(r, sr_star), rel=1e-9, abs=1e-12)
+
+
+def test_dsr_matches_the_papers_worked_example():
+    "Bailey & Lopez de Prado (2014), section 4: SR 2.5 annualized, T = 1250 days, N = 100, V = 0.5, skew -3, kurtosis 10."
+    sr0 = expected_max_sharpe(0.5 / 250, 100)
+    assert sr0 == pytest.approx(0.1132, abs=2e-4)
+    assert psr_from_moments(2.5 / math.sqrt(250), 1250, -3.0, 10.0, sr0) == pytest.approx(0.9004, abs=5e-4)
+
+
+def test_dsr_from_returns_and_trials():
+    rng = np.random.default_rng(0)
+    r = 0.0005 + 0.01 * rng.standard_normal(1000)
+    trials = rng.normal(0.0, 0.03, 50)
+    sr0 = expected_max_sharpe(trials.var(ddof=1), 50)
+    assert deflated_sharpe_ratio(r, trials) == pytest.approx(probabilistic_sharpe_ratio(r, sr0), rel=1e-12)
+    assert deflated_sharpe_ratio(r, trials) < probabilistic_sharpe_ratio(r, 0.0)  # more trials, less credit
+    assert deflated_sharpe_ratio(r, [sharpe_ratio(r)]) == pytest.approx(probabilistic_sharpe_ratio(r), rel=1e-12)
+    more = np.r_[trials, rng.normal(0.0, 0.03, 450)]
+    assert deflated_sharpe_ratio(r, more) < deflated_sharpe_ratio(r, trials)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), mu=st.floats(0.0005, 0.003), conf=st.floats(0.6, 0.99))
+def test_min_track_record_length_reaches_the_confidence(seed, mu, conf):
+    "At n = MinTRL returns with the same moments, PSR equals the confidence (the definition, inverted)."
+    r = mu + 0.01 * np.random.default_rng(seed).standard_normal(500)
+    sr = r.mean() / r.std(ddof=1)
+    g3, g4 = scipy.stats.skew(r), scipy.stats.kurtosis(r, fisher=False)
+    n = min_track_record_length(r, 0.0, conf)
+    if sr <= 0:  # an unlucky sample: no track record is long enough
+        assert n == math.inf
+        return
+    assert psr_from_moments(sr, n, g3, g4, 0.0) == pytest.approx(conf, abs=1e-9)
+    assert min_track_record_length(-r, 0.0, conf) == math.inf
+
+
+def test_lo_standard_error_is_the_iid_sampling_error():
+    "Monte Carlo: the spread of Sharpe ratios of iid normal samples matches Lo's formula."
+    rng = np.random.default_rng(1)
+    srs = [sharpe_ratio(0.05 + rng.standard_normal(250)) for _ in range(3000)]
+    assert np.std(srs) == pytest.approx(lo_sharpe_se(0.05, 250), rel=0.06)
+
+
+def test_bootstrap_width_close_to_lo_on_iid_and_wider_on_autocorrelated():
+    rng = np.random.default_rng(2)
+    n = 1000
+    iid = 0.0004 + 0.01 * rng.standard_normal(n)
+    ci = sharpe_ci(iid, reps=1000)
+    lo_width = 2 * 1.96 * lo_sharpe_se(sharpe_ratio(iid), n) * math.sqrt(252)
+    assert ci.high - ci.low == pytest.approx(lo_width, rel=0.15)
+    assert ci.low < ci.estimate < ci.high and ci.estimate == pytest.approx(sharpe_ratio(iid, 252), rel=1e-12)
+    # AR(1) returns with phi = 0.5: the Sharpe ratio's variance is about (1 + phi) / (1 - phi) = 3 times the iid one
+    e = 0.01 * rng.standard_normal(n)
+    ar = np.empty(n); ar[0] = e[0]
+    for t in range(1, n): ar[t] = 0.5 * ar[t - 1] + e[t]
+    ar += 0.0004
+    ci_ar = sharpe_ci(ar, reps=1000)
+    lo_ar = 2 * 1.96 * lo_sharpe_se(sharpe_ratio(ar), n) * math.sqrt(252)
+    assert ci_ar.block_length > 2 and ci_ar.high - ci_ar.low > 1.3 * lo_ar
+
+
+def test_intervals_are_seeded():
+    r = 0.0003 + 0.01 * np.random.default_rng(3).standard_normal(500)
+    assert sharpe_ci(r, seed=4, reps=300) == sharpe_ci(r, seed=4, reps=300)
+    assert sharpe_ci(r, seed=4, reps=300) != sharpe_ci(r, seed=5, reps=300)
+
+
+def test_sharpe_difference():
+    rng = np.random.default_rng(4)
+    b = 0.0003 + 0.01 * rng.standard_normal(800)
+    same = sharpe_difference_ci(b, b, reps=300)
+    assert same.estimate == 0 and same.low == 0 and same.high == 0
+    a = b + 0.001 + 0.001 * rng.standard_normal(800)  # the same market plus a steady edge
+    d = sharpe_difference_ci(a, b, reps=500)
+    assert d.estimate == pytest.approx(sharpe_ratio(a, 252) - sharpe_ratio(b, 252), rel=1e-12)
+    assert d.low > 0 and d.verdict() == "skill"
+    # pairing the days matters: the difference of two highly correlated series is far tighter than either interval
+    assert d.high - d.low < 0.5 * (sharpe_ci(a, reps=300).high - sharpe_ci(a, reps=300).low)
+    with pytest.raises(ValueError, match="same days"):
+        sharpe_difference_ci(a[:-1], b)
+
+
+def test_multi_seed_interval_holds_seed_and_market_luck():
+    rng = np.random.default_rng(5)
+    market = 0.0003 + 0.01 * rng.standard_normal(750)
+    same = np.tile(market, (5, 1))
+    one = sharpe_ci(market, reps=1000)
+    m = multi_seed_sharpe_ci(same, reps=1000)
+    assert m.estimate == pytest.approx(one.estimate, rel=1e-12)
+    assert m.high - m.low == pytest.approx(one.high - one.low, rel=0.2)  # identical seeds: market luck only
+    spread = market + rng.normal(0, 0.002, size=(5, 1)) + 0.003 * rng.standard_normal((5, 750))
+    wide = multi_seed_sharpe_ci(spread, reps=1000)
+    assert wide.high - wide.low > 1.2 * (m.high - m.low)
+    # against a benchmark: the excess of the mean Sharpe over the benchmark's
+    ex = multi_seed_sharpe_ci(same, benchmark=market, reps=300)
+    assert ex.estimate == pytest.approx(0.0, abs=1e-12) and ex.low <= 0 <= ex.high
+
+
+def test_verdicts():
+    assert verdict(0.1, 0.5) == "skill" and verdict(-0.5, -0.1) == "no skill" and verdict(-0.1, 0.2) == "inconclusive"
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="finite"):
+        probabilistic_sharpe_ratio([0.01, np.nan, 0.02, 0.0])
+    with pytest.raises(ValueError, match="constant"):
+        sharpe_ci(np.zeros(100))
+    with pytest.raises(ValueError, match="n_trials"):
+        expected_max_sharpe(0.1, 0)
+    with pytest.raises(ValueError, match="confidence"):
+        min_track_record_length(np.random.default_rng(0).standard_normal(50), confidence=1.5)

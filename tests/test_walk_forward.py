@@ -1,0 +1,61 @@
+"""The honest main job: train_agent's early stopping, trial count and recorded returns, bit-identical metrics for a seed,
+and the statistics of recorded runs (tiny parameters)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tradingrl_nb import experiments as ex
+from tradingrl_nb.stats import run_statistics
+
+TINY = dict(total_timesteps=1024, eval_every=256, n_envs=2, n_steps=32, batch_size=64, n_epochs=1, episode_length=64,
+            window=8, lstm_hidden_size=8, n_quantiles=8, sequence_length=8, bootstrap_reps=200, baselines=[])
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs = [ex.run_experiment("train_agent", dict(TINY, seed=3, patience=1, test_end="2016-12-31"), device="cpu",
+                              output_dir=root / f"r{i}", progress=False, report=False, raise_on_failure=False)
+            for i in range(2)]
+    return root, runs
+
+
+@pytest.mark.slow
+def test_same_seed_gives_bit_identical_metrics(two_runs):
+    _, (a, b) = two_runs
+    assert a.ok and b.ok, (a.error, b.error)
+    assert (a.output_dir / "metrics.json").read_bytes() == (b.output_dir / "metrics.json").read_bytes()
+    assert (a.output_dir / "returns.csv").read_bytes() == (b.output_dir / "returns.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_early_stopping_trials_and_returns(two_runs):
+    _, (a, _) = two_runs
+    assert a.ok, a.error
+    tr = a.metrics["training"]
+    assert tr["trials"] == tr["n_evals"] == len(tr["val_daily_sharpes"]) >= 1
+    best = int(np.argmax(tr["val_daily_sharpes"]))  # the selection metric is the Sharpe ratio: same order
+    if tr["stopped_early"]:  # patience 1: stopped at the first check without a new best, the one after the best
+        assert tr["timesteps"] < 1024 and tr["n_evals"] == best + 2 and tr["best_step"] == tr["timesteps"] - 256
+    else:
+        assert tr["timesteps"] == 1024 and all(np.diff(tr["val_daily_sharpes"]) > 0)
+    r = pd.read_csv(a.output_dir / "returns.csv", index_col="date", parse_dates=True)
+    assert list(r.columns) == ["agent", "buy_and_hold"]
+    assert r.index[0] > pd.Timestamp("2014-12-31") and r.index[-1] == pd.Timestamp("2016-12-30")
+    growth = (1 + r["agent"]).prod() - 1
+    assert growth == pytest.approx(a.metrics["test"]["agent"]["total_return"], rel=1e-9, abs=1e-12)
+    assert a.metrics["window"]["execution"] == "next_close" and a.metrics["window"]["burn_in"] == 64
+
+
+@pytest.mark.slow
+def test_run_statistics_counts_the_family(two_runs):
+    root, (a, _) = two_runs
+    assert a.ok, a.error
+    t = run_statistics(root, reps=200)
+    assert len(t) == 2 and set(t["n_trials"]) == {2} and set(t["experiment"]) == {"train_agent"}
+    row = t.iloc[0]
+    assert row["sharpe_low"] <= row["sharpe"] <= row["sharpe_high"]
+    assert row["diff_low"] <= row["sharpe_diff"] <= row["diff_high"]
+    assert row["sharpe"] == pytest.approx(a.metrics["test_stats"]["sharpe"], rel=1e-9)
+    assert 0 <= row["dsr"] <= 1 and 0 <= row["psr"] <= 1
+    assert row["verdict"] in {"skill", "no skill", "inconclusive"}
