@@ -200,7 +200,7 @@ def test_second_run_into_a_folder_in_use_is_refused_and_killed_run_shows_died(sl
         p.kill(); p.wait()
     r = tradingrl("results", tmp_path, env=sleepy)
     assert r.returncode == 0, r.stderr
-    row = next(l for l in r.stdout.splitlines() if l.startswith("r "))
+    row = next(l for l in r.stdout.splitlines()[1:] if l.split()[0] == "r")
     assert row.split()[2] == "died", r.stdout
 
 

@@ -91,7 +91,7 @@ def print_metrics(metrics: dict) -> None:
 def _cmd_run(a) -> int:
     try:
         r = ex.run_experiment(a.name, _params(a.p), device=a.device, output_dir=a.output_dir,
-                              progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite)
+                              progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite, kernel_log=True)
     except ex.RunInterrupted as e: return _interrupted("run", e)
     except (ValueError, OSError) as e: return _error("run", e)
     if not r.ok:

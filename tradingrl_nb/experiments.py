@@ -455,6 +455,17 @@ def prepare_run(name: str | Path, parameters: dict | None = None, device: str | 
     if "device" in values and values["device"] is not None: values["device"] = _check_device(values["device"])
     return path, values
 
+@contextlib.contextmanager
+def _kernel_stderr_to(path: Path):
+    "File descriptor 2 goes to `path` (the kernel started meanwhile inherits it); `sys.stderr` stays the terminal."
+    sys.stderr.flush()
+    term_fd, log = os.dup(2), open(path, "ab")
+    term, old = os.fdopen(os.dup(term_fd), "w", buffering=1, errors="replace"), sys.stderr
+    os.dup2(log.fileno(), 2); sys.stderr = term
+    try: yield
+    finally:
+        sys.stderr = old; term.flush(); os.dup2(term_fd, 2); os.close(term_fd); term.close(); log.close()
+
 def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
     "Record an interrupted run in the partial notebook's metadata (papermill would say no exception occurred)."
     import nbformat
@@ -468,9 +479,10 @@ def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
 def run_experiment(name: str | Path, parameters: dict | None = None, device: str | None = None,
                    output_dir: str | Path | None = None, progress: bool = True, report: bool = True,
                    kernel_name: str | None = None, raise_on_failure: bool = True,
-                   start_timeout: int = 120, overwrite: bool = False) -> RunResult:
+                   start_timeout: int = 120, overwrite: bool = False, kernel_log: bool = False) -> RunResult:
     """Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`), which it locks.
-    SIGINT/SIGTERM stop the run, record it as 'interrupted' and raise `RunInterrupted`."""
+    SIGINT/SIGTERM stop the run, record it as 'interrupted' and raise `RunInterrupted`. With `kernel_log` the
+    kernel's own stderr (its log, its shutdown noise) goes to `kernel.log` in the run folder, not to the terminal."""
     import signal, socket, threading, nbformat, papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
@@ -500,7 +512,8 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     old_term = signal.signal(signal.SIGTERM, _on_signal) if main else None
     t0, error, status, signum = time.perf_counter(), None, "ok", None
     try:
-        with (follow_progress(prog) if progress else contextlib.nullcontext()):
+        with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
+             (follow_progress(prog) if progress else contextlib.nullcontext()):
             pm.execute_notebook(str(path), str(nb_path), parameters=injected,
                                 kernel_name=kernel_name or _config().load_settings().kernel_name, language="python",
                                 progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout)
