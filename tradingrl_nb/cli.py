@@ -52,7 +52,7 @@ def _cut(v, n: int = 60):
 
 def _print_table(df: pd.DataFrame, cols=None) -> None:
     df = (df[cols] if cols else df)
-    df = df.apply(lambda col: col.map(_cut) if col.dtype == object else col).rename(columns=lambda c: _cut(str(c), 60))
+    df = df.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.map(_cut)).rename(columns=lambda c: _cut(str(c), 60))
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60,
                            "display.float_format", "{:.4g}".format):
         print(df.to_string(index=False))
