@@ -10,7 +10,10 @@ from test_experiments import tiny  # noqa: F401 (fixture)
 
 
 @pytest.mark.slow
-def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path):
+def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path, monkeypatch):
+    # a loaded 2-core machine starts Ray's agents slowly: give them longer than the default 15 s
+    monkeypatch.setenv("RAY_agent_register_timeout_ms", "180000")
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "180")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         root = tmp_path / "sw"
