@@ -83,9 +83,13 @@ def test_jupyterlab_opens_a_notebook_without_a_kernel_dialog(tmp_path):
                                 "--dump-dom", f"http://127.0.0.1:{port}/lab/tree/probe.ipynb"],
                                capture_output=True, text=True, timeout=240)
         dom = r.stdout
+        (Path(tempfile.gettempdir()) / "tradingrl-lab-dom.html").write_text(dom)   # for a failing run
         assert "jp-Notebook" in dom and "answer_from_the_lab" in dom, dom[-3000:]
         assert "Opened in the lab" in dom                     # the markdown cell is rendered
-        assert "Select Kernel" not in dom and "jp-Dialog" not in dom   # no kernel dialog
+        import re
+        assert not re.search(r'class="[^"]*\bjp-Dialog\b', dom), "a dialog is open"   # e.g. "Select Kernel"
+        kernel = re.search(r'class="[^"]*jp-KernelName[^"]*"[^>]*>\s*<jp-button[^>]*aria-label="([^"]*)"', dom)
+        assert kernel and kernel.group(1) not in ("", "No Kernel", "Select Kernel"), "the notebook is not on a kernel"
     finally:
         lab.terminate()
         try: lab.wait(timeout=30)
