@@ -57,6 +57,17 @@ html_theme_options = {
 html_show_sourcelink = False
 html_copy_source = False
 html_last_updated_fmt = None
-# MathJax comes from its CDN when the site is viewed (Sphinx's default): the build itself is
-# offline, and pages without network access show the LaTeX source of the formulas.
-mathjax_path = os.environ.get("TRADINGRL_DOCS_MATHJAX", "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js")
+# MathJax is bundled with the site (the `sphinx-mathjax-offline` package of the dev extra carries
+# MathJax 3): its files are copied to _static/mathjax, so formulas typeset with no network.
+# TRADINGRL_DOCS_MATHJAX=<url> loads MathJax from elsewhere (e.g. a CDN) instead.
+import importlib.util as _ilu
+
+_mathjax = _ilu.find_spec("sphinx-mathjax-offline")
+if os.environ.get("TRADINGRL_DOCS_MATHJAX"):
+    mathjax_path = os.environ["TRADINGRL_DOCS_MATHJAX"]
+elif _mathjax is not None:
+    html_static_path = [*globals().get("html_static_path", []), str(Path(_mathjax.origin).parent / "static")]
+    mathjax_path = "mathjax/tex-chtml.js"
+else:
+    raise RuntimeError("the docs need the sphinx-mathjax-offline package (pip install -e '.[dev]') "
+                       "or TRADINGRL_DOCS_MATHJAX=<url of MathJax 3>")

@@ -1,5 +1,5 @@
 """The `tradingrl` console script, run as a user runs it (a subprocess): success and failure paths."""
-import json, os, subprocess, sys
+import json, os, signal, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +132,183 @@ def test_main_job_parameters_are_valid():
     specs = ex.experiment_parameters(path)
     assert values["total_timesteps"] > 100 * specs["total_timesteps"].default  # full size, not the tiny default
     assert values["dataset"] == "sp500" and values["val_end"] == "2014-12-31"  # tests on 2015-2018
+
+
+# ---------------------------------------------------------------- robust runs (issue 16, item 7)
+SLEEPY_PARAMS = "seconds = 60\noutput_dir = None\n"
+SLEEPY_CELLS = ("import pathlib, time\npathlib.Path(output_dir, 'started').write_text('1')\ntime.sleep(seconds)",
+                "from tradingrl_nb.experiments import save_metrics\nsave_metrics({'slept': seconds}, output_dir)")
+
+
+@pytest.fixture
+def sleepy(env, tmp_path):
+    "A `sleepy` experiment that marks its start in the run folder, then sleeps."
+    make_notebook(tmp_path / "exps" / "sleepy.ipynb", SLEEPY_PARAMS, *SLEEPY_CELLS)
+    return env
+
+
+def start_run(env, out, *args):
+    "`tradingrl run sleepy` in the background, returned once its notebook has started."
+    import time
+    p = subprocess.Popen([*CMD, "run", "sleepy", "-q", "--output-dir", str(out), *map(str, args)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if (out / "started").exists(): return p
+        if p.poll() is not None: raise AssertionError(f"the run ended early: {p.communicate()}")
+        time.sleep(0.2)
+    p.kill(); raise AssertionError("the run did not start in 120 s")
+
+
+def one_line_error(r, code=2) -> str:
+    "The command failed with `code` and said why in exactly one line, without a traceback."
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_is_recorded(sleepy, tmp_path, sig, code):
+    out = tmp_path / "r"
+    p = start_run(sleepy, out)
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == code, stderr
+    lines = [l for l in stderr.splitlines() if l.strip() and not l.startswith("[IPKernelApp]")]  # the kernel's own log
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert f"interrupted by {signal.Signals(sig).name}" in lines[0] and str(out / "run.json") in lines[0]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["error"] == f"interrupted by {signal.Signals(sig).name}"
+    meta = json.loads((out / "sleepy.ipynb").read_text())["metadata"]
+    assert meta["papermill"]["exception"] is True and meta["tradingrl"]["status"] == "interrupted"
+    r = tradingrl("results", tmp_path, env=sleepy)
+    assert r.returncode == 0 and "interrupted" in r.stdout
+
+
+@pytest.mark.slow
+def test_second_run_into_a_folder_in_use_is_refused_and_killed_run_shows_died(sleepy, tmp_path):
+    out = tmp_path / "r"
+    p = start_run(sleepy, out, "-p", "seconds", "30")
+    try:
+        r = tradingrl("run", "tiny", "--output-dir", out, env=sleepy)
+        line = one_line_error(r)
+        assert f"run folder {out.resolve()} is in use by a run in progress (pid {p.pid} on" in line
+        assert not (out / "tiny.ipynb").exists() and json.loads((out / "params.json").read_text()) == {"seconds": 30}
+        assert "running" in tradingrl("results", tmp_path, env=sleepy).stdout
+    finally:
+        p.kill(); p.wait()
+    r = tradingrl("results", tmp_path, env=sleepy)
+    assert r.returncode == 0, r.stderr
+    row = next(l for l in r.stdout.splitlines()[1:] if l.split()[0] == "r")
+    assert row.split()[2] == "died", r.stdout
+
+
+def test_finished_folder_is_not_reused_without_overwrite(env, tmp_path):
+    out = tmp_path / "r"
+    assert tradingrl("run", "tiny", "-q", "--output-dir", out, env=env).returncode == 0
+    (out / "model.zip").write_text("old weights")
+    line = one_line_error(tradingrl("run", "tiny", "-q", "-p", "x", "5", "--output-dir", out, env=env))
+    assert "already holds a run (status ok); pass --overwrite" in line
+    assert json.loads((out / "params.json").read_text())["x"] == 2          # untouched
+    r = tradingrl("run", "tiny", "-q", "-p", "x", "5", "--overwrite", "--output-dir", out, env=env)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "model.zip").exists() and json.loads((out / "params.json").read_text())["x"] == 5
+    # a sweep into a folder whose runs exist is refused before it runs anything
+    root = tmp_path / "sw"
+    assert tradingrl("sweep", "tiny", "-q", "--grid", "x=1", "--output-dir", root, env=env).returncode == 0
+    line = one_line_error(tradingrl("sweep", "tiny", "-q", "--grid", "x=1,2", "--output-dir", root, env=env))
+    assert "1 of the sweep's run folders already hold runs (e.g. 000-x=1)" in line and not (root / "001-x=2").exists()
+    assert tradingrl("sweep", "tiny", "-q", "--grid", "x=1,2", "--overwrite", "--output-dir", root, env=env).returncode == 0
+
+
+def test_non_finite_values_are_stored_as_strings(env, tmp_path):
+    out = tmp_path / "r"
+    r = tradingrl("run", "tiny", "-q", "-p", "scale", "inf", "--output-dir", out, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "params.json").read_text())["scale"] == "inf"
+    assert json.loads((out / "metrics.json").read_text())["y"] == "inf"
+    r = tradingrl("run", "tiny", "-q", "-p", "scale", "nan", "--output-dir", tmp_path / "n", env=env)
+    assert r.returncode == 0 and json.loads((tmp_path / "n" / "params.json").read_text())["scale"] == "nan"
+    q = tradingrl("results", tmp_path, "--columns", "run,scale,y", env=env)
+    assert q.returncode == 0, q.stderr
+    rows = {l.split()[0]: l.split()[1:] for l in q.stdout.splitlines()[1:]}
+    assert rows["r"] == ["inf", "inf"] and rows["n"] == ["NaN", "NaN"]
+
+
+def _bad_notebook(tmp_path):
+    p = tmp_path / "empty.ipynb"; p.write_text("{}"); return p
+
+
+def _text_file(tmp_path):
+    p = tmp_path / "notes.txt"; p.write_text("hello"); return p
+
+
+def _a_file(tmp_path):
+    p = tmp_path / "afile"; p.write_text("x"); return p
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["run", "tiny", "--output-dir", _a_file(t)], "afile: is a file, not a folder"),
+    (lambda t: ["run", "tiny", "--output-dir", _a_file(t) / "sub"], "cannot create the folder"),
+    (lambda t: ["run", _bad_notebook(t)], "empty.ipynb: not a readable notebook"),
+    (lambda t: ["run", _text_file(t)], "notes.txt: a file that is not a notebook"),
+    (lambda t: ["run", "tiny", "-p", "x", "7" * 100_000], "...(100,002 chars)"),
+    (lambda t: ["run", "tiny", "-p", "x" * 100_000, "1"], "chars)' for experiment 'tiny'"),
+    (lambda t: ["run", "ranged", "-p", "total_timesteps", "-5"], "parameter 'total_timesteps': -5 is outside its range (0, inf)"),
+    (lambda t: ["run", "ranged", "-p", "dataset", "ftse"], "parameter 'dataset': 'ftse' is not one of {sp500, nasdaq}"),
+    (lambda t: ["run", "data_summary", "-p", "window", "1"], "parameter 'window': 1 is outside its range [2, inf)"),
+    (lambda t: ["results", _a_file(t)], "afile: is a file, not a runs folder"),
+])
+def test_ordinary_errors_are_one_line_exit_2(env, tmp_path, make_args, message):
+    make_notebook(tmp_path / "exps" / "ranged.ipynb",
+                  "total_timesteps = 64   # steps, in (0, inf)\ndataset = 'sp500'  # in {sp500, nasdaq}\noutput_dir = None\n", "pass")
+    line = one_line_error(tradingrl(*make_args(tmp_path), env=env))
+    assert message in line and len(line) < 1000, line[:2000]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_read_only_output_dir(env, tmp_path):
+    ro = tmp_path / "ro"; ro.mkdir(); ro.chmod(0o555)
+    try: assert "not writable" in one_line_error(tradingrl("run", "tiny", "--output-dir", ro / "x", env=env))
+    finally: ro.chmod(0o755)
+
+
+def test_results_skips_unreadable_runs_and_cuts_long_values(env, tmp_path):
+    root = tmp_path / "all"
+    for name, metrics in [("good", '{"y": 1.5}'), ("corrupt", '{"y": 1.'), ("listy", "[1, 2]")]:
+        d = root / name; d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"x": 1, "label": "L" * 100_000 if name == "good" else "a"}))
+        (d / "run.json").write_text(json.dumps({"experiment": "tiny", "status": "ok"}))
+        (d / "metrics.json").write_text(metrics)
+    r = tradingrl("results", root, env=env)
+    assert r.returncode == 0, r.stderr
+    warnings = r.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("tradingrl results: warning: skipped a run: ") for w in warnings)
+    assert str(root / "corrupt" / "metrics.json") + ": unreadable" in r.stderr
+    assert str(root / "listy" / "metrics.json") + ": holds a list, not a JSON object" in r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].split()[0] == "good" and max(map(len, lines)) < 300
+
+
+def test_metrics_json_that_is_not_an_object_fails_the_run_cleanly(env, tmp_path):
+    make_notebook(tmp_path / "exps" / "listy.ipynb", "output_dir = None\n",
+                  "import pathlib\npathlib.Path(output_dir, 'metrics.json').write_text('[1, 2]')")
+    out = tmp_path / "l"
+    r = tradingrl("run", "listy", "-q", "--output-dir", out, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{out.resolve() / 'metrics.json'}: holds a list, not an object" in r.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+def test_device_defaults_to_auto(env, tmp_path):
+    "--device's default is auto (the settings' device), whatever the notebook's own default."
+    make_notebook(tmp_path / "exps" / "dev.ipynb", 'device = "cpu"\noutput_dir = None\n', "print(device)")
+    assert "default: auto" in " ".join(tradingrl("run", "--help", env=env).stdout.split())
+    r = tradingrl("run", "dev", "-q", "--output-dir", tmp_path / "a", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a" / "params.json").read_text())["device"] == "auto"
+    r = tradingrl("run", "dev", "-q", "--output-dir", tmp_path / "b", env={**env, "TRADINGRL_DEVICE": "cpu"})
+    assert json.loads((tmp_path / "b" / "params.json").read_text())["device"] == "cpu"
+    assert tradingrl("run", "tiny", "-q", "--device", "auto", "--output-dir", tmp_path / "c", env=env).returncode == 0

@@ -207,6 +207,9 @@ f.addEventListener("load", () => setTimeout(() => {
     links: [...d.querySelectorAll("a[href]")].map(a => a.getAttribute("href")),
     code: [...d.querySelectorAll("div.cell_input pre")].map(p => p.textContent),
     tables: d.querySelectorAll("article table").length,
+    math: d.querySelectorAll(".math").length,
+    typeset: [...d.querySelectorAll(".math")].filter(m => m.querySelector("mjx-container")).length,
+    rawmath: [...d.querySelectorAll(".math")].filter(m => ["\\\\(", "\\\\[", "$$"].some(t => m.textContent.includes(t))).length,
     height: d.documentElement.scrollHeight, imgs});
 }, 300));
 f.src = new URLSearchParams(location.search).get("page");
@@ -339,3 +342,16 @@ def test_page_renders_with_its_figures_in_chromium(site, server, chromium, tmp_p
         assert a.std() > 5, f"{fig['src']}: the screenshot is blank where the figure should be"
         corr = np.corrcoef(a, b)[0, 1]
         assert corr > 0.9, f"{fig['src']}: screenshot and figure differ (correlation {corr:.3f})"
+
+
+@pytest.mark.slow
+def test_math_typesets_offline_on_the_vgs_page(site, server, chromium):
+    "MathJax is bundled with the site: with every host but 127.0.0.1 unreachable, the VGS page's formulas typeset."
+    base, requests = server
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    page = (site / "vgs.html").read_text()
+    assert "cdn.jsdelivr" not in page and "_static/mathjax/tex-chtml.js" in page
+    info = _probe(chromium, base, "vgs.html")
+    assert info["math"] >= 5, info["math"]
+    assert info["typeset"] == info["math"] and info["rawmath"] == 0, info
+    assert ("/_static/mathjax/tex-chtml.js", 200) in requests

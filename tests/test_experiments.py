@@ -146,9 +146,12 @@ def test_failing_cell_keeps_notebook_and_names_cell(tiny, tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
     assert (out / "tiny.html").exists()
     # a rerun into the same folder that succeeds does not keep stale metrics, and a failing one drops old ones
-    assert ex.run_experiment("tiny", output_dir=out, progress=False).ok and (out / "metrics.json").exists()
-    assert not ex.run_experiment("tiny", {"fail_at": 2}, output_dir=out, progress=False, raise_on_failure=False).ok
+    assert ex.run_experiment("tiny", output_dir=out, progress=False, overwrite=True).ok and (out / "metrics.json").exists()
+    assert not ex.run_experiment("tiny", {"fail_at": 2}, output_dir=out, progress=False, raise_on_failure=False,
+                                 overwrite=True).ok
     assert not (out / "metrics.json").exists()
+    with pytest.raises(ValueError, match="already holds a run \\(status failed\\); pass --overwrite"):
+        ex.run_experiment("tiny", output_dir=out, progress=False)
 
 
 def test_bad_input_creates_no_run_folder(tiny, tmp_path):
@@ -269,7 +272,14 @@ def test_results_metric_name_colliding_with_parameter(tmp_path):
 def test_save_metrics_is_strict_json(tmp_path):
     import numpy as np
     ex.save_metrics({"a": np.float64("nan"), "b": np.arange(3), "t": pd.Timestamp("2018-01-02")}, tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": None, "b": [0, 1, 2], "t": "2018-01-02T00:00:00"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": "nan", "b": [0, 1, 2], "t": "2018-01-02T00:00:00"}
+    ex.save_metrics({"up": float("inf"), "down": np.float32("-inf")}, tmp_path)
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert stored["up"] == "inf" and stored["down"] == "-inf"
+    back = ex.from_jsonable(stored)
+    assert back["up"] == float("inf") and back["down"] == float("-inf") and back["a"] != back["a"]
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="metrics.json: holds a list, not an object"): ex.save_metrics({"x": 1}, tmp_path)
     with pytest.raises(TypeError, match="cannot store"): ex.save_metrics({"m": object()}, tmp_path)
     assert ex.save_figure(None, "x", None) is None
 
@@ -291,3 +301,52 @@ def test_training_log_rows_per_iteration():
     assert list(f["train/n_updates"]) == [2, 4, 6]          # n_epochs updates after each rollout, in order
     assert f["rollout/reward_mean"].notna().all() and (f["train/value_loss"] > 0).all()
     assert model.num_timesteps == 192
+
+
+# ---------------------------------------------------------------- declared ranges, the run lock, the default device
+@given(lo=st.integers(-1000, 1000), width=st.one_of(st.integers(0, 1000), st.none()), lc=st.booleans(), hc=st.booleans(),
+       v=st.integers(-2500, 2500))
+@settings(max_examples=80, deadline=None)
+def test_declared_interval_accepts_exactly_its_values(lo, width, lc, hc, v):
+    "`in [lo, hi)` etc.: a value passes exactly when it lies in the interval (`inf`: no upper end)."
+    hi = float("inf") if width is None else lo + width
+    text = f"{'[' if lc else '('}{lo}, {'inf' if width is None else hi}{']' if hc else ')'}"
+    spec = ex.parse_parameters(f"n = 5   # a count, in {text}\n")["n"]
+    inside = (v > lo or (lc and v == lo)) and (v < hi or (hc and v == hi))
+    if inside: assert ex.coerce_value(spec, str(v)) == v
+    else:
+        with pytest.raises(ValueError, match=r"parameter 'n': -?\d+ is outside its range"): ex.coerce_value(spec, str(v))
+
+
+def test_declared_choices_and_bad_declarations():
+    specs = ex.parse_parameters("kind = 'mad'  # attack, in {mad, pgd}\nk = 3  # in {1, 3, 5}\nlr = 1e-3  # in (0, 1e-1]\n")
+    assert specs["kind"].choices == ("mad", "pgd") and specs["k"].choices == (1, 3, 5)
+    assert ex.coerce_value(specs["kind"], "pgd") == "pgd" and ex.coerce_value(specs["k"], "5") == 5
+    assert ex.coerce_value(specs["lr"], "0.1") == 0.1 and specs["lr"].domain() == "(0, 0.1]"
+    with pytest.raises(ValueError, match=r"'fgsm' is not one of \{mad, pgd\}"): ex.coerce_value(specs["kind"], "fgsm")
+    with pytest.raises(ValueError, match=r"0.2 is outside its range \(0, 0.1\]"): ex.coerce_value(specs["lr"], "0.2")
+    with pytest.raises(ValueError, match="parameter 'n': range .* the low end is above the high end"):
+        ex.parse_parameters("n = 1  # in [5, 1]\n")
+    assert ex.parse_parameters("w = 2  # days in (calendar) order\n")["w"].bounds is None   # prose, not a range
+
+
+def test_the_run_folder_is_locked_while_a_run_writes(tiny, tmp_path):
+    out = tmp_path / "r"
+    with ex.claim_run_dir(out):
+        with pytest.raises(ValueError, match="is in use by a run in progress"):
+            ex.run_experiment("tiny", output_dir=out, progress=False)
+    assert ex.run_experiment("tiny", output_dir=out, progress=False).ok   # free again
+    assert ex.lock_held(out) is False
+    other = tmp_path / "mine"; other.mkdir(); (other / "thesis.tex").write_text("precious")
+    with pytest.raises(ValueError, match="not empty and holds no run"):
+        ex.run_experiment("tiny", output_dir=other, progress=False, overwrite=True)
+    assert (other / "thesis.tex").read_text() == "precious"
+
+
+def test_device_none_means_the_settings_device(tiny, monkeypatch):
+    nb = make_notebook(tiny.parent / "dev.ipynb", 'device = "cpu"\noutput_dir = None\n', "print(device)")
+    assert ex.prepare_run(nb)[1]["device"] == "auto"
+    monkeypatch.setenv("TRADINGRL_DEVICE", "cpu")
+    assert ex.prepare_run(nb)[1]["device"] == "cpu"
+    assert ex.prepare_run(nb, {"device": "auto"})[1]["device"] == "auto"     # -p device wins over the settings
+    assert ex.prepare_run("tiny", device="auto")[1] == ex.prepare_run("tiny")[1]   # no device parameter: auto is ignored

@@ -13,6 +13,8 @@ Modules:
 - `tradingrl_nb.pbt_runner`: `run_population`: a PBT population on one machine, its members in turn or in worker processes (with a per-interval timeout), resume after a crash, failure handling, and the population plots.
 - `tradingrl_nb.policy`: An LSTM actor-critic for `DistributionalPPO`: a Gaussian actor for the target position and two quantile critics, built to be run on whole padded sequences (one LSTM call per minibatch).
 - `tradingrl_nb.ppo`: PPO on stable-baselines3 with an LSTM actor, twin quantile critics, CVaR-aware advantages, return normalization, VGS and AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
+- `tradingrl_nb.progress`: What a long run is doing, while it runs: steps done of the total, steps per second, time left, and the last validation metrics.
+- `tradingrl_nb.rundir`: A run's folder: locked while the run writes there, never silently reused, its status honest when the process is gone; and the HTML report a reader opens first.
 - `tradingrl_nb.sappo`: Observation attacks that work through the LSTM over whole sequences (SGLD, PGD, random noise, MAD), the robust KL regularizer of SA-PPO with its epsilon ramp, and an attacked policy for backtests.
 - `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
 - `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters."""

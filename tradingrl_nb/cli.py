@@ -46,10 +46,29 @@ def _cmd_list(a) -> int:
                   f"{s.default!r:<16}" + (f" {s.help}" if s.help else ""))
     return 0
 
+def _cut(v, n: int = 60):
+    "Long text cut to `n` characters: one long value must not widen every row of a table."
+    return ex._short(v, n) if isinstance(v, str) else v
+
 def _print_table(df: pd.DataFrame, cols=None) -> None:
+    df = (df[cols] if cols else df)
+    df = df.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.map(_cut)).rename(columns=lambda c: _cut(str(c), 60))
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60,
                            "display.float_format", "{:.4g}".format):
-        print((df[cols] if cols else df).to_string(index=False))
+        print(df.to_string(index=False))
+
+def _error(cmd: str, e: BaseException) -> int:
+    "An ordinary error as one line on stderr (exit 2: bad input)."
+    msg = " ".join(str(e).split()) if isinstance(e, ValueError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
+    print(f"tradingrl {cmd}: error: {ex._short(msg, 600)}", file=sys.stderr)
+    return 2
+
+def _interrupted(cmd: str, e: BaseException) -> int:
+    "A run stopped by a signal: one line, exit 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."
+    import signal
+    signum = getattr(e, "signum", None) or signal.SIGINT
+    print(f"tradingrl {cmd}: {e or 'interrupted'}", file=sys.stderr)
+    return 128 + int(signum)
 
 def _is_table(v) -> bool:
     "A dict of at least two dicts of scalars (e.g. strategy -> metric -> value) prints as a table."
@@ -72,11 +91,11 @@ def print_metrics(metrics: dict) -> None:
 def _cmd_run(a) -> int:
     try:
         r = ex.run_experiment(a.name, _params(a.p), device=a.device, output_dir=a.output_dir,
-                              progress=not a.quiet, raise_on_failure=False)
-    except ValueError as e:
-        print(f"tradingrl run: error: {e}", file=sys.stderr); return 2
+                              progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite, kernel_log=True)
+    except ex.RunInterrupted as e: return _interrupted("run", e)
+    except (ValueError, OSError) as e: return _error("run", e)
     if not r.ok:
-        print(f"tradingrl run: {r.name} FAILED after {r.wall_s:.1f}s: {r.error}", file=sys.stderr)
+        print(f"tradingrl run: {r.name} FAILED after {r.wall_s:.1f}s: {ex._short(r.error, 3000)}", file=sys.stderr)
         if r.report: print(f"report: {r.report}", file=sys.stderr)
         return 1
     print(f"{r.name} finished in {r.wall_s:.1f}s")
@@ -88,9 +107,10 @@ def _cmd_run(a) -> int:
 def _cmd_sweep(a) -> int:
     try:
         table = ex.sweep(a.name, _parse_grid(a.grid), _params(a.p), jobs=a.jobs, device=a.device,
-                         output_dir=a.output_dir, progress=not a.quiet)
-    except ValueError as e:
-        print(f"tradingrl sweep: error: {e}", file=sys.stderr); return 2
+                         output_dir=a.output_dir, progress=not a.quiet, backend=a.backend, address=a.address,
+                         num_cpus=a.cpus_per_run, overwrite=a.overwrite)
+    except ex.RunInterrupted as e: return _interrupted("sweep", e)
+    except (ValueError, OSError) as e: return _error("sweep", e)
     print("\nsweep summary:")
     keys = [c for c in table.columns if c in _parse_grid(a.grid)]
     metric_cols = [c for c in table.columns if c not in {"run", "status", "wall_s", "error", *keys}
@@ -103,17 +123,39 @@ def _cmd_sweep(a) -> int:
     return 1 if n_bad else 0
 
 def _cmd_results(a) -> int:
-    try: table = ex.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc)
-    except ValueError as e:
-        print(f"tradingrl results: error: {e}", file=sys.stderr); return 2
+    warn = lambda m: print(f"tradingrl results: warning: {ex._short(m, 600)}", file=sys.stderr)
+    try: table = ex.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn)
+    except (ValueError, OSError) as e: return _error("results", e)
     if table.empty: print("no runs found"); return 0
+    if a.plot: return _plot(a, table)
     if a.columns:
         missing = [c for c in a.columns.split(",") if c not in table]
-        if missing: print(f"tradingrl results: error: no column(s) {missing}; columns: {list(table.columns)}", file=sys.stderr); return 2
+        if missing: return _error("results", ValueError(f"no column(s) {[_cut(m, 40) for m in missing]}; columns: {list(table.columns)}"))
         table = table[a.columns.split(",")]
     _print_table(table)
     if a.csv:
         table.to_csv(a.csv, index=False); print(f"written {a.csv}")
+    return 0
+
+def _plot(a, table: pd.DataFrame) -> int:
+    "`results --plot METRIC [--by PARAM]`: the comparison figure, saved as a PNG; its summary printed."
+    import matplotlib
+    matplotlib.use("Agg")
+    by = a.by
+    if by is None:  # the one parameter that varies among the runs
+        fixed = {"run", "experiment", "status", "started", "wall_s", "error", "device", a.plot}
+        varying = [c for c in table.columns if c not in fixed and "." not in c and table[c].nunique(dropna=True) > 1
+                   and c in table.attrs.get("parameters", ())]
+        if len(varying) != 1: return _error("results", ValueError(
+            f"--plot: give --by PARAM (parameters that vary: {', '.join(varying) or 'none'})"))
+        by = varying[0]
+    try: fig, summary = ex.plot_comparison(table, a.plot, by)
+    except ValueError as e: return _error("results", e)
+    out = Path(a.out or Path(a.dir or ex._config().load_settings().runs_dir) / f"compare-{ex._slug(a.plot)}-by-{ex._slug(by)}.png")
+    try: fig.savefig(out, dpi=110, bbox_inches="tight")
+    except OSError as e: return _error("results", e)
+    _print_table(summary)
+    print(f"figure: {out}")
     return 0
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,13 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("name", help="experiment name (see `tradingrl list`) or path to a notebook")
         sp.add_argument("-p", "--parameter", dest="p", nargs=2, action="append", metavar=("KEY", "VALUE"), help="set a parameter")
-        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="the device parameter (default: the notebook's)")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                        help="the device parameter (default: auto, i.e. settings.ini's device: CUDA when present, else cpu)")
         sp.add_argument("--output-dir", default=None, help="run folder (default: runs/<timestamp>-<name>)")
+        sp.add_argument("--overwrite", action="store_true", help="replace the run(s) already in --output-dir (clears them first)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r = sub.add_parser("run", help="run one experiment"); common(r); r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("sweep", help="run every combination of a grid"); common(s)
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values of one parameter (repeatable)")
-    s.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
+    s.add_argument("--jobs", type=int, default=1, help="runs at once (processes; process backend)")
+    s.add_argument("--backend", choices=["process", "ray"], default="process", help="local processes (default) or Ray tasks")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray); --backend ray")
+    s.add_argument("--cpus-per-run", type=float, default=1, help="CPUs each Ray task asks for (default 1); --backend ray")
     s.set_defaults(fn=_cmd_sweep)
     q = sub.add_parser("results", help="table of all runs' parameters and metrics")
     q.add_argument("dir", nargs="?", default=None, help="runs folder (default: runs_dir of settings.ini)")
@@ -138,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sort", default=None, help="sort by this column"); q.add_argument("--desc", action="store_true", help="descending")
     q.add_argument("--columns", default=None, help="comma-separated columns to show")
     q.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    q.add_argument("--plot", default=None, metavar="METRIC", help="draw METRIC against a swept parameter (mean and 95%% interval over runs)")
+    q.add_argument("--by", default=None, metavar="PARAM", help="the parameter of --plot (default: the one that varies)")
+    q.add_argument("--out", default=None, help="file of the --plot figure (default: DIR/compare-METRIC-by-PARAM.png)")
     q.set_defaults(fn=_cmd_results)
     return p
 
@@ -145,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `tradingrl` command."
     a = build_parser().parse_args(argv)
     if getattr(a, "jobs", 1) < 1: print("tradingrl: error: --jobs must be >= 1", file=sys.stderr); return 2
+    if getattr(a, "cpus_per_run", 1) <= 0: print("tradingrl: error: --cpus-per-run must be > 0", file=sys.stderr); return 2
     try: return a.fn(a)
+    except KeyboardInterrupt as e: return _interrupted(a.command, e)
     except BrokenPipeError:  # e.g. `tradingrl list | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY); os.dup2(devnull, sys.stdout.fileno())
         return 1

@@ -7,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/experiments.html.md"""
 
 # %% ../nbs/10_experiments.ipynb #a22b1dc9
 from __future__ import annotations
-import ast, itertools, json, math, os, re, sys, time, traceback
+import ast, contextlib, itertools, json, math, os, re, signal, sys, time, traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, asdict
 from datetime import datetime
@@ -23,22 +23,28 @@ def _config():
     from tradingrl_nb import config
     return config
 
+from .rundir import (LOCK_NAME, RunLock, claim_run_dir, lock_held, run_status, write_report,
+                                 _flatten, _short)
+
 # %% auto #0
-__all__ = ['RESERVED', 'to_jsonable', 'save_metrics', 'save_figure', 'TrainingLog', 'experiment_dirs', 'list_experiments',
-           'find_experiment', 'ParamSpec', 'parse_parameters', 'experiment_parameters', 'coerce_value',
-           'resolve_parameters', 'ExperimentFailed', 'RunResult', 'write_report', 'prepare_run', 'run_experiment',
-           'expand_grid', 'sweep', 'results']
+__all__ = ['RESERVED', 'to_jsonable', 'from_jsonable', 'save_metrics', 'save_figure', 'TrainingLog', 'experiment_dirs',
+           'list_experiments', 'find_experiment', 'ParamSpec', 'parse_domain', 'parse_parameters',
+           'experiment_parameters', 'coerce_value', 'resolve_parameters', 'ExperimentFailed', 'RunInterrupted',
+           'RunResult', 'prepare_run', 'run_experiment', 'expand_grid', 'sweep', 'results', 'compare_runs',
+           'plot_comparison']
 
 # %% ../nbs/10_experiments.ipynb #984f2524
 def to_jsonable(x: Any) -> Any:
-    "`x` as plain JSON data: numpy/pandas scalars to numbers, timestamps to ISO strings, NaN/inf to None."
+    "`x` as plain JSON data: numpy/pandas scalars to numbers, timestamps to ISO strings, NaN/inf to the strings 'nan'/'inf'/'-inf'."
     if isinstance(x, dict): return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return [to_jsonable(v) for v in x]
     if isinstance(x, pd.Series): return to_jsonable(x.to_dict())
     if isinstance(x, np.ndarray): return to_jsonable(x.tolist())
     if isinstance(x, (np.bool_, bool)): return bool(x)
     if isinstance(x, (np.integer, int)): return int(x)
-    if isinstance(x, (np.floating, float)): return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, (np.floating, float)):
+        f = float(x)
+        return f if math.isfinite(f) else "nan" if math.isnan(f) else "inf" if f > 0 else "-inf"
     if isinstance(x, (pd.Timestamp, datetime)): return x.isoformat()
     if isinstance(x, Path): return str(x)
     if x is None or isinstance(x, str): return x
@@ -46,6 +52,17 @@ def to_jsonable(x: Any) -> Any:
         try: return to_jsonable(x.item())
         except (TypeError, ValueError): pass
     raise TypeError(f"cannot store a {type(x).__name__} in metrics.json: {x!r:.80}")
+
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+def from_jsonable(x: Any) -> Any:
+    "Inverse of `to_jsonable` for numbers: the strings 'nan', 'inf', '-inf' back to floats (in dicts and lists too)."
+    if isinstance(x, dict): return {k: from_jsonable(v) for k, v in x.items()}
+    if isinstance(x, list): return [from_jsonable(v) for v in x]
+    return _NONFINITE.get(x, x) if isinstance(x, str) else x
+
+def _slug(v) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(v))[:40]
 
 def _write_json(path: Path, data) -> None:
     "Write `data` as indented JSON atomically (a temp file, then rename)."
@@ -59,7 +76,11 @@ def save_metrics(metrics: dict, output_dir: str | Path | None = None) -> dict:
     data = to_jsonable(metrics)
     if output_dir is None: return data
     path = Path(output_dir) / "metrics.json"
-    if path.exists(): data = {**json.loads(path.read_text(encoding="utf-8")), **data}
+    if path.exists():
+        try: old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(old, dict): raise ValueError(f"{path}: holds a {type(old).__name__}, not an object of metrics")
+        data = {**old, **data}
     _write_json(path, data)
     return data
 
@@ -74,12 +95,27 @@ def save_figure(fig, name: str, output_dir: str | Path | None = None, dpi: int =
 
 # %% ../nbs/10_experiments.ipynb #ed32a17b
 class TrainingLog:
-    "Per-iteration training curves of an SB3 on-policy model: `learn(n)` trains, `frame()` has one row per iteration."
-    def __init__(self, model):
+    """Per-iteration training curves of an SB3 on-policy model: `learn(n)` trains, `frame()` has one row per iteration.
+    Under `tradingrl run` it also writes the run's live progress file and TensorBoard event files (see below)."""
+    _count = 0   # TrainingLogs made in this process: each gets its own TensorBoard folder
+
+    def __init__(self, model, total_timesteps: int | None = None, name: str | None = None,
+                 progress: str | Path | None = None, tensorboard: str | Path | None = None):
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.logger import Logger
-        self.model, self.rows, self._pending = model, [], None
+        from tradingrl_nb.progress import ProgressFile, PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV
+        self.model, self.rows, self.validation, self._pending = model, [], [], None
+        TrainingLog._count += 1
+        self.name = name or f"train{TrainingLog._count}"
         model.set_logger(Logger(folder=None, output_formats=[]))
+        env_total = os.environ.get(TOTAL_ENV)
+        self.total = total_timesteps if total_timesteps is not None else \
+            (int(env_total) if env_total and env_total.isdigit() else None)
+        progress = progress or os.environ.get(PROGRESS_ENV)
+        self.progress = ProgressFile(progress, self.total) if progress else None
+        tb = tensorboard or os.environ.get(TENSORBOARD_ENV)
+        self.tensorboard = Path(tb) / _slug(self.name) if tb else None
+        self._writer = None
         log = self
         class _Callback(BaseCallback):
             def _on_rollout_start(self) -> None: log._emit()   # the previous update has logged by now
@@ -92,21 +128,40 @@ class TrainingLog:
                 log._pending = {"timesteps": int(self.model.num_timesteps),
                                 "rollout/reward_mean": self._sum / self._n if self._n else float("nan")}
                 self._sum, self._n = 0.0, 0
+                if log.progress: log.progress.update(self.model.num_timesteps)
         self.callback = _Callback()
+
+    def _scalars(self, values: dict, step: int) -> None:
+        if self.tensorboard is None: return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.tensorboard))
+        for k, v in values.items(): self._writer.add_scalar(k, v, step)
+        self._writer.flush()
 
     def _emit(self) -> None:
         if self._pending is None: return
         values = {k: float(v) for k, v in self.model.logger.name_to_value.items()
                   if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
-        self.rows.append({**self._pending, **values})
+        row = {**self._pending, **values}
+        self.rows.append(row)
         self._pending = None
         self.model.logger.name_to_value.clear()
+        self._scalars({k: v for k, v in row.items() if k != "timesteps"}, row["timesteps"])
+
+    def record_validation(self, **metrics) -> None:
+        "Validation metrics at the current step (e.g. `sharpe=0.41`): kept in `.validation`, shown in the live progress, logged as `val/*`."
+        step = int(self.model.num_timesteps)
+        self.validation.append({"timesteps": step, **{k: float(v) for k, v in metrics.items()}})
+        self._scalars({f"val/{k}": float(v) for k, v in metrics.items()}, step)
+        if self.progress: self.progress.update(step, force=True, **{f"val_{k}": v for k, v in metrics.items()})
 
     def learn(self, total_timesteps: int, **kwargs):
         "`model.learn` for `total_timesteps` more steps with the recording callback; returns the model."
         first = self.model.num_timesteps == 0
         self.model.learn(total_timesteps, callback=self.callback, reset_num_timesteps=first, log_interval=None, **kwargs)
         self._emit()
+        if self.progress: self.progress.update(self.model.num_timesteps, force=True)
         return self.model
 
     def frame(self) -> pd.DataFrame:
@@ -140,11 +195,14 @@ def find_experiment(name: str | Path) -> Path:
     p = Path(name)
     if p.suffix == ".ipynb":
         if p.is_file(): return p.resolve()
-        raise ValueError(f"no such notebook: {p}")
+        raise ValueError(f"no such notebook: {_short(str(p), 200)}")
+    if p.suffix or os.sep in str(name) or (os.altsep and os.altsep in str(name)):
+        what = "a file that is not a notebook" if p.is_file() else "no such notebook" if not p.exists() else "a folder, not a notebook"
+        raise ValueError(f"{_short(str(p), 200)}: {what} (an experiment is a .ipynb notebook or the name of one)")
     known = list_experiments()
     if str(name) in known: return known[str(name)]
     where = ", ".join(str(d) for d in experiment_dirs()) or "(no experiments folder found)"
-    raise ValueError(f"unknown experiment {str(name)!r}; known experiments: {', '.join(known) or '(none)'} (searched {where})")
+    raise ValueError(f"unknown experiment {_short(str(name))!r}; known experiments: {', '.join(known) or '(none)'} (searched {where})")
 
 # %% ../nbs/10_experiments.ipynb #35a28d0d
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple, "dict": dict}
@@ -157,6 +215,46 @@ class ParamSpec:
     type: str          # 'int' | 'float' | 'bool' | 'str' | 'list' | 'tuple' | 'dict' | 'any'
     optional: bool = False   # None is allowed
     help: str = ""
+    bounds: tuple | None = None    # (low, high, low_closed, high_closed) from `in [a, b)` in the help
+    choices: tuple | None = None   # the allowed values from `in {a, b, c}` in the help
+
+    def domain(self) -> str:
+        "The declared range as written: `(0, inf)`, `[0, 1]`, `{sp500, nasdaq}`, or ''."
+        if self.bounds:
+            lo, hi, lc, hc = self.bounds
+            return f"{'[' if lc else '('}{lo:g}, {hi:g}{']' if hc else ')'}"
+        return "{" + ", ".join(map(str, self.choices)) + "}" if self.choices else ""
+
+    def check(self, value: Any) -> Any:
+        "`value` if it lies in the declared range (None always passes where allowed); ValueError otherwise."
+        if value is None or (not self.bounds and not self.choices): return value
+        if self.bounds and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            lo, hi, lc, hc = self.bounds
+            v = float(value)
+            if not ((v > lo or (lc and v == lo)) and (v < hi or (hc and v == hi))):
+                raise ValueError(f"parameter {self.name!r}: {_short(repr(value))} is outside its range {self.domain()}")
+        if self.choices and value not in self.choices and str(value) not in map(str, self.choices):
+            raise ValueError(f"parameter {self.name!r}: {_short(repr(value))} is not one of {self.domain()}")
+        return value
+
+def _literal_or_str(s: str):
+    try: return ast.literal_eval(s)
+    except (ValueError, SyntaxError, TypeError): return s
+
+_NUM = r"[-+]?(?:inf|\d[\d_]*(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+_RANGE = re.compile(rf"\bin\s*([\[(])\s*({_NUM})\s*,\s*({_NUM})\s*([\])])")
+_CHOICES = re.compile(r"\bin\s*\{([^}]*)\}")
+
+def parse_domain(help_: str) -> tuple[tuple | None, tuple | None]:
+    "(bounds, choices) declared in a parameter's help text: `in (0, inf)`, `in [0, 1)`, `in {sp500, nasdaq}`."
+    bounds = choices = None
+    if m := _RANGE.search(help_):
+        lo, hi = float(m.group(2).replace("_", "")), float(m.group(3).replace("_", ""))
+        if lo > hi: raise ValueError(f"range {m.group(0)[2:].strip()!r}: the low end is above the high end")
+        bounds = (lo, hi, m.group(1) == "[", m.group(4) == "]")
+    if m := _CHOICES.search(help_):
+        choices = tuple(_literal_or_str(v.strip()) for v in m.group(1).split(",") if v.strip())
+    return bounds, choices
 
 def _annotation_type(node) -> tuple[str, bool] | None:
     "('int', optional) from an annotation such as `int`, `str | None`, `Optional[float]`."
@@ -196,7 +294,9 @@ def parse_parameters(source: str) -> dict[str, ParamSpec]:
         if t is not None: typ, optional = t[0], t[1] or default is None
         elif not literal or default is None: typ, optional = "any", True
         else: typ, optional = type(default).__name__ if type(default).__name__ in _TYPES else "any", False
-        specs[name] = ParamSpec(name, default, typ, optional, help_)
+        try: bounds, choices = parse_domain(help_)
+        except ValueError as e: raise ValueError(f"parameter {name!r}: {e}") from None
+        specs[name] = ParamSpec(name, default, typ, optional, help_, bounds, choices)
     return specs
 
 def _parameters_cell(nb) -> Any:
@@ -207,16 +307,24 @@ def experiment_parameters(name: str | Path) -> dict[str, ParamSpec]:
     "The parameters of an experiment (its `parameters`-tagged cell); ValueError if it has none."
     import nbformat
     path = find_experiment(name)
-    cell = _parameters_cell(nbformat.read(path, as_version=4))
+    try: nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # not JSON, `{}`, a notebook of another format...
+        raise ValueError(f"{path}: not a readable notebook ({type(e).__name__}: {_short(str(e).splitlines()[0] if str(e) else '', 120)})") from None
+    if not isinstance(nb.get("cells"), list): raise ValueError(f"{path}: not a notebook (no list of cells)")
+    cell = _parameters_cell(nb)
     if cell is None: raise ValueError(f"{path}: no code cell tagged 'parameters'")
-    return parse_parameters(cell.source)
+    try: return parse_parameters(cell.source)
+    except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/10_experiments.ipynb #b7295c18
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 def coerce_value(spec: ParamSpec, value: Any) -> Any:
-    "`value` converted to/checked against `spec`'s type; ValueError when it does not fit."
-    bad = lambda why="": ValueError(f"parameter {spec.name!r}: {value!r} is not a valid {spec.type}"
+    "`value` converted to/checked against `spec`'s type and declared range; ValueError when it does not fit."
+    return spec.check(_coerce(spec, value))
+
+def _coerce(spec: ParamSpec, value: Any) -> Any:
+    bad = lambda why="": ValueError(f"parameter {spec.name!r}: {_short(repr(value))} is not a valid {spec.type}"
                                     f"{' or None' if spec.optional and spec.type != 'any' else ''}{why}")
     if value is None or (isinstance(value, str) and spec.type != "str" and value.strip().lower() in ("none", "null")):
         if spec.optional: return None
@@ -249,10 +357,6 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
     if t in ("bool", "str", "list", "tuple", "dict") and isinstance(value, _TYPES[t]): return value
     raise bad()
 
-def _literal_or_str(s: str):
-    try: return ast.literal_eval(s)
-    except (ValueError, SyntaxError, TypeError): return s
-
 RESERVED = ("output_dir",)
 
 def resolve_parameters(specs: dict[str, ParamSpec], given: dict[str, Any] | None, where: str = "") -> dict[str, Any]:
@@ -263,7 +367,7 @@ def resolve_parameters(specs: dict[str, ParamSpec], given: dict[str, Any] | None
     unknown = [k for k in given if k not in specs]
     if unknown:
         known = ", ".join(f"{s.name} ({s.type})" for s in specs.values() if s.name not in RESERVED)
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))}{' for ' + where if where else ''}; "
+        raise ValueError(f"unknown parameter(s) {', '.join(repr(_short(k, 40)) for k in unknown)}{' for ' + where if where else ''}; "
                          f"known parameters: {known}")
     out = {}
     for name, s in specs.items():
@@ -276,6 +380,12 @@ class ExperimentFailed(RuntimeError):
     def __init__(self, message: str, result: "RunResult"):
         super().__init__(message); self.result = result
 
+class RunInterrupted(KeyboardInterrupt):
+    "A run stopped by SIGINT (Ctrl-C) or SIGTERM; `.signum`, `.result` (its `run.json` says 'interrupted')."
+    def __init__(self, message: str, signum: int, result: "RunResult | None" = None):
+        super().__init__(message); self.signum, self.result = signum, result
+    def __str__(self) -> str: return self.args[0] if self.args else "interrupted"
+
 @dataclass
 class RunResult:
     "What one run produced."
@@ -285,7 +395,7 @@ class RunResult:
     report: Path | None
     parameters: dict
     metrics: dict
-    status: str            # 'ok' | 'failed'
+    status: str            # 'ok' | 'failed' | 'interrupted'
     wall_s: float
     error: str | None = None
     @property
@@ -317,93 +427,152 @@ def _failure_message(e, nb_path: Path) -> str:
     return (f"{e.ename}: {_ANSI.sub('', str(e.evalue)).strip()} -- raised in cell In [{e.exec_count}] "
             f"(index {e.cell_index} of the executed notebook){where}\nthe executed notebook with the error is kept at {nb_path}")
 
-def write_report(nb_path: Path, html_path: Path | None = None) -> Path:
-    "The executed notebook as a standalone HTML report (nbconvert's HTMLExporter)."
-    import nbformat
-    from nbconvert import HTMLExporter
-    nb = nbformat.read(nb_path, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    html_path = Path(html_path or Path(nb_path).with_suffix(".html"))
-    html_path.write_text(body, encoding="utf-8")
-    return html_path
-
+# %% ../nbs/10_experiments.ipynb #f25a75d2
 def _check_device(device: str) -> str:
     d = str(device).strip().lower()
     if d not in ("auto", "cpu") and not d.startswith("cuda"):
-        raise ValueError(f"device {device!r}: use auto, cpu or cuda")
+        raise ValueError(f"device {_short(str(device))!r}: use auto, cpu or cuda")
     _config().resolve_device(d)  # ValueError when cuda is asked for without a GPU
     return d
 
 def prepare_run(name: str | Path, parameters: dict | None = None, device: str | None = None) -> tuple[Path, dict]:
-    "Validate a run before it starts: (notebook path, full parameter values). Raises ValueError on bad input."
+    """Validate a run before it starts: (notebook path, full parameter values). Raises ValueError on bad input.
+    `device` None means the settings' device (`auto` unless settings.ini or TRADINGRL_DEVICE say otherwise);
+    an experiment without a `device` parameter ignores `auto` and refuses any other device."""
     path = find_experiment(name)
     specs = experiment_parameters(path)
     given = dict(parameters or {})
+    explicit = device is not None
+    if device is None and "device" in specs and "device" not in given: device = _config().load_settings().device
     if device is not None:
-        if "device" not in specs: raise ValueError(f"experiment {path.stem!r} has no 'device' parameter")
-        if "device" in given and str(given["device"]) != str(device):
-            raise ValueError(f"device given twice: -p device {given['device']} and --device {device}")
-        given["device"] = device
+        if "device" not in specs:
+            if explicit and str(device).strip().lower() != "auto":
+                raise ValueError(f"experiment {path.stem!r} has no 'device' parameter")
+        elif "device" in given and str(given["device"]) != str(device):
+            if explicit: raise ValueError(f"device given twice: -p device {_short(str(given['device']))} and --device {device}")
+        else: given["device"] = device
     values = resolve_parameters(specs, given, where=f"experiment {path.stem!r}")
     if "device" in values and values["device"] is not None: values["device"] = _check_device(values["device"])
     return path, values
 
+@contextlib.contextmanager
+def _kernel_stderr_to(path: Path):
+    "File descriptor 2 goes to `path` (the kernel started meanwhile inherits it); `sys.stderr` stays the terminal."
+    sys.stderr.flush()
+    term_fd, log = os.dup(2), open(path, "ab")
+    term, old = os.fdopen(os.dup(term_fd), "w", buffering=1, errors="replace"), sys.stderr
+    os.dup2(log.fileno(), 2); sys.stderr = term
+    try: yield
+    finally:
+        sys.stderr = old; term.flush(); os.dup2(term_fd, 2); os.close(term_fd); term.close(); log.close()
+
+def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
+    "Record an interrupted run in the partial notebook's metadata (papermill would say no exception occurred)."
+    import nbformat
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+        nb.metadata.setdefault("papermill", {})["exception"] = True
+        nb.metadata["tradingrl"] = {"status": status, "error": error}
+        nbformat.write(nb, nb_path)
+    except Exception: pass
+
 def run_experiment(name: str | Path, parameters: dict | None = None, device: str | None = None,
                    output_dir: str | Path | None = None, progress: bool = True, report: bool = True,
                    kernel_name: str | None = None, raise_on_failure: bool = True,
-                   start_timeout: int = 120) -> RunResult:
-    "Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`)."
-    import nbformat, papermill as pm
+                   start_timeout: int = 120, overwrite: bool = False, kernel_log: bool = False) -> RunResult:
+    """Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`), which it locks.
+    SIGINT/SIGTERM stop the run, record it as 'interrupted' and raise `RunInterrupted`. With `kernel_log` the
+    kernel's own stderr (its log, its shutdown noise) goes to `kernel.log` in the run folder, not to the terminal."""
+    import signal, socket, threading, nbformat, papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
     path, values = prepare_run(name, parameters, device)
     specs = experiment_parameters(path)
     out = Path(output_dir) if output_dir is not None else _new_run_dir(path.stem)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = claim_run_dir(out, overwrite=overwrite)
     out = out.resolve()
-    (out / "figures").mkdir(exist_ok=True)
-    if (out / "metrics.json").exists(): (out / "metrics.json").unlink()  # never report a previous run's metrics
     nb_path = out / f"{path.stem}.ipynb"
     injected = {k: v for k, v in values.items() if k not in RESERVED}
     if "output_dir" in specs: injected["output_dir"] = str(out)
-    _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
     started = datetime.now().isoformat(timespec="seconds")
-    _write_json(out / "run.json", dict(experiment=path.stem, notebook=str(path), status="running", started=started))
-    t0, error, status = time.perf_counter(), None, "ok"
+    record = dict(experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(), host=socket.gethostname())
     try:
-        pm.execute_notebook(str(path), str(nb_path), parameters=injected,
-                            kernel_name=kernel_name or _config().load_settings().kernel_name, language="python",
-                            progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout)
+        (out / "figures").mkdir(exist_ok=True)
+        _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
+        _write_json(out / "run.json", dict(record, status="running"))
+    except OSError as e:
+        lock.release(); raise ValueError(f"run folder {out}: cannot write there ({e.strerror})") from None
+    prog = out / ".progress.json"
+    env = {PROGRESS_ENV: str(prog), TENSORBOARD_ENV: str(out / "tensorboard")}
+    if isinstance(values.get("total_timesteps"), int): env[TOTAL_ENV] = str(values["total_timesteps"])
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)   # the kernel inherits them
+    def _on_signal(signum, frame): raise RunInterrupted(f"interrupted by {signal.Signals(signum).name}", signum)
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_signal) if main else None
+    t0, error, status, signum = time.perf_counter(), None, "ok", None
+    try:
+        with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
+             (follow_progress(prog) if progress else contextlib.nullcontext()):
+            pm.execute_notebook(str(path), str(nb_path), parameters=injected,
+                                kernel_name=kernel_name or _config().load_settings().kernel_name, language="python",
+                                progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout)
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM through _on_signal
+        signum = getattr(e, "signum", signal.SIGINT)
+        status, error = "interrupted", f"interrupted by {signal.Signals(signum).name}"
     except PapermillExecutionError as e:
         status, error = "failed", _failure_message(e, nb_path)
     except Exception as e:  # kernel died, missing kernel, ...: still leave a record
-        status, error = "failed", f"{type(e).__name__}: {e}"
-    wall = time.perf_counter() - t0
-    rep = None
-    if report and nb_path.exists():
-        try: rep = write_report(nb_path, out / f"{path.stem}.html")
-        except Exception as e: error = (error or "") + f"\n(HTML report failed: {type(e).__name__}: {e})"
-    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
-    _write_json(out / "run.json", dict(experiment=path.stem, notebook=str(path), status=status, started=started,
-                                       wall_s=round(wall, 3), error=error))
+        status, error = "failed", f"{type(e).__name__}: {_short(str(e), 2000)}"
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN); old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for k, v in saved_env.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    try:
+        wall = time.perf_counter() - t0
+        if status == "interrupted" and nb_path.exists(): _mark_notebook(nb_path, status, error)
+        metrics = {}
+        if (out / "metrics.json").exists():
+            try:
+                metrics = from_jsonable(json.loads((out / "metrics.json").read_text()))
+                if not isinstance(metrics, dict): raise ValueError(f"holds a {type(metrics).__name__}, not an object")
+            except ValueError as e:
+                metrics = {}
+                if status == "ok": status, error = "failed", f"{out / 'metrics.json'}: {e}"
+        info = dict(record, status=status, wall_s=round(wall, 3), error=error)
+        _write_json(out / "run.json", info)
+        rep = None
+        if report and nb_path.exists():
+            try: rep = write_report(nb_path, out / f"{path.stem}.html", status=status, error=error, wall_s=wall)
+            except Exception as e:
+                error = (error or "") + f"\n(HTML report failed: {type(e).__name__}: {_short(str(e), 300)})"
+                _write_json(out / "run.json", dict(info, error=error))
+    finally:
+        lock.release()
+        if main: signal.signal(signal.SIGTERM, old_term); signal.signal(signal.SIGINT, old_int)
     res = RunResult(path.stem, out, nb_path, rep, {k: v for k, v in values.items() if k not in RESERVED},
                     metrics, status, wall, error)
+    if status == "interrupted": raise RunInterrupted(f"experiment {path.stem!r} {error}; recorded in {out / 'run.json'}", signum, res)
     if status != "ok" and raise_on_failure: raise ExperimentFailed(f"experiment {path.stem!r} failed: {error}", res)
     return res
 
 # %% ../nbs/10_experiments.ipynb #8975487b
-def _slug(v) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(v))[:40]
-
-def _sweep_worker(name, values, device, out, progress, threads):
-    "Run one sweep combination in a worker process; returns a summary row (never raises)."
+def _sweep_worker(name, values, device, out, progress, threads, overwrite=False):
+    "Run one sweep combination (in a worker process or a Ray task); returns a summary row (never raises but on interrupt)."
     if threads and "OMP_NUM_THREADS" not in os.environ:
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): os.environ[k] = str(threads)
     t0 = time.perf_counter()
     try:
-        r = run_experiment(name, values, device=device, output_dir=out, progress=progress, raise_on_failure=False)
+        r = run_experiment(name, values, device=device, output_dir=out, progress=progress, raise_on_failure=False,
+                           overwrite=overwrite)
         return dict(status=r.status, wall_s=r.wall_s, run=str(r.output_dir), error=r.error, metrics=r.metrics)
+    except RunInterrupted as e:
+        return dict(status="interrupted", wall_s=time.perf_counter() - t0, run=str(out), error=str(e), metrics={})
     except Exception as e:
-        return dict(status="failed", wall_s=time.perf_counter() - t0, run=str(out), error=f"{type(e).__name__}: {e}", metrics={})
+        return dict(status="failed", wall_s=time.perf_counter() - t0, run=str(out),
+                    error=f"{type(e).__name__}: {_short(str(e), 500)}", metrics={})
 
 def expand_grid(grid: dict[str, list]) -> list[dict]:
     "Every combination of the grid's values, in order (the last key varies fastest)."
@@ -413,10 +582,38 @@ def expand_grid(grid: dict[str, list]) -> list[dict]:
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
+def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done) -> None:
+    "Run each `_sweep_worker` argument tuple as a Ray task (`num_cpus` each); `done(i, row)` as each finishes."
+    try: import ray
+    except ImportError: raise ValueError("--backend ray needs Ray: pip install -e '.[ray]'") from None
+    own = not ray.is_initialized()
+    if own: ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_sweep_worker)
+        refs = {remote.remote(*args): i for i, args in enumerate(tasks)}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for r in ready:
+                try: row = ray.get(r)
+                except Exception as e:  # the task's worker died
+                    row = dict(status="failed", wall_s=float("nan"), run=str(tasks[refs[r]][3]),
+                               error=f"Ray task failed: {_short(str(e).splitlines()[0], 300)}", metrics={})
+                done(refs[r], row)
+    except KeyboardInterrupt:
+        for r in pending: ray.cancel(r, force=True)
+        raise
+    finally:
+        if own: ray.shutdown()
+
 def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = None, jobs: int = 1,
           device: str | None = None, output_dir: str | Path | None = None, progress: bool = True,
-          echo=print) -> pd.DataFrame:
-    "Run experiment `name` for every combination of `grid`; returns the summary (one row per run, failures included)."
+          echo=print, backend: str = "process", address: str | None = None, num_cpus: float = 1,
+          overwrite: bool = False) -> pd.DataFrame:
+    """Run experiment `name` for every combination of `grid`; returns the summary (one row per run, failures included).
+    `backend="process"` runs `jobs` local processes; `backend="ray"` runs each combination as a Ray task of
+    `num_cpus` CPUs on the Ray cluster at `address` (default: the running Ray, else a local one)."""
+    if backend not in ("process", "ray"): raise ValueError(f"backend {_short(backend)!r}: use process or ray")
     path = find_experiment(name)
     base = dict(parameters or {})
     both = set(base) & set(grid)
@@ -424,22 +621,40 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
     combos = expand_grid(grid)
     for c in combos: prepare_run(path, {**base, **c}, device)  # validate all before running any
     root = Path(output_dir) if output_dir is not None else _new_run_dir(f"{path.stem}-sweep")
-    root.mkdir(parents=True, exist_ok=True)
-    jobs = max(1, int(jobs))
+    if root.exists() and not root.is_dir(): raise ValueError(f"--output-dir {root}: is a file, not a folder")
     outs = [root / (f"{i:03d}" + "".join(f"-{k}={_slug(v)}" for k, v in c.items())) for i, c in enumerate(combos)]
-    rows = [None] * len(combos)
+    taken = [o for o in outs if o.is_dir() and any(p.name != LOCK_NAME for p in o.iterdir())]
+    if taken and not overwrite:
+        raise ValueError(f"--output-dir {root}: {len(taken)} of the sweep's run folders already hold runs "
+                         f"(e.g. {taken[0].name}); pass --overwrite to replace them or choose another folder")
+    try: root.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ValueError(f"--output-dir {root}: cannot create the folder ({e.strerror})") from None
+    jobs = max(1, int(jobs))
+    rows, t0 = [None] * len(combos), time.perf_counter()
     def done(i, row):
         rows[i] = {**combos[i], **row}
-        if echo: echo(f"[{sum(r is not None for r in rows)}/{len(combos)}] {row['status']:6s} {row['wall_s']:7.1f}s  "
-                      f"{Path(row['run']).name}" + (f"  ({row['error'].splitlines()[0]})" if row["error"] else ""))
-    if jobs == 1:
-        for i, c in enumerate(combos): done(i, _sweep_worker(path, {**base, **c}, device, outs[i], progress, None))
+        n = sum(r is not None for r in rows)
+        el = time.perf_counter() - t0
+        eta = f"  ETA {el / n * (len(combos) - n):.0f}s" if n < len(combos) else ""
+        if echo: echo(f"[{n}/{len(combos)} runs done, {el:.0f}s{eta}] {row['status']:6s} {row['wall_s']:7.1f}s  "
+                      f"{Path(row['run']).name}" + (f"  ({_short(row['error'].splitlines()[0], 120)})" if row["error"] else ""))
+    args = lambda i, c, prog, threads: (path, {**base, **c}, device, outs[i], prog, threads, overwrite)
+    if backend == "ray":
+        _ray_runs([args(i, c, False, max(1, int(num_cpus))) for i, c in enumerate(combos)], num_cpus, address, done)
+    elif jobs == 1:
+        for i, c in enumerate(combos):
+            done(i, row := _sweep_worker(*args(i, c, progress, None)))
+            if row["status"] == "interrupted":
+                raise RunInterrupted(row["error"], signal.SIGTERM if "SIGTERM" in row["error"] else signal.SIGINT)
     else:
         import multiprocessing as mp
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(max_workers=min(jobs, len(combos)), mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_sweep_worker, path, {**base, **c}, device, outs[i], False, threads): i for i, c in enumerate(combos)}
-            for f in as_completed(futs): done(futs[f], f.result())
+            futs = {ex.submit(_sweep_worker, *args(i, c, False, threads)): i for i, c in enumerate(combos)}
+            try:
+                for f in as_completed(futs): done(futs[f], f.result())
+            except KeyboardInterrupt:
+                ex.shutdown(wait=False, cancel_futures=True); raise
     table = pd.DataFrame(rows)
     metrics = pd.json_normalize([r.pop("metrics") or {} for r in rows]) if rows else pd.DataFrame()
     table = table.drop(columns=["metrics"])
@@ -448,36 +663,85 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
     return table
 
 # %% ../nbs/10_experiments.ipynb #c1699b6d
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict): out.update(_flatten(v, key + "."))
-        else: out[key] = v
-    return out
+def _read_object(path: Path, required: bool = True) -> dict:
+    "The JSON object in `path` ({} when it is absent and not `required`); ValueError naming the file otherwise."
+    if not path.exists():
+        if required: raise ValueError(f"{path}: missing")
+        return {}
+    try: data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable ({_short(str(e), 120)})") from None
+    if not isinstance(data, dict): raise ValueError(f"{path}: holds a {type(data).__name__}, not a JSON object")
+    return from_jsonable(data)
+
+def _run_row(d: Path, root: Path) -> dict:
+    "One run folder as a row of the results table: folder, experiment, status, wall time, parameters, metrics, error."
+    info = _read_object(d / "run.json", required=False)
+    params = _read_object(d / "params.json")
+    metrics = _flatten(_read_object(d / "metrics.json", required=False))
+    exp = info.get("experiment") or next((p.stem for p in d.glob("*.ipynb")), None)
+    row = dict(run=str(d.relative_to(root)) if d != root else d.name, experiment=exp,
+               status=run_status(d, info), started=info.get("started"), wall_s=info.get("wall_s"))
+    row.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
+    for k, v in metrics.items():
+        row[f"metrics.{k}" if k in row else k] = json.dumps(v) if isinstance(v, list) else v
+    row["_params"] = tuple(params)
+    err = info.get("error")
+    row["error"] = str(err).splitlines()[0] if err else None
+    return row
 
 def results(runs_dir: str | Path | None = None, experiment: str | None = None, sort: str | None = None,
-            ascending: bool = True) -> pd.DataFrame:
-    "One row per run found under `runs_dir` (default: the settings' runs dir): status, parameters, metrics."
+            ascending: bool = True, on_skip=None) -> pd.DataFrame:
+    """One row per run found under `runs_dir` (default: the settings' runs dir): status, parameters, metrics.
+    A run whose files cannot be read is skipped: `on_skip(message)` (default: a warning) names the file."""
+    import warnings
     root = Path(runs_dir) if runs_dir is not None else _config().load_settings().runs_dir
-    if not root.exists(): raise ValueError(f"no runs folder {root}")
+    if not root.exists(): raise ValueError(f"no runs folder {_short(str(root), 200)}")
+    if not root.is_dir(): raise ValueError(f"{_short(str(root), 200)}: is a file, not a runs folder")
+    on_skip = on_skip or (lambda m: warnings.warn(m, stacklevel=3))
     rows = []
     for pj in sorted(root.rglob("params.json")):
-        d = pj.parent
-        info = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-        exp = info.get("experiment") or next((p.stem for p in d.glob("*.ipynb")), None)
-        if experiment is not None and exp != experiment: continue
-        params = json.loads(pj.read_text())
-        metrics = _flatten(json.loads((d / "metrics.json").read_text())) if (d / "metrics.json").exists() else {}
-        row = dict(run=str(d.relative_to(root)) if d != root else d.name, experiment=exp,
-                   status=info.get("status", "unknown"), started=info.get("started"), wall_s=info.get("wall_s"))
-        row.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
-        for k, v in metrics.items():
-            row[f"metrics.{k}" if k in row else k] = json.dumps(v) if isinstance(v, list) else v
-        row["error"] = (info.get("error") or "").splitlines()[0] if info.get("error") else None
-        rows.append(row)
+        try: row = _run_row(pj.parent, root)
+        except ValueError as e: on_skip(f"skipped a run: {e}"); continue
+        if experiment is None or row["experiment"] == experiment: rows.append(row)
+    # the table is assembled here, once: add derived columns (e.g. statistics across runs) below this line
     table = pd.DataFrame(rows)
     if sort is not None and not table.empty:
-        if sort not in table: raise ValueError(f"cannot sort by {sort!r}; columns: {list(table.columns)}")
+        if sort not in table: raise ValueError(f"cannot sort by {_short(sort)!r}; columns: {_short(', '.join(map(str, table.columns)), 400)}")
         table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    table.attrs["parameters"] = sorted({k for row in rows for k in row.get("_params", ())})
+    return table.drop(columns=["_params"], errors="ignore")
+
+# %% ../nbs/10_experiments.ipynb #d675fbcb
+def compare_runs(table: pd.DataFrame, metric: str, by: str, level: float = 0.95) -> pd.DataFrame:
+    """`metric` of the runs in `table` (e.g. from `results`) per value of the parameter `by`: the number of runs,
+    the mean and a Student-t interval of the mean at `level` (no interval from a single run); failed runs are left out."""
+    from scipy import stats
+    for c in (metric, by):
+        if c not in table: raise ValueError(f"no column {_short(c)!r}; columns: {_short(', '.join(map(str, table.columns)), 400)}")
+    t = table[table["status"] == "ok"] if "status" in table else table
+    y = pd.to_numeric(t[metric], errors="coerce")
+    rows = []
+    for v, g in y.groupby(t[by], sort=True):
+        g = g[np.isfinite(g)]
+        n, m = len(g), float(g.mean()) if len(g) else float("nan")
+        h = float(stats.t.ppf(0.5 + level / 2, n - 1) * g.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+        rows.append({by: v, "n": n, "mean": m, "lo": m - h, "hi": m + h})
+    return pd.DataFrame(rows, columns=[by, "n", "mean", "lo", "hi"])
+
+def plot_comparison(table: pd.DataFrame, metric: str, by: str, level: float = 0.95, ax=None):
+    "Figure of `compare_runs`: the mean of `metric` per value of `by`, with its interval; returns (figure, summary)."
+    import matplotlib.pyplot as plt
+    s = compare_runs(table, metric, by, level)
+    if ax is None: fig, ax = plt.subplots(figsize=(6, 3.5))
+    else: fig = ax.figure
+    numeric = pd.api.types.is_numeric_dtype(s[by])
+    x = s[by] if numeric else np.arange(len(s))
+    err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]])
+    ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), fmt="o-" if numeric else "o", capsize=4)
+    if not numeric: ax.set_xticks(x, [_short(str(v), 20) for v in s[by]])
+    for xi, (m, n) in zip(x, zip(s["mean"], s["n"])): ax.annotate(f"n={n}", (xi, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(by); ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by {by} (mean, {level:.0%} interval over runs)", fontsize=10)
+    fig.tight_layout()
+    return fig, s
