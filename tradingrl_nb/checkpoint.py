@@ -268,9 +268,9 @@ def write_checkpoint(path, content: dict) -> None:
     if hasattr(path, "write"): path.write(data); return
     atomic_write_bytes(_checkpoint_path(path), data)
 
-def _read_checkpoint(path) -> dict:
+def _read_checkpoint(path, required: tuple[str, ...] = _CONTENT_KEYS) -> dict:
     """Parse and verify a checkpoint; anything that is not one (pickle, zip, corrupt, edited, foreign safetensors)
-    raises `ValueError` naming the file."""
+    raises `ValueError` naming the file. `required`: the top-level keys its content must have (a model's by default)."""
     if not hasattr(path, "read"):
         p = pathlib.Path(path)
         path = p.with_suffix(".safetensors") if not p.exists() and not p.suffix else p
@@ -289,7 +289,7 @@ def _read_checkpoint(path) -> dict:
     try: content = _decode(json.loads(meta["content"]), tensors)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
         raise bad(f"corrupt content: {type(e).__name__}: {str(e)[:160]}") from None
-    missing = [k for k in _CONTENT_KEYS if not isinstance(content, dict) or k not in content]
+    missing = [k for k in required if not isinstance(content, dict) or k not in content]
     if missing: raise bad(f"its content lacks {missing}")
     return content
 

@@ -332,10 +332,12 @@ class RecurrentQuantilePolicy(BasePolicy):
         never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
         from stable_baselines3.common.utils import get_device
         from tradingrl_nb.checkpoint import _read_checkpoint, _space_from_dict
-        try: ck = _read_checkpoint(path)
+        try: ck = _read_checkpoint(path, required=())
         except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
         if not (isinstance(ck, dict) and ck.get("policy_only")):
             raise ValueError(f"{path} is a model checkpoint, not a policy file: use DistributionalPPO.load(...).policy")
+        if missing := [k for k in ("policy_class", "data", "state_dict") if k not in ck]:
+            raise ValueError(f"{path} is not a policy file: its content lacks {missing}")
         klass = ck["policy_class"]
         if not (isinstance(klass, type) and issubclass(klass, cls)):
             raise ValueError(f"{path} holds a {getattr(klass, '__name__', klass)}, not a {cls.__name__}")
