@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -170,10 +171,11 @@ def _check_data_summary(m):
 def _check_train_agent(m):
     from tradingrl_nb.data import load_market_data
     close = load_market_data("sp500")["close"]
-    t0 = close.index[close.index > "2014-12-31"][0]
+    t1 = close.index[close.index > "2014-12-31"][1]
     bh = m["test"]["buy_and_hold"]
-    # buy-and-hold over the test span: the close-to-close return less the 2 bp entry cost
-    assert bh["total_return"] == pytest.approx(close.iloc[-1] / close[t0] / (1 + 2e-4) - 1, rel=1e-9)
+    # buy-and-hold over the test span: decided at the first test close, filled at the next one (next-close
+    # execution), so the close-to-close return from the second test day, less the 2 bp entry cost
+    assert bh["total_return"] == pytest.approx(close.iloc[-1] / close[t1] / (1 + 2e-4) - 1, rel=1e-9)
     assert set(m["test"]) == {"agent", "buy_and_hold", "momentum", "flat", "random"}
     assert m["test"]["flat"]["total_return"] == 0.0 and m["test"]["agent"]["max_drawdown"] <= 0
     assert m["training"]["timesteps"] >= 2048 and m["training"]["n_evals"] == 2
@@ -194,8 +196,8 @@ def _check_ablation(m):
 def _check_pbt(m):
     from tradingrl_nb.data import load_market_data
     close = load_market_data("sp500")["close"]
-    t0 = close.index[close.index > "2014-12-31"][0]
-    assert m["test"]["buy_and_hold"]["total_return"] == pytest.approx(close.iloc[-1] / close[t0] / (1 + 2e-4) - 1, rel=1e-9)
+    t1 = close.index[close.index > "2014-12-31"][1]   # next-close execution: filled at the second test close
+    assert m["test"]["buy_and_hold"]["total_return"] == pytest.approx(close.iloc[-1] / close[t1] / (1 + 2e-4) - 1, rel=1e-9)
     assert set(m["members"]) == {"member_0", "member_1"} and m["pbt"]["exploits"] == 2   # one exploit per round
     best = m["members"][f"member_{m['pbt']['best_member']}"]
     assert best["sharpe"] == m["test"]["best_member"]["sharpe"]
@@ -210,8 +212,18 @@ def _check_sappo(m):
         assert m["sharpe_drop_at_max_eps"][k] == pytest.approx(m["test_sharpe"][k]["eps=0"] - m["test_sharpe"][k]["eps=0.1"])
 
 
+def _check_walk_forward(m):
+    w = m["windows"]
+    assert set(w) == {"test 2008", "test 2018", "pooled"}
+    for r in w.values():
+        assert r["diff_low"] <= r["diff"] <= r["diff_high"] and r["agent_low"] <= r["agent_sharpe"] <= r["agent_high"]
+        assert r["verdict"] in {"skill", "no skill", "inconclusive"} and 0 <= r["psr"] <= 1 and 0 <= r["dsr"] <= 1
+    assert w["pooled"]["days"] == w["test 2008"]["days"] + w["test 2018"]["days"]
+    assert m["verdict"] == w["pooled"]["verdict"] and m["setup"]["execution"] == "next_close"
+
+
 CHECKS = {"data_summary": _check_data_summary, "train_agent": _check_train_agent, "ablation_vgs_upgd": _check_ablation,
-          "pbt_population": _check_pbt, "robustness_sappo": _check_sappo}
+          "pbt_population": _check_pbt, "robustness_sappo": _check_sappo, "walk_forward": _check_walk_forward}
 
 
 @pytest.mark.slow
@@ -267,6 +279,27 @@ def test_results_metric_name_colliding_with_parameter(tmp_path):
     (d / "metrics.json").write_text(json.dumps({"x": 5, "s": [1, 2]}))
     t = ex.results(tmp_path)
     assert t.loc[0, "x"] == 1 and t.loc[0, "metrics.x"] == 5 and t.loc[0, "s"] == "[1, 2]"
+
+
+def test_results_add_bootstrap_psr_dsr_for_runs_with_returns(tmp_path):
+    "Runs that recorded daily returns get stats.* columns; DSR counts the runs of one experiment as trials."
+    rng = np.random.default_rng(0)
+    days = pd.bdate_range("2015-01-01", periods=500, name="date")
+    bh = rng.normal(3e-4, 0.01, len(days))
+    for i, drift in enumerate([1e-3, 0.0, -1e-3]):
+        d = tmp_path / f"r{i}"; d.mkdir()
+        (d / "params.json").write_text(json.dumps({"seed": i}))
+        (d / "run.json").write_text(json.dumps({"experiment": "exp", "status": "ok"}))
+        (d / "metrics.json").write_text(json.dumps({"x": i}))
+        pd.DataFrame({"agent": bh + drift + rng.normal(0, 0.002, len(days)), "buy_and_hold": bh}, index=days).to_csv(d / "returns.csv")
+    d = tmp_path / "no_returns"; d.mkdir(); (d / "params.json").write_text(json.dumps({"seed": 9}))
+    t = ex.results(tmp_path, reps=200).set_index("run")
+    assert t.loc["r0", "stats.n_trials"] == 3 and pd.isna(t.loc["no_returns", "stats.psr"])
+    assert t.loc["r0", "stats.diff_low"] > 0 and t.loc["r0", "stats.verdict"] == "skill"      # +0.25 daily-bp*100 drift
+    assert t.loc["r2", "stats.diff_high"] < 0 and t.loc["r2", "stats.verdict"] == "no skill"
+    assert t.loc["r0", "stats.sharpe_low"] <= t.loc["r0", "stats.sharpe"] <= t.loc["r0", "stats.sharpe_high"]
+    assert t.loc["r0", "stats.dsr"] <= t.loc["r0", "stats.psr"]
+    assert "stats.psr" not in ex.results(tmp_path, statistics=False)
 
 
 def test_save_metrics_is_strict_json(tmp_path):

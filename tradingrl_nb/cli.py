@@ -124,7 +124,8 @@ def _cmd_sweep(a) -> int:
 
 def _cmd_results(a) -> int:
     warn = lambda m: print(f"tradingrl results: warning: {ex._short(m, 600)}", file=sys.stderr)
-    try: table = ex.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn)
+    try: table = ex.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn,
+                            statistics=not a.no_stats, family=a.family.split(",") if a.family else None)
     except (ValueError, OSError) as e: return _error("results", e)
     if table.empty: print("no runs found"); return 0
     if a.plot: return _plot(a, table)
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--experiment", default=None, help="only this experiment's runs")
     q.add_argument("--sort", default=None, help="sort by this column"); q.add_argument("--desc", action="store_true", help="descending")
     q.add_argument("--columns", default=None, help="comma-separated columns to show")
+    q.add_argument("--family", default=None, metavar="KEYS", help="comma-separated parameters that split runs into families "
+                   "(DSR counts the runs of one family as its trials; default: the experiment)")
+    q.add_argument("--no-stats", action="store_true", help="skip the bootstrap/PSR/DSR columns (faster)")
     q.add_argument("--csv", default=None, help="also write the table to this CSV file")
     q.add_argument("--plot", default=None, metavar="METRIC", help="draw METRIC against a swept parameter (mean and 95%% interval over runs)")
     q.add_argument("--by", default=None, metavar="PARAM", help="the parameter of --plot (default: the one that varies)")

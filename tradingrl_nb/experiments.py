@@ -689,10 +689,26 @@ def _run_row(d: Path, root: Path) -> dict:
     row["error"] = str(err).splitlines()[0] if err else None
     return row
 
+def _with_statistics(table: pd.DataFrame, root: Path, family, reps: int) -> pd.DataFrame:
+    "Join `stats.run_statistics` of the runs that recorded `returns.csv` (each run's trials: its family here)."
+    from .stats import run_statistics
+    dirs = [root / r if r != root.name else root for r in table["run"]]
+    have = [d for d in dirs if (d / "returns.csv").is_file()]
+    if not have: return table
+    s = run_statistics(have, family=family, reps=reps)
+    s["run"] = [str(Path(r).relative_to(root)) if Path(r) != root else root.name for r in s["run"]]
+    keep = ["sharpe", "sharpe_low", "sharpe_high", "bh_sharpe", "sharpe_diff", "diff_low", "diff_high", "psr", "dsr",
+            "n_trials", "verdict"]
+    return table.merge(s[["run", *keep]].rename(columns={k: f"stats.{k}" for k in keep}), on="run", how="left")
+
 def results(runs_dir: str | Path | None = None, experiment: str | None = None, sort: str | None = None,
-            ascending: bool = True, on_skip=None) -> pd.DataFrame:
+            ascending: bool = True, on_skip=None, statistics: bool = True, family: str | list[str] | None = None,
+            reps: int = 1000) -> pd.DataFrame:
     """One row per run found under `runs_dir` (default: the settings' runs dir): status, parameters, metrics.
-    A run whose files cannot be read is skipped: `on_skip(message)` (default: a warning) names the file."""
+    A run whose files cannot be read is skipped: `on_skip(message)` (default: a warning) names the file.
+    With `statistics`, runs that recorded daily test returns (`returns.csv`) gain `stats.*` columns from
+    `tradingrl_nb.stats.run_statistics`: bootstrap Sharpe interval, Sharpe difference vs buy-and-hold with its
+    interval, PSR, DSR (trials: the runs of the same experiment here, split further by the `family` parameters)."""
     import warnings
     root = Path(runs_dir) if runs_dir is not None else _config().load_settings().runs_dir
     if not root.exists(): raise ValueError(f"no runs folder {_short(str(root), 200)}")
@@ -705,6 +721,7 @@ def results(runs_dir: str | Path | None = None, experiment: str | None = None, s
         if experiment is None or row["experiment"] == experiment: rows.append(row)
     # the table is assembled here, once: add derived columns (e.g. statistics across runs) below this line
     table = pd.DataFrame(rows)
+    if statistics and not table.empty: table = _with_statistics(table, root, family, reps)
     if sort is not None and not table.empty:
         if sort not in table: raise ValueError(f"cannot sort by {_short(sort)!r}; columns: {_short(', '.join(map(str, table.columns)), 400)}")
         table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
