@@ -691,7 +691,7 @@ def _run_row(d: Path, root: Path) -> dict:
 
 def _with_statistics(table: pd.DataFrame, root: Path, family, reps: int) -> pd.DataFrame:
     "Join `stats.run_statistics` of the runs that recorded `returns.csv` (each run's trials: its family here)."
-    from .stats import run_statistics
+    from tradingrl_nb.stats import run_statistics
     dirs = [root / r if r != root.name else root for r in table["run"]]
     have = [d for d in dirs if (d / "returns.csv").is_file()]
     if not have: return table
