@@ -127,11 +127,12 @@ def test_main_job_parameters_are_valid():
     recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", make, re.M).group(1).replace("\\\n", " ")
     words = shlex.split(recipe)
     args = build_parser().parse_args(words[words.index(next(w for w in words if w.endswith("tradingrl"))) + 1:])
-    assert args.command == "run" and args.name == "train_agent"
+    assert args.command == "run" and args.name == "walk_forward"
     path, values = ex.prepare_run(args.name, dict(args.p), device="cpu" if args.device else None)
     specs = ex.experiment_parameters(path)
     assert values["total_timesteps"] > 100 * specs["total_timesteps"].default  # full size, not the tiny default
-    assert values["dataset"] == "sp500" and values["val_end"] == "2014-12-31"  # tests on 2015-2018
+    assert values["dataset"] == "sp500" and values["execution"] == "next_close"
+    assert len(values["test_years"]) >= 3 and len(values["seeds"]) >= 3 and values["jobs"] == 2  # issue 13 item 9
 
 
 # ---------------------------------------------------------------- robust runs (issue 16, item 7)
