@@ -46,4 +46,6 @@ def test_beats_buy_and_hold_and_flat_on_held_out_dates():
     pos = agent.equity["position"].iloc[:-1]
     regime = df["regime"].reindex(pos.index)
     print(f"mean position: calm regime {pos[regime == 0].mean():+.2f}, crash regime {pos[regime == 1].mean():+.2f}")
-    assert pos[regime == 1].mean() < pos[regime == 0].mean() - 0.5
+    # (0.3 of exposure: with next-close fills every regime switch is acted on one bar late, and the positions
+    # measured here are the ones held on each regime's days, so the margin is smaller than with same-close fills)
+    assert pos[regime == 1].mean() < pos[regime == 0].mean() - 0.3
