@@ -11,14 +11,7 @@ from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.policy import RecurrentQuantilePolicy
 from tradingrl_nb.ppo import DistributionalPPO
 
-OBS = spaces.Box(-10.0, 10.0, (6,), np.float32)
-ACT = spaces.Box(-1.0, 1.0, (1,), np.float32)
-
-
-def make_policy(**kw):
-    th.manual_seed(kw.pop("seed", 0))
-    kw.setdefault("lstm_hidden_size", 16)
-    return RecurrentQuantilePolicy(OBS, ACT, lambda _: 1e-3, **kw)
+from test_policy import ACT, OBS, make as make_policy   # the same small policy as test_policy.py
 
 
 def assert_rollout_matches(p, n_obs=None, seed=1):
