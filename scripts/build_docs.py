@@ -126,6 +126,28 @@ def _toctree(caption: str, entries: list[str]) -> str:
     return "\n".join(["```{toctree}", ":hidden:", ":maxdepth: 1", f":caption: {caption}", "", *entries, "```"])
 
 
+def stage_results(src: Path) -> tuple[list[str], str | None]:
+    """Stage the stored full-size runs (`results/NAME/NAME.ipynb`, executed) as pages `results/NAME`, and the findings
+    page (`findings`: forest plot and table) from `results/findings.json`. Returns (stored pages, findings page or None)."""
+    results, stored = ROOT / "results", []
+    for d in sorted(p for p in results.glob("*") if p.is_dir()):
+        nb_path = d / f"{d.name}.ipynb"
+        if not nb_path.is_file(): continue
+        (src / "results").mkdir(exist_ok=True)
+        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4)), src / "results" / nb_path.name)
+        stored.append(f"results/{d.name}")
+    if not (results / "findings.json").is_file(): return stored, None
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    from tradingrl_nb import findings as fd
+    found = json.loads((results / "findings.json").read_text(encoding="utf-8"))
+    if found: fd.plot_findings(found).savefig(src / "findings.png", dpi=110, bbox_inches="tight")
+    link = lambda f: f"results/{Path(f['experiment']).parent.name}.ipynb" if f"results/{Path(f['experiment']).parent.name}" in stored else f["experiment"]
+    (src / "findings.md").write_text(fd.findings_markdown(found, figure="findings.png" if found else None, link=link), encoding="utf-8")
+    return stored, "findings"
+
+
 def stage(src: Path) -> dict:
     "Write the Sphinx sources to `src`: notebooks, the datasets page and the API pages."
     if not (NBS / "index.ipynb").is_file(): raise BuildError(f"missing notebook: {NBS / 'index.ipynb'} (the home page)")
@@ -151,6 +173,8 @@ def stage(src: Path) -> dict:
         nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames), src / "experiments" / nb_path.name)
         experiments.append(f"experiments/{nb_path.stem}")
 
+    stored, findings_page = stage_results(src)
+
     reference = []
     if (ROOT / "data" / "README.md").is_file():
         shutil.copyfile(ROOT / "data" / "README.md", src / "datasets.md")
@@ -172,12 +196,14 @@ def stage(src: Path) -> dict:
     reference.append("api/index")
 
     index = clean_notebook(nbformat.read(NBS / "index.ipynb", as_version=4), renames)
-    trees = [_toctree("Notebooks", pages)]
+    trees = [_toctree("Findings", [findings_page])] if findings_page else []
+    trees.append(_toctree("Notebooks", pages))
     if experiments: trees.append(_toctree("Experiments", experiments))
+    if stored: trees.append(_toctree("Stored full-size runs", stored))
     trees.append(_toctree("Reference", reference))
     index.cells.append(nbformat.v4.new_markdown_cell("\n\n".join(trees)))
     nbformat.write(index, src / "index.ipynb")
-    return dict(pages=pages, experiments=experiments, modules=modules)
+    return dict(pages=pages, experiments=experiments, modules=modules, stored=stored, findings=findings_page)
 
 
 def build(out: Path, stage_dir: Path, quiet: bool = False) -> dict:

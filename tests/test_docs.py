@@ -355,3 +355,25 @@ def test_math_typesets_offline_on_the_vgs_page(site, server, chromium):
     assert info["math"] >= 5, info["math"]
     assert info["typeset"] == info["math"] and info["rawmath"] == 0, info
     assert ("/_static/mathjax/tex-chtml.js", 200) in requests
+
+
+@pytest.mark.slow
+def test_findings_page_renders_from_findings_json_in_chromium(site, server, chromium):
+    "The findings page: linked from the home page, one table row per finding with its verdict, the forest plot loaded, "
+    "and a link to each finding's stored run that resolves to its rendered notebook."
+    base, requests = server
+    found = json.loads((ROOT / "results" / "findings.json").read_text())
+    assert found, "results/findings.json holds no findings"
+    index = _probe(chromium, base, "index.html")
+    assert "findings.html" in index["links"], "the home page does not link the findings page"
+    info = _probe(chromium, base, "findings.html")
+    assert info["h1"][0] == "Findings" and info["tables"] == 1
+    plots = [i for i in info["imgs"] if i["src"].endswith("findings.png")]
+    assert len(plots) == 1 and plots[0]["complete"] and plots[0]["naturalWidth"] > 0 and plots[0]["visible"], info["imgs"]
+    page = (site / "findings.html").read_text()
+    rows = re.findall(r"<tr[^>]*>.*?</tr>", page.split("<tbody>")[1].split("</tbody>")[0], re.S)
+    assert len(rows) == len(found)
+    for f, row in zip(found, rows):
+        assert f["id"] in row and f">{f['verdict']}<" in row, (f["id"], row[:500])
+        stored = f"results/{Path(f['experiment']).parent.name}.html"
+        assert stored in row and (site / stored).is_file(), f"{f['id']}: no rendered stored run {stored}"

@@ -17,6 +17,38 @@ from .sweep import sweep
 # %% auto #0
 __all__ = ['print_metrics', 'build_parser', 'main']
 
+# %% ../nbs/10a_cli.ipynb #1751cda2
+def _default_results() -> Path:
+    "The project's `results/` (next to settings.ini, searched from the working folder up), else ./results."
+    from tradingrl_nb.config import find_settings_file
+    s = find_settings_file()
+    return (s.parent if s is not None else Path.cwd()) / "results"
+
+def _cmd_findings(a) -> int:
+    from tradingrl_nb import findings as fd
+    root = Path(a.results) if a.results else _default_results()
+    try: found = fd.collect_findings(root)
+    except ValueError as e: return _error("findings", e)
+    text, out = fd.findings_json(found), root / "findings.json"
+    if a.check:
+        old = out.read_text(encoding="utf-8") if out.is_file() else None
+        if old != text:
+            print(f"tradingrl findings: {out} " + ("is missing" if old is None else "differs from what the stored runs give")
+                  + "; run `tradingrl findings` and commit it", file=sys.stderr)
+            return 1
+        print(f"{out}: up to date ({len(found)} findings)")
+        return 0
+    from tradingrl_nb.checkpoint import atomic_write_bytes
+    atomic_write_bytes(out, text.encode("utf-8"))
+    _print_table(fd.findings_table(found).reset_index()[["id", "ours (95% CI)", "no effect", "claimed", "seeds x steps", "verdict"]])
+    missing = fd.missing_findings(found)
+    if missing: print(f"not measured yet: {', '.join(missing)}")
+    print(f"wrote {out}")
+    if a.plot:
+        fig = fd.plot_findings(found)
+        fig.savefig(a.plot, dpi=110, bbox_inches="tight"); print(f"figure: {a.plot}")
+    return 0
+
 # %% ../nbs/10a_cli.ipynb #7e272607
 def _parse_grid(items: list[str]) -> dict[str, list[str]]:
     grid = {}
@@ -201,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--by", default=None, metavar="PARAM", help="the parameter of --plot (default: the one that varies)")
     q.add_argument("--out", default=None, help="file of the --plot figure (default: DIR/compare-METRIC-by-PARAM.png)")
     q.set_defaults(fn=_cmd_results)
+    f = sub.add_parser("findings", help="collect the stored runs' findings into results/findings.json")
+    f.add_argument("--results", default=None, help="stored runs folder (default: the project's results/)")
+    f.add_argument("--check", action="store_true", help="write nothing; exit 1 if findings.json differs from what the runs give")
+    f.add_argument("--plot", default=None, metavar="FILE", help="also save the forest plot to FILE")
+    f.set_defaults(fn=_cmd_findings)
     return p
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from .stats import Interval
 # %% auto #0
 __all__ = ['CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'WEIGHT_SUFFIXES', 'MAX_RESULTS_BYTES', 'FIELDS', 'VERDICT_COLORS', 'Claim',
            'claim_verdict', 'finding', 'findings_table', 'check_results', 'collect_findings', 'missing_findings',
-           'findings_json', 'write_findings', 'plot_findings']
+           'findings_json', 'write_findings', 'plot_findings', 'findings_markdown']
 
 # %% ../nbs/12_findings.ipynb #beb766e0
 @dataclass(frozen=True)
@@ -202,3 +202,36 @@ def plot_findings(findings: list[dict], width: float = 8.0):
         for s in ("top", "right", "left"): ax.spines[s].set_visible(False)
     fig.tight_layout(h_pad=0.4)
     return fig
+
+# %% ../nbs/12_findings.ipynb #ebc07005
+def _cell(x) -> str: return str(x).replace("|", "\\|").replace("\n", " ")
+
+def findings_markdown(findings: list[dict], figure: str | None = "findings.png", link=None) -> str:
+    """The findings page (MyST markdown) of `findings`: forest plot `figure`, the table, the metrics. `link(f)` gives the
+    target of a finding's stored run (default: its `experiment` path)."""
+    where = lambda f: f.get("experiment") or CLAIMS[f["id"]].experiment
+    link = link or where
+    counts = {v: sum(f["verdict"] == v for f in findings) for v in VERDICTS}
+    lines = ["# Findings", "",
+             "The seeds' claims, each measured at size over several training seeds, with a 95% interval and a verdict "
+             "computed from it: *holds* when the interval lies on the claimed side of no effect, *refuted* when it lies "
+             "on the other side, *inconclusive* otherwise. Generated from `results/findings.json` (`tradingrl findings`), "
+             "which is generated from the stored runs in `results/`.", "",
+             f"{len(findings)} of {len(CLAIMS)} claims measured: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
+    missing = missing_findings(findings)
+    if missing: lines += ["Not measured yet: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
+    if figure: lines += [f"![Forest plot: each claim's per-seed values, estimate and 95% interval against no effect]({figure})", ""]
+    lines += ["| claim | the seeds say | ours: estimate [95% CI] | no effect | seeds x steps | verdict | stored run |",
+              "|---|---|---|---|---|---|---|"]
+    for f in findings:
+        lo, hi = f["ci95"]
+        lines.append("| " + " | ".join(_cell(x) for x in (
+            f"**{f['id']}**: {f['claim']}", f["seeds_say"], f"{_fmt(f['estimate'])} [{_fmt(lo)}, {_fmt(hi)}]",
+            _fmt(f["null"]), f"{f['n_seeds']} x {f['steps_per_run']:,}", f"**{f['verdict']}**",
+            f"[{Path(where(f)).stem}]({link(f)})")) + " |")
+    lines += ["", "## What each number is", ""]
+    for f in findings:
+        lines += [f"**{f['id']}** ({f['verdict']}): {f['metric']}; claimed {f['direction']} than {_fmt(f['null'])}. "
+                  f"Per seed: {', '.join(_fmt(v) for v in f['per_seed'])}." + (f" {f['detail']}" if f.get("detail") else "")
+                  + (f" Commit `{f['commit'][:10]}`." if f.get("commit") else ""), ""]
+    return "\n".join(lines)
