@@ -192,3 +192,24 @@ def test_resume_is_exact(tmp_path):
     for (k, x), y in zip(a.policy.state_dict().items(), b.policy.state_dict().values()):
         assert th.equal(x, y), k
     assert a._ret_snapshot == b._ret_snapshot
+
+
+def _drop(path_of_keys):
+    "An edit of the checkpoint's JSON content (dicts encoded as `{'__dict__': [[key, value], ...]}`) deleting one nested key."
+    def edit(meta):
+        content = json.loads(meta["content"])
+        node = content
+        for k in path_of_keys[:-1]: node = next(v for kk, v in node["__dict__"] if kk == k)
+        node["__dict__"] = [[kk, v] for kk, v in node["__dict__"] if kk != path_of_keys[-1]]
+        meta["content"] = json.dumps(content)
+    return edit
+
+
+@pytest.mark.parametrize("keys", [("state", "ent"), ("state", "np_rng"), ("state", "nonfinite"), ("n_envs",),
+                                  ("state",), ("params",)])
+def test_forged_checkpoint_missing_a_key_is_a_value_error_naming_the_file(saved, tmp_path, keys):
+    "A re-hashed checkpoint that lacks a key the loader needs is a ValueError naming the file, never a KeyError."
+    _, path = saved
+    bad = _rewrite(path, tmp_path / "forged.safetensors", _drop(keys), rehash=True)
+    with pytest.raises(ValueError, match="forged.safetensors"):
+        DistributionalPPO.load(bad)

@@ -1,4 +1,4 @@
-"""`tradingrl list | run | sweep | results`: the experiments runner on the command line.
+"""`tradingrl list | run | sweep | results | findings`: the experiments runner on the command line.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/cli.html.md"""
 

@@ -533,6 +533,10 @@ class _Update:
         if empty_epochs and self.verbose >= 1: print(f"warning: {empty_epochs} epoch(s) applied no update")
 
 # %% ../nbs/06_ppo.ipynb #5b8af287
+def _short_repr(e: BaseException, n: int = 200) -> str:
+    s = str(e)
+    return s if len(s) <= n else s[:n] + "..."
+
 _HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
             "normalize_advantage", "ent_coef", "ent_coef_final", "ent_coef_min", "ent_plateau_patience",
             "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
@@ -632,8 +636,15 @@ class _Checkpointing:
              print_system_info: bool = False, force_reset: bool = True, **kwargs) -> "DistributionalPPO":
         """Re-create a model from a checkpoint written by `save`. Reads only safetensors and JSON (never executes
         code from the file); classes named in it must be registered (`register_checkpoint_class`). Restores the
-        optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states."""
+        optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states. A file that passes its
+        checksums but lacks what a model needs (a forgery, a foreign writer) is a ValueError naming the file."""
         ck = _read_checkpoint(path)
+        try: return cls._from_checkpoint(ck, env, device, kwargs)
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a usable DistributionalPPO checkpoint ({type(e).__name__}: {_short_repr(e)})") from None
+
+    @classmethod
+    def _from_checkpoint(cls, ck: dict, env, device, kwargs: dict) -> "DistributionalPPO":
         h = dict(ck["hparams"])
         if "policy_kwargs" in kwargs and kwargs["policy_kwargs"] != h["policy_kwargs"]:
             raise ValueError(f"policy_kwargs differ from the stored ones: stored {h['policy_kwargs']}, given {kwargs['policy_kwargs']}")
