@@ -293,3 +293,25 @@ def test_distributional_ppo_load_restores_the_sappo_config(tmp_path):
     assert DistributionalPPO.load(tmp_path / "off").sappo is None
     sa = SAPPO.load(tmp_path / "sa")                                              # the alias reads the same file
     assert isinstance(sa, SAPPO) and sa.sappo == cfg
+
+
+def test_attack_leaves_no_parameter_gradients_and_restores_requires_grad():
+    "The attack differentiates with respect to its input only: no parameter ends with a .grad, every parameter still "
+    "requires grad afterwards (also when the attack raises), and the PPO loss's gradients are those without the attack."
+    from tradingrl_nb import sappo as S
+    from tradingrl_nb.data import synthetic_market
+    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.ppo import DistributionalPPO
+    env = TradingVecEnv(synthetic_market(400, seed=0), n_envs=2, seed=0, window=4, episode_length=64)
+    m = DistributionalPPO("MlpLstmPolicy", env, n_steps=16, batch_size=32, sequence_length=8, seed=0, device="cpu",
+                          policy_kwargs=dict(lstm_hidden_size=8))
+    p = m.policy
+    obs = th.randn(6, 3, *m.observation_space.shape)
+    before = [q.requires_grad for q in p.parameters()]
+    x = S.perturb_observations(m, obs, 0.1, method="sgld", steps=3)
+    assert all(q.grad is None for q in p.parameters())
+    assert [q.requires_grad for q in p.parameters()] == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with S._inputs_only(p): raise RuntimeError("boom")
+    assert [q.requires_grad for q in p.parameters()] == before
+    assert (x - obs).abs().max() <= 0.1 + 1e-6

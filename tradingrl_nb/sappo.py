@@ -8,7 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/sappo.html.md"""
 
 # %% ../nbs/07_sappo.ipynb #793b4326
 from __future__ import annotations
-import math, warnings
+import contextlib, math, warnings
 from dataclasses import dataclass, asdict, fields, is_dataclass
 from typing import Any
 
@@ -65,6 +65,16 @@ def _valid_weights(mask: th.Tensor | None, T: int, B: int, device) -> th.Tensor:
     "Weights `[T, B]`: 1 on valid steps, 0 on padding."
     return th.ones(T, B, device=device) if mask is None else mask.to(device=device, dtype=th.float32)
 
+@contextlib.contextmanager
+def _inputs_only(policy):
+    """The policy's parameters stop requiring gradients inside (restored after, also on error): an attack needs the
+    gradient with respect to its input only, and the LSTM's backward then skips the weight gradients."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    for p in params: p.requires_grad_(False)
+    try: yield
+    finally:
+        for p in params: p.requires_grad_(True)
+
 def _sign_ascent(policy, obs, mu_ref, states, w, eps: float, steps: int, start: str, beta: float,
                  noise: str = "relative") -> th.Tensor:
     """Signed gradient ascent of `sum_{t,b} w * sum_j ((mu(s_hat) - mu_ref) / sigma)^2` over the box `obs +- eps`, for whole
@@ -79,7 +89,7 @@ def _sign_ascent(policy, obs, mu_ref, states, w, eps: float, steps: int, start: 
     dobj = 2.0 * w.unsqueeze(-1) * th.exp(-2.0 * policy.log_std.detach())    # d objective / d mu = dobj * (mu - mu_ref)
     feat = tuple(range(2, obs.dim()))                                        # the dimensions of one state
     nu = math.sqrt(2 * alpha * beta) if noise == "absolute" else math.sqrt(2 * beta / alpha / math.prod(obs.shape[2:]))
-    with th.enable_grad():
+    with th.enable_grad(), _inputs_only(policy):
         for i in range(steps):
             x.requires_grad_(True)
             mu, _ = actor_mean(policy, x, states)
