@@ -8,7 +8,9 @@ An *update* is what the epsilon ramp counts: one rollout of `n_steps` x `n_envs`
 minibatch updates. Two ratios are printed: per update (rollout + training, what a run costs) and per training
 phase alone (`train()`, where all of the extra work is). The attack runs at full radius from the first update
 (`ramp_fraction=0`); with the default ramp the early updates have eps ~ 0 and cost less. Each algorithm runs in
-its own subprocess, interleaved over `--repeats` runs; medians are reported (the machine is shared).
+its own subprocess, interleaved over `--repeats` runs; medians are reported (the machine is shared). Times are the
+process's CPU time (one torch thread), which other processes on a shared machine disturb far less than wall time;
+the wall time per update is printed too.
 """
 from __future__ import annotations
 import json, statistics, sys, time
@@ -38,13 +40,13 @@ def worker(a) -> dict:
     train_times: list[float] = []
     train = model.train
     def timed_train():
-        t = time.perf_counter(); train(); train_times.append(time.perf_counter() - t)
+        t = time.process_time(); train(); train_times.append(time.process_time() - t)
     model.train = timed_train
-    t = time.perf_counter()
+    t, w = time.process_time(), time.perf_counter()
     model.learn(a.updates * per, reset_num_timesteps=False)
-    dt = time.perf_counter() - t
+    dt, wall = time.process_time() - t, time.perf_counter() - w
     if a.algo == "SAPPO": assert model.sappo_eps == a.eps
-    return dict(update_s=dt / a.updates, train_s=statistics.median(train_times))
+    return dict(update_s=dt / a.updates, train_s=statistics.median(train_times), wall_update_s=wall / a.updates)
 
 def run(algo: str, a) -> dict:
     return run_worker(__file__, dict(vars(a), algo=algo))
@@ -72,10 +74,10 @@ def main(argv=None):
     for _ in range(a.repeats):                                       # interleaved, so load changes hit both alike
         for algo in ALGOS: res[algo].append(run(algo, a))
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("update_s", "train_s")} for k, v in res.items()}
-    print(f"\n{'algorithm':<20}{'s / update':>12}{'s / training phase':>20}   runs (s / update)")
+    print(f"\n{'algorithm':<20}{'CPU s / update':>16}{'CPU s / training phase':>24}{'wall s / update':>17}   runs (CPU s / update)")
     for k in ALGOS:
-        print(f"{k:<20}{med[k]['update_s']:>12.3f}{med[k]['train_s']:>20.3f}   "
-              + ", ".join(f"{x['update_s']:.3f}" for x in res[k]))
+        print(f"{k:<20}{med[k]['update_s']:>16.3f}{med[k]['train_s']:>24.3f}"
+              f"{statistics.median(x['wall_update_s'] for x in res[k]):>17.3f}   " + ", ".join(f"{x['update_s']:.3f}" for x in res[k]))
     r_up = med["SAPPO"]["update_s"] / med["DistributionalPPO"]["update_s"]
     r_tr = med["SAPPO"]["train_s"] / med["DistributionalPPO"]["train_s"]
     paired = lambda m: [s[m] / p[m] for s, p in zip(res["SAPPO"], res["DistributionalPPO"])]
