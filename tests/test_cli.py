@@ -125,14 +125,15 @@ def test_main_job_parameters_are_valid():
     from tradingrl_nb.cli import build_parser
     make = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", make, re.M).group(1).replace("\\\n", " ")
-    words = shlex.split(recipe)
+    words = shlex.split(re.sub(r"\$\$\([^)]*\)", "STAMP", recipe))          # make's $$(date ...) in the run folder's name
     args = build_parser().parse_args(words[words.index(next(w for w in words if w.endswith("tradingrl"))) + 1:])
     assert args.command == "run" and args.name == "walk_forward"
-    path, values = ex.prepare_run(args.name, dict(args.p), device="cpu" if args.device else None)
+    assert args.preset == "full"                                          # the stored run's parameters, kept in the notebook
+    path, values = ex.prepare_run(args.name, dict(args.p or []), device="cpu" if args.device else None, preset=args.preset)
     specs = ex.experiment_parameters(path)
     assert values["total_timesteps"] > 100 * specs["total_timesteps"].default  # full size, not the tiny default
     assert values["dataset"] == "sp500" and values["execution"] == "next_close"
-    assert len(values["test_years"]) >= 3 and len(values["seeds"]) >= 3 and values["jobs"] == 2  # issue 13 item 9
+    assert len(values["test_years"]) >= 3 and len(values["seeds"]) >= 5 and values["jobs"] == 2  # issues 13 (item 9), 15
 
 
 # ---------------------------------------------------------------- robust runs (issue 16, item 7)
