@@ -217,6 +217,8 @@ def findings_markdown(findings: list[dict], figure: str | None = "findings.png",
              "computed from it: *holds* when the interval lies on the claimed side of no effect, *refuted* when it lies "
              "on the other side, *inconclusive* otherwise. Generated from `results/findings.json` (`tradingrl findings`), "
              "which is generated from the stored runs in `results/`.", "",
+             "A verdict tests the direction of an effect, not its size: a claim can hold with an effect far smaller than "
+             "the seeds' number, or be inconclusive with an interval that excludes it. Read the two columns side by side.", "",
              f"{len(findings)} of {len(CLAIMS)} claims measured: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
     missing = missing_findings(findings)
     if missing: lines += ["Not measured yet: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
