@@ -30,7 +30,7 @@ def test_finding_id_seeds_and_verdict(run):
     assert all(np.isfinite(f["per_seed"]))
     lo, hi = f["ci95"]
     assert lo <= f["estimate"] <= hi
-    assert (f["null"], f["direction"]) == (CLAIMS["sappo_attacked_sharpe"]["null"], "higher") and f["null"] == 0
+    assert (f["null"], f["direction"]) == (CLAIMS["sappo_attacked_sharpe"].null, "higher") and f["null"] == 0
     expected = "holds" if lo > f["null"] else "refuted" if hi < f["null"] else "inconclusive"
     assert f["verdict"] == expected
     assert f["steps_per_run"] == params["total_timesteps"]
