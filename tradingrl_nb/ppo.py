@@ -230,6 +230,8 @@ class _Rollout:
         if frozen: vn.training, raw_obs, raw_rew, raw_dones = False, [], [], []
         acc_hist = np.zeros((n_rollout_steps, self.n_envs))
         states = self._last_lstm_states
+        before = self.return_snapshot == "before"         # the seeds' timing: from the earlier rollouts' statistics
+        if before: self._refresh_return_snapshot()
         callback.on_rollout_start()
         for t in range(n_rollout_steps):
             starts = self._last_episode_starts
@@ -260,10 +262,10 @@ class _Rollout:
             last_q = self.policy.predict_quantiles(th.as_tensor(new_obs, dtype=th.float32, device=dev),
                                                    mask_states(states, th.as_tensor(dones, device=dev)))
         if frozen: self._unfreeze_vecnormalize(vn, raw_obs, raw_rew, raw_dones)
-        # the return-scale snapshot is refreshed now: after the rollout, before GAE (seed 002 #3)
+        # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seed 002 #3)
         first = self._ret_rms.count <= 1                           # no statistics yet: the snapshot is still the prior
         if self.normalize_returns: self._ret_rms.update(acc_hist.reshape(-1))
-        self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
+        if not before: self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
         self._compute_advantages(buf, last_q, dones)
         self._update_ent_plateau(float(buf.rewards.mean()))
         self._log_rollout(states)
@@ -542,7 +544,8 @@ _HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_
             "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
             "micro_batches", "huber_kappa", "cvar_alpha", "normalize_returns", "freeze_vecnormalize_obs",
             "critic_adjustment", "critic_adjustment_kwargs", "use_vgs", "vgs_kwargs", "max_nonfinite_updates",
-            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon", "vgs_mode")
+            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon", "vgs_mode",
+            "return_snapshot")
 
 class _Checkpointing:
     "Parameters (with VGS and optimizer state), relinking, learning rate, and pickle-free save/load."
@@ -675,6 +678,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
     - `sequence_length`: longest training sequence (truncated BPTT); `micro_batches`: gradient accumulation per minibatch
     - `huber_kappa`: quantile Huber threshold; `cvar_alpha`: risk level of the advantages (1.0 = risk-neutral)
     - `normalize_returns`: regress normalized returns (snapshot refreshed after each rollout, outputs preserved)
+    - `return_snapshot`: when the return-scale snapshot `(mu, sigma)` is taken: `"after"` (default) the rollout, before
+      GAE, from statistics that include it; `"before"` (the seeds' timing, kept to measure it) at the rollout's start
     - `freeze_vecnormalize_obs`: hold a VecNormalize wrapper's observation statistics fixed during each rollout
     - `critic_adjustment`, `critic_adjustment_kwargs`: DSAC-T variance-based critic loss (`VarianceCriticAdjuster`)
     - `use_vgs`, `vgs_kwargs`: VarianceGradientScaler (on by default); the optimizer is `AdaptiveUPGD` unless
@@ -703,7 +708,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                  max_nonfinite_updates: int = 3, stats_window_size: int = 100, tensorboard_log: str | None = None,
                  policy_kwargs: dict | None = None, verbose: int = 0, seed: int | None = None,
                  device: th.device | str = "auto", sappo: Any = None, schedule_horizon: int | None = None,
-                 vgs_mode: str = "step", _init_setup_model: bool = True):
+                 vgs_mode: str = "step", return_snapshot: str = "after", _init_setup_model: bool = True):
         super().__init__(policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False,
                          sde_sample_freq=-1, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
@@ -715,7 +720,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                   (ent_coef >= ent_coef_min, "ent_coef must be >= ent_coef_min"), (0 < ent_plateau_factor, "ent_plateau_factor must be > 0"),
                   (max_nonfinite_updates >= 1, "max_nonfinite_updates must be >= 1"), (huber_kappa > 0, "huber_kappa must be > 0"),
                   (clip_range_vf is None or clip_range_vf > 0, "clip_range_vf must be > 0 or None"),
-                  (vgs_mode in ("step", "gradient"), f"vgs_mode must be 'step' or 'gradient', got {vgs_mode!r}")]
+                  (vgs_mode in ("step", "gradient"), f"vgs_mode must be 'step' or 'gradient', got {vgs_mode!r}"),
+                  (return_snapshot in ("after", "before"), f"return_snapshot must be 'after' or 'before', got {return_snapshot!r}")]
         for ok, msg in checks:
             if not ok: raise ValueError(f"DistributionalPPO: {msg}")
         self.batch_size, self.n_epochs, self.clip_range, self.clip_range_vf = batch_size, n_epochs, clip_range, clip_range_vf
@@ -726,7 +732,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
         self.normalize_returns, self.freeze_vecnormalize_obs = normalize_returns, freeze_vecnormalize_obs
         self.critic_adjustment, self.critic_adjustment_kwargs = critic_adjustment, dict(critic_adjustment_kwargs or {})
         self.use_vgs, self.vgs_kwargs, self.max_nonfinite_updates = use_vgs, dict(vgs_kwargs or {}), max_nonfinite_updates
-        self.vgs_mode = vgs_mode
+        self.vgs_mode, self.return_snapshot = vgs_mode, return_snapshot
         if schedule_horizon is not None and int(schedule_horizon) < 1: raise ValueError("DistributionalPPO: schedule_horizon must be >= 1 or None")
         self.schedule_horizon = None if schedule_horizon is None else int(schedule_horizon)
         self._last_lstm_states: RNNStates | None = None

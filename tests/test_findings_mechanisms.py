@@ -1,0 +1,41 @@
+"""The mechanism experiments (issue 15) run for real with their tiny defaults and record well-formed findings:
+`return_snapshot_timing` -> `return_snapshot_value_bias`, `lstm_reset_after_exploit` -> `lstm_reset_value_loss_spike`."""
+import json
+
+import numpy as np
+import pytest
+
+from tradingrl_nb import experiments as ex
+
+CASES = {"return_snapshot_timing": "return_snapshot_value_bias",
+         "lstm_reset_after_exploit": "lstm_reset_value_loss_spike"}
+
+
+def expected_verdict(f) -> str:
+    "The verdict the interval implies: on the claimed side of null -> holds, on the other side -> refuted."
+    lo, hi = f["ci95"]
+    above, below = lo > f["null"], hi < f["null"]
+    if f["direction"] == "lower": above, below = below, above
+    return "holds" if above else "refuted" if below else "inconclusive"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_mechanism_experiment_records_its_finding(name, tmp_path):
+    specs = ex.experiment_parameters(name)
+    seeds = specs["seeds"].default
+    r = ex.run_experiment(name, output_dir=tmp_path / name, device="cpu", progress=False, report=False)
+    assert r.ok, r.error
+    assert json.loads((r.output_dir / "metrics.json").read_text()) == ex.to_jsonable(r.metrics)
+    assert list((r.output_dir / "figures").glob("*.png"))
+    fs = r.metrics["findings"]
+    assert [f["id"] for f in fs] == [CASES[name]]
+    f = fs[0]
+    assert f["n_seeds"] == len(f["per_seed"]) == len(seeds) >= 2
+    assert f["steps_per_run"] == specs["total_timesteps"].default
+    assert np.all(np.isfinite(f["per_seed"]))
+    lo, hi = f["ci95"]
+    assert lo <= f["estimate"] <= hi
+    assert f["estimate"] == pytest.approx(np.mean(f["per_seed"]))
+    assert (f["null"], f["direction"]) == (0.0, "higher")
+    assert f["verdict"] == expected_verdict(f)
+    assert f["metric"] and f["detail"]
