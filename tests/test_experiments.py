@@ -1,5 +1,5 @@
 """The papermill runner (tradingrl_nb.experiments): parameters, runs, failures, sweeps, results."""
-import json
+import json, re
 from pathlib import Path
 
 import nbformat
@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb.sweep import sweep
 
 
 def make_notebook(path: Path, params: str, *cells: str, tag: bool = True) -> Path:
@@ -247,7 +248,7 @@ def test_each_experiment_runs_with_tiny_defaults(name, tmp_path):
 # ---------------------------------------------------------------- sweeps and results
 def test_sweep_continues_after_failure_and_results_table(tiny, tmp_path):
     root = tmp_path / "sw"
-    table = ex.sweep("tiny", {"x": [1, 2, 3]}, {"fail_at": 2, "scale": 2.0}, jobs=2, output_dir=root, echo=None)
+    table = sweep("tiny", {"x": [1, 2, 3]}, {"fail_at": 2, "scale": 2.0}, jobs=2, output_dir=root, echo=None)
     assert list(table["x"]) == [1, 2, 3] and list(table["status"]) == ["ok", "failed", "ok"]
     assert "boom at x=2" in table["error"].iloc[1] and pd.isna(table["error"].iloc[0])
     assert list(table["y"].iloc[[0, 2]]) == [2.0, 6.0]
@@ -268,9 +269,9 @@ def test_sweep_continues_after_failure_and_results_table(tiny, tmp_path):
 
 def test_sweep_validates_every_combination_first(tiny, tmp_path):
     with pytest.raises(ValueError, match="'x': 'many' is not a valid int"):
-        ex.sweep("tiny", {"x": ["1", "many"]}, output_dir=tmp_path / "sw", echo=None)
+        sweep("tiny", {"x": ["1", "many"]}, output_dir=tmp_path / "sw", echo=None)
     with pytest.raises(ValueError, match="both fixed and in the grid"):
-        ex.sweep("tiny", {"x": [1]}, {"x": 2}, output_dir=tmp_path / "sw", echo=None)
+        sweep("tiny", {"x": [1]}, {"x": 2}, output_dir=tmp_path / "sw", echo=None)
     assert not (tmp_path / "sw").exists()
 
 
@@ -384,3 +385,44 @@ def test_device_none_means_the_settings_device(tiny, monkeypatch):
     assert ex.prepare_run(nb)[1]["device"] == "cpu"
     assert ex.prepare_run(nb, {"device": "auto"})[1]["device"] == "auto"     # -p device wins over the settings
     assert ex.prepare_run("tiny", device="auto")[1] == ex.prepare_run("tiny")[1]   # no device parameter: auto is ignored
+
+
+# ---------------------------------------------------------------- presets and stored runs
+def _with_presets(path: Path, presets: str) -> Path:
+    nb = nbformat.read(path, as_version=4)
+    c = nbformat.v4.new_code_cell(presets); c.metadata["tags"] = ["presets"]
+    nb.cells.insert(2, c)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_preset_run_goes_to_results_with_its_preset_and_commit(tiny, tmp_path, monkeypatch):
+    _with_presets(tiny, 'presets = {"full": dict(x=5, label="big")}')
+    monkeypatch.chdir(tmp_path)                      # no settings.ini above the notebook: ./results
+    r = ex.run_experiment("tiny", {"label": "explicit"}, preset="full", progress=False)
+    assert r.output_dir == (tmp_path / "results" / "tiny").resolve()
+    assert r.metrics["y"] == 5 * 1.5 and r.metrics["nested"]["label"] == "explicit"   # -p wins over the preset
+    info = json.loads((r.output_dir / "run.json").read_text())
+    assert info["preset"] == "full" and "commit" in info and "dirty" in info
+    assert not (r.output_dir / "tensorboard").exists()
+    with pytest.raises(ValueError, match="already holds a run"):    # a stored run is not replaced silently
+        ex.run_experiment("tiny", preset="full", progress=False)
+
+
+@pytest.mark.parametrize("presets, message", [
+    ('presets = {"full": dict(nope=1)}', "preset 'full' sets unknown parameter(s) ['nope']"),
+    ('presets = {"full": dict(x=len([1]))}', "presets must be literal values"),
+    ('presets = 3', "presets must map names to dicts"),
+    ('presets = {"full": dict(x=-1)}\npresets = {}', "one assignment"),
+])
+def test_bad_presets_are_refused_naming_the_notebook(tiny, presets, message):
+    _with_presets(tiny, presets)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ex.prepare_run("tiny", preset="full")
+
+
+def test_unknown_preset_names_the_presets(tiny):
+    _with_presets(tiny, 'presets = {"full": dict(x=3)}')
+    with pytest.raises(ValueError, match=r"has no preset 'huge' \(its presets: full\)"):
+        ex.prepare_run("tiny", preset="huge")
+    assert ex.prepare_run("tiny", preset="full")[1]["x"] == 3

@@ -142,3 +142,41 @@ def test_bad_input():
         expected_max_sharpe(0.1, 0)
     with pytest.raises(ValueError, match="confidence"):
         min_track_record_length(np.random.default_rng(0).standard_normal(50), confidence=1.5)
+
+
+# --- intervals of a finding: two arms over seeds ---
+from hypothesis import given, settings, strategies as st
+from tradingrl_nb.stats import mean_ci, ratio_ci, paired_sharpe_difference_ci
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=12))
+def test_mean_ci_brackets_the_mean(xs):
+    ci = mean_ci(xs)
+    assert ci.low <= ci.estimate <= ci.high
+    assert ci.estimate == pytest.approx(np.mean(xs), abs=1e-9)
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(1e-3, 1e3), min_size=2, max_size=10), st.floats(0.1, 10))
+def test_ratio_ci_of_a_constant_factor_is_that_factor(b, factor):
+    a = [x * factor for x in b]
+    ci = ratio_ci(a, b)
+    assert ci.estimate == pytest.approx(factor, rel=1e-9)
+    assert ci.low == pytest.approx(factor, rel=1e-6) and ci.high == pytest.approx(factor, rel=1e-6)
+
+def test_seed_intervals_refuse_bad_input_with_the_position():
+    with pytest.raises(ValueError, match="non-finite value at position 2"): mean_ci([1.0, 2.0, np.nan])
+    with pytest.raises(ValueError, match="at least 2 seeds"): mean_ci([1.0])
+    with pytest.raises(ValueError, match="positive for a ratio, got -1.0 at position 1"): ratio_ci([1.0, -1.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="paired by seed"): ratio_ci([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="reduce must be"): paired_sharpe_difference_ci(np.ones((2, 5)), np.ones((2, 5)), reduce="max")
+    with pytest.raises(ValueError, match="one shape"): paired_sharpe_difference_ci(np.ones((2, 5)), np.ones((3, 5)))
+
+def test_paired_sharpe_difference_sees_an_edge_and_keeps_pairs():
+    rng = np.random.default_rng(0)
+    market = 0.0003 + 0.01 * rng.standard_normal(500)
+    b = market + 0.004 * rng.standard_normal((5, 500))
+    a = b + 0.001 + 0.0005 * rng.standard_normal((5, 500))
+    assert paired_sharpe_difference_ci(a, b, reps=300).low > 0
+    assert paired_sharpe_difference_ci(b, a, reps=300, reduce="median").high < 0
+    same = paired_sharpe_difference_ci(b, b, reps=100)
+    assert same.estimate == 0 and same.low == 0 and same.high == 0   # pairs stay pairs in every draw

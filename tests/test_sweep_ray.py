@@ -6,6 +6,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb.sweep import sweep
 from test_experiments import tiny  # noqa: F401 (fixture)
 
 
@@ -18,7 +19,7 @@ def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path, monkeypatch):
     try:
         root = tmp_path / "sw"
         lines = []
-        table = ex.sweep("tiny", {"x": [1, 2], "label": ["r"]}, {"fail_at": 2}, output_dir=root, backend="ray",
+        table = sweep("tiny", {"x": [1, 2], "label": ["r"]}, {"fail_at": 2}, output_dir=root, backend="ray",
                          num_cpus=1, echo=lines.append)
         assert ray.is_initialized()   # the caller's Ray is left running
     finally:
@@ -34,4 +35,4 @@ def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path, monkeypatch):
 
 def test_bad_backend_is_bad_input(tiny, tmp_path):
     with pytest.raises(ValueError, match="backend 'dask': use process or ray"):
-        ex.sweep("tiny", {"x": [1]}, output_dir=tmp_path / "s", backend="dask")
+        sweep("tiny", {"x": [1]}, output_dir=tmp_path / "s", backend="dask")

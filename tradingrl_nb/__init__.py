@@ -6,7 +6,7 @@ Modules:
 - `tradingrl_nb.data`: Real daily index data shipped with the package's dependencies, a strict loader for your own CSV files, causal features, date splits, and synthetic regime-switching markets.
 - `tradingrl_nb.distributional`: The quantile Huber loss, CVaR from quantiles, the twin-critic rules, and a DSAC-T variance adjustment that keeps the critic's gradient the same size in calm and crash markets.
 - `tradingrl_nb.env`: `TradingEnv`, a gymnasium environment for one instrument with honest timing and costs, and `TradingVecEnv`, the same market stepped for thousands of agents at once as array operations, plus the baseline policies every backtest is compared with.
-- `tradingrl_nb.experiments`: Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs, sweeps, the results table, and the `tradingrl` command.
+- `tradingrl_nb.experiments`: Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs, the results table, and the `tradingrl` command. Sweeps over a grid are in [sweeps](10d_sweep.ipynb).
 - `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: ranges, the member contract and the scheduler (`PBTScheduler`); runners on one machine and on Ray Tune.
 - `tradingrl_nb.pbt_ppo`: `PPOMember`: the distributional PPO agent as a population member, with its hyperparameters applied wherever they live, its schedules spanning the whole run, and a backtest fitness.
 - `tradingrl_nb.pbt_ray`: `run_ray_tune`: the same population members as Ray Tune trainables under Tune's population-based training, on one machine or a cluster.

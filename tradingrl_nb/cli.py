@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import experiments as ex
+from .sweep import sweep
 
 # %% auto #0
 __all__ = ['print_metrics', 'build_parser', 'main']
@@ -39,7 +40,9 @@ def _cmd_list(a) -> int:
     for name, path in exps.items():
         try: specs = ex.experiment_parameters(path)
         except ValueError as e: print(f"{name}  ({e})"); continue
-        print(f"{name}  ({path})")
+        try: presets = ex.experiment_presets(path)
+        except ValueError as e: presets = {}; print(f"{name}  (presets: {e})")
+        print(f"{name}  ({path})" + (f"  presets: {', '.join(presets)}" if presets else ""))
         for s in specs.values():
             if s.name in ex.RESERVED: continue
             print(f"    {s.name:<22} {s.type + ('|None' if s.optional and s.type != 'any' else ''):<12} "
@@ -91,7 +94,8 @@ def print_metrics(metrics: dict) -> None:
 def _cmd_run(a) -> int:
     try:
         r = ex.run_experiment(a.name, _params(a.p), device=a.device, output_dir=a.output_dir,
-                              progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite, kernel_log=True)
+                              progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite, kernel_log=True,
+                              preset=a.preset, tensorboard=True if a.tensorboard else None)
     except ex.RunInterrupted as e: return _interrupted("run", e)
     except (ValueError, OSError) as e: return _error("run", e)
     if not r.ok:
@@ -106,7 +110,7 @@ def _cmd_run(a) -> int:
 
 def _cmd_sweep(a) -> int:
     try:
-        table = ex.sweep(a.name, _parse_grid(a.grid), _params(a.p), jobs=a.jobs, device=a.device,
+        table = sweep(a.name, _parse_grid(a.grid), _params(a.p), jobs=a.jobs, device=a.device,
                          output_dir=a.output_dir, progress=not a.quiet, backend=a.backend, address=a.address,
                          num_cpus=a.cpus_per_run, overwrite=a.overwrite)
     except ex.RunInterrupted as e: return _interrupted("sweep", e)
@@ -172,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--output-dir", default=None, help="run folder (default: runs/<timestamp>-<name>)")
         sp.add_argument("--overwrite", action="store_true", help="replace the run(s) already in --output-dir (clears them first)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r = sub.add_parser("run", help="run one experiment"); common(r); r.set_defaults(fn=_cmd_run)
+    r = sub.add_parser("run", help="run one experiment"); common(r)
+    r.add_argument("--preset", default=None, metavar="NAME", help="a parameter set of the notebook's presets cell, e.g. "
+                   "full (the stored full-size run: written to results/NAME unless --output-dir is given)")
+    r.add_argument("--tensorboard", action="store_true", help="write TensorBoard events also in a --preset run")
+    r.set_defaults(fn=_cmd_run)
     s = sub.add_parser("sweep", help="run every combination of a grid"); common(s)
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values of one parameter (repeatable)")
     s.add_argument("--jobs", type=int, default=1, help="runs at once (processes; process backend)")

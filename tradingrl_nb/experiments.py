@@ -1,5 +1,5 @@
 """Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs,
-sweeps, the results table, and the `tradingrl` command.
+the results table, and the `tradingrl` command. Sweeps over a grid are in [sweeps](10d_sweep.ipynb).
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/experiments.html.md"""
 
@@ -8,7 +8,6 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/experiments.html.md"""
 # %% ../nbs/10_experiments.ipynb #a22b1dc9
 from __future__ import annotations
 import ast, contextlib, itertools, json, math, os, re, signal, sys, time, traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, asdict
 from datetime import datetime
 from pathlib import Path
@@ -29,9 +28,9 @@ from .rundir import (LOCK_NAME, RunLock, claim_run_dir, lock_held, run_status, w
 # %% auto #0
 __all__ = ['RESERVED', 'to_jsonable', 'from_jsonable', 'save_metrics', 'save_figure', 'TrainingLog', 'experiment_dirs',
            'list_experiments', 'find_experiment', 'ParamSpec', 'parse_domain', 'parse_parameters',
-           'experiment_parameters', 'coerce_value', 'resolve_parameters', 'ExperimentFailed', 'RunInterrupted',
-           'RunResult', 'prepare_run', 'run_experiment', 'expand_grid', 'sweep', 'results', 'compare_runs',
-           'plot_comparison']
+           'experiment_parameters', 'coerce_value', 'resolve_parameters', 'experiment_presets', 'preset_parameters',
+           'results_dir', 'git_commit', 'ExperimentFailed', 'RunInterrupted', 'RunResult', 'prepare_run',
+           'run_experiment', 'results', 'compare_runs', 'plot_comparison']
 
 # %% ../nbs/10_experiments.ipynb #984f2524
 def to_jsonable(x: Any) -> Any:
@@ -374,6 +373,74 @@ def resolve_parameters(specs: dict[str, ParamSpec], given: dict[str, Any] | None
         out[name] = coerce_value(s, given[name]) if name in given else s.default
     return out
 
+# %% ../nbs/10_experiments.ipynb #ea83c3d2
+def _preset_value(node, where: str):
+    "A literal, or `dict(key=literal, ...)`: what a presets cell may hold."
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        if any(k.arg is None for k in node.keywords): raise ValueError(f"{where}: `dict(**...)` is not allowed in presets")
+        return {k.arg: _preset_value(k.value, where) for k in node.keywords}
+    if isinstance(node, ast.Dict):
+        return {_preset_value(k, where): _preset_value(v, where) for k, v in zip(node.keys, node.values)}
+    try: return ast.literal_eval(node)
+    except ValueError: raise ValueError(f"{where}: presets must be literal values, not `{_short(ast.unparse(node))}`") from None
+
+def experiment_presets(name: str | Path) -> dict[str, dict]:
+    """The named parameter sets of an experiment: the `presets = {...}` of its code cell tagged `presets` ({} if none).
+    Each preset's names must be parameters of the notebook."""
+    import nbformat
+    path = find_experiment(name)
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "presets" in c.get("metadata", {}).get("tags", [])]
+    if not cells: return {}
+    where = f"{path}: presets cell"
+    if len(cells) > 1: raise ValueError(f"{path}: {len(cells)} cells are tagged presets; keep one")
+    try: tree = ast.parse(cells[0].source)
+    except SyntaxError as e: raise ValueError(f"{where} does not parse ({e.msg}, line {e.lineno})") from None
+    found = [n for n in tree.body if isinstance(n, ast.Assign) and len(n.targets) == 1
+             and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "presets"]
+    if len(found) != 1: raise ValueError(f"{where} must hold one assignment `presets = {{...}}`")
+    presets = _preset_value(found[0].value, where)
+    if not isinstance(presets, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in presets.items()):
+        raise ValueError(f"{where}: presets must map names to dicts of parameter values")
+    specs = experiment_parameters(path)
+    for pname, values in presets.items():
+        unknown = sorted(set(values) - set(specs))
+        if unknown: raise ValueError(f"{where}: preset {pname!r} sets unknown parameter(s) {unknown}")
+    return presets
+
+def preset_parameters(name: str | Path, preset: str | None, parameters: dict | None = None) -> dict:
+    "The parameters of a run with `preset` (None: none), the explicit `parameters` winning over the preset's."
+    given = dict(parameters or {})
+    if preset is None: return given
+    presets = experiment_presets(name)
+    if preset not in presets:
+        have = ", ".join(sorted(presets)) or "none"
+        raise ValueError(f"experiment {find_experiment(name).stem!r} has no preset {_short(str(preset))!r} (its presets: {have})")
+    return {**presets[preset], **given}
+
+def results_dir(name: str | Path) -> Path:
+    "`results/` of the project that holds experiment `name` (the folder with settings.ini above it), else `./results`."
+    path = find_experiment(name).resolve()
+    root = next((d for d in path.parents if (d / "settings.ini").is_file()), Path.cwd())
+    return root / "results"
+
+def git_commit(path: str | Path) -> dict:
+    """The commit of the git checkout holding `path`, and whether its code (`nbs/`, the package) differs from it:
+    `{"commit": sha or None, "dirty": bool or None}`."""
+    import subprocess
+    folder = Path(path).resolve()
+    folder = folder if folder.is_dir() else folder.parent
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0: return {"commit": None, "dirty": None}
+        top = git("rev-parse", "--show-toplevel").stdout.strip()
+        code = [p for p in ("nbs", "tradingrl_nb") if (Path(top) / p).exists()]
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *code).stdout.strip()
+        return {"commit": head.stdout.strip(), "dirty": bool(changed)}
+    except (OSError, subprocess.SubprocessError): return {"commit": None, "dirty": None}
+
 # %% ../nbs/10_experiments.ipynb #1bf4061d
 class ExperimentFailed(RuntimeError):
     "A run whose notebook raised; `.result` is the `RunResult` (the executed notebook is kept)."
@@ -435,13 +502,15 @@ def _check_device(device: str) -> str:
     _config().resolve_device(d)  # ValueError when cuda is asked for without a GPU
     return d
 
-def prepare_run(name: str | Path, parameters: dict | None = None, device: str | None = None) -> tuple[Path, dict]:
+def prepare_run(name: str | Path, parameters: dict | None = None, device: str | None = None,
+                preset: str | None = None) -> tuple[Path, dict]:
     """Validate a run before it starts: (notebook path, full parameter values). Raises ValueError on bad input.
+    `preset`: a named parameter set of the notebook's presets cell, under the explicit `parameters`.
     `device` None means the settings' device (`auto` unless settings.ini or TRADINGRL_DEVICE say otherwise);
     an experiment without a `device` parameter ignores `auto` and refuses any other device."""
     path = find_experiment(name)
     specs = experiment_parameters(path)
-    given = dict(parameters or {})
+    given = preset_parameters(path, preset, parameters)
     explicit = device is not None
     if device is None and "device" in specs and "device" not in given: device = _config().load_settings().device
     if device is not None:
@@ -479,15 +548,21 @@ def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
 def run_experiment(name: str | Path, parameters: dict | None = None, device: str | None = None,
                    output_dir: str | Path | None = None, progress: bool = True, report: bool = True,
                    kernel_name: str | None = None, raise_on_failure: bool = True,
-                   start_timeout: int = 120, overwrite: bool = False, kernel_log: bool = False) -> RunResult:
-    """Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`), which it locks.
-    SIGINT/SIGTERM stop the run, record it as 'interrupted' and raise `RunInterrupted`. With `kernel_log` the
-    kernel's own stderr (its log, its shutdown noise) goes to `kernel.log` in the run folder, not to the terminal."""
+                   start_timeout: int = 120, overwrite: bool = False, kernel_log: bool = False,
+                   preset: str | None = None, tensorboard: bool | None = None) -> RunResult:
+    """Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`; with a `preset`,
+    `results/<name>`), which it locks. SIGINT/SIGTERM stop the run, record it as 'interrupted' and raise
+    `RunInterrupted`. With `kernel_log` the kernel's own stderr (its log, its shutdown noise) goes to `kernel.log` in
+    the run folder, not to the terminal. `tensorboard` writes TensorBoard events (default: on, but off for a preset run
+    and for the runs a run without them starts).
+    `run.json` records the git commit the run ran at (and whether the code differed from it)."""
     import signal, socket, threading, nbformat, papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
-    path, values = prepare_run(name, parameters, device)
+    path, values = prepare_run(name, parameters, device, preset)
     specs = experiment_parameters(path)
+    if output_dir is None and preset is not None: output_dir = results_dir(path) / path.stem
+    if tensorboard is None: tensorboard = preset is None and os.environ.get(TENSORBOARD_ENV) != ""   # "": off upstream
     out = Path(output_dir) if output_dir is not None else _new_run_dir(path.stem)
     lock = claim_run_dir(out, overwrite=overwrite)
     out = out.resolve()
@@ -495,7 +570,8 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     injected = {k: v for k, v in values.items() if k not in RESERVED}
     if "output_dir" in specs: injected["output_dir"] = str(out)
     started = datetime.now().isoformat(timespec="seconds")
-    record = dict(experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(), host=socket.gethostname())
+    record = dict(experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(), host=socket.gethostname(),
+                  preset=preset, **git_commit(path))
     try:
         (out / "figures").mkdir(exist_ok=True)
         _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
@@ -503,7 +579,7 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     except OSError as e:
         lock.release(); raise ValueError(f"run folder {out}: cannot write there ({e.strerror})") from None
     prog = out / ".progress.json"
-    env = {PROGRESS_ENV: str(prog), TENSORBOARD_ENV: str(out / "tensorboard")}
+    env = {PROGRESS_ENV: str(prog), TENSORBOARD_ENV: str(out / "tensorboard") if tensorboard else ""}  # runs it starts inherit
     if isinstance(values.get("total_timesteps"), int): env[TOTAL_ENV] = str(values["total_timesteps"])
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)   # the kernel inherits them
@@ -557,110 +633,6 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     if status == "interrupted": raise RunInterrupted(f"experiment {path.stem!r} {error}; recorded in {out / 'run.json'}", signum, res)
     if status != "ok" and raise_on_failure: raise ExperimentFailed(f"experiment {path.stem!r} failed: {error}", res)
     return res
-
-# %% ../nbs/10_experiments.ipynb #8975487b
-def _sweep_worker(name, values, device, out, progress, threads, overwrite=False):
-    "Run one sweep combination (in a worker process or a Ray task); returns a summary row (never raises but on interrupt)."
-    if threads and "OMP_NUM_THREADS" not in os.environ:
-        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"): os.environ[k] = str(threads)
-    t0 = time.perf_counter()
-    try:
-        r = run_experiment(name, values, device=device, output_dir=out, progress=progress, raise_on_failure=False,
-                           overwrite=overwrite)
-        return dict(status=r.status, wall_s=r.wall_s, run=str(r.output_dir), error=r.error, metrics=r.metrics)
-    except RunInterrupted as e:
-        return dict(status="interrupted", wall_s=time.perf_counter() - t0, run=str(out), error=str(e), metrics={})
-    except Exception as e:
-        return dict(status="failed", wall_s=time.perf_counter() - t0, run=str(out),
-                    error=f"{type(e).__name__}: {_short(str(e), 500)}", metrics={})
-
-def expand_grid(grid: dict[str, list]) -> list[dict]:
-    "Every combination of the grid's values, in order (the last key varies fastest)."
-    if not grid: return [{}]
-    for k, vs in grid.items():
-        if not isinstance(vs, (list, tuple)) or len(vs) == 0: raise ValueError(f"grid {k!r}: give a non-empty list of values")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
-
-def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done) -> None:
-    "Run each `_sweep_worker` argument tuple as a Ray task (`num_cpus` each); `done(i, row)` as each finishes."
-    try: import ray
-    except ImportError: raise ValueError("--backend ray needs Ray: pip install -e '.[ray]'") from None
-    own = not ray.is_initialized()
-    if own: ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    try:
-        remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_sweep_worker)
-        refs = {remote.remote(*args): i for i, args in enumerate(tasks)}
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for r in ready:
-                try: row = ray.get(r)
-                except Exception as e:  # the task's worker died
-                    row = dict(status="failed", wall_s=float("nan"), run=str(tasks[refs[r]][3]),
-                               error=f"Ray task failed: {_short(str(e).splitlines()[0], 300)}", metrics={})
-                done(refs[r], row)
-    except KeyboardInterrupt:
-        for r in pending: ray.cancel(r, force=True)
-        raise
-    finally:
-        if own: ray.shutdown()
-
-def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = None, jobs: int = 1,
-          device: str | None = None, output_dir: str | Path | None = None, progress: bool = True,
-          echo=print, backend: str = "process", address: str | None = None, num_cpus: float = 1,
-          overwrite: bool = False) -> pd.DataFrame:
-    """Run experiment `name` for every combination of `grid`; returns the summary (one row per run, failures included).
-    `backend="process"` runs `jobs` local processes; `backend="ray"` runs each combination as a Ray task of
-    `num_cpus` CPUs on the Ray cluster at `address` (default: the running Ray, else a local one)."""
-    if backend not in ("process", "ray"): raise ValueError(f"backend {_short(backend)!r}: use process or ray")
-    path = find_experiment(name)
-    base = dict(parameters or {})
-    both = set(base) & set(grid)
-    if both: raise ValueError(f"parameter(s) {sorted(both)} given both fixed and in the grid")
-    combos = expand_grid(grid)
-    for c in combos: prepare_run(path, {**base, **c}, device)  # validate all before running any
-    root = Path(output_dir) if output_dir is not None else _new_run_dir(f"{path.stem}-sweep")
-    if root.exists() and not root.is_dir(): raise ValueError(f"--output-dir {root}: is a file, not a folder")
-    outs = [root / (f"{i:03d}" + "".join(f"-{k}={_slug(v)}" for k, v in c.items())) for i, c in enumerate(combos)]
-    taken = [o for o in outs if o.is_dir() and any(p.name != LOCK_NAME for p in o.iterdir())]
-    if taken and not overwrite:
-        raise ValueError(f"--output-dir {root}: {len(taken)} of the sweep's run folders already hold runs "
-                         f"(e.g. {taken[0].name}); pass --overwrite to replace them or choose another folder")
-    try: root.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise ValueError(f"--output-dir {root}: cannot create the folder ({e.strerror})") from None
-    jobs = max(1, int(jobs))
-    rows, t0 = [None] * len(combos), time.perf_counter()
-    def done(i, row):
-        rows[i] = {**combos[i], **row}
-        n = sum(r is not None for r in rows)
-        el = time.perf_counter() - t0
-        eta = f"  ETA {el / n * (len(combos) - n):.0f}s" if n < len(combos) else ""
-        if echo: echo(f"[{n}/{len(combos)} runs done, {el:.0f}s{eta}] {row['status']:6s} {row['wall_s']:7.1f}s  "
-                      f"{Path(row['run']).name}" + (f"  ({_short(row['error'].splitlines()[0], 120)})" if row["error"] else ""))
-    args = lambda i, c, prog, threads: (path, {**base, **c}, device, outs[i], prog, threads, overwrite)
-    if backend == "ray":
-        _ray_runs([args(i, c, False, max(1, int(num_cpus))) for i, c in enumerate(combos)], num_cpus, address, done)
-    elif jobs == 1:
-        for i, c in enumerate(combos):
-            done(i, row := _sweep_worker(*args(i, c, progress, None)))
-            if row["status"] == "interrupted":
-                raise RunInterrupted(row["error"], signal.SIGTERM if "SIGTERM" in row["error"] else signal.SIGINT)
-    else:
-        import multiprocessing as mp
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(max_workers=min(jobs, len(combos)), mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_sweep_worker, *args(i, c, False, threads)): i for i, c in enumerate(combos)}
-            try:
-                for f in as_completed(futs): done(futs[f], f.result())
-            except KeyboardInterrupt:
-                ex.shutdown(wait=False, cancel_futures=True); raise
-    table = pd.DataFrame(rows)
-    metrics = pd.json_normalize([r.pop("metrics") or {} for r in rows]) if rows else pd.DataFrame()
-    table = table.drop(columns=["metrics"])
-    table = pd.concat([table.reset_index(drop=True), metrics.reset_index(drop=True)], axis=1)
-    table.attrs["root"] = str(root)
-    return table
 
 # %% ../nbs/10_experiments.ipynb #c1699b6d
 def _read_object(path: Path, required: bool = True) -> dict:

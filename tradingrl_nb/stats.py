@@ -17,7 +17,8 @@ from arch.bootstrap import StationaryBootstrap, optimal_block_length
 # %% auto #0
 __all__ = ['EULER_GAMMA', 'sharpe_ratio', 'sharpe_moments', 'psr_from_moments', 'probabilistic_sharpe_ratio',
            'expected_max_sharpe', 'deflated_sharpe_ratio', 'min_track_record_length', 'lo_sharpe_se', 'Interval',
-           'verdict', 'block_length', 'sharpe_ci', 'sharpe_difference_ci', 'multi_seed_sharpe_ci', 'run_statistics']
+           'verdict', 'block_length', 'sharpe_ci', 'sharpe_difference_ci', 'multi_seed_sharpe_ci', 'mean_ci',
+           'ratio_ci', 'paired_sharpe_difference_ci', 'run_statistics']
 
 # %% ../nbs/11_stats.ipynb #05d1cf8e
 EULER_GAMMA = 0.5772156649015329
@@ -157,6 +158,12 @@ def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.
         s = _sharpe_cols(x, periods)
         m = np.mean(s[:k][seeds])
         return m - s[k] if benchmark is not None else m
+    return _seeds_and_blocks(X, k, stat, confidence, seed, reps, block)
+
+def _seeds_and_blocks(X: np.ndarray, k: int, stat, confidence: float, seed: int, reps: int, block: float | None) -> Interval:
+    """Percentile interval of `stat(days, seed_index)` over `reps` draws that resample the `k` seeds with replacement and
+    the days `X` `[n_days, columns]` in stationary-bootstrap blocks together (expected block length by Politis-White on
+    the mean column unless `block` is given)."""
     bl = block_length(X.mean(axis=1)) if block is None else float(block)
     rng = np.random.default_rng(seed)
     bs = StationaryBootstrap(bl, X, seed=rng)
@@ -164,6 +171,51 @@ def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.
     a = (1 - confidence) / 2
     lo, hi = np.quantile(draws, [a, 1 - a])
     return Interval(float(stat(X)), float(lo), float(hi), confidence, bl)
+
+# %% ../nbs/11_stats.ipynb #436e6655
+def _finite_values(x, name: str) -> np.ndarray:
+    "A 1-D float array of at least two finite values; a clear error naming `name` and the position otherwise."
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 1: raise ValueError(f"{name} must be one value per seed (1-D), got shape {a.shape}")
+    if len(a) < 2: raise ValueError(f"{name}: an interval needs at least 2 seeds, got {len(a)}")
+    bad = np.flatnonzero(~np.isfinite(a))
+    if len(bad): raise ValueError(f"{name} holds a non-finite value at position {int(bad[0])}: {a[bad[0]]}")
+    return a
+
+def mean_ci(values, confidence: float = 0.95) -> Interval:
+    "Mean of per-seed `values` with the Student-t interval (the seeds are the independent units)."
+    x = _finite_values(values, "values")
+    m = float(x.mean())
+    h = float(scipy.stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return Interval(m, m - h, m + h, confidence)
+
+def ratio_ci(a, b, confidence: float = 0.95) -> Interval:
+    """Geometric mean of the paired ratios `a[i] / b[i]` of positive per-seed measures, with the t-interval of the log
+    ratios mapped back (no effect: 1)."""
+    x, y = _finite_values(a, "a"), _finite_values(b, "b")
+    if len(x) != len(y): raise ValueError(f"a and b must be paired by seed: {len(x)} and {len(y)} values")
+    for name, v in (("a", x), ("b", y)):
+        if (v <= 0).any(): raise ValueError(f"{name} must be positive for a ratio, got {v[v <= 0][0]} at position {int(np.flatnonzero(v <= 0)[0])}")
+    r = mean_ci(np.log(x) - np.log(y), confidence)
+    return Interval(float(np.exp(r.estimate)), float(np.exp(r.low)), float(np.exp(r.high)), confidence)
+
+def paired_sharpe_difference_ci(returns_a, returns_b, reduce: str = "mean", confidence: float = 0.95, seed: int = 0,
+                                reps: int = 2000, block: float | None = None, periods: int = 252) -> Interval:
+    """`reduce` over seeds of arm a's annualized Sharpe minus the same of arm b's, for daily returns `[n_seeds, n_days]`
+    paired by seed (row i of both: seed i) over the same days; the interval resamples seeds (pairs kept) and
+    stationary-bootstrap market blocks together. `reduce`: "mean" or "median" (the median agent)."""
+    f = {"mean": np.mean, "median": np.median}.get(reduce)
+    if f is None: raise ValueError(f"reduce must be 'mean' or 'median', got {reduce!r}")
+    A, B = (np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x, dtype=np.float64) for x in (returns_a, returns_b))
+    if A.ndim != 2 or A.shape != B.shape:
+        raise ValueError(f"returns_a and returns_b must both be [n_seeds, n_days] of one shape, got {A.shape} and {B.shape}")
+    for name, M in (("returns_a", A), ("returns_b", B)):
+        for i, row in enumerate(M): _returns(row, f"{name} of seed {i}")
+    k = A.shape[0]
+    def stat(x, seeds=slice(None)):
+        s = _sharpe_cols(x, periods)
+        return float(f(s[:k][seeds]) - f(s[k:][seeds]))
+    return _seeds_and_blocks(np.column_stack([A.T, B.T]), k, stat, confidence, seed, reps, block)
 
 # %% ../nbs/11_stats.ipynb #0a1abd09
 def _read_run(d: Path, returns_file: str) -> dict:
