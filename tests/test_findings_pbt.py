@@ -52,14 +52,14 @@ def test_pbt_population_tiny_gives_the_finding(tmp_path):
     assert r.ok, r.error
     (f,) = r.metrics["findings"]
     assert f["id"] == "pbt_vs_random_search" and f["direction"] == "higher" and f["null"] == 0
-    seeds = r.params["seeds"]
+    seeds = r.parameters["seeds"]
     assert f["n_seeds"] == len(f["per_seed"]) == len(seeds) >= 2
     lo, hi = f["ci95"]
     assert lo <= hi and all(math.isfinite(v) for v in (lo, hi, f["estimate"]))
     assert f["verdict"] == ("holds" if lo > 0 else "refuted" if hi < 0 else "inconclusive")
     runs = r.metrics["per_run"]
     assert sorted((x["seed"], x["method"]) for x in runs) == sorted((s, m) for s in seeds for m in ("pbt", "random_search"))
-    assert all(x["exploits"] == x["explores"] == 0 and x["lineages"] == r.params["n_members"]
+    assert all(x["exploits"] == x["explores"] == 0 and x["lineages"] == r.parameters["n_members"]
                for x in runs if x["method"] == "random_search")
     by = {(x["seed"], x["method"]): x for x in runs}
     assert f["per_seed"] == pytest.approx([by[s, "pbt"]["test_sharpe"] - by[s, "random_search"]["test_sharpe"] for s in seeds])
