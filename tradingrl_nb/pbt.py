@@ -284,12 +284,13 @@ def _rank_value(fitness, mode):
 
 # %% ../nbs/08_pbt.ipynb #5073475c
 class PBTScheduler:
-    "Population-based training bookkeeping: reports, ready checks, truncation selection, exploit and explore."
+    """Population-based training bookkeeping: reports, ready checks, truncation selection, exploit and explore.
+    `exploit=False`: random search with the same bookkeeping (members sampled alike, never copied nor perturbed)."""
     def __init__(self, hyperparam_mutations: Mapping[str, Any] | None = None, *, quantile_fraction: float = 0.25,
                  resample_probability: float = 0.25, perturbation_factors: tuple[float, ...] = (0.8, 1.2),
                  perturbation_interval: int = 1, mode: str = "max", optimizer_exploit_strategy: str = "copy",
                  min_ready_members: int = 2, ready_check_max_wait: int = 10,
-                 checkpoint_dir: str | Path | None = None, seed: int | None = None):
+                 checkpoint_dir: str | Path | None = None, seed: int | None = None, exploit: bool = True):
         mutations = PPO_MUTATIONS if hyperparam_mutations is None else hyperparam_mutations
         if not mutations: raise ValueError("PBTScheduler: hyperparam_mutations is empty")
         self.mutations = {k: as_hyperparam(v) for k, v in mutations.items()}
@@ -299,6 +300,8 @@ class PBTScheduler:
         if optimizer_exploit_strategy not in ("copy", "reset"):
             raise ValueError(f"optimizer_exploit_strategy must be 'copy' or 'reset', got {optimizer_exploit_strategy!r}")
         if perturbation_interval < 1: raise ValueError(f"perturbation_interval must be >= 1, got {perturbation_interval}")
+        if not isinstance(exploit, (bool, np.bool_)): raise ValueError(f"exploit must be True or False, got {exploit!r}")
+        self.exploit = bool(exploit)
         if min_ready_members < 1: raise ValueError(f"min_ready_members must be >= 1, got {min_ready_members}")
         if ready_check_max_wait < 1: raise ValueError(f"ready_check_max_wait must be >= 1, got {ready_check_max_wait}")
         self.quantile_fraction, self.resample_probability = quantile_fraction, resample_probability
@@ -434,7 +437,7 @@ class PBTScheduler:
         `parameters` is None when the member keeps its own weights (then `checkpoint_format` is None too)."""
         rec = self._rec(member)
         if rec.status != "alive": raise ValueError(f"member {rec.member_id} is {rec.status}; use replace_failed")
-        if not self.perturbation_due(rec): return None, dict(rec.hyperparams), None
+        if not self.exploit or not self.perturbation_due(rec): return None, dict(rec.hyperparams), None
         ready = self.ready_members(rec)
         if len(ready) < self.min_ready_members:
             rec.ready_checks_failed += 1
@@ -459,10 +462,11 @@ class PBTScheduler:
         return self._copy_from(rec, donor, "exploit", rec.fitness)
 
     def replace_failed(self, member) -> tuple[dict | None, dict, str | None]:
-        "Revive a failed member from the best alive member (or, with none, from scratch with fresh hyperparameters)."
+        """Revive a failed member from the best alive member (or, with none or under `exploit=False`, from scratch with
+        fresh hyperparameters)."""
         rec = self._rec(member)
         if rec.status != "failed": raise ValueError(f"member {rec.member_id} is {rec.status}, not failed")
-        donors = [r for r in self.alive() if r.fitness is not None and r.checkpoint is not None]
+        donors = [r for r in self.alive() if r.fitness is not None and r.checkpoint is not None] if self.exploit else []
         rec.status, rec.ready_checks_failed = "alive", 0
         if not donors:
             old = dict(rec.hyperparams); rec.hyperparams = self.sample_hyperparams()
