@@ -184,13 +184,16 @@ VERDICT_COLORS = {"holds": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#6e
 def plot_findings(findings: list[dict], width: float = 8.0):
     "Forest plot of `findings`: one row (own axis) per claim; returns the figure."
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
     if not findings: raise ValueError("no findings to plot")
-    fig, axes = plt.subplots(len(findings), 1, figsize=(width, 0.85 * len(findings) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(findings), 1, figsize=(width, 0.7 * len(findings) + 0.6), squeeze=False)
     for ax, f in zip(axes[:, 0], findings):
         lo, hi = f["ci95"]
         color = VERDICT_COLORS[f["verdict"]]
         vals = np.array([*f["per_seed"], lo, hi, f["estimate"], f["null"]], dtype=float)
-        if f["null"] == 1.0 and (vals > 0).all(): ax.set_xscale("log")
+        if f["null"] == 1.0 and (vals > 0).all() and vals.max() / vals.min() > 10:
+            ax.set_xscale("log"); ax.xaxis.set_minor_formatter(NullFormatter())
+        else: ax.xaxis.set_major_formatter(FormatStrFormatter("%.4g"))
         ax.axvline(f["null"], color="black", ls="--", lw=0.8)
         ax.scatter(f["per_seed"], np.full(len(f["per_seed"]), 0.25), s=9, color=color, alpha=0.45)
         ax.plot([lo, hi], [0, 0], color=color, lw=3, solid_capstyle="butt")
@@ -198,7 +201,7 @@ def plot_findings(findings: list[dict], width: float = 8.0):
         ax.set_ylim(-0.6, 0.7); ax.set_yticks([])
         ax.set_ylabel(f["id"], rotation=0, ha="right", va="center", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
-        ax.set_title(f"{f['verdict']}: {f['metric']} ({f['n_seeds']} seeds)", fontsize=7, loc="right", color=color, pad=2)
+        ax.set_title(f"{f['verdict']} ({f['n_seeds']} seeds)", fontsize=7, loc="right", color=color, pad=2)
         for s in ("top", "right", "left"): ax.spines[s].set_visible(False)
     fig.tight_layout(h_pad=0.4)
     return fig
