@@ -10,12 +10,7 @@ help:
 setup:
 	@bash scripts/setup.sh
 run: setup
-	.venv/bin/tradingrl run walk_forward --device auto \
-	  -p dataset sp500 -p "test_years" "[2008, 2013, 2018]" -p seeds "[0, 1, 2]" -p jobs 2 \
-	  -p train 4Y -p val 1Y -p embargo 5D -p execution next_close \
-	  -p total_timesteps 150000 -p eval_every 15000 -p patience 3 -p n_envs 8 -p n_steps 256 -p batch_size 512 \
-	  -p n_epochs 4 -p sequence_length 32 -p episode_length 256 -p window 32 -p lstm_hidden_size 64 \
-	  -p n_quantiles 32 -p bootstrap_reps 2000
+	.venv/bin/tradingrl run walk_forward --preset full --device auto --output-dir runs/walk_forward-$$(date +%Y%m%d-%H%M%S)
 test:
 	@bash scripts/test.sh
 # JupyterLab refuses root without --allow-root: pass it only when running as root (as in most containers)
