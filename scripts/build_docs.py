@@ -126,15 +126,16 @@ def _toctree(caption: str, entries: list[str]) -> str:
     return "\n".join(["```{toctree}", ":hidden:", ":maxdepth: 1", f":caption: {caption}", "", *entries, "```"])
 
 
-def stage_results(src: Path) -> tuple[list[str], str | None]:
+def stage_results(src: Path, renames: dict[str, str] | None = None) -> tuple[list[str], str | None]:
     """Stage the stored full-size runs (`results/NAME/NAME.ipynb`, executed) as pages `results/NAME`, and the findings
-    page (`findings`: forest plot and table) from `results/findings.json`. Returns (stored pages, findings page or None)."""
+    page (`claims`: forest plot and table; `findings` is the page of the findings module's notebook) from
+    `results/findings.json`. Returns (stored pages, findings page or None)."""
     results, stored = ROOT / "results", []
     for d in sorted(p for p in results.glob("*") if p.is_dir()):
         nb_path = d / f"{d.name}.ipynb"
         if not nb_path.is_file(): continue
         (src / "results").mkdir(exist_ok=True)
-        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4)), src / "results" / nb_path.name)
+        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames), src / "results" / nb_path.name)
         stored.append(f"results/{d.name}")
     if not (results / "findings.json").is_file(): return stored, None
     import json
@@ -142,10 +143,10 @@ def stage_results(src: Path) -> tuple[list[str], str | None]:
     matplotlib.use("Agg")
     from tradingrl_nb import findings as fd
     found = json.loads((results / "findings.json").read_text(encoding="utf-8"))
-    if found: fd.plot_findings(found).savefig(src / "findings.png", dpi=110, bbox_inches="tight")
+    if found: fd.plot_findings(found).savefig(src / "claims.png", dpi=110, bbox_inches="tight")
     link = lambda f: f"results/{Path(f['experiment']).parent.name}.ipynb" if f"results/{Path(f['experiment']).parent.name}" in stored else f["experiment"]
-    (src / "findings.md").write_text(fd.findings_markdown(found, figure="findings.png" if found else None, link=link), encoding="utf-8")
-    return stored, "findings"
+    (src / "claims.md").write_text(fd.findings_markdown(found, figure="claims.png" if found else None, link=link), encoding="utf-8")
+    return stored, "claims"
 
 
 def stage(src: Path) -> dict:
@@ -173,7 +174,7 @@ def stage(src: Path) -> dict:
         nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames), src / "experiments" / nb_path.name)
         experiments.append(f"experiments/{nb_path.stem}")
 
-    stored, findings_page = stage_results(src)
+    stored, findings_page = stage_results(src, renames)
 
     reference = []
     if (ROOT / "data" / "README.md").is_file():

@@ -365,12 +365,12 @@ def test_findings_page_renders_from_findings_json_in_chromium(site, server, chro
     found = json.loads((ROOT / "results" / "findings.json").read_text())
     assert found, "results/findings.json holds no findings"
     index = _probe(chromium, base, "index.html")
-    assert "findings.html" in index["links"], "the home page does not link the findings page"
-    info = _probe(chromium, base, "findings.html")
-    assert info["h1"][0] == "Findings" and info["tables"] == 1
-    plots = [i for i in info["imgs"] if i["src"].endswith("findings.png")]
+    assert "claims.html" in index["links"], "the home page does not link the findings page"
+    info = _probe(chromium, base, "claims.html")
+    assert info["h1"][0] == "Findings: the claims of the seed reports, measured" and info["tables"] == 1
+    plots = [i for i in info["imgs"] if i["src"].endswith("claims.png")]
     assert len(plots) == 1 and plots[0]["complete"] and plots[0]["naturalWidth"] > 0 and plots[0]["visible"], info["imgs"]
-    page = (site / "findings.html").read_text()
+    page = (site / "claims.html").read_text()
     rows = re.findall(r"<tr[^>]*>.*?</tr>", page.split("<tbody>")[1].split("</tbody>")[0], re.S)
     assert len(rows) == len(found)
     for f, row in zip(found, rows):

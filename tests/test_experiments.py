@@ -200,7 +200,7 @@ def _check_findings(name, m):
     found = m["findings"]
     assert [f["id"] for f in found] == expected
     for f in found:
-        assert f["n_seeds"] == len(f["per_seed"]) >= 2 and f["steps_per_run"] > 0
+        assert f["n_seeds"] == len(f["per_seed"]) >= 1 and f["steps_per_run"] > 0
         assert f["verdict"] == claim_verdict(f["ci95"], f["null"], f["direction"])
 
 

@@ -215,7 +215,7 @@ def findings_markdown(findings: list[dict], figure: str | None = "findings.png",
     where = lambda f: f.get("experiment") or CLAIMS[f["id"]].experiment
     link = link or where
     counts = {v: sum(f["verdict"] == v for f in findings) for v in VERDICTS}
-    lines = ["# Findings", "",
+    lines = ["# Findings: the claims of the seed reports, measured", "",
              "The seeds' claims, each measured at size over several training seeds, with a 95% interval and a verdict "
              "computed from it: *holds* when the interval lies on the claimed side of no effect, *refuted* when it lies "
              "on the other side, *inconclusive* otherwise. Generated from `results/findings.json` (`tradingrl findings`), "
