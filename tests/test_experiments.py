@@ -439,3 +439,24 @@ def test_unknown_preset_names_the_presets(tiny):
     with pytest.raises(ValueError, match=r"has no preset 'huge' \(its presets: full\)"):
         ex.prepare_run("tiny", preset="huge")
     assert ex.prepare_run("tiny", preset="full")[1]["x"] == 3
+
+
+def test_a_kernel_that_dies_while_starting_is_started_again(tiny, monkeypatch):
+    "A kernel that dies before replying to kernel_info (no cell ran) is retried; a notebook's own error is not."
+    import papermill
+    real, calls = papermill.execute_notebook, []
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1: raise RuntimeError("Kernel died before replying to kernel_info")
+        return real(*a, **k)
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    r = ex.run_experiment("tiny", progress=False)
+    assert r.ok and len(calls) == 2 and r.metrics["y"] == 3.0
+    calls.clear()
+    r = ex.run_experiment("tiny", {"fail_at": 2}, progress=False, raise_on_failure=False)
+    assert r.status == "failed" and "boom at x=2" in r.error and len(calls) == 2   # the first start died; the cell error is final
+    def dead(*a, **k): calls.append(1); raise RuntimeError("Kernel died before replying to kernel_info")
+    monkeypatch.setattr(papermill, "execute_notebook", dead)
+    calls.clear()
+    r = ex.run_experiment("tiny", progress=False, raise_on_failure=False)
+    assert r.status == "failed" and "Kernel died" in r.error and len(calls) == 3

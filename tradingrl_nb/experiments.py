@@ -535,6 +535,17 @@ def _kernel_stderr_to(path: Path):
     finally:
         sys.stderr = old; term.flush(); os.dup2(term_fd, 2); os.close(term_fd); term.close(); log.close()
 
+_KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+def _retry_kernel_start(execute, attempts: int = 3, pause: float = 1.0):
+    """`execute()`, again (up to `attempts` times in all) when the Jupyter kernel died or hung while starting, before
+    any cell ran (e.g. two kernels started at once on a loaded machine): that is not the notebook's failure."""
+    for i in range(attempts):
+        try: return execute()
+        except RuntimeError as e:
+            if i + 1 == attempts or not any(m in str(e) for m in _KERNEL_START_FAILURES): raise
+            time.sleep(pause * (i + 1))
+
 def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
     "Record an interrupted run in the partial notebook's metadata (papermill would say no exception occurred)."
     import nbformat
@@ -590,9 +601,9 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     try:
         with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
              (follow_progress(prog) if progress else contextlib.nullcontext()):
-            pm.execute_notebook(str(path), str(nb_path), parameters=injected,
-                                kernel_name=kernel_name or _config().load_settings().kernel_name, language="python",
-                                progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout)
+            _retry_kernel_start(lambda: pm.execute_notebook(
+                str(path), str(nb_path), parameters=injected, kernel_name=kernel_name or _config().load_settings().kernel_name,
+                language="python", progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout))
     except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM through _on_signal
         signum = getattr(e, "signum", signal.SIGINT)
         status, error = "interrupted", f"interrupted by {signal.Signals(signum).name}"
