@@ -18,15 +18,9 @@ from .sweep import sweep
 __all__ = ['print_metrics', 'build_parser', 'main']
 
 # %% ../nbs/10a_cli.ipynb #1751cda2
-def _default_results() -> Path:
-    "The project's `results/` (next to settings.ini, searched from the working folder up), else ./results."
-    from tradingrl_nb.config import find_settings_file
-    s = find_settings_file()
-    return (s.parent if s is not None else Path.cwd()) / "results"
-
 def _cmd_findings(a) -> int:
     from tradingrl_nb import findings as fd
-    root = Path(a.results) if a.results else _default_results()
+    root = Path(a.results) if a.results else ex.results_dir()
     try: found = fd.collect_findings(root)
     except ValueError as e: return _error("findings", e)
     text, out = fd.findings_json(found), root / "findings.json"

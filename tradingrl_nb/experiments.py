@@ -418,11 +418,11 @@ def preset_parameters(name: str | Path, preset: str | None, parameters: dict | N
         raise ValueError(f"experiment {find_experiment(name).stem!r} has no preset {_short(str(preset))!r} (its presets: {have})")
     return {**presets[preset], **given}
 
-def results_dir(name: str | Path) -> Path:
-    "`results/` of the project that holds experiment `name` (the folder with settings.ini above it), else `./results`."
-    path = find_experiment(name).resolve()
-    root = next((d for d in path.parents if (d / "settings.ini").is_file()), Path.cwd())
-    return root / "results"
+def results_dir(name: str | Path | None = None) -> Path:
+    """`results/` of the project (the folder of its settings.ini) that holds experiment `name`, or, without a name, the
+    working folder's project; `./results` outside a project."""
+    s = _config().find_settings_file(find_experiment(name).resolve().parent if name is not None else None)
+    return (s.parent if s is not None else Path.cwd()) / "results"
 
 def git_commit(path: str | Path) -> dict:
     """The commit of the git checkout holding `path`, and whether its code (`nbs/`, the package) differs from it:
