@@ -13,6 +13,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
+from .upgd_kernel import Kernel, KernelUnavailable, kernel_status, load_kernel
+
+_kernel_warned: list[bool] = []       # the unavailable-kernel warning, once per process
+
 # %% auto #0
 __all__ = ['UPGD', 'UPGDLoop', 'AdaptiveUPGDLoop', 'AdaptiveUPGD', 'VGSNoiseWarning', 'check_vgs_noise_compat']
 
@@ -476,11 +480,15 @@ class AdaptiveUPGD(_FlatOptimizer):
     constant with adaptive noise, growing as 1/k with fixed noise when the gradients are scaled by k.
     The moments and the Adam direction `m_hat / (sqrt(v_hat) + eps)` come from torch's fused Adam kernel
     (`torch._fused_adam_`, one pass), run on a scratch "parameter" that receives the direction.
+    On the CPU, float32 state, a bucket whose tensors all have a gradient and the same step count runs the compiled
+    two-pass kernel of `tradingrl_nb.upgd_kernel` instead (same rule, state and noise stream; the gate is a
+    polynomial within 5e-8 of the sigmoid): `kernel="auto"` (default) uses it where it can be compiled and warns
+    once where not, `"torch"` never uses it, `"compiled"` raises `KernelUnavailable` where it cannot be had.
     State per parameter: `utility`, `exp_avg` (m), `exp_avg_sq` (v), a per-tensor `grad_norm_ema` and `step`
     (per parameter: its bias corrections follow its own gradients); two scratch buffers per parameter element.
     float32 state for bfloat16/float16 parameters (the step is computed in float32 and written back). A step whose
     gradients hold a NaN or inf is skipped (see `_gradients`; `nonfinite_steps` counts it). `fused` is accepted for
-    compatibility and ignored: the default step is the fast one (the `torch.compile` path is gone)."""
+    compatibility and ignored."""
     _keys = ("utility", "exp_avg", "exp_avg_sq")
     _vec_keys = ("grad_norm_ema",)
     _n_scratch = 2
@@ -488,7 +496,9 @@ class AdaptiveUPGD(_FlatOptimizer):
     def __init__(self, params, lr: float = 1e-4, weight_decay: float = 0.001, beta_utility: float = 0.999,
                  sigma: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                  adaptive_noise: bool = True, noise_beta: float = 0.9, min_noise_std: float = 1e-10, *,
-                 seed: int | None = None, fused: bool = False):
+                 seed: int | None = None, fused: bool = False, kernel: str = "auto"):
+        if kernel not in ("auto", "torch", "compiled"):
+            raise ValueError(f"invalid kernel {kernel!r}: must be 'auto', 'torch' or 'compiled'")
         _check_hparams(lr, weight_decay, beta_utility, sigma, beta1=beta1, beta2=beta2, eps=eps,
                        noise_beta=noise_beta, min_noise_std=min_noise_std)
         if not eps > 0: raise ValueError(f"invalid eps {eps!r}: must be > 0")
@@ -496,8 +506,22 @@ class AdaptiveUPGD(_FlatOptimizer):
                         beta2=beta2, eps=eps, adaptive_noise=bool(adaptive_noise), noise_beta=noise_beta,
                         min_noise_std=min_noise_std)
         super().__init__(params, defaults, seed)
-        if fused: warnings.warn("AdaptiveUPGD(fused=True) is ignored: the default step uses torch's fused Adam kernel "
-                                "and needs no compile", DeprecationWarning, stacklevel=2)
+        if fused: warnings.warn("AdaptiveUPGD(fused=True) is ignored: the default step uses the compiled kernel "
+                                "(kernel='auto')", DeprecationWarning, stacklevel=2)
+        self.kernel = kernel
+        if kernel == "compiled" and load_kernel() is None:
+            raise KernelUnavailable(f"AdaptiveUPGD(kernel='compiled'): {kernel_status()['error']}")
+
+    def _cpu_kernel(self) -> Kernel | None:
+        "The compiled CPU kernel, or None (kernel='torch', or unavailable: warned once per process)."
+        mode = getattr(self, "kernel", "auto")                       # optimizers unpickled from before the kernel
+        if mode == "torch": return None
+        kern = load_kernel()
+        if kern is None and not _kernel_warned:
+            _kernel_warned.append(True)
+            warnings.warn(f"AdaptiveUPGD: the compiled CPU kernel is unavailable ({kernel_status()['error']}); "
+                          "using torch operations (about twice the time per step)", RuntimeWarning, stacklevel=3)
+        return kern
 
     def _link(self, b: _Bucket, j: int, group: dict) -> None:
         "As `_FlatOptimizer._link`; a state saved before issue 14 (`rms` = sqrt(EMA(g~^2 + eps^2))) becomes `exp_avg_sq`."
@@ -519,11 +543,17 @@ class AdaptiveUPGD(_FlatOptimizer):
         work, ok = checked
         lo = hi = grad_sq = noise_sq = None
         numel, steps = 0, []
+        kern = self._cpu_kernel() if ok is None else None
         # pass 1: noise, the utility EMA and its global min/max (on device), and the fused Adam kernel: moments of
-        # the perturbed gradient and the direction m_hat / (sqrt(v_hat) + eps), written (negated) into scratch D
+        # the perturbed gradient and the direction m_hat / (sqrt(v_hat) + eps), written (negated) into scratch D;
+        # or, for a bucket the compiled kernel takes, its pass 1 (noise, utility, min/max, moments in one sweep)
         for group, b, A, grads, params, norms in work:
             bu, b1, b2, eps, sigma = group["beta_utility"], group["beta1"], group["beta2"], group["eps"], group["sigma"]
-            ts, uni = self._advance(b, A); steps.append((ts, uni))
+            ts, uni = self._advance(b, A)
+            fast = (kern is not None and uni and b.device.type == "cpu" and b.dtype == torch.float32 and b.is_flat
+                    and all(g.is_contiguous() and g.dtype == torch.float32 for g in grads)
+                    and all(q.is_contiguous() for q in params))
+            steps.append((ts, uni, fast))
             t = ts[0]
             W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
             gen = self._generator(b.device)
@@ -545,15 +575,31 @@ class AdaptiveUPGD(_FlatOptimizer):
                     numels = b.numel_vec.index_select(0, ix)
                 z2 = (std.square() * numels).sum()
                 W.normal_(generator=gen)
-                if b.device.type == "cpu":                                         # one pass: W = g + std * W
+                if fast: pass                                                      # the kernel adds it
+                elif b.device.type == "cpu":                                       # one pass: W = g + std * W
                     for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
                 else:
                     torch._foreach_mul_(Wv, list(std.unbind(0)))
                     torch._foreach_add_(Wv, grads)
             else:
                 z2 = torch.full_like(g2, n * sigma ** 2)
-                if sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
+                if fast:
+                    std = torch.full((len(A),), sigma, dtype=b.dtype)
+                    if sigma > 0: W.normal_(generator=gen)                        # same draws as normal_(0, sigma)
+                elif sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
                 else: torch._foreach_copy_(Wv, grads)
+            if fast:
+                if not hasattr(b, "c_numel"): b.c_numel = Kernel.numel_array(b.numels)
+                lo_u, hi_u = kern.pass1(b.c_numel, grads, params, std, W if (group["adaptive_noise"] or sigma > 0) else None,
+                                        b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], bu, b1, b2)
+                bcu = 1 - bu ** t
+                mn, mx = torch.tensor(lo_u / bcu, dtype=b.dtype), torch.tensor(hi_u / bcu, dtype=b.dtype)
+                lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
+                hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
+                grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
+                noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
+                numel += n
+                continue
             Uv = [b.views["utility"][j] for j in A]
             if uni: b.flat["utility"].mul_(bu)
             else: torch._foreach_mul_(Uv, bu)
@@ -578,9 +624,16 @@ class AdaptiveUPGD(_FlatOptimizer):
             noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
             numel += n
         # pass 2: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D
-        for (group, b, A, grads, params, _), (ts, uni) in zip(work, steps):
+        for (group, b, A, grads, params, _), (ts, uni, fast) in zip(work, steps):
             bu, lr, wd = group["beta_utility"], group["lr"], group["weight_decay"]
             t = ts[0]
+            if fast:                                                           # the kernel's pass 2
+                bcu, lo_f, hi_f = 1 - bu ** t, float(lo), float(hi)
+                span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
+                kern.pass2(b.c_numel, params, b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], lo_f * bcu,
+                           1 / span, 1 / math.sqrt(1 - group["beta2"] ** t), group["eps"], 1 - float(lr) * wd,
+                           2 * float(lr) / (1 - group["beta1"] ** t))
+                continue
             W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
             Dv = [b.scratch_views[1][j] for j in A]
             # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
