@@ -31,6 +31,16 @@ def test_list_shows_experiments_and_parameters(env):
     assert "output_dir" not in r.stdout  # set by the runner, not by the user
 
 
+def test_list_shows_paths_relative_to_the_working_directory(env, tmp_path):
+    "A notebook under the working directory is shown by its relative path (stored outputs and logs carry no machine paths)."
+    r = tradingrl("list", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("tiny "))
+    assert f"({os.path.join('exps', 'tiny.ipynb')})" in line and str(tmp_path) not in line
+    r = tradingrl("list", env=env, cwd=tmp_path / "exps")
+    assert "(tiny.ipynb)" in next(l for l in r.stdout.splitlines() if l.startswith("tiny "))
+
+
 def test_run_success(env, tmp_path):
     r = tradingrl("run", "tiny", "-p", "x", "4", "-p", "label", "q", env=env)
     assert r.returncode == 0, r.stderr

@@ -60,6 +60,12 @@ def _params(pairs) -> dict[str, str]:
         out[k] = v
     return out
 
+def _shown(path) -> str:
+    "A path as a person reads it here: relative to the working directory when it lies under it, else absolute."
+    try: rel = os.path.relpath(path)
+    except ValueError: return str(path)                     # another drive (Windows)
+    return rel if not rel.startswith(os.pardir) else str(path)
+
 def _cmd_list(a) -> int:
     exps = ex.list_experiments()
     if not exps: print("no experiments found in", ", ".join(map(str, ex.experiment_dirs())) or "(nowhere)"); return 0
@@ -68,7 +74,7 @@ def _cmd_list(a) -> int:
         except ValueError as e: print(f"{name}  ({e})"); continue
         try: presets = ex.experiment_presets(path)
         except ValueError as e: presets = {}; print(f"{name}  (presets: {e})")
-        print(f"{name}  ({path})" + (f"  presets: {', '.join(presets)}" if presets else ""))
+        print(f"{name}  ({_shown(path)})" + (f"  presets: {', '.join(presets)}" if presets else ""))
         for s in specs.values():
             if s.name in ex.RESERVED: continue
             print(f"    {s.name:<22} {s.type + ('|None' if s.optional and s.type != 'any' else ''):<12} "

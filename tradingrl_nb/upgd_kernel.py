@@ -116,11 +116,20 @@ CFLAGS = ("-O3", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-f
 class KernelUnavailable(RuntimeError):
     "The compiled kernel could not be built or loaded (the message says why)."
 
+def _writable(folder: Path) -> bool:
+    "Whether `folder` exists (or can be made) and this process may write there."
+    try: folder.mkdir(parents=True, exist_ok=True)
+    except OSError: return False
+    return os.access(folder, os.W_OK)
+
 def kernel_cache_dir() -> Path:
-    "Where compiled kernels are cached: `$TRADINGRL_KERNEL_CACHE`, else `$XDG_CACHE_HOME` or ~/.cache, `/tradingrl_nb/kernels`."
+    """Where compiled kernels are cached: `$TRADINGRL_KERNEL_CACHE` if set, else `$XDG_CACHE_HOME` or ~/.cache, then
+    `tradingrl_nb/kernels`; where that cannot be written (a read-only home), a folder of this user's in the temp dir."""
     if os.environ.get("TRADINGRL_KERNEL_CACHE"): return Path(os.environ["TRADINGRL_KERNEL_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tradingrl_nb" / "kernels"
+    folder = Path(base) / "tradingrl_nb" / "kernels"
+    if _writable(folder) or folder.is_dir() and any(folder.glob("aupgd-*.so")): return folder
+    return Path(tempfile.gettempdir()) / f"tradingrl_nb-kernels-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 def find_compiler() -> str | None:
     "The C compiler to use: `$CC`, else the first of cc, gcc, clang on the PATH (None if none)."
@@ -174,7 +183,7 @@ class Kernel:
         lib.aupgd_pass1.argtypes = [_I, _P, _P, _P, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F, _F, _I, _I, _P]
         lib.aupgd_pass2.argtypes = [_I, _P, _P, _P, _P, _P, _F, _F, _F, _F, _F, _F, _I, _I]
         lib.aupgd_pass1.restype = lib.aupgd_pass2.restype = None
-        self._lib, self._pool, self._pool_size = lib, None, 0
+        self._lib, self._pool, self._pool_size, self._pool_pid = lib, None, 0, None
 
     def _ranges(self, n: int) -> list[tuple[int, int]]:
         parts = max(1, min(torch.get_num_threads(), n // MIN_CHUNK))
@@ -186,8 +195,9 @@ class Kernel:
         if len(ranges) == 1:
             fn(*args, 0, n, *([out[0]] if out else []))
             return
-        if self._pool_size < len(ranges):
+        if self._pool_size < len(ranges) or self._pool_pid != os.getpid():   # a forked child has no pool threads
             self._pool, self._pool_size = ThreadPoolExecutor(len(ranges), thread_name_prefix="aupgd"), len(ranges)
+            self._pool_pid = os.getpid()
         futures = [self._pool.submit(fn, *args, a, b, *([out[i]] if out else [])) for i, (a, b) in enumerate(ranges)]
         for f in futures: f.result()
 
