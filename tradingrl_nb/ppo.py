@@ -29,7 +29,7 @@ from .vgs import VarianceGradientScaler
 from .upgd import UPGD, AdaptiveUPGD, check_vgs_noise_compat
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, register_checkpoint_class, write_checkpoint,
-    _encode, _decode, _to_device, _space_to_dict, _space_from_dict, _read_checkpoint)
+    _encode, _decode, _to_device, _space_to_dict, _space_from_dict, _read_checkpoint, _Checkpointing, _HPARAMS)
 
 # %% auto #0
 __all__ = ['gae', 'SequenceRolloutBuffer', 'DistributionalPPO']
@@ -533,135 +533,6 @@ class _Update:
         rec("warn/nonfinite_updates", self._nonfinite_updates)
         rec("warn/empty_epoch", empty_epochs)
         if empty_epochs and self.verbose >= 1: print(f"warning: {empty_epochs} epoch(s) applied no update")
-
-# %% ../nbs/06_ppo.ipynb #5b8af287
-def _short_repr(e: BaseException, n: int = 200) -> str:
-    s = str(e)
-    return s if len(s) <= n else s[:n] + "..."
-
-_HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
-            "normalize_advantage", "ent_coef", "ent_coef_final", "ent_coef_min", "ent_plateau_patience",
-            "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
-            "micro_batches", "huber_kappa", "cvar_alpha", "normalize_returns", "freeze_vecnormalize_obs",
-            "critic_adjustment", "critic_adjustment_kwargs", "use_vgs", "vgs_kwargs", "max_nonfinite_updates",
-            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon", "vgs_mode",
-            "return_snapshot")
-
-class _Checkpointing:
-    "Parameters (with VGS and optimizer state), relinking, learning rate, and pickle-free save/load."
-
-    def get_parameters(self, include_optimizer: bool = False) -> dict[str, dict]:
-        """Policy weights, the return normalizer (it gives the critics' outputs their units), the VGS state and,
-        with `include_optimizer=True`, the optimizer state."""
-        params: dict[str, dict] = {"policy": self.policy.state_dict(), "return_normalizer": self._return_state()}
-        if self.vgs is not None: params["vgs"] = self.vgs.state_dict()
-        if self._critic_adjuster is not None: params["critic_adjuster"] = {str(k): a.state_dict() for k, a in enumerate(self._critic_adjuster)}
-        if include_optimizer: params["policy.optimizer"] = self.policy.optimizer.state_dict()
-        return params
-
-    def set_parameters(self, load_path_or_dict: str | pathlib.Path | dict, exact_match: bool = True,
-                       device: th.device | str = "auto") -> None:
-        """Load parameters (a `get_parameters` dict or a checkpoint file) in place, relink the optimizer and VGS
-        to the live parameters, keep this model's learning rate, and reset the LSTM states."""
-        params = load_path_or_dict if isinstance(load_path_or_dict, dict) else _read_checkpoint(load_path_or_dict)["params"]
-        known = {"policy", "policy.optimizer", "vgs", "return_normalizer", "critic_adjuster"}
-        if set(params) - known: raise ValueError(f"unknown parameter group(s) {sorted(set(params) - known)}; expected some of {sorted(known)}")
-        if exact_match and "policy" not in params: raise ValueError("parameters have no 'policy' entry (exact_match=True)")
-        if "policy" in params: self.policy.load_state_dict(params["policy"], strict=exact_match)
-        if "return_normalizer" in params: self._load_return_state(params["return_normalizer"])
-        if "policy.optimizer" in params: self.policy.optimizer.load_state_dict(_to_device(params["policy.optimizer"], self.device))
-        self._relink()
-        if "vgs" in params and self.vgs is not None:
-            self.vgs.load_state_dict(_to_device(params["vgs"], self.device)); self.vgs.update_parameters(self._params)
-        if "critic_adjuster" in params and self._critic_adjuster is not None:
-            for k, a in enumerate(self._critic_adjuster): a.load_state_dict(params["critic_adjuster"][str(k)])
-        self.reset_lstm_states_to_initial()
-
-    def _relink(self) -> None:
-        "Point the optimizer and VGS at the live policy parameters and re-apply this model's learning rate."
-        live = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = self.policy.optimizer
-        if [id(p) for g in opt.param_groups for p in g["params"]] != [id(p) for p in live]:
-            state = opt.state_dict()
-            opt = self.policy.optimizer = self.policy.optimizer_class(live, lr=self.lr_schedule(1), **self.policy.optimizer_kwargs)
-            opt.load_state_dict(state)
-        self._params = live
-        for g in opt.param_groups: g["lr"] = self.lr_schedule(self._current_progress_remaining)
-        if self.vgs is not None: self.vgs.update_parameters(live)
-
-    def set_learning_rate(self, learning_rate: float | Callable) -> None:
-        "Change the learning rate (a float or a schedule): it is what `train()` applies and what `save` stores (SB3 #735)."
-        self.learning_rate = learning_rate
-        self._setup_lr_schedule()
-        for g in self.policy.optimizer.param_groups: g["lr"] = self.lr_schedule(self._current_progress_remaining)
-
-    def _hparams(self) -> dict[str, Any]:
-        h = {k: getattr(self, "_stats_window_size" if k == "stats_window_size" else k) for k in _HPARAMS}
-        if h["sappo"] is not None: h["sappo"] = dataclasses.asdict(h["sappo"])
-        for k in ("learning_rate", "clip_range", "clip_range_vf"):
-            if callable(h[k]):
-                warnings.warn(f"{k} is a schedule; the checkpoint stores its current value {h[k](self._current_progress_remaining)}")
-                h[k] = float(h[k](self._current_progress_remaining))
-        return h
-
-    def save(self, path: str | pathlib.Path, exclude=None, include=None) -> None:
-        """Write a checkpoint: tensors as safetensors, everything else as JSON in its metadata; no pickle.
-        The write is atomic (temporary file + `os.replace`). A path without suffix gets `.safetensors`."""
-        content = dict(hparams=self._hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
-                       observation_space=_space_to_dict(self.observation_space), action_space=_space_to_dict(self.action_space),
-                       params=self.get_parameters(include_optimizer=True),
-                       state=dict(num_timesteps=self.num_timesteps, total_timesteps=self._total_timesteps,
-                                  n_updates=self._n_updates, episode_num=self._episode_num,
-                                  progress_remaining=self._current_progress_remaining,
-                                  ent=[self._ent_scale, self._ent_best, self._ent_wait],
-                                  nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
-                                  np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
-                                  cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
-        write_checkpoint(path, content)
-
-    def _restore_state(self, s: dict) -> None:
-        self.num_timesteps, self._total_timesteps = int(s["num_timesteps"]), int(s["total_timesteps"])
-        self._n_updates, self._episode_num = int(s["n_updates"]), int(s["episode_num"])
-        self._current_progress_remaining = float(s["progress_remaining"])
-        self._ent_scale, self._ent_best, self._ent_wait = float(s["ent"][0]), float(s["ent"][1]), int(s["ent"][2])
-        self._nonfinite_updates, self._nonfinite_streak = (int(x) for x in s["nonfinite"])
-        if np.shape(s["ret_acc"]) == self._ret_acc.shape: self._ret_acc = np.array(s["ret_acc"], dtype=np.float64)
-        st = s["np_rng"]
-        if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")
-        bg = np.random.PCG64(); bg.state = st; self._rng = np.random.Generator(bg)
-        th.set_rng_state(s["torch_rng"].to(th.uint8))
-        cuda = s.get("cuda_rng") or []                             # one state per GPU; absent in CPU-only runs
-        if cuda and th.cuda.is_available():
-            for i, st in enumerate(cuda[:th.cuda.device_count()]): th.cuda.set_rng_state(st.to(th.uint8), i)
-
-    @classmethod
-    def load(cls, path: str | pathlib.Path, env=None, device: th.device | str = "auto", custom_objects=None,
-             print_system_info: bool = False, force_reset: bool = True, **kwargs) -> "DistributionalPPO":
-        """Re-create a model from a checkpoint written by `save`. Reads only safetensors and JSON (never executes
-        code from the file); classes named in it must be registered (`register_checkpoint_class`). Restores the
-        optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states. A file that passes its
-        checksums but lacks what a model needs (a forgery, a foreign writer) is a ValueError naming the file."""
-        ck = _read_checkpoint(path)
-        try: return cls._from_checkpoint(ck, env, device, kwargs)
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: not a usable DistributionalPPO checkpoint ({type(e).__name__}: {_short_repr(e)})") from None
-
-    @classmethod
-    def _from_checkpoint(cls, ck: dict, env, device, kwargs: dict) -> "DistributionalPPO":
-        h = dict(ck["hparams"])
-        if "policy_kwargs" in kwargs and kwargs["policy_kwargs"] != h["policy_kwargs"]:
-            raise ValueError(f"policy_kwargs differ from the stored ones: stored {h['policy_kwargs']}, given {kwargs['policy_kwargs']}")
-        h.update(kwargs)
-        obs_space, act_space = _space_from_dict(ck["observation_space"]), _space_from_dict(ck["action_space"])
-        model = cls(ck["policy_class"], env=env, device=device, _init_setup_model=False, **h)
-        if env is None: model.observation_space, model.action_space, model.n_envs = obs_space, act_space, int(ck["n_envs"])
-        elif model.observation_space != obs_space or model.action_space != act_space:
-            raise ValueError(f"env spaces {model.observation_space}, {model.action_space} differ from the checkpoint's "
-                             f"{obs_space}, {act_space}")
-        model._setup_model()
-        model.set_parameters(ck["params"], exact_match=True)
-        model._restore_state(ck["state"])
-        return model
 
 # %% ../nbs/06_ppo.ipynb #8fde5ca8
 class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Checkpointing, OnPolicyAlgorithm):
