@@ -169,3 +169,9 @@ def test_the_polynomial_gate_is_within_float32_rounding_of_the_sigmoid(x):
 def test_the_polynomial_gate_clamps_its_argument():
     g = gate_polynomial(torch.tensor([-3.0, 0.0, 1.0, 7.0]))
     assert g[0] == g[1] and g[2] == g[3]
+
+
+def test_pickle_and_deepcopy_keep_the_kernel_mode():
+    import copy, pickle
+    opt = AdaptiveUPGD(model().parameters(), kernel="torch")
+    assert copy.deepcopy(opt).kernel == "torch" and pickle.loads(pickle.dumps(opt)).kernel == "torch"

@@ -271,6 +271,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         d = super().__getstate__()                      # defaults, state, param_groups
         d["_extra"] = {"_seed": self._seed, "fused": getattr(self, "fused", False), "nonfinite_steps": self.nonfinite_steps,
+                       "kernel": getattr(self, "kernel", None),
                        "generators": {dev: g.get_state() for dev, g in self._generators.items()}}
         return d
 
@@ -281,6 +282,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._seed = extra.get("_seed", 0)
         self.nonfinite_steps, self._nonfinite_warned = extra.get("nonfinite_steps", 0), 0
         if "fused" in extra: self.fused = extra["fused"]
+        if extra.get("kernel"): self.kernel = extra["kernel"]
         for dev, s in extra.get("generators", {}).items(): self._generator(torch.device(dev)).set_state(s)
 
     # -- metrics ---------------------------------------------------------------------------------
