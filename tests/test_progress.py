@@ -105,3 +105,45 @@ def test_run_shows_live_progress_and_writes_tensorboard(tmp_path):
     assert lines and lines[-1].startswith("progress: steps 192/192 (100.0%)") and "val_sharpe 0.192" in lines[-1]
     assert any("steps/s | ETA" in l for l in lines)
     assert {"train/value_loss", "val/sharpe"} <= set(tb_scalars(next((out / "tensorboard").iterdir())))
+
+
+# ---- an experiment that starts other runs relays their summed progress (walk_forward under `make run`) -----------
+def _child(folder: Path, steps: int, total: int, status: str | None) -> Path:
+    folder.mkdir(parents=True)
+    if steps is not None:
+        w = ProgressFile(folder / ".progress.json", total=total, min_interval=0); w.update(steps, force=True)
+    if status is not None: (folder / "run.json").write_text(json.dumps({"status": status}))
+    return folder
+
+
+def test_relay_progress_writes_the_sum_of_the_runs_it_started(tmp_path, monkeypatch):
+    from tradingrl_nb.progress import PROGRESS_ENV, relay_progress
+    dirs = [_child(tmp_path / "a", 300, 1000, "running"),
+            _child(tmp_path / "b", 600, 1000, "ok"),            # stopped early: counts as its whole total
+            tmp_path / "c"]                                    # not started yet
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "parent.json"))
+    with relay_progress(dirs, total=3000, interval=0.05) as r:
+        r.poll()
+        p = read_progress(tmp_path / "parent.json")
+        assert (p["steps"], p["total"], p["metrics"]["runs_done"]) == (1300, 3000, 1)
+        _child(tmp_path / "c", 1000, 1000, "failed")
+    p = read_progress(tmp_path / "parent.json")                # the last state is written on exit
+    assert (p["steps"], p["metrics"]["runs_done"]) == (2300, 2)
+    assert "runs_done 2" in format_progress(p)
+
+
+def test_relay_progress_outside_a_run_does_nothing(tmp_path, monkeypatch):
+    from tradingrl_nb.progress import PROGRESS_ENV, relay_progress
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    with relay_progress([_child(tmp_path / "a", 5, 10, "running")], interval=0.01) as r:
+        assert r.poll() is None
+    assert list(tmp_path.iterdir()) == [tmp_path / "a"]
+
+
+def test_relay_progress_writes_only_when_the_sum_changes(tmp_path, monkeypatch):
+    from tradingrl_nb.progress import PROGRESS_ENV, relay_progress
+    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "parent.json"))
+    r = relay_progress([_child(tmp_path / "a", 5, 10, "running")])
+    assert r.poll(force=False) is not None and r.poll(force=False) is None      # unchanged: no new line to print
+    ProgressFile(tmp_path / "a" / ".progress.json", total=10, min_interval=0).update(7, force=True)
+    assert r.poll(force=False)["steps"] == 7

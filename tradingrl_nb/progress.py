@@ -12,7 +12,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PROGRESS_ENV', 'TOTAL_ENV', 'TENSORBOARD_ENV', 'ProgressFile', 'read_progress', 'format_duration', 'format_progress',
-           'follow_progress']
+           'follow_progress', 'aggregate_progress', 'relay_progress']
 
 # %% ../nbs/10c_progress.ipynb #b0bc6181
 PROGRESS_ENV = "TRADINGRL_PROGRESS_FILE"        # where a run's training loop writes its progress
@@ -109,4 +109,52 @@ class follow_progress:
     def __exit__(self, *exc):
         self._stop.set(); self._thread.join()
         self._show()  # the final state is always shown
+        return False
+
+# %% ../nbs/10c_progress.ipynb #de7efb3e
+def aggregate_progress(run_dirs, total: int | None = None) -> dict:
+    """Summed progress of the runs in `run_dirs`: `steps` (a finished run counts as its whole total), `total` (given,
+    or the sum of the runs' own totals), `runs_done` (finished, whatever the outcome) and `runs`."""
+    steps = totals = done = 0
+    for d in map(Path, run_dirs):
+        p = read_progress(d / ".progress.json") or {}
+        try: status = json.loads((d / "run.json").read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError): status = None
+        t = p.get("total")
+        finished = status not in (None, "running")
+        done += finished
+        steps += t if finished and t else p.get("steps", 0)
+        totals += t or 0
+    return dict(steps=int(steps), total=total if total is not None else (totals or None), runs_done=done, runs=len(run_dirs))
+
+class relay_progress:
+    """While open, a thread writes `aggregate_progress(run_dirs, total)` to this run's own progress file
+    (`TRADINGRL_PROGRESS_FILE`, which `tradingrl run` follows) when it has changed, checking every `interval` seconds,
+    and once more on exit. A no-op outside a run."""
+    def __init__(self, run_dirs, total: int | None = None, interval: float = 2.0):
+        self.run_dirs, self.total, self.interval = [Path(d) for d in run_dirs], total, interval
+        self.file, self._stop, self._thread, self._last = ProgressFile.from_env(), threading.Event(), None, None
+        if self.file is not None: self.file.min_interval = 0.0
+
+    def poll(self, force: bool = True) -> dict | None:
+        "Write the current sum (returns what was written; None outside a run, or unchanged and not `force`)."
+        if self.file is None: return None
+        agg = aggregate_progress(self.run_dirs, self.total)
+        if not force and (agg["steps"], agg["runs_done"]) == self._last: return None
+        self._last = (agg["steps"], agg["runs_done"])
+        return self.file.update(agg["steps"], agg["total"], force=True, runs_done=agg["runs_done"])
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try: self.poll(force=False)
+            except OSError: pass                               # a transient file error must not end the relay
+
+    def __enter__(self):
+        if self.file is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True); self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None: self._thread.join(); self.poll()
         return False
