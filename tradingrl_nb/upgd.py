@@ -596,30 +596,25 @@ class AdaptiveUPGD(_FlatOptimizer):
                                         b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], bu, b1, b2)
                 bcu = 1 - bu ** t
                 mn, mx = torch.tensor(lo_u / bcu, dtype=b.dtype), torch.tensor(hi_u / bcu, dtype=b.dtype)
-                lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
-                hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
-                grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
-                noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
-                numel += n
-                continue
-            Uv = [b.views["utility"][j] for j in A]
-            if uni: b.flat["utility"].mul_(bu)
-            else: torch._foreach_mul_(Uv, bu)
-            torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
-            if uni:
-                mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
-                mn, mx = mn / bcu, mx / bcu
             else:
-                mm = [torch.aminmax(u) for u in Uv]
-                bcs = _per(A, b.steps, bu)
-                mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
-                mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
-            D, Dv = b.scratch[1], [b.scratch_views[1][j] for j in A]
-            if uni: D.zero_()
-            else: torch._foreach_zero_(Dv)
-            torch._fused_adam_(Dv, Wv, [b.views["exp_avg"][j] for j in A], [b.views["exp_avg_sq"][j] for j in A], [],
-                               [b.dstep_views[j] for j in A], lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-                               amsgrad=False, maximize=False)
+                Uv = [b.views["utility"][j] for j in A]
+                if uni: b.flat["utility"].mul_(bu)
+                else: torch._foreach_mul_(Uv, bu)
+                torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
+                if uni:
+                    mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
+                    mn, mx = mn / bcu, mx / bcu
+                else:
+                    mm = [torch.aminmax(u) for u in Uv]
+                    bcs = _per(A, b.steps, bu)
+                    mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
+                    mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
+                D, Dv = b.scratch[1], [b.scratch_views[1][j] for j in A]
+                if uni: D.zero_()
+                else: torch._foreach_zero_(Dv)
+                torch._fused_adam_(Dv, Wv, [b.views["exp_avg"][j] for j in A], [b.views["exp_avg_sq"][j] for j in A], [],
+                                   [b.dstep_views[j] for j in A], lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
+                                   amsgrad=False, maximize=False)
             lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
             hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
             grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)

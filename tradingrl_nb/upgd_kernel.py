@@ -190,10 +190,9 @@ class Kernel:
         cuts = [n * i // parts for i in range(parts + 1)]
         return list(zip(cuts[:-1], cuts[1:]))
 
-    def _run(self, fn, args: tuple, n: int, out: list | None = None) -> None:
-        ranges = self._ranges(n)
+    def _run(self, fn, args: tuple, ranges: list[tuple[int, int]], out: list | None = None) -> None:
         if len(ranges) == 1:
-            fn(*args, 0, n, *([out[0]] if out else []))
+            fn(*args, *ranges[0], *([out[0]] if out else []))
             return
         if self._pool_size < len(ranges) or self._pool_pid != os.getpid():   # a forked child has no pool threads
             self._pool, self._pool_size = ThreadPoolExecutor(len(ranges), thread_name_prefix="aupgd"), len(ranges)
@@ -206,11 +205,11 @@ class Kernel:
         "Pass 1 over a bucket (see the source); returns the min and max of the updated utility `u`."
         k, n = len(grads), u.numel()
         gp = (_P * k)(*[t.data_ptr() for t in grads]); pp = (_P * k)(*[t.data_ptr() for t in params])
-        parts = len(self._ranges(n))
-        mm = (ctypes.c_float * (2 * parts))()
-        outs = [ctypes.byref(mm, 8 * i) for i in range(parts)]
+        ranges = self._ranges(n)
+        mm = (ctypes.c_float * (2 * len(ranges)))()
+        outs = [ctypes.byref(mm, 8 * i) for i in range(len(ranges))]
         self._run(self._lib.aupgd_pass1, (k, numel, gp, pp, std.data_ptr(), None if z is None else z.data_ptr(),
-                                          u.data_ptr(), m.data_ptr(), v.data_ptr(), bu, 1 - bu, b1, 1 - b1, b2, 1 - b2), n, outs)
+                                          u.data_ptr(), m.data_ptr(), v.data_ptr(), bu, 1 - bu, b1, 1 - b1, b2, 1 - b2), ranges, outs)
         return min(mm[0::2]), max(mm[1::2])
 
     def pass2(self, numel, params: list[Tensor], u: Tensor, m: Tensor, v: Tensor, lo: float, inv_span: float,
@@ -219,7 +218,7 @@ class Kernel:
         k, n = len(params), u.numel()
         pp = (_P * k)(*[t.data_ptr() for t in params])
         self._run(self._lib.aupgd_pass2, (k, numel, pp, u.data_ptr(), m.data_ptr(), v.data_ptr(), lo, inv_span,
-                                          inv_sqrt_bc2, eps, decay, step), n)
+                                          inv_sqrt_bc2, eps, decay, step), self._ranges(n))
 
     @staticmethod
     def numel_array(numels: list[int]):
