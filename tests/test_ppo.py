@@ -434,3 +434,94 @@ def test_value_clipping_is_per_sample_max():
         unclipped = quantile_huber_loss(qk, t, reduction="none")
         assert th.allclose(got[..., k][mask], ref, atol=1e-6)
         assert (ref > unclipped + 1e-6).any()           # clipping was active somewhere
+
+
+# ---- the loss terms as formulas (issue 26: clipping, vf_coef, advantage normalization) -------------------
+ACTOR = ("lstm_actor.", "pi_net.", "action_net.", "log_std")
+CRITIC = ("lstm_critic.", "q_net.")
+
+
+def _mb_with_ratios(m, ratio_of):
+    "A full-rollout batch whose old log-probabilities make the new/old ratio `ratio_of(advantages)` on every step."
+    rollout(m)
+    mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))
+    with th.no_grad(): logp, _, _ = m.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
+    mb["old_log_prob"] = logp - th.log(ratio_of(mb["advantages"]))
+    return mb, logp
+
+
+def _grads(m, prefixes):
+    return {n: (th.zeros_like(p) if p.grad is None else p.grad.clone()) for n, p in m.policy.named_parameters()
+            if n.startswith(prefixes)}
+
+
+def test_clipped_surrogate_equals_its_formula_outside_the_clip_range():
+    m = make(vf_coef=0.0)
+    g = th.Generator().manual_seed(0)
+    choice = th.tensor([0.5, 0.9, 1.1, 1.5])                        # two inside the clip range 0.2, two outside
+    mb, logp = _mb_with_ratios(m, lambda a: choice[th.randint(0, 4, a.shape, generator=g)])
+    w = mb["mask"].float() / mb["mask"].float().sum()
+    adv, r = mb["advantages"], th.exp(logp - mb["old_log_prob"])
+    outside = ((r - 1).abs() > 0.2) & mb["mask"]
+    assert outside.any() and (outside & (adv > 0) & (r > 1)).any() and (outside & (adv < 0) & (r < 1)).any()
+    expected = -(th.min(adv * r, adv * r.clamp(0.8, 1.2)) * w).sum()
+    unclipped = -(adv * r * w).sum()
+    assert abs(float(expected - unclipped)) > 1e-3                  # the batch tells clipped from unclipped
+    _, st = m._loss(mb, 0.2, None, 0.0)
+    pg = st[m._STATS.index("policy_gradient_loss")]
+    assert float(pg) == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+    assert float(st[m._STATS.index("clip_fraction")]) == pytest.approx(float((outside.float() * w).sum()), rel=1e-5)
+
+
+def test_clipped_steps_give_no_actor_gradient():
+    "Every step where the ratio is past the clip range in the advantage's direction: the actor's gradient is exactly 0."
+    m = make(vf_coef=0.5)
+    mb, _ = _mb_with_ratios(m, lambda a: th.where(a > 0, th.tensor(1.5), th.tensor(0.5)))
+    m.policy.optimizer.zero_grad(set_to_none=True)
+    loss, _ = m._loss(mb, 0.2, None, 0.0)                          # ent_coef 0: the actor only sees the surrogate
+    loss.backward()
+    actor = _grads(m, ACTOR)
+    assert actor and all(float(v.abs().max()) == 0.0 for v in actor.values()), {n: float(v.abs().max()) for n, v in actor.items()}
+    assert any(float(v.abs().max()) > 0 for v in _grads(m, CRITIC).values())   # the critic still learns
+
+
+def test_total_loss_weights_the_value_loss_by_vf_coef():
+    m = make()
+    rollout(m)
+    mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))
+    i = {k: m._STATS.index(k) for k in ("policy_gradient_loss", "value_loss", "entropy_loss", "loss")}
+    critic = {}
+    for vf in (0.0, 0.25, 1.0, 3.0):
+        m.vf_coef = vf
+        m.policy.optimizer.zero_grad(set_to_none=True)
+        loss, st = m._loss(mb, 0.2, 1.0, 0.01)
+        pg, vl, el = (float(st[i[k]]) for k in ("policy_gradient_loss", "value_loss", "entropy_loss"))
+        assert vl > 1e-3
+        assert float(loss.detach()) == pytest.approx(pg + vf * vl + 0.01 * el, rel=1e-5, abs=1e-6)
+        assert float(st[i["loss"]]) == float(loss.detach())
+        loss.backward()
+        critic[vf] = th.cat([v.reshape(-1) for v in _grads(m, CRITIC).values()])
+    assert float(critic[0.0].abs().max()) == 0.0
+    for vf in (0.25, 3.0):                                          # the critic's gradient scales with vf_coef
+        th.testing.assert_close(critic[vf], vf * critic[1.0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_loss_receives_normalized_advantages(monkeypatch, normalize):
+    m = make(normalize_advantage=normalize, micro_batches=1)
+    rollout(m)
+    seqs = m.rollout_buffer.minibatches(m.batch_size, np.random.default_rng(0))[0]
+    buf = m.rollout_buffer.gather(seqs)
+    mask = buf["mask"]
+    a = buf["advantages"][mask].double()
+    assert abs(float(a.mean())) > 1e-3 or abs(float(a.std()) - 1) > 1e-2   # the buffer's are not normalized already
+    seen, real = [], m._loss
+    monkeypatch.setattr(m, "_loss", lambda mb, *a, **k: (seen.append(mb["advantages"].clone()), real(mb, *a, **k))[1])
+    m._update(seqs, 0.2, 1.0, 0.0)
+    assert len(seen) == 1
+    if normalize:
+        got = seen[0][mask].double()
+        assert float(got.mean()) == pytest.approx(0.0, abs=1e-5)
+        assert float(got.std(unbiased=True)) == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert th.equal(seen[0], buf["advantages"])

@@ -180,3 +180,20 @@ def test_paired_sharpe_difference_sees_an_edge_and_keeps_pairs():
     assert paired_sharpe_difference_ci(b, a, reps=300, reduce="median").high < 0
     same = paired_sharpe_difference_ci(b, b, reps=100)
     assert same.estimate == 0 and same.low == 0 and same.high == 0   # pairs stay pairs in every draw
+
+
+@pytest.mark.parametrize("confidence, tails", [(0.95, (0.025, 0.975)), (0.8, (0.1, 0.9))])
+def test_seed_and_market_interval_tails_are_the_replications_quantiles(confidence, tails):
+    """With a stub statistic that records what it returns, the interval's ends are the (1 -+ confidence) / 2 quantiles of
+    the replications (up to the rounding of 1 - confidence: 0.025 is 0.025000000000000022 there)."""
+    from tradingrl_nb.stats import _seeds_and_blocks
+    X = np.random.default_rng(1).standard_normal((120, 4))
+    seen = []
+    def stat(days, seeds=None):
+        if seeds is None: return float(days.mean())                # the point estimate on the data itself
+        v = float(days[:, seeds].sum() + 0.1 * seeds.sum()); seen.append(v); return v
+    ci = _seeds_and_blocks(X, 4, stat, confidence, seed=3, reps=400, block=5.0)
+    assert len(seen) == 400 and len(set(seen)) > 300
+    lo, hi = np.quantile(seen, tails)
+    assert ci.low == pytest.approx(lo, rel=1e-12) and ci.high == pytest.approx(hi, rel=1e-12)
+    assert ci.estimate == float(X.mean()) and ci.confidence == confidence
