@@ -219,19 +219,50 @@ def test_second_run_into_a_folder_in_use_is_refused_and_killed_run_shows_died(sl
 def test_finished_folder_is_not_reused_without_overwrite(env, tmp_path):
     out = tmp_path / "r"
     assert tradingrl("run", "tiny", "-q", "--output-dir", out, env=env).returncode == 0
-    (out / "model.zip").write_text("old weights")
     line = one_line_error(tradingrl("run", "tiny", "-q", "-p", "x", "5", "--output-dir", out, env=env))
     assert "already holds a run (status ok); pass --overwrite" in line
     assert json.loads((out / "params.json").read_text())["x"] == 2          # untouched
+    (out / "figures" / "old.png").write_bytes(b"")   # as if the old run had written it: cleared with the rest
+    info = json.loads((out / "run.json").read_text()); info["files"].append("figures/old.png")
+    (out / "run.json").write_text(json.dumps(info))
     r = tradingrl("run", "tiny", "-q", "-p", "x", "5", "--overwrite", "--output-dir", out, env=env)
     assert r.returncode == 0, r.stderr
-    assert not (out / "model.zip").exists() and json.loads((out / "params.json").read_text())["x"] == 5
+    assert not (out / "figures" / "old.png").exists() and json.loads((out / "params.json").read_text())["x"] == 5
     # a sweep into a folder whose runs exist is refused before it runs anything
     root = tmp_path / "sw"
     assert tradingrl("sweep", "tiny", "-q", "--grid", "x=1", "--output-dir", root, env=env).returncode == 0
     line = one_line_error(tradingrl("sweep", "tiny", "-q", "--grid", "x=1,2", "--output-dir", root, env=env))
     assert "1 of the sweep's run folders already hold runs (e.g. 000-x=1)" in line and not (root / "001-x=2").exists()
     assert tradingrl("sweep", "tiny", "-q", "--grid", "x=1,2", "--overwrite", "--output-dir", root, env=env).returncode == 0
+
+
+def test_overwrite_clears_only_what_a_tradingrl_run_wrote(env, tmp_path):
+    "--overwrite never deletes a file that no tradingrl run wrote: such files are refused, listed, and kept."
+    thesis = tmp_path / "thesis"; (thesis / "src").mkdir(parents=True)
+    (thesis / "params.json").write_text("{}"); (thesis / "thesis.tex").write_text("chapter 1")
+    (thesis / "src" / "main.py").write_text("print(1)")
+    line = one_line_error(tradingrl("run", "tiny", "-q", "--overwrite", "--output-dir", thesis, env=env))
+    assert "no tradingrl run created" in line and "params.json" in line and "src/" in line and "thesis.tex" in line
+    assert sorted(p.name for p in thesis.iterdir()) == ["params.json", "src", "thesis.tex"]   # nothing added either
+    # a finished run with a file of the user's beside it: refused, the list names it, nothing is deleted
+    out = tmp_path / "r"
+    assert tradingrl("run", "tiny", "-q", "--output-dir", out, env=env).returncode == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["created_by"] == "tradingrl" and {"params.json", "tiny.ipynb", "figures/line.png"} <= set(info["files"])
+    (out / "notes.md").write_text("my notes"); (out / "figures" / "mine.png").write_bytes(b"png")
+    line = one_line_error(tradingrl("run", "tiny", "-q", "--overwrite", "--output-dir", out, env=env))
+    assert "files that run did not write: figures/mine.png, notes.md" in line
+    assert (out / "notes.md").exists() and (out / "tiny.ipynb").exists() and (out / "figures" / "line.png").exists()
+    (out / "notes.md").unlink(); (out / "figures" / "mine.png").unlink()
+    assert tradingrl("run", "tiny", "-q", "-p", "x", "3", "--overwrite", "--output-dir", out, env=env).returncode == 0
+    assert json.loads((out / "params.json").read_text())["x"] == 3
+    # a run that died (its process gone, run.json still says running) reports "died" when its folder is reused
+    info = json.loads((out / "run.json").read_text())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    (out / "run.json").write_text(json.dumps({**info, "status": "running", "pid": dead.pid, "files": None}))
+    line = one_line_error(tradingrl("run", "tiny", "-q", "--output-dir", out, env=env))
+    assert "already holds a run (status died)" in line
+    assert tradingrl("run", "tiny", "-q", "--overwrite", "--output-dir", out, env=env).returncode == 0
 
 
 def test_non_finite_values_are_stored_as_strings(env, tmp_path):

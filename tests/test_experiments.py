@@ -386,7 +386,7 @@ def test_the_run_folder_is_locked_while_a_run_writes(tiny, tmp_path):
     assert ex.run_experiment("tiny", output_dir=out, progress=False).ok   # free again
     assert ex.lock_held(out) is False
     other = tmp_path / "mine"; other.mkdir(); (other / "thesis.tex").write_text("precious")
-    with pytest.raises(ValueError, match="not empty and holds no run"):
+    with pytest.raises(ValueError, match="not empty and no tradingrl run created it"):
         ex.run_experiment("tiny", output_dir=other, progress=False, overwrite=True)
     assert (other / "thesis.tex").read_text() == "precious"
 

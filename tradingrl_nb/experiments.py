@@ -22,7 +22,7 @@ def _config():
     from tradingrl_nb import config
     return config
 
-from .rundir import (LOCK_NAME, RunLock, claim_run_dir, lock_held, run_status, write_report,
+from .rundir import (LOCK_NAME, RUN_MARKER, RunLock, claim_run_dir, folder_files, lock_held, run_status, write_report,
                                  _flatten, _short)
 
 # %% auto #0
@@ -581,8 +581,8 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     injected = {k: v for k, v in values.items() if k not in RESERVED}
     if "output_dir" in specs: injected["output_dir"] = str(out)
     started = datetime.now().isoformat(timespec="seconds")
-    record = dict(experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(), host=socket.gethostname(),
-                  preset=preset, **git_commit(path))
+    record = dict(created_by=RUN_MARKER, experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(),
+                  host=socket.gethostname(), preset=preset, **git_commit(path))
     try:
         (out / "figures").mkdir(exist_ok=True)
         _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
@@ -635,7 +635,8 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
             try: rep = write_report(nb_path, out / f"{path.stem}.html", status=status, error=error, wall_s=wall)
             except Exception as e:
                 error = (error or "") + f"\n(HTML report failed: {type(e).__name__}: {_short(str(e), 300)})"
-                _write_json(out / "run.json", dict(info, error=error))
+                info = dict(info, error=error)
+        _write_json(out / "run.json", dict(info, files=folder_files(out)))   # what --overwrite may delete later
     finally:
         lock.release()
         if main: signal.signal(signal.SIGTERM, old_term); signal.signal(signal.SIGINT, old_int)

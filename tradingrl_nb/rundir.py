@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'RunLock', 'lock_held', 'run_status', 'claim_run_dir', 'write_report']
+__all__ = ['LOCK_NAME', 'RUN_MARKER', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files', 'foreign_files',
+           'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'write_report']
 
 # %% ../nbs/10b_rundir.ipynb #fcf203fd
 def _short(x: Any, n: int = 80) -> str:
@@ -74,29 +75,108 @@ def run_status(folder: Path, info: dict) -> str:
         except (PermissionError, ValueError): held = True
     return "died" if held is False else st
 
-def _holds_a_run(folder: Path) -> bool:
-    return any((folder / f).exists() for f in ("run.json", "params.json"))
+RUN_MARKER = "tradingrl"     # run.json's `created_by`: this folder was created by a tradingrl run
+_RUNNER_NAMES = ("run.json", "params.json", "metrics.json", "returns.csv", "kernel.log", ".progress.json")
+
+def folder_files(folder: str | Path) -> list[str]:
+    """Every entry under `folder` as a relative POSIX path, sorted; folders end in '/', the run lock is left out and
+    a symbolic link is an entry of its own (never followed). `run.json`'s `files` is this list at the end of a run."""
+    folder, out = Path(folder), []
+    for root, dirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        for d in dirs: out.append((rel / d).as_posix() + ("" if (Path(root) / d).is_symlink() else "/"))
+        out += [(rel / f).as_posix() for f in files if not (rel == Path(".") and f == LOCK_NAME)]
+    return sorted(out)
+
+def _read_info(folder: Path) -> dict | None:
+    try: info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError): return None
+    return info if isinstance(info, dict) else None
+
+def run_owned_files(folder: str | Path, info: dict | None = None) -> set[str] | None:
+    """The entries of `folder` that its run wrote, or None when no tradingrl run created the folder.
+    A run lists them in `run.json` (`files`) when it ends; for a run that died before that, the entries changed
+    since it started; for a run of an older tradingrl (no marker, no list), the names the runner itself writes."""
+    folder = Path(folder)
+    info = _read_info(folder) if info is None else info
+    if not info: return None
+    if info.get("created_by") == RUN_MARKER:
+        if isinstance(info.get("files"), list): return {str(f) for f in info["files"]}
+        try: t0 = datetime.fromisoformat(str(info.get("started"))).timestamp() - 2
+        except ValueError: t0 = float("inf")
+        return {e for e in folder_files(folder) if e.endswith("/") or (folder / e).lstat().st_mtime >= t0}
+    if all(k in info for k in ("experiment", "started", "pid", "host")):   # run.json of a tradingrl before the marker
+        exp = str(info["experiment"])
+        return {*_RUNNER_NAMES, *(f"{exp}{s}" for s in (".ipynb", ".html", ".notebook.html")), "figures/", "tensorboard/",
+                *(e for e in folder_files(folder) if e.startswith(("figures/", "tensorboard/")))}
+    return None
+
+def foreign_files(folder: str | Path, owned: set[str]) -> list[str]:
+    "Entries of `folder` not in `owned`; a folder none of whose entries is owned is listed once, as 'name/'."
+    folder, out = Path(folder), []
+    def walk(d: Path, rel: str):
+        for p in sorted(d.iterdir()):
+            r = rel + p.name
+            if not rel and p.name == LOCK_NAME: continue
+            if p.is_dir() and not p.is_symlink():
+                if r + "/" in owned or any(o.startswith(r + "/") for o in owned): walk(p, r + "/")
+                else: out.append(r + "/")
+            elif r not in owned: out.append(r)
+    walk(folder, "")
+    return out
+
+def _names(entries: list[str], n: int = 12) -> str:
+    return ", ".join(_short(e, 80) for e in entries[:n]) + (f" and {len(entries) - n} more" if len(entries) > n else "")
+
+def reuse_problem(out: str | Path, overwrite: bool = False, locked: bool = False) -> str | None:
+    """Why run folder `out` cannot take a new run (None: it can; with `overwrite`, after `clear_run_dir`).
+    `locked`: the caller holds the folder's lock, so a run still marked 'running' there has died."""
+    out = Path(out)
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()): return None
+    info = _read_info(out)
+    owned = run_owned_files(out, info or {})
+    if owned is None:
+        return (f"--output-dir {out}: the folder is not empty and no tradingrl run created it (it holds "
+                f"{_names(foreign_files(out, set()))}); nothing was changed: choose a new or empty folder")
+    st = info.get("status", "unknown")
+    st = "died" if st == "running" and locked else run_status(out, info)
+    if not overwrite:
+        return (f"--output-dir {out}: already holds a run (status {st}); pass --overwrite to replace it "
+                "or choose another folder")
+    foreign = foreign_files(out, owned)
+    if foreign:
+        return (f"--output-dir {out}: --overwrite refused: the folder holds files that run did not write: "
+                f"{_names(foreign)}; nothing was deleted: move them away or choose another folder")
+    return None
+
+def clear_run_dir(out: str | Path) -> None:
+    "Delete what the run in `out` wrote (`run_owned_files`): its files, then its folders that are left empty."
+    out = Path(out)
+    owned = run_owned_files(out) or set()
+    for e in sorted(e for e in owned if not e.endswith("/")):
+        p = out / e
+        if p.is_symlink() or p.is_file(): p.unlink()
+    for e in sorted((e for e in owned if e.endswith("/")), key=lambda e: -e.count("/")):
+        p = out / e
+        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()): p.rmdir()
 
 def claim_run_dir(out: str | Path, overwrite: bool = False) -> RunLock:
-    "Create/lock the run folder `out`: refused (ValueError) when it is a file, not writable, in use, a finished run (unless `overwrite`, which clears it), or a non-empty folder that holds no run."
+    """Create/lock the run folder `out`: refused (ValueError) when it is a file, not writable, in use, a run's folder
+    (unless `overwrite`, which deletes what that run wrote, and only when nothing else is there), or a non-empty
+    folder that no tradingrl run created (never touched)."""
     out = Path(out)
     if out.exists() and not out.is_dir(): raise ValueError(f"--output-dir {_short(str(out), 200)}: is a file, not a folder")
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise ValueError(f"--output-dir {_short(str(out), 200)}: cannot create the folder ({e.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK): raise ValueError(f"--output-dir {out}: the folder is not writable")
+    had_lock = (out / LOCK_NAME).exists()
     lock = RunLock(out).acquire()
     try:
-        entries = [p for p in out.iterdir() if p.name != LOCK_NAME]
-        if entries:
-            if not _holds_a_run(out):
-                raise ValueError(f"--output-dir {out}: the folder is not empty and holds no run; choose a new or empty folder")
-            if not overwrite:
-                try: st = json.loads((out / "run.json").read_text()).get("status", "unknown")
-                except (OSError, ValueError, AttributeError): st = "unknown"
-                raise ValueError(f"--output-dir {out}: already holds a run (status {st}); pass --overwrite to replace it "
-                                 "or choose another folder")
-            import shutil
-            for p in entries: shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        problem = reuse_problem(out, overwrite, locked=True)
+        if problem:
+            if not had_lock and _read_info(out) is None: (out / LOCK_NAME).unlink(missing_ok=True)  # leave no trace
+            raise ValueError(problem)
+        if overwrite: clear_run_dir(out)
     except BaseException:
         lock.release(); raise
     return lock

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .experiments import (run_experiment, prepare_run, find_experiment, RunInterrupted, _new_run_dir, _slug)
-from .rundir import LOCK_NAME, _short
+from .rundir import LOCK_NAME, reuse_problem, _short
 
 # %% auto #0
 __all__ = ['expand_grid', 'sweep']
@@ -87,6 +87,8 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
     if taken and not overwrite:
         raise ValueError(f"--output-dir {root}: {len(taken)} of the sweep's run folders already hold runs "
                          f"(e.g. {taken[0].name}); pass --overwrite to replace them or choose another folder")
+    for o in taken:   # --overwrite clears only what a run wrote: check every folder before running any
+        if (problem := reuse_problem(o, overwrite)): raise ValueError(problem)
     try: root.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise ValueError(f"--output-dir {root}: cannot create the folder ({e.strerror})") from None
     jobs = max(1, int(jobs))
