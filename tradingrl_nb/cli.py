@@ -102,8 +102,16 @@ def _interrupted(cmd: str, e: BaseException) -> int:
     "A run stopped by a signal: one line, exit 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM)."
     import signal
     signum = getattr(e, "signum", None) or signal.SIGINT
-    print(f"tradingrl {cmd}: {e or 'interrupted'}", file=sys.stderr)
+    print(f"tradingrl {cmd}: {str(e) or 'interrupted by ' + signal.Signals(signum).name}", file=sys.stderr)
     return 128 + int(signum)
+
+def _stop_on_signals() -> dict:
+    """SIGINT and SIGTERM raise `RunInterrupted` from the first line of `main` on, even in a process started with
+    SIGINT ignored (a background job): the command stops with one line and exit 130/143, never silently goes on."""
+    import signal
+    from tradingrl_nb.rundir import RunInterrupted, signal_name
+    def stop(signum, frame): raise RunInterrupted(f"interrupted by {signal_name(signum)}", signum)
+    return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}   # the old handlers
 
 def _is_table(v) -> bool:
     "A dict of at least two dicts of scalars (e.g. strategy -> metric -> value) prints as a table."
@@ -242,11 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `tradingrl` command."
-    a = build_parser().parse_args(argv)
-    if getattr(a, "jobs", 1) < 1: print("tradingrl: error: --jobs must be >= 1", file=sys.stderr); return 2
-    if getattr(a, "cpus_per_run", 1) <= 0: print("tradingrl: error: --cpus-per-run must be > 0", file=sys.stderr); return 2
-    try: return a.fn(a)
-    except KeyboardInterrupt as e: return _interrupted(a.command, e)
+    import signal
+    old, cmd = _stop_on_signals(), "tradingrl"
+    try:
+        a = build_parser().parse_args(argv)
+        cmd = a.command
+        if getattr(a, "jobs", 1) < 1: print("tradingrl: error: --jobs must be >= 1", file=sys.stderr); return 2
+        if getattr(a, "cpus_per_run", 1) <= 0: print("tradingrl: error: --cpus-per-run must be > 0", file=sys.stderr); return 2
+        return a.fn(a)
+    except KeyboardInterrupt as e: return _interrupted(cmd, e)
     except BrokenPipeError:  # e.g. `tradingrl list | head`: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY); os.dup2(devnull, sys.stdout.fileno())
         return 1
+    finally:
+        for s, h in old.items(): signal.signal(s, h)

@@ -22,15 +22,16 @@ def _config():
     from tradingrl_nb import config
     return config
 
-from .rundir import (LOCK_NAME, RUN_MARKER, RunLock, claim_run_dir, folder_files, lock_held, run_status, write_report,
+from .rundir import (LOCK_NAME, RUN_MARKER, RunInterrupted, RunLock, StopSignals, claim_run_dir, folder_files,
+                                 lock_held, run_status, signal_name, write_report,
                                  _flatten, _short)
 
 # %% auto #0
 __all__ = ['RESERVED', 'to_jsonable', 'from_jsonable', 'save_metrics', 'save_figure', 'TrainingLog', 'experiment_dirs',
            'list_experiments', 'find_experiment', 'ParamSpec', 'parse_domain', 'parse_parameters',
            'experiment_parameters', 'coerce_value', 'resolve_parameters', 'experiment_presets', 'preset_parameters',
-           'results_dir', 'git_commit', 'ExperimentFailed', 'RunInterrupted', 'RunResult', 'prepare_run',
-           'run_experiment', 'results', 'compare_runs', 'plot_comparison']
+           'results_dir', 'git_commit', 'ExperimentFailed', 'RunResult', 'prepare_run', 'run_experiment', 'results',
+           'compare_runs', 'plot_comparison']
 
 # %% ../nbs/10_experiments.ipynb #984f2524
 def to_jsonable(x: Any) -> Any:
@@ -447,12 +448,6 @@ class ExperimentFailed(RuntimeError):
     def __init__(self, message: str, result: "RunResult"):
         super().__init__(message); self.result = result
 
-class RunInterrupted(KeyboardInterrupt):
-    "A run stopped by SIGINT (Ctrl-C) or SIGTERM; `.signum`, `.result` (its `run.json` says 'interrupted')."
-    def __init__(self, message: str, signum: int, result: "RunResult | None" = None):
-        super().__init__(message); self.signum, self.result = signum, result
-    def __str__(self) -> str: return self.args[0] if self.args else "interrupted"
-
 @dataclass
 class RunResult:
     "What one run produced."
@@ -562,18 +557,26 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
                    start_timeout: int = 120, overwrite: bool = False, kernel_log: bool = False,
                    preset: str | None = None, tensorboard: bool | None = None) -> RunResult:
     """Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`; with a `preset`,
-    `results/<name>`), which it locks. SIGINT/SIGTERM stop the run, record it as 'interrupted' and raise
-    `RunInterrupted`. With `kernel_log` the kernel's own stderr (its log, its shutdown noise) goes to `kernel.log` in
-    the run folder, not to the terminal. `tensorboard` writes TensorBoard events (default: on, but off for a preset run
-    and for the runs a run without them starts).
+    `results/<name>`), which it locks. SIGINT/SIGTERM at any moment of the run stop it, record it as 'interrupted'
+    and raise `RunInterrupted` (see `StopSignals`). With `kernel_log` the kernel's own stderr (its log, its shutdown
+    noise) goes to `kernel.log` in the run folder, not to the terminal. `tensorboard` writes TensorBoard events
+    (default: on, but off for a preset run and for the runs a run without them starts).
     `run.json` records the git commit the run ran at (and whether the code differed from it)."""
-    import signal, socket, threading, nbformat, papermill as pm
+    with StopSignals() as stop:
+        return _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
+                    start_timeout, overwrite, kernel_log, preset, tensorboard)
+
+def _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
+         start_timeout, overwrite, kernel_log, preset, tensorboard) -> RunResult:
+    import signal, socket, nbformat, papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
-    path, values = prepare_run(name, parameters, device, preset)
-    specs = experiment_parameters(path)
-    if output_dir is None and preset is not None: output_dir = results_dir(path) / path.stem
-    if tensorboard is None: tensorboard = preset is None and os.environ.get(TENSORBOARD_ENV) != ""   # "": off upstream
+    with stop.stoppable():   # nothing written yet: a signal stops at once
+        path, values = prepare_run(name, parameters, device, preset)
+        specs = experiment_parameters(path)
+        if output_dir is None and preset is not None: output_dir = results_dir(path) / path.stem
+        if tensorboard is None: tensorboard = preset is None and os.environ.get(TENSORBOARD_ENV) != ""   # "": off upstream
+        commit = git_commit(path)
     out = Path(output_dir) if output_dir is not None else _new_run_dir(path.stem)
     lock = claim_run_dir(out, overwrite=overwrite)
     out = out.resolve()
@@ -582,7 +585,7 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     if "output_dir" in specs: injected["output_dir"] = str(out)
     started = datetime.now().isoformat(timespec="seconds")
     record = dict(created_by=RUN_MARKER, experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(),
-                  host=socket.gethostname(), preset=preset, **git_commit(path))
+                  host=socket.gethostname(), preset=preset, **commit)
     try:
         (out / "figures").mkdir(exist_ok=True)
         _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
@@ -594,32 +597,31 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
     if isinstance(values.get("total_timesteps"), int): env[TOTAL_ENV] = str(values["total_timesteps"])
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)   # the kernel inherits them
-    def _on_signal(signum, frame): raise RunInterrupted(f"interrupted by {signal.Signals(signum).name}", signum)
-    main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _on_signal) if main else None
     t0, error, status, signum = time.perf_counter(), None, "ok", None
     try:
         with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
-             (follow_progress(prog) if progress else contextlib.nullcontext()):
+             (follow_progress(prog) if progress else contextlib.nullcontext()), stop.stoppable():
             _retry_kernel_start(lambda: pm.execute_notebook(
                 str(path), str(nb_path), parameters=injected, kernel_name=kernel_name or _config().load_settings().kernel_name,
                 language="python", progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout))
-    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM through _on_signal
+    except KeyboardInterrupt as e:   # a signal through StopSignals, or Ctrl-C where no handler could be installed
         signum = getattr(e, "signum", signal.SIGINT)
-        status, error = "interrupted", f"interrupted by {signal.Signals(signum).name}"
+        status, error = "interrupted", f"interrupted by {signal_name(signum)}"
     except PapermillExecutionError as e:
         status, error = "failed", _failure_message(e, nb_path)
     except Exception as e:  # kernel died, missing kernel, ...: still leave a record
         status, error = "failed", f"{type(e).__name__}: {_short(str(e), 2000)}"
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN); old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         for k, v in saved_env.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+    def stopped_meanwhile():   # a signal while the results are written: recorded once they are
+        nonlocal status, error, signum
+        if stop.pending and status == "ok":
+            signum = stop.pending[0]; status, error = "interrupted", f"interrupted by {signal_name(signum)}"
+            return True
     try:
         wall = time.perf_counter() - t0
-        if status == "interrupted" and nb_path.exists(): _mark_notebook(nb_path, status, error)
         metrics = {}
         if (out / "metrics.json").exists():
             try:
@@ -628,6 +630,8 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
             except ValueError as e:
                 metrics = {}
                 if status == "ok": status, error = "failed", f"{out / 'metrics.json'}: {e}"
+        stopped_meanwhile()
+        if status == "interrupted" and nb_path.exists(): _mark_notebook(nb_path, status, error)
         info = dict(record, status=status, wall_s=round(wall, 3), error=error)
         _write_json(out / "run.json", info)
         rep = None
@@ -635,11 +639,11 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
             try: rep = write_report(nb_path, out / f"{path.stem}.html", status=status, error=error, wall_s=wall)
             except Exception as e:
                 error = (error or "") + f"\n(HTML report failed: {type(e).__name__}: {_short(str(e), 300)})"
-                info = dict(info, error=error)
+        if stopped_meanwhile() and nb_path.exists(): _mark_notebook(nb_path, status, error)
+        info = dict(info, status=status, error=error)
         _write_json(out / "run.json", dict(info, files=folder_files(out)))   # what --overwrite may delete later
     finally:
         lock.release()
-        if main: signal.signal(signal.SIGTERM, old_term); signal.signal(signal.SIGINT, old_int)
     res = RunResult(path.stem, out, nb_path, rep, {k: v for k, v in values.items() if k not in RESERVED},
                     metrics, status, wall, error)
     if status == "interrupted": raise RunInterrupted(f"experiment {path.stem!r} {error}; recorded in {out / 'run.json'}", signum, res)

@@ -14,7 +14,8 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'RUN_MARKER', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files', 'foreign_files',
-           'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'write_report']
+           'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'RunInterrupted', 'signal_name', 'StopSignals',
+           'write_report']
 
 # %% ../nbs/10b_rundir.ipynb #fcf203fd
 def _short(x: Any, n: int = 80) -> str:
@@ -180,6 +181,51 @@ def claim_run_dir(out: str | Path, overwrite: bool = False) -> RunLock:
     except BaseException:
         lock.release(); raise
     return lock
+
+# %% ../nbs/10b_rundir.ipynb #7a3d9e10
+class RunInterrupted(KeyboardInterrupt):
+    "A run stopped by SIGINT (Ctrl-C) or SIGTERM; `.signum`, `.result` (its `run.json` says 'interrupted')."
+    def __init__(self, message: str, signum: int, result=None):
+        super().__init__(message); self.signum, self.result = signum, result
+    def __str__(self) -> str: return self.args[0] if self.args else "interrupted"
+
+def signal_name(signum: int) -> str:
+    import signal
+    try: return signal.Signals(signum).name
+    except ValueError: return f"signal {signum}"
+
+class StopSignals:
+    """SIGINT and SIGTERM handlers for the length of a run (main thread only; elsewhere a no-op). Inside `stoppable()`
+    a signal raises `RunInterrupted`; outside, it is kept in `.pending` for the run to record when it may."""
+    def __init__(self): self.pending, self._raise, self._old = [], False, {}
+
+    def _handler(self, signum, frame):
+        self.pending.append(signum)
+        if self._raise:
+            self._raise = False
+            raise RunInterrupted(f"interrupted by {signal_name(signum)}", signum)
+
+    def __enter__(self) -> "StopSignals":
+        import signal, threading
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}
+
+    def stoppable(self):
+        "A context in which a signal (or one that came before) raises `RunInterrupted` at once."
+        import contextlib
+        @contextlib.contextmanager
+        def ctx():
+            if self.pending: raise RunInterrupted(f"interrupted by {signal_name(self.pending[0])}", self.pending[0])
+            self._raise = True
+            try: yield
+            finally: self._raise = False
+        return ctx()
 
 # %% ../nbs/10b_rundir.ipynb #9b4c4f36
 def _flatten(d: dict, prefix: str = "") -> dict:
