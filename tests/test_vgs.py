@@ -1,6 +1,6 @@
 """VarianceGradientScaler: element-wise statistics, warmup, clamp, the seed-002 anticorrelated case, the sampled
 quantile, un-scaling in step(), state round trips, pickling without parameters and relinking."""
-import io, math, pickle
+import io, math, pickle, warnings
 
 import pytest
 import torch
@@ -51,7 +51,7 @@ def test_anticorrelated_noise_is_detected_element_wise_and_missed_by_the_mean():
     "Seed 002, issue #1: gradients [n, -n] have mean exactly 0; each element is pure noise."
     gen = torch.Generator().manual_seed(0)
     param = torch.nn.Parameter(torch.randn(100, generator=gen))
-    vgs, old = VarianceGradientScaler([param], warmup_steps=5), MeanVariance()
+    vgs, old = VarianceGradientScaler([param], warmup_steps=5, reference="absolute"), MeanVariance()   # the raw statistic's factor
     for _ in range(30):
         noise = torch.randn(50, generator=gen) * 2.0
         param.grad = torch.cat([noise, -noise])
@@ -64,7 +64,7 @@ def test_anticorrelated_noise_is_detected_element_wise_and_missed_by_the_mean():
 def test_correlated_noise_is_detected_by_both():
     gen = torch.Generator().manual_seed(1)
     param = torch.nn.Parameter(torch.zeros(100))
-    vgs, old = VarianceGradientScaler([param], warmup_steps=5), MeanVariance()
+    vgs, old = VarianceGradientScaler([param], warmup_steps=5, reference="absolute"), MeanVariance()   # the raw statistic's factor
     for _ in range(30):
         param.grad = 0.5 + 2.0 * torch.randn(1, generator=gen) + 0.01 * torch.randn(100, generator=gen)
         vgs.step(); old.step(param.grad)
@@ -83,7 +83,7 @@ def test_constant_gradients_have_zero_variance_and_no_scaling():
 def test_warmup_is_exactly_one_and_leaves_gradients_untouched():
     gen = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.zeros(64))
-    vgs = VarianceGradientScaler([p], alpha=1.0, warmup_steps=7)
+    vgs = VarianceGradientScaler([p], alpha=1.0, warmup_steps=7, reference="absolute")
     for t in range(12):
         p.grad = 0.05 + torch.randn(64, generator=gen)
         before = p.grad.clone()
@@ -96,10 +96,13 @@ def test_warmup_is_exactly_one_and_leaves_gradients_untouched():
 def test_scaling_factor_is_clamped_to_the_unit_interval():
     gen = torch.Generator().manual_seed(0)
     p = torch.nn.Parameter(torch.zeros(64))
-    huge = VarianceGradientScaler([p], alpha=1e12, warmup_steps=0)
+    huge = VarianceGradientScaler([p], alpha=1e12, warmup_steps=0, reference="absolute")
     feed(huge, p, [torch.randn(64, generator=gen) for _ in range(5)])
-    assert huge.get_scaling_factor() == VarianceGradientScaler.MIN_FACTOR == 1e-4
-    p.grad = torch.ones(64); assert huge.scale_gradients() == 1e-4 and torch.allclose(p.grad, torch.full((64,), 1e-4))
+    assert huge.get_scaling_factor() == huge.min_factor == 0.1                     # the default floor
+    p.grad = torch.ones(64); assert huge.scale_gradients() == 0.1 and torch.allclose(p.grad, torch.full((64,), 0.1))
+    low = VarianceGradientScaler([p], alpha=1e12, warmup_steps=0, reference="absolute", min_factor=1e-4)
+    feed(low, p, [torch.randn(64, generator=gen) for _ in range(5)])
+    assert low.get_scaling_factor() == 1e-4
     none = VarianceGradientScaler([p], alpha=0.0, warmup_steps=0)
     feed(none, p, [torch.randn(64, generator=gen) for _ in range(5)])
     assert none.get_scaling_factor() == 1.0
@@ -172,7 +175,7 @@ def test_metrics_for_logging():
     p = torch.nn.Parameter(torch.zeros(8))
     vgs = VarianceGradientScaler([p], warmup_steps=0)
     m = vgs.metrics()
-    assert set(m) == {"scaling_factor", "normalized_variance", "step"} and m["scaling_factor"] == 1.0
+    assert set(m) == {"scaling_factor", "normalized_variance", "baseline_nv", "relative_nv", "step"} and m["scaling_factor"] == 1.0
     gen = torch.Generator().manual_seed(0)
     for _ in range(5): p.grad = torch.randn(8, generator=gen); k = vgs.scale_gradients(); vgs.step()
     assert vgs.metrics()["scaling_factor"] == k and vgs.metrics()["step"] == 5
@@ -257,7 +260,7 @@ def test_state_dict_is_safetensors_compatible_and_versioned():
     import safetensors.torch
     a = make(); va = VarianceGradientScaler(a.parameters()); train_steps(a, va, 2, seed=0)
     sd = va.state_dict()
-    assert sd["format_version"] == 2
+    assert sd["format_version"] == 3 and sd["reference"] == "baseline" and sd["min_factor"] == 0.1
     flat = {f"{k}.{i}": t for k in ("grad_mean_ema", "grad_sq_ema") for i, t in enumerate(sd[k])}
     safetensors.torch.save(flat)                                                   # raises on shared storage
     for bad in ({**sd, "format_version": 99}, {"vgs_version": "2.0", "param_grad_mean_ema": [0.0]}):
@@ -324,3 +327,65 @@ def test_cuda_statistics_match_cpu():
         for m, v, xx in ((a, va, x), (b, vb, x.cuda())):
             m.zero_grad(); m(xx).pow(2).mean().backward(); v.scale_gradients(); v.step()
     assert vb.get_normalized_variance() == pytest.approx(va.get_normalized_variance(), rel=1e-4)
+
+
+# ---- calibration: the factor's strength means something -------------------------------------------
+def _k_trace(snr: float, steps: int = 500, n: int = 4096, spike_at: int | None = None, **kw) -> list[float]:
+    "k read before each step on gradients `snr + sd * N(0, 1)` (sd 1, then 2 from `spike_at`)."
+    q = torch.nn.Parameter(torch.zeros(n)); gen = torch.Generator().manual_seed(0)
+    v = VarianceGradientScaler([q], **kw)
+    ks = []
+    for t in range(steps):
+        sd = 2.0 if spike_at is not None and t >= spike_at else 1.0
+        q.grad = snr + sd * torch.randn(n, generator=gen)
+        ks.append(v.get_scaling_factor()); v.step()
+    return ks
+
+
+@pytest.mark.parametrize("snr, least", [(0.1, 0.95), (0.0, 0.85)])
+def test_default_factor_stays_near_one_in_ordinary_training(snr, least):
+    "Per-element SNR 0.1 (ordinary minibatch RL gradients) and pure noise: the seeds' alpha=0.1 gave k of 0.005 and 0.0008."
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # and no low-factor warning
+        ks = _k_trace(snr, steps=400)
+    assert sum(ks[150:]) / len(ks[150:]) >= least
+
+
+def test_default_factor_brakes_on_a_variance_spike_and_recovers():
+    ks = _k_trace(0.3, steps=1600, spike_at=500)
+    assert min(ks[150:500]) > 0.95                                        # steady: no brake
+    assert min(ks[500:700]) < 0.4                                         # the noise's variance x4: brake
+    assert sum(ks[-100:]) / 100 > 0.9                                     # the new level becomes the usual one
+
+
+def test_seeds_absolute_factor_is_kept_and_warns_when_it_brakes_ordinary_training():
+    with pytest.warns(RuntimeWarning, match="averaged"):
+        ks = _k_trace(0.1, steps=200, alpha=0.1, reference="absolute", min_factor=1e-4)
+    assert sum(ks[150:]) / 50 < 0.02                                      # the seeds' calibration, as measured
+
+
+def test_an_old_state_continues_under_the_seeds_factor_and_a_new_one_bit_for_bit():
+    gen = torch.Generator().manual_seed(1)
+    grads = [0.3 + torch.randn(64, generator=gen) for _ in range(150)]
+    p, q = torch.nn.Parameter(torch.zeros(64)), torch.nn.Parameter(torch.zeros(64))
+    a = VarianceGradientScaler([p], warmup_steps=10)
+    for g in grads[:100]: p.grad = g.clone(); a.step()
+    b = VarianceGradientScaler([q], warmup_steps=10); b.load_state_dict(a.state_dict())
+    for g in grads[100:]:
+        p.grad, q.grad = g.clone(), g.clone(); a.step(); b.step()
+        assert a.get_scaling_factor() == b.get_scaling_factor()            # same process, same ops: identical
+    old = {k: v for k, v in a.state_dict().items() if k not in ("reference", "min_factor") and not k.startswith("baseline_")}
+    old["format_version"] = 2
+    c = VarianceGradientScaler([torch.nn.Parameter(torch.zeros(64))]); c.load_state_dict(old)
+    assert c.reference == "absolute" and c.min_factor == 1e-4
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=8, max_size=8), st.floats(0.0, 1e4),
+       st.sampled_from(["baseline", "absolute"]), st.floats(0.01, 1.0))
+def test_factor_lies_between_the_floor_and_one(values, alpha, reference, floor):
+    p = torch.nn.Parameter(torch.zeros(8))
+    v = VarianceGradientScaler([p], alpha=alpha, warmup_steps=0, reference=reference, min_factor=floor)
+    for i in range(6):
+        p.grad = torch.tensor(values) * (i + 1) - i; v.step()
+        assert floor <= v.get_scaling_factor() <= 1.0

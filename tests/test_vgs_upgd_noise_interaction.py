@@ -83,7 +83,7 @@ def test_adaptive_noise_is_the_default():
 def test_seed_scenario_noise_std_falls_with_vgs_scaled_gradients():
     "Seed 000's test 1: small (VGS-scaled) gradients give a noise std far below sigma, unlike fixed noise."
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
-    vgs = VarianceGradientScaler(model.parameters(), alpha=1e6, warmup_steps=0)
+    vgs = VarianceGradientScaler(model.parameters(), alpha=1e6, warmup_steps=0, reference="absolute", min_factor=1e-4)   # the seeds' factor
     opt = AdaptiveUPGD(model.parameters(), sigma=1e-3, seed=0)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):

@@ -44,8 +44,8 @@ def test_normalized_variance_is_scale_free(log_scale, seed):
 def test_a_tensor_without_gradient_keeps_its_statistics_and_leaves_the_aggregate():
     gen = torch.Generator().manual_seed(0)
     live, dead = torch.nn.Parameter(torch.zeros(200)), torch.nn.Parameter(torch.zeros(200))
-    vgs = VarianceGradientScaler([live, dead], warmup_steps=0)
-    alone = VarianceGradientScaler([torch.nn.Parameter(torch.zeros(200))], warmup_steps=0)
+    vgs = VarianceGradientScaler([live, dead], warmup_steps=0, reference="absolute")     # the statistic's own factor
+    alone = VarianceGradientScaler([torch.nn.Parameter(torch.zeros(200))], warmup_steps=0, reference="absolute")
     for t in range(900):
         g = 1.0 + 0.5 * torch.randn(200, generator=gen)
         live.grad = g.clone()
@@ -84,12 +84,13 @@ def test_bias_correction_follows_each_tensors_own_count():
 
 
 # ---- item 4: overflow ----------------------------------------------------------------------------
-def test_one_huge_gradient_does_not_pin_the_factor_forever():
-    "Feed 1e30 once: the statistics stay finite and k returns to what it would have been without the spike."
+@pytest.mark.parametrize("reference", ["absolute", "baseline"])
+def test_one_huge_gradient_does_not_pin_the_factor_forever(reference):
+    "Feed 1e30 once: the statistics stay finite and k returns to what it would have been without the spike (the baseline too)."
     grads = noisy_grads(64, 1500, seed=3, signal=1.0)
     p, q = torch.nn.Parameter(torch.zeros(64)), torch.nn.Parameter(torch.zeros(64))
-    spiked = VarianceGradientScaler([p], beta=0.9, warmup_steps=0, alpha=0.1)
-    clean = VarianceGradientScaler([q], beta=0.9, warmup_steps=0, alpha=0.1)
+    spiked = VarianceGradientScaler([p], beta=0.9, warmup_steps=0, alpha=0.1, reference=reference)
+    clean = VarianceGradientScaler([q], beta=0.9, warmup_steps=0, alpha=0.1, reference=reference)
     for t, g in enumerate(grads):
         p.grad = torch.full((64,), 1e30) if t == 100 else g.clone(); spiked.step()
         q.grad = g.clone(); clean.step()
@@ -101,7 +102,7 @@ def test_one_huge_gradient_does_not_pin_the_factor_forever():
 def test_get_scaling_factor_is_what_scale_gradients_applies_and_touches_nothing():
     grads = noisy_grads(32, 20)
     p = torch.nn.Parameter(torch.zeros(32))
-    vgs = VarianceGradientScaler([p], alpha=1.0, warmup_steps=2)
+    vgs = VarianceGradientScaler([p], alpha=1.0, warmup_steps=2, reference="absolute")
     for g in grads: p.grad = g.clone(); vgs.step()
     p.grad = grads[0].clone()
     k = vgs.get_scaling_factor()

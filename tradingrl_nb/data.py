@@ -7,6 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/data.html.md"""
 
 # %% ../nbs/00_data.ipynb #eb95dd4f
 from __future__ import annotations
+import functools, math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['OHLCV', 'DATASETS', 'load_market_data', 'DataFileNotFoundError', 'load_csv', 'add_features', 'Split', 'split_by_date',
-           'WalkForwardSplit', 'walk_forward_splits', 'synthetic_market', 'plot_regimes', 'dataset_summary', 'main']
+__all__ = ['OHLCV', 'DATASETS', 'PLANTED_MARKETS', 'load_market_data', 'DataFileNotFoundError', 'load_csv', 'add_features',
+           'Split', 'split_by_date', 'WalkForwardSplit', 'walk_forward_splits', 'synthetic_market', 'PlantedMarket',
+           'planted_regime_market', 'planted_signal_market', 'null_market', 'planted_market', 'plot_regimes',
+           'dataset_summary', 'main']
 
 # %% ../nbs/00_data.ipynb #27fcd2ef
 OHLCV = ["open", "high", "low", "close", "volume"]
@@ -347,6 +350,91 @@ def synthetic_market(n_days: int = 2000, seed: int = 0, drift: tuple[float, floa
     idx = pd.bdate_range(start, periods=n_days, name="date")
     return pd.DataFrame(dict(open=open_, high=hi, low=lo, close=close, volume=volume.astype("float64"),
                              regime=regime), index=idx)
+
+# %% ../nbs/00_data.ipynb #b95a1b09
+@dataclass
+class PlantedMarket:
+    """A synthetic market with a known edge. `prices`: OHLCV bars; `edge`: the expected log return of the day that a
+    decision at each date earns under next-close fills (the close of t+1 to the close of t+2), given what the
+    generator knows at t; `variance`: that return's conditional variance; `features`: an extra observed series (a
+    VIX-like frame with a `close` column, for the env's `vix`) or None."""
+    name: str
+    prices: pd.DataFrame
+    edge: pd.Series
+    variance: pd.Series
+    features: pd.DataFrame | None = None
+
+    @property
+    def env_kwargs(self) -> dict:
+        "What the env needs besides the prices: the observed extra series, if any."
+        return {} if self.features is None else {"vix": self.features}
+
+    def oracle_positions(self, quantile: float = 0.5) -> pd.Series:
+        "Kelly-proportional positions `edge / variance`, scaled so that its `quantile` in size is a full position, clipped to [-1, 1]."
+        kelly = self.edge / self.variance
+        s = float(np.quantile(np.abs(kelly), quantile))
+        return (kelly / s).clip(-1.0, 1.0).rename("oracle") if s > 0 else (kelly * 0.0).rename("oracle")
+
+def _ohlcv(r: np.ndarray, rng: np.random.Generator, vol: np.ndarray, start: str = "2000-01-03",
+           start_price: float = 100.0) -> pd.DataFrame:
+    "Daily bars from log returns `r` (the first is ignored): opens gap from the prior close, highs and lows around them."
+    r = r.copy(); r[0] = 0.0
+    close = start_price * np.exp(np.cumsum(r))
+    open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(vol * 0.2 * rng.standard_normal(len(r)))
+    hi = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(len(r))) * vol * 0.5)
+    lo = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(len(r))) * vol * 0.5)
+    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(len(r))))
+    return pd.DataFrame(dict(open=open_, high=hi, low=lo, close=close, volume=volume.astype("float64")),
+                        index=pd.bdate_range(start, periods=len(r), name="date"))
+
+# %% ../nbs/00_data.ipynb #30bffe8a
+def planted_regime_market(n_days: int = 4000, seed: int = 0, drift: tuple[float, float] = (0.0006, -0.002),
+                          vol: tuple[float, float] = (0.008, 0.03), stay: tuple[float, float] = (0.99, 0.95),
+                          name: str = "regime") -> PlantedMarket:
+    "`synthetic_market` with its edge: the two-step-ahead regime law `P^2` applied to the drifts and variances."
+    df = synthetic_market(n_days, seed, drift, vol, stay)
+    P = np.array([[stay[0], 1 - stay[0]], [1 - stay[1], stay[1]]])
+    P2, mu, sd = P @ P, np.asarray(drift, dtype=float), np.asarray(vol, dtype=float)
+    E, V = P2 @ mu, P2 @ (sd ** 2 + mu ** 2) - (P2 @ mu) ** 2
+    s = df["regime"].to_numpy()
+    return PlantedMarket(name, df, pd.Series(E[s], df.index, name="edge"), pd.Series(V[s], df.index, name="variance"))
+
+def planted_signal_market(n_days: int = 4000, seed: int = 0, persistence: float = 0.95, strength: float = 0.0012,
+                          drift: float = 0.0002, vol: float = 0.01, name: str = "signal") -> PlantedMarket:
+    """Returns `r_t = drift + strength * x_{t-2} + vol * eps_t` with `x` a unit-variance AR(1) (`persistence`), observed
+    at each close as the VIX-like series `20 exp(0.3 x_t)`: the edge of a decision at t is `drift + strength * x_t`."""
+    if n_days < 3: raise ValueError(f"n_days must be >= 3, got {n_days}")
+    if not 0 <= persistence < 1: raise ValueError(f"persistence must be in [0, 1), got {persistence}")
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal(n_days)
+    x = np.empty(n_days); x[0] = e[0]
+    for t in range(1, n_days): x[t] = persistence * x[t - 1] + math.sqrt(1 - persistence ** 2) * e[t]
+    r = drift + vol * rng.standard_normal(n_days)
+    r[2:] += strength * x[:-2]
+    df = _ohlcv(r, rng, np.full(n_days, vol))
+    feats = pd.DataFrame({"close": 20.0 * np.exp(0.3 * x)}, index=df.index)
+    return PlantedMarket(name, df, pd.Series(drift + strength * x, df.index, name="edge"),
+                         pd.Series(vol ** 2, df.index, name="variance"), feats)
+
+def null_market(n_days: int = 4000, seed: int = 0, drift: float = 0.0002, vol: float = 0.012, name: str = "null") -> PlantedMarket:
+    "I.i.d. normal log returns: no signal to find; the oracle is buy-and-hold (for a positive drift)."
+    rng = np.random.default_rng(seed)
+    r = drift + vol * rng.standard_normal(n_days)
+    df = _ohlcv(r, rng, np.full(n_days, vol))
+    return PlantedMarket(name, df, pd.Series(drift, df.index, name="edge"), pd.Series(vol ** 2, df.index, name="variance"))
+
+PLANTED_MARKETS = {
+    "regime": planted_regime_market,
+    "regime_slow": functools.partial(planted_regime_market, drift=(0.0004, -0.0015), vol=(0.010, 0.025), stay=(0.995, 0.98),
+                                     name="regime_slow"),
+    "signal": planted_signal_market,
+    "null": null_market,
+}
+
+def planted_market(name: str, n_days: int = 4000, seed: int = 0) -> PlantedMarket:
+    "A planted market by name (`PLANTED_MARKETS`): 'regime', 'regime_slow', 'signal' or 'null'."
+    if name not in PLANTED_MARKETS: raise ValueError(f"unknown planted market {name!r}; available: {sorted(PLANTED_MARKETS)}")
+    return PLANTED_MARKETS[name](n_days=n_days, seed=seed)
 
 # %% ../nbs/00_data.ipynb #d5b2f65f
 def plot_regimes(df: pd.DataFrame, window: int = 21, threshold: float = 0.25, ax=None, title: str | None = None):

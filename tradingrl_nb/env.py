@@ -344,6 +344,11 @@ class TradingEnv(gym.Env):
         return self._obs(), reward, bool(ruin), bool(truncated), info
 
     @property
+    def decision_date(self) -> pd.Timestamp | None:
+        "The date of the bar whose close the next decision is made at (None before `reset()`)."
+        return None if self._t is None else self._dates[self._t]
+
+    @property
     def portfolio_value(self) -> float: return self._value
 
     @property

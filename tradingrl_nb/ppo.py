@@ -32,7 +32,7 @@ from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, register_checkpo
     _encode, _decode, _to_device, _space_to_dict, _space_from_dict, _read_checkpoint, _Checkpointing, _HPARAMS)
 
 # %% auto #0
-__all__ = ['gae', 'SequenceRolloutBuffer', 'DistributionalPPO']
+__all__ = ['CRITIC_PREFIXES', 'gae', 'SequenceRolloutBuffer', 'DistributionalPPO']
 
 # %% ../nbs/06_ppo.ipynb #d28b842a
 def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
@@ -466,8 +466,16 @@ class _Update:
         "0-based index of the update that trains on the rollout just collected."
         return max(0, -(-int(self.num_timesteps) // (self.n_steps * self.n_envs)) - 1)
 
+    def _flat_roles(self) -> dict[str, th.Tensor]:
+        "The actor's and the critics' live parameters (critics: names starting with `CRITIC_PREFIXES`), each as one flat copy."
+        roles: dict[str, list[th.Tensor]] = {"actor": [], "critic": []}
+        for n, p in self.policy.named_parameters():
+            if p.requires_grad: roles["critic" if n.startswith(CRITIC_PREFIXES) else "actor"].append(p.detach().reshape(-1))
+        return {role: th.cat(ps).clone() for role, ps in roles.items() if ps}
+
     def train(self) -> None:
         if self.sappo is not None: self.sappo_eps, self._sappo_acc = self.eps_schedule()(self.current_update()), []
+        before = self._flat_roles()
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         prog = self._current_progress_remaining
@@ -492,11 +500,24 @@ class _Update:
             self._n_updates += 1
             if not continue_training: break
         self._log_train(acc, empty_epochs, clip_range, clip_vf, ent_coef)
+        self._log_health(acc, before)
         if self.sappo is not None:
             if self._sappo_acc:
                 loss, kl = th.stack(self._sappo_acc).mean(0).tolist()
                 self.logger.record("sappo/loss", loss); self.logger.record("sappo/kl", kl)
             self.logger.record("sappo/eps", self.sappo_eps)
+
+    def _log_health(self, acc: list, before: dict[str, th.Tensor]) -> None:
+        """Training health of this update (one rollout's epochs): `health/actor_update_ratio` and
+        `health/critic_update_ratio`, the norm of the parameter change over the norm of the parameters, and the VGS
+        factor's mean and min over its optimizer steps (`health/vgs_k_mean`, `health/vgs_k_min`; 1 without VGS)."""
+        rec = self.logger.record
+        for role, flat in self._flat_roles().items():
+            rec(f"health/{role}_update_ratio", float((flat - before[role]).norm() / before[role].norm().clamp_min(1e-12)))
+        k = th.stack(acc)[:, self._STATS.index("vgs_scale")] if acc else th.ones(0)
+        k = k[~th.isnan(k)]
+        rec("health/vgs_k_mean", float(k.mean()) if len(k) else 1.0)
+        rec("health/vgs_k_min", float(k.min()) if len(k) else 1.0)
 
     def _log_train(self, acc: list, empty_epochs: int, clip_range: float, clip_vf: float | None, ent_coef: float) -> None:
         rec = self.logger.record
@@ -535,6 +556,8 @@ class _Update:
         if empty_epochs and self.verbose >= 1: print(f"warning: {empty_epochs} epoch(s) applied no update")
 
 # %% ../nbs/06_ppo.ipynb #8fde5ca8
+CRITIC_PREFIXES = ("lstm_critic", "critic_ff", "q_net")   # parameter names of the critics' side of the policy
+
 class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Checkpointing, OnPolicyAlgorithm):
     """PPO with a recurrent actor and twin quantile critics, CVaR-aware advantages, return normalization,
     VGS + AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.

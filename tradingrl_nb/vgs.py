@@ -8,14 +8,14 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/vgs.html.md"""
 
 # %% ../nbs/02_vgs.ipynb #5f4b02b6
 from __future__ import annotations
-import math
+import math, warnings
 from typing import Any, Iterable
 
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['allocate', 'stratified_sample', 'VarianceGradientScaler']
+__all__ = ['allocate', 'stratified_sample', 'NoiseBaseline', 'VarianceGradientScaler']
 
 # %% ../nbs/02_vgs.ipynb #fb25d9d6
 def allocate(numels: list[int], size: int) -> list[int]:
@@ -37,6 +37,38 @@ def stratified_sample(numels: list[int], counts: list[int], generator: torch.Gen
         if k: idx.append((torch.arange(n) if k == n else torch.randperm(n, generator=generator)[:k]) + off)
         off += n
     return torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)
+
+# %% ../nbs/02_vgs.ipynb #23e23b57
+class NoiseBaseline:
+    """The usual level of VGS's noise measure: an EMA (rate `beta`) of log nv, started at the first reading, with readings
+    floored at `FLOOR`. On the log scale a spike counts by its ratio, and one huge reading cannot drag the level far. `ratio(nv)` is nv over the level
+    (a 0-d float64 tensor, no host read), None before the first reading."""
+    FLOOR = 1e-3      # readings are floored here (in units of the pure-noise level): nv -> 0 (a noise-free or hugely
+                      # spiked gradient) would otherwise drag the level down without bound
+
+    def __init__(self, beta: float = 0.995):
+        if not 0 <= beta < 1: raise ValueError(f"NoiseBaseline: beta must be in [0, 1), got {beta!r}")
+        self.beta, self.count, self._log_level = float(beta), 0, None
+
+    def update(self, nv: Tensor) -> None:
+        x = torch.nan_to_num(nv.double(), nan=0.0).clamp_min(self.FLOOR).log()
+        self._log_level = x if self._log_level is None else self._log_level * self.beta + x * (1.0 - self.beta)
+        self.count += 1
+
+    def ratio(self, nv: Tensor) -> Tensor | None:
+        if self._log_level is None: return None
+        return nv.double().clamp_min(self.FLOOR) / self._log_level.to(nv.device).exp()
+
+    def level(self) -> float:
+        "The level as a number (a host read); NaN before the first reading."
+        return float(self._log_level.exp()) if self._log_level is not None else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"beta": self.beta, "count": self.count, "log_level": float(self._log_level) if self._log_level is not None else 0.0}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.beta, self.count = float(d["beta"]), int(d["count"])
+        self._log_level = torch.tensor(float(d["log_level"]), dtype=torch.float64) if self.count else None
 
 # %% ../nbs/02_vgs.ipynb #4c2000a8
 class _VGSBucket:
@@ -70,22 +102,32 @@ class VarianceGradientScaler:
     the scale-free `nv_i = Var[g_i] / (E[g_i]^2 + eps * E[g_i^2])` and aggregates them into one `normalized_variance`:
     the `quantile` (default 0.9) of the elements of the tensors that had a gradient at the last `step()`, estimated
     from a fixed sample of `sample_size` elements stratified over the tensors in proportion to their sizes (exact when
-    the model is smaller). The factor is `k = 1 / (1 + alpha * normalized_variance)`, clamped to [1e-4, 1] and exactly
-    1 for the first `warmup_steps` steps. Two placements (DistributionalPPO's `vgs_mode`): `scale_gradients()`
+    the model is smaller). The factor compares that aggregate with its own usual level (`reference="baseline"`, the
+    default): `k = 1 / (1 + alpha * max(0, nv / baseline - 1))`, where `baseline` is a slow EMA (rate `baseline_beta`)
+    of log nv started when warm-up ends (`NoiseBaseline`), so k is 1 in ordinary training and `1 / (1 + alpha)` when the
+    noise measure doubles; `reference="absolute"` is the seeds' `k = 1 / (1 + alpha * nv)`. Clamped to
+    [`min_factor`, 1] and exactly 1 for the first `warmup_steps` steps; a mean k below `low_factor_warning` over
+    `warning_window` steps after warm-up warns once (the brake is on in ordinary training). Two placements (DistributionalPPO's `vgs_mode`): `scale_gradients()`
     multiplies the gradients by k ("gradient"); `get_scaling_factor()` only reads k, for scaling the optimizer's step
     ("step"). `step()`, called after the optimizer step, adds the current gradients to the statistics, dividing out
     the factor of a `scale_gradients()` made since the previous `step()` (so they describe the raw gradients).
     A tensor without a gradient keeps its statistics (and decay) frozen. EMA(g^2) is clamped at max float / 1e6, so a gradient
     whose square overflows (|g| > 1.8e19 in float32) leaves finite statistics that decay like any other sample
     (a NaN element stays NaN in its own statistics only and is left out of the aggregate). Statistics are float32 (float64 for float64 parameters), also for bf16/fp16 ones."""
-    FORMAT_VERSION = 2
-    MIN_FACTOR = 1e-4
+    FORMAT_VERSION = 3
+    REFERENCES = ("baseline", "absolute")
     RENORM = 1e-2                                      # fold the lazy decay into the statistics below this
 
-    def __init__(self, parameters: Iterable[Tensor] | Iterable[dict], alpha: float = 0.1, beta: float = 0.99,
+    def __init__(self, parameters: Iterable[Tensor] | Iterable[dict], alpha: float = 1.0, beta: float = 0.99,
                  warmup_steps: int = 100, eps: float = 1e-8, enabled: bool = True, *, quantile: float = 0.9,
-                 sample_size: int = 4096, seed: int = 0):
+                 sample_size: int = 4096, seed: int = 0, reference: str = "baseline", baseline_beta: float = 0.995,
+                 min_factor: float = 0.1, low_factor_warning: float = 0.2, warning_window: int = 50):
         if not alpha >= 0: raise ValueError(f"VarianceGradientScaler: alpha must be >= 0, got {alpha!r}")
+        if reference not in self.REFERENCES:
+            raise ValueError(f"VarianceGradientScaler: reference must be one of {self.REFERENCES}, got {reference!r}")
+        if not 0 < min_factor <= 1: raise ValueError(f"VarianceGradientScaler: min_factor must be in (0, 1], got {min_factor!r}")
+        if int(warning_window) != warning_window or warning_window < 1:
+            raise ValueError(f"VarianceGradientScaler: warning_window must be an integer >= 1, got {warning_window!r}")
         if not 0 <= beta < 1: raise ValueError(f"VarianceGradientScaler: beta must be in [0, 1), got {beta!r}")
         if int(warmup_steps) != warmup_steps or warmup_steps < 0:
             raise ValueError(f"VarianceGradientScaler: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
@@ -96,6 +138,10 @@ class VarianceGradientScaler:
         self.alpha, self.beta, self.warmup_steps, self.eps = float(alpha), float(beta), int(warmup_steps), float(eps)
         self.enabled, self.quantile, self.sample_size, self.seed = bool(enabled), float(quantile), int(sample_size), int(seed)
         self._step_count, self._applied, self._last_factor = 0, 1.0, 1.0
+        self.reference, self.min_factor = reference, float(min_factor)
+        self.baseline = NoiseBaseline(baseline_beta)
+        self.low_factor_warning, self.warning_window = float(low_factor_warning), int(warning_window)
+        self._k_sum, self._k_n, self._warned = 0.0, 0, False      # the low-factor watch (a tensor sum: one read per window)
         self._counts: list[int] | None = None          # per tensor: steps at which it had a gradient
         self._live: list[bool] | None = None           # per tensor: had a gradient at the last step()
         self._decays: list[float] | None = None        # per tensor: the stored statistics times this are the EMAs
@@ -202,10 +248,13 @@ class VarianceGradientScaler:
         nv = self._nv_tensor()
         if nv is None: return 1.0
         nv = torch.nan_to_num(nv.double(), nan=0.0, posinf=math.inf)          # float64: the clamp is exact
-        return (1.0 / (1.0 + self.alpha * nv)).clamp(self.MIN_FACTOR, 1.0)
+        if self.reference == "absolute": return (1.0 / (1.0 + self.alpha * nv)).clamp(self.min_factor, 1.0)
+        r = self.baseline.ratio(nv / self.pure_noise_level())
+        if r is None: return 1.0
+        return (1.0 / (1.0 + self.alpha * (r - 1.0).clamp_min(0.0))).clamp(self.min_factor, 1.0)
 
     def get_scaling_factor(self) -> float:
-        """`1 / (1 + alpha * normalized_variance)` clamped to [1e-4, 1]; exactly 1.0 when disabled or during warmup.
+        """The factor k in [`min_factor`, 1] (see the class docstring); exactly 1.0 when disabled or during warmup.
         It is what `scale_gradients()` would apply, and it touches no gradient: `vgs_mode="step"` scales the
         optimizer's step by it. One host read per call on a GPU (`scaling_factor_tensor()` has none)."""
         k = self.scaling_factor_tensor()
@@ -262,6 +311,30 @@ class VarianceGradientScaler:
         self._live = live
         self._step_count += 1
         self._nv_cache = None
+        if self._step_count >= self.warmup_steps: self._watch()
+
+    def pure_noise_level(self) -> float:
+        """`1 / Var[mu_i]` for a pure-noise element of unit variance after `step` readings: the scale of nv when the
+        gradient is all noise (nv_i is about this over a chi-square(1) draw). It grows from 1 towards
+        `(1 + beta) / (1 - beta)` (199 at beta 0.99) as the EMA fills, so dividing by it removes the trend that the
+        bias-corrected EMA's shrinking variance puts into nv early in training."""
+        b, t = self.beta, max(self._step_count, 1)
+        return (1 + b) * (1 - b ** t) ** 2 / ((1 - b) * (1 - b ** (2 * t))) if b > 0 else 1.0
+
+    def _watch(self) -> None:
+        "After warm-up: feed the baseline, and warn once if the mean factor of a window of steps is below the warning level."
+        nv = self._nv_tensor()
+        if nv is None: return
+        if self.reference == "baseline": self.baseline.update(nv / self.pure_noise_level())
+        self._k_sum, self._k_n = self._k_sum + self.scaling_factor_tensor(), self._k_n + 1
+        if self._k_n >= self.warning_window:
+            mean_k = float(self._k_sum) / self._k_n                       # one host read per window
+            self._k_sum, self._k_n = 0.0, 0
+            if mean_k < self.low_factor_warning and not self._warned:
+                self._warned = True
+                warnings.warn(f"VGS: the scaling factor averaged {mean_k:.3g} over the last {self.warning_window} steps after "
+                              f"warm-up (below {self.low_factor_warning}): every update is braked, not only noisy ones, and the "
+                              f"policy may barely move (alpha={self.alpha}, reference={self.reference!r})", RuntimeWarning)
 
     def _fold(self, b: _VGSBucket, j: int, i: int) -> None:
         "Multiply tensor i's stored statistics (bucket b, position j) by its decay, which becomes 1."
@@ -278,15 +351,17 @@ class VarianceGradientScaler:
     # -- logging and state -----------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:
         "`scaling_factor` (last applied), `normalized_variance` (current) and `step`, for logging under `vgs/`."
-        return {"scaling_factor": float(self._last_factor),
-                "normalized_variance": self.get_normalized_variance() if self._params is not None else float("nan"),
-                "step": self._step_count}
+        nv = self.get_normalized_variance() if self._params is not None else float("nan")
+        level = self.baseline.level()
+        return {"scaling_factor": float(self._last_factor), "normalized_variance": nv,
+                "baseline_nv": level, "relative_nv": nv / level if level > 0 else float("nan"), "step": self._step_count}
 
     def state_dict(self) -> dict[str, Any]:
         "Settings, step counts and per-parameter statistics (copies, own storage); never the parameters."
         if self._stats is None: raise RuntimeError("VarianceGradientScaler has no statistics yet")
         self._renormalize()
-        return {"format_version": self.FORMAT_VERSION, "alpha": self.alpha, "beta": self.beta,
+        return {"format_version": self.FORMAT_VERSION, "alpha": self.alpha, "beta": self.beta, "reference": self.reference,
+                "min_factor": self.min_factor, **{f"baseline_{k}": v for k, v in self.baseline.state_dict().items()},
                 "warmup_steps": self.warmup_steps, "eps": self.eps, "enabled": self.enabled, "quantile": self.quantile,
                 "sample_size": self.sample_size, "seed": self.seed, "step_count": self._step_count,
                 "last_factor": self._last_factor, "param_shapes": [list(s) for s in self._shapes],
@@ -296,13 +371,15 @@ class VarianceGradientScaler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` output; the statistics' shapes must match the linked parameters. A version-1 state
-        (one step count for all tensors, absolute eps) loads with that count for every tensor."""
+        (one step count for all tensors, absolute eps) loads with that count for every tensor. A version-1 or 2 state was
+        written under the seeds' absolute factor with a floor of 1e-4 and continues under it; version 3 carries its
+        reference, floor and baseline."""
         if not isinstance(state, dict): raise ValueError(f"VGS state must be a dict, got {type(state).__name__}")
         ver = state.get("format_version")
-        if ver not in (1, self.FORMAT_VERSION):
+        if ver not in (1, 2, self.FORMAT_VERSION):
             hint = (" (an old VGS state tracks the variance of each tensor's mean, which cannot be turned into "
                     "element-wise statistics: start the statistics afresh)") if "vgs_version" in state else ""
-            raise ValueError(f"VGS state format_version {ver!r} is not supported (expected {self.FORMAT_VERSION} or 1){hint}")
+            raise ValueError(f"VGS state format_version {ver!r} is not supported (expected 1 to {self.FORMAT_VERSION}){hint}")
         missing = {"step_count", "param_shapes", "grad_mean_ema", "grad_sq_ema"} - set(state)
         if missing: raise ValueError(f"VGS state lacks {sorted(missing)}")
         shapes = [tuple(int(x) for x in s) for s in state["param_shapes"]]
@@ -318,6 +395,13 @@ class VarianceGradientScaler:
         if len(counts) != len(shapes) or len(live) != len(shapes):
             raise ValueError(f"VGS state is inconsistent: {len(counts)} tensor_steps for {len(shapes)} tensors")
         for k in ("alpha", "beta", "eps", "quantile"): setattr(self, k, float(state.get(k, getattr(self, k))))
+        if ver == self.FORMAT_VERSION:
+            if state.get("reference") not in self.REFERENCES: raise ValueError(f"VGS state: unknown reference {state.get('reference')!r}")
+            self.reference, self.min_factor = state["reference"], float(state["min_factor"])
+            self.baseline.load_state_dict({k[len("baseline_"):]: v for k, v in state.items() if k.startswith("baseline_")})
+        else:
+            self.reference, self.min_factor, self.baseline = "absolute", 1e-4, NoiseBaseline(self.baseline.beta)
+        self._k_sum, self._k_n = 0.0, 0
         self.warmup_steps, self.enabled = int(state.get("warmup_steps", self.warmup_steps)), bool(state.get("enabled", self.enabled))
         resample = int(state.get("sample_size", self.sample_size)) != self.sample_size or int(state.get("seed", self.seed)) != self.seed
         self.sample_size, self.seed = int(state.get("sample_size", self.sample_size)), int(state.get("seed", self.seed))
@@ -346,5 +430,5 @@ class VarianceGradientScaler:
 
     def __repr__(self) -> str:
         n = sum(math.prod(s) for s in self._shapes) if self._shapes else 0
-        return (f"VarianceGradientScaler(alpha={self.alpha}, beta={self.beta}, warmup_steps={self.warmup_steps}, "
+        return (f"VarianceGradientScaler(alpha={self.alpha}, reference={self.reference!r}, beta={self.beta}, warmup_steps={self.warmup_steps}, "
                 f"eps={self.eps}, enabled={self.enabled}, quantile={self.quantile}, elements={n}, step={self._step_count})")
