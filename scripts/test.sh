@@ -29,8 +29,10 @@ $V/python scripts/make_readme.py --check || fail "README.md is stale: run 'make 
 stage "nbdev-test (notebooks; slow and cuda cells skipped)"
 $V/nbdev-test --timing || fail "nbdev-test"
 
-stage "pytest tests/"
-$V/python -m pytest tests/ -q -p no:cacheprovider "$@"
+stage "pytest tests/ (one worker per core: pytest-xdist)"
+# -n auto: one worker per core; --dist loadgroup keeps the modules listed in tests/conftest.py on one worker each.
+# Arguments are passed on (e.g. `scripts/test.sh -n 0` runs in one process, `-k upgd` selects).
+$V/python -m pytest tests/ -q -p no:cacheprovider -n auto --dist loadgroup "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   fail "pytest collected no tests: a test suite that runs nothing is a failure here"

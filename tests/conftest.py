@@ -1,6 +1,34 @@
 """Shared pytest set-up."""
+from pathlib import Path
+
 import pytest
 import torch
+
+# scripts/test.sh runs the suite on every core (pytest-xdist: `-n auto --dist loadgroup`). The tests of these modules
+# share an expensive module-scoped fixture (the docs site, two trained runs, a Ray cluster) and run on one worker per
+# group, so that it is built once, not once per worker; the two Ray modules share a group, so that two local Ray
+# clusters never run at once. Every other test is scheduled on its own: its files live under tmp_path, its ports are
+# picked free by the OS, its signals go to its own child processes.
+XDIST_GROUPS = {"test_docs.py": "docs", "test_walk_forward.py": "walk_forward", "test_findings_sappo.py": "findings_sappo",
+                "test_pbt_ray.py": "ray", "test_sweep_ray.py": "ray"}
+
+
+def xdist_scope(nodeid: str) -> str:
+    "The unit a worker runs as a whole: a group of XDIST_GROUPS, an `xdist_group` mark's name, else the test alone."
+    if nodeid.rfind("@") > nodeid.rfind("]"): return nodeid.rsplit("@", 1)[1]     # an xdist_group mark (pytest < 9.2)
+    return XDIST_GROUPS.get(Path(nodeid.split("::", 1)[0]).name, nodeid)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup`, grouped by XDIST_GROUPS. xdist's own loadgroup marks a group by renaming the test's node id,
+    which pytest 9.2 no longer lets it do (pytest-xdist issue 1386: the groups are silently ignored), so the groups are
+    read from the module names here instead."""
+    if config.getvalue("dist") != "loadgroup": return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str: return xdist_scope(nodeid)
+    return ModuleGroups(config, log)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -104,3 +104,16 @@ def test_stored_findings_regenerate_bit_identically():
     for f in found:
         assert f["n_seeds"] >= fd.MIN_SEEDS and f["verdict"] == fd.claim_verdict(f["ci95"], f["null"], f["direction"])
         assert (ROOT / "results").parent.joinpath(f["experiment"]).is_file(), f["experiment"]
+
+
+def test_a_finding_whose_runs_did_not_train_is_not_testable():
+    "The learning issue's health rule: one run whose policy did not move makes the measurement no evidence."
+    moved, still = {"moved": True}, {"moved": False, "reason": "the policy did not move"}
+    f = fd.finding("adaptive_noise_value_loss_variance", [0.6] * 5, (0.6, 0.5, 0.7), 50_000, "ratio", health=[moved] * 4 + [still])
+    assert f["verdict"] == "not testable" and f["untrained_runs"] == 1
+    g = fd.finding("adaptive_noise_value_loss_variance", [0.6] * 5, (0.6, 0.5, 0.7), 50_000, "ratio", health=[moved] * 5)
+    assert g["verdict"] == "holds" and g["untrained_runs"] == 0
+    stored = fd._checked(f, Path("x/metrics.json"), "ablation_vgs_upgd", "abc")
+    assert stored["verdict"] == "not testable"
+    with pytest.raises(ValueError, match="not testable"):
+        fd._checked({**f, "verdict": "holds"}, Path("x/metrics.json"), "ablation_vgs_upgd", "abc")

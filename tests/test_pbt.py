@@ -1,5 +1,5 @@
 """Population-based training on one machine: checkpoints, selection, exploit/explore, runner (tradingrl_nb.pbt)."""
-import functools, json, math, os
+import functools, json, math, os, re
 
 import numpy as np
 import pytest
@@ -159,6 +159,44 @@ def test_lstm_state_is_reset_by_load_exploit_and_matters():
     target.reset_lstm_states_to_initial(); assert all(float(s.abs().max()) == 0 for s in target.lstm_states)
     m = ToyMember(2); assert m.lstm_states is None; m.reset_lstm_states_to_initial(); assert m.lstm_states is None
 
+
+
+class StatefulLoadMember(ToyMember):
+    "A third-party member whose `set_parameters` keeps (or restores) a recurrent state instead of resetting it."
+    def set_parameters(self, parameters, reset_optimizer=False):
+        keep, calls = self.lstm_states, list(getattr(self, "calls", []))
+        super().set_parameters(parameters, reset_optimizer)             # (ToyMember's own reset is undone below)
+        self.lstm_states = None if keep is None else tuple(torch.ones_like(s) for s in keep)
+        self.calls = [*calls, "set_parameters"]
+
+    def reset_lstm_states_to_initial(self):
+        super().reset_lstm_states_to_initial(); self.calls = [*getattr(self, "calls", []), "reset"]
+
+    def apply_hyperparams(self, hyperparams):
+        super().apply_hyperparams(hyperparams); self.calls = [*getattr(self, "calls", []), "apply_hyperparams"]
+
+
+@pytest.mark.parametrize("keep_clock", [False, True])
+def test_load_exploit_resets_the_recurrent_state_whatever_set_parameters_does(keep_clock):
+    donor, target = trained(1, 10), StatefulLoadMember(0); target.train(10)
+    target.calls = []
+    load_exploit(target, donor.get_parameters(), dict(target.hyperparams), keep_clock=keep_clock)
+    assert target.calls == ["set_parameters", "reset", "apply_hyperparams"]      # the reset comes after the load
+    assert target.lstm_states is not None and all(float(s.abs().max()) == 0 for s in target.lstm_states)
+    target.calls = []
+    load_exploit(target, None, dict(target.hyperparams))                           # nothing loaded: nothing reset
+    assert target.calls == ["apply_hyperparams"]
+
+
+@pytest.mark.parametrize("bad, named", [({"learning_rate": -1e-3}, "learning_rate=-0.001"), ({"learning_rate": 0.0}, "learning_rate=0.0"),
+                                        ({"vgs_alpha": -0.5}, "vgs_alpha=-0.5"), ({"learning_rate": float("nan")}, "learning_rate=nan"),
+                                        ({"learning_rate": 1e-2, "vgs_alpha": -0.5}, "vgs_alpha=-0.5")])
+def test_toy_member_refuses_out_of_range_hyperparameters_and_keeps_its_values(bad, named):
+    m = ToyMember(0)
+    before, hp = m.live_hyperparams(), dict(m.hyperparams)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        m.apply_hyperparams(bad)
+    assert m.live_hyperparams() == before and m.hyperparams == hp
 
 # --- ready checks: nobody waits forever ----------------------------------------------------------
 def test_slow_member_does_not_block_the_others():

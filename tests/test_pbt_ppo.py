@@ -2,6 +2,7 @@
 new hyperparameters are live (over the checkpoint, through SB3's schedules), LSTM states reset on the PBT path, and a
 small population runs end to end. (The seed-001 LSTM list for the model itself is in tests/test_lstm_state_reset.py.)"""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -133,6 +134,49 @@ def test_unknown_or_invalid_hyperparameters_are_rejected():
     with pytest.raises(ValueError, match="unknown hyperparameter"): m.apply_hyperparams({"gamma": 0.9})
     with pytest.raises(ValueError, match="cvar_alpha"): m.apply_hyperparams({"cvar_alpha": 1.5})
 
+
+
+@pytest.mark.parametrize("bad, named", [(dict(learning_rate=-1e-3), "learning_rate=-0.001"), (dict(learning_rate=0.0), "learning_rate=0.0"),
+                                        (dict(clip_range=-0.2), "clip_range=-0.2"), (dict(clip_range=0.0), "clip_range=0.0"),
+                                        (dict(vgs_alpha=-0.5), "vgs_alpha=-0.5"), (dict(upgd_sigma=-1.0), "upgd_sigma=-1.0"),
+                                        (dict(ent_coef=-0.01), "ent_coef=-0.01"), (dict(cvar_alpha=0.0), "cvar_alpha=0.0"),
+                                        (dict(cvar_alpha=1.5), "cvar_alpha=1.5"), (dict(learning_rate=float("inf")), "learning_rate=inf"),
+                                        (dict(learning_rate="fast"), "learning_rate='fast' is not a number"),
+                                        (dict(learning_rate=1e-4, clip_range=0.1, upgd_sigma=-1.0), "upgd_sigma=-1.0")])
+def test_out_of_range_hyperparameters_are_refused_and_nothing_changes(bad, named):
+    "A refused call names the value and changes nothing, not even the valid values given beside it."
+    m = factory()(0)
+    m.apply_hyperparams(HP_A)
+    before = m.live_hyperparams()
+    kw = dict(m.model.vgs_kwargs), dict(m.model.policy.optimizer_kwargs), m.model.learning_rate, m.model.clip_range
+    with pytest.raises(ValueError, match=re.escape(named)):
+        m.apply_hyperparams(bad)
+    assert m.live_hyperparams() == before
+    assert (dict(m.model.vgs_kwargs), dict(m.model.policy.optimizer_kwargs), m.model.learning_rate, m.model.clip_range) == kw
+
+
+@pytest.mark.parametrize("bad, named", [(dict(learning_rate=1e-4, vgs_alpha=0.5), "vgs_alpha=0.5 given but the model has no VGS"),
+                                        (dict(learning_rate=1e-4, upgd_sigma=1e-3), "upgd_sigma=0.001 given but Adam has no sigma")])
+def test_a_hyperparameter_the_model_lacks_is_refused_before_anything_is_applied(bad, named):
+    f = PPOMemberFactory(TRAIN, VAL, n_envs=2, env_kwargs=ENV_KW, fitness_fn=weight_norm,
+                         ppo_kwargs=dict(PPO_KW, use_vgs=False, policy_kwargs=dict(lstm_hidden_size=16, optimizer_class=th.optim.Adam)))
+    m = f(0)
+    before = m.live_hyperparams()
+    with pytest.raises(ValueError, match=re.escape(named)):
+        m.apply_hyperparams(bad)
+    assert m.live_hyperparams() == before and before["learning_rate"] != 1e-4
+
+
+def test_the_edges_of_the_ranges_are_accepted_and_ent_coef_keeps_its_floor():
+    "0 turns VGS, UPGD's noise and the entropy bonus off, cvar_alpha=1 is risk-neutral: all valid; ent_coef never below the floor."
+    m = factory()(0)
+    m.apply_hyperparams(dict(vgs_alpha=0.0, upgd_sigma=0.0, ent_coef=0.0, cvar_alpha=1.0, learning_rate=1e-4, clip_range=0.05))
+    assert m.live_hyperparams() == dict(learning_rate=1e-4, lr_schedule=1e-4, clip_range=0.05, ent_coef=0.0, cvar_alpha=1.0,
+                                        vgs_alpha=0.0, upgd_sigma=0.0)
+    floor = PPOMemberFactory(TRAIN, VAL, n_envs=2, env_kwargs=ENV_KW, fitness_fn=weight_norm,
+                             ppo_kwargs=dict(PPO_KW, ent_coef=0.02, ent_coef_min=0.01))(0)
+    floor.apply_hyperparams(dict(ent_coef=0.001))
+    assert floor.live_hyperparams()["ent_coef"] == 0.01
 
 @pytest.mark.slow
 def test_small_ppo_population_runs_end_to_end(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from stable_baselines3.common.logger import configure
 
 from tradingrl_nb.policy import RecurrentQuantilePolicy
@@ -29,6 +29,11 @@ def kl_between(pol, obs, x, states=None):
 @settings(max_examples=30, deadline=None)
 @given(method=st.sampled_from(METHODS), eps=st.floats(0.0, 2.0), T=st.integers(1, 6), B=st.integers(1, 3),
        steps=st.integers(1, 4), scale=st.floats(0.01, 8.0), seed=st.integers(0, 2**16), pad=st.integers(0, 3))
+@example(method="sgld", eps=5e-324, T=1, B=1, steps=2, scale=1.0, seed=0, pad=0)    # hypothesis' find: eps / steps == 0
+@example(method="sgld", eps=5e-324, T=3, B=2, steps=1, scale=1.0, seed=0, pad=1)    # eps / steps > 0, 1 / that overflows
+@example(method="pgd", eps=5e-324, T=2, B=1, steps=3, scale=1.0, seed=0, pad=0)
+@example(method="mad", eps=5e-324, T=2, B=2, steps=2, scale=1.0, seed=0, pad=0)
+@example(method="sgld", eps=1e-300, T=2, B=2, steps=4, scale=1.0, seed=0, pad=0)
 def test_attack_never_leaves_the_ball(method, eps, T, B, steps, scale, seed, pad):
     g = th.Generator().manual_seed(seed)
     obs = th.randn(T, B, D, generator=g) * scale
@@ -41,6 +46,18 @@ def test_attack_never_leaves_the_ball(method, eps, T, B, steps, scale, seed, pad
     assert float((x - obs).abs().max()) <= eps * (1 + 1e-6) + 1e-6 * float(obs.abs().max())
     assert th.equal(x[~mask], obs[~mask])                           # padding is never perturbed
     if eps == 0: assert th.equal(x, obs)
+
+@pytest.mark.parametrize("eps", [5e-324, 1e-300, 1e-30, 0.1])
+@pytest.mark.parametrize("method, steps", [("sgld", 1), ("sgld", 3), ("pgd", 2), ("mad", 2)])
+def test_attack_with_a_zero_gradient_stays_finite_at_any_radius(method, steps, eps):
+    "A policy blind to its input (gradient exactly 0 everywhere) under relative Langevin noise: finite, in the ball, any radius."
+    pol = make_policy(3)
+    with th.no_grad(): pol.action_net.weight.zero_()
+    obs = th.randn(4, 2, D, generator=th.Generator().manual_seed(1))
+    th.manual_seed(0)
+    x = perturb_observations(pol, obs, eps, method=method, steps=steps, beta=1e-3)
+    assert th.isfinite(x).all() and (x >= obs - eps).all() and (x <= obs + eps).all()
+
 
 def test_attack_gradients_never_reach_the_parameters():
     pol = make_policy(1)
@@ -134,6 +151,21 @@ def test_eps_schedule_is_derived_from_the_run():
     with pytest.raises(ValueError): total_updates(0, 128, 8)
     with pytest.raises(ValueError): EpsSchedule(0.1, 10, ramp_fraction=1.5)
     with pytest.raises(ValueError): SAPPOConfig(method="random")
+
+
+@pytest.mark.parametrize("name, bad, named", [("eps", -0.1, "-0.1"), ("kappa", -1.0, "-1.0"), ("beta", float("nan"), "nan"),
+                                              ("steps", 0, "0"), ("ramp_fraction", 1.5, "1.5"), ("method", "mad", "'mad'")])
+def test_config_refuses_an_out_of_range_value_set_at_run_time(name, bad, named):
+    "A field changed on a live config (the model and its regularizer share it) is checked like the constructor's."
+    m = tiny_sappo(sappo=dict(eps=0.05, kappa=0.1, steps=2))
+    cfg = m.sappo
+    assert m._sappo_reg.config is cfg
+    before = dict(vars(cfg))
+    with pytest.raises(ValueError, match=named):
+        setattr(cfg, name, bad)
+    assert dict(vars(cfg)) == before
+    cfg.kappa = 0.5; cfg.eps = 0.0                                  # valid values are taken
+    assert m._sappo_reg.config.kappa == 0.5 and m.sappo.eps == 0.0
 
 class Recording(SAPPO):
     "SAPPO that records the radius of every update."

@@ -17,7 +17,7 @@ Modules:
 - `tradingrl_nb.rundir`: A run's folder: locked while the run writes there, never silently reused, its status honest when the process is gone; and the HTML report a reader opens first.
 - `tradingrl_nb.sappo`: Observation attacks that work through the LSTM over whole sequences (SGLD, PGD, random noise, MAD), the robust KL regularizer of SA-PPO with its epsilon ramp, and an attacked policy for backtests.
 - `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
-- `tradingrl_nb.upgd_kernel`: A two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per machine and cached on disk: the utility, its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
+- `tradingrl_nb.upgd_kernel`: An opt-in two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per user into a private cache: the utility, its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
 - `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters."""
 
 __version__ = "0.0.1"

@@ -56,7 +56,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "PBT converges 5-10% faster (seed 001)", "higher", 0.0, "pbt_population"),
 ]}
 MIN_SEEDS = 5
-VERDICTS = ("holds", "refuted", "inconclusive")
+VERDICTS = ("holds", "refuted", "inconclusive", "not testable")
 
 # %% ../nbs/12_findings.ipynb #dc729cb7
 def claim_verdict(ci95, null: float, direction: str) -> str:
@@ -73,10 +73,16 @@ def _finite(x, what: str) -> float:
     if not math.isfinite(v): raise ValueError(f"{what} is not finite: {v}")
     return v
 
-def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail: str = "") -> dict:
+def _verdict(ci95, c: Claim, untrained: int) -> str:
+    "The interval's verdict, or 'not testable' when a run behind it did not train (`tradingrl_nb.health`'s rule)."
+    return "not testable" if untrained else claim_verdict(ci95, c.null, c.direction)
+
+def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail: str = "", health: list[dict] | None = None) -> dict:
     """The record of claim `id`: `per_seed` (one value per seed), `interval` (an `Interval` or `(estimate, low, high)`)
     for the effect, the training steps of one run, what the metric is (with units), and a sentence of secondary
-    numbers. Definition (claim, direction, null) and verdict are filled in here."""
+    numbers. Definition (claim, direction, null) and verdict are filled in here. `health`: the `training_health` of
+    each trained run behind the finding (`tradingrl_nb.health`); if any run's policy did not move, the verdict is "not
+    testable" (the measurement is not evidence about training) and `untrained_runs` counts them."""
     if id not in CLAIMS: raise ValueError(f"unknown claim id {id!r}; known: {', '.join(CLAIMS)}")
     c = CLAIMS[id]
     est, lo, hi = (interval.estimate, interval.low, interval.high) if isinstance(interval, Interval) else interval
@@ -86,9 +92,10 @@ def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail
     steps = int(steps_per_run)
     if steps <= 0: raise ValueError(f"{id}: steps_per_run must be > 0, got {steps_per_run}")
     if not str(metric).strip(): raise ValueError(f"{id}: say what the metric is")
+    untrained = sum(1 for h in (health or []) if h.get("moved") is False)
     return dict(id=id, claim=c.claim, seeds_say=c.seeds_say, metric=str(metric), n_seeds=len(values), steps_per_run=steps,
                 per_seed=values, estimate=est, ci95=[lo, hi], null=c.null, direction=c.direction,
-                verdict=claim_verdict((lo, hi), c.null, c.direction), detail=str(detail))
+                verdict=_verdict((lo, hi), c, untrained), detail=str(detail), untrained_runs=untrained)
 
 def _fmt(x: float) -> str: return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
 
@@ -105,7 +112,7 @@ def findings_table(findings: list[dict]) -> pd.DataFrame:
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".zip", ".pkl")
 MAX_RESULTS_BYTES = 20 * 2 ** 20
 FIELDS = ("id", "claim", "seeds_say", "experiment", "metric", "n_seeds", "steps_per_run", "per_seed", "estimate", "ci95",
-          "null", "direction", "verdict", "detail", "commit")
+          "null", "direction", "verdict", "detail", "commit", "untrained_runs")
 
 def check_results(results: str | Path = "results") -> int:
     "The stored runs' total size in bytes; ValueError naming the file if one holds model weights or the total is over 20 MB."
@@ -131,16 +138,16 @@ def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
     if not isinstance(f, dict) or f.get("id") not in CLAIMS:
         raise ValueError(f"{where}: finding {f.get('id') if isinstance(f, dict) else f!r} is not a known claim id")
     c = CLAIMS[f["id"]]
-    missing = [k for k in FIELDS if k not in ("experiment", "commit") and k not in f]
+    missing = [k for k in FIELDS if k not in ("experiment", "commit", "untrained_runs") and k not in f]   # runs before the health rule: 0
     if missing: raise ValueError(f"{where}: finding {c.id!r} lacks {missing}")
     if (f["direction"], float(f["null"])) != (c.direction, c.null):
         raise ValueError(f"{where}: finding {c.id!r} says direction {f['direction']!r}, null {f['null']}; the claim is "
                          f"{c.direction!r}, {c.null} (re-run the experiment)")
     if f["n_seeds"] != len(f["per_seed"]): raise ValueError(f"{where}: finding {c.id!r}: n_seeds {f['n_seeds']} but {len(f['per_seed'])} per-seed values")
     if f["n_seeds"] < MIN_SEEDS: raise ValueError(f"{where}: finding {c.id!r} rests on {f['n_seeds']} seeds; at least {MIN_SEEDS} are needed")
-    v = claim_verdict(f["ci95"], c.null, c.direction)
+    v = _verdict(f["ci95"], c, int(f.get("untrained_runs", 0)))
     if f["verdict"] != v: raise ValueError(f"{where}: finding {c.id!r} says {f['verdict']!r} but its interval {f['ci95']} gives {v!r}")
-    return {k: (experiment if k == "experiment" else commit if k == "commit" else f[k]) for k in FIELDS}
+    return {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
 
 def collect_findings(results: str | Path = "results") -> list[dict]:
     "Every finding of the stored runs under `results`, checked, with experiment path and commit, in the order of `CLAIMS`."
@@ -179,7 +186,7 @@ def write_findings(results: str | Path = "results", out: str | Path | None = Non
     return path, findings
 
 # %% ../nbs/12_findings.ipynb #9b6802d8
-VERDICT_COLORS = {"holds": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#6e7781"}
+VERDICT_COLORS = {"holds": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#6e7781", "not testable": "#9a6700"}
 
 def plot_findings(findings: list[dict], width: float = 8.0):
     "Forest plot of `findings`: one row (own axis) per claim; returns the figure."

@@ -8,14 +8,13 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/pbt_ppo.html.md"""
 # %% ../nbs/08b_pbt_ppo.ipynb #f8cfa894
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from .pbt import CLOCK, is_optimizer_component
+from .pbt import CLOCK, checked_hyperparams, is_optimizer_component
 
 # %% auto #0
 __all__ = ['PPOMember', 'PPOMemberFactory']
@@ -78,26 +77,23 @@ class PPOMember:
     def reset_lstm_states_to_initial(self) -> None: self.model.reset_lstm_states_to_initial()
 
     def apply_hyperparams(self, hyperparams: Mapping) -> None:
+        """Write `hyperparams` to every place they live. All of them are checked first (names, finite, in range: see
+        `checked_hyperparams`): a refused call raises a `ValueError` naming the value and changes nothing."""
         from stable_baselines3.common.utils import FloatSchedule
         m = self.model
-        unknown = set(hyperparams) - set(self.HYPERPARAMS)
-        if unknown: raise ValueError(f"PPOMember: unknown hyperparameter(s) {sorted(unknown)}; known: {list(self.HYPERPARAMS)}")
-        for k, v in hyperparams.items():
-            v = float(v)
-            if not math.isfinite(v): raise ValueError(f"PPOMember: {k}={v} is not finite")
+        hp = checked_hyperparams("PPOMember", hyperparams, self.HYPERPARAMS)
+        if "vgs_alpha" in hp and m.vgs is None:
+            raise ValueError(f"PPOMember: vgs_alpha={hp['vgs_alpha']!r} given but the model has no VGS (use_vgs=False)")
+        groups = m.policy.optimizer.param_groups
+        if "upgd_sigma" in hp and "sigma" not in groups[0]:
+            raise ValueError(f"PPOMember: upgd_sigma={hp['upgd_sigma']!r} given but {type(m.policy.optimizer).__name__} has no sigma")
+        for k, v in hp.items():
             if k == "learning_rate": m.set_learning_rate(v)           # learning_rate, lr_schedule and param_groups
             elif k == "clip_range": m.clip_range, m._clip_schedule = v, FloatSchedule(v)
             elif k == "ent_coef": m.ent_coef = max(v, float(m.ent_coef_min))
-            elif k == "cvar_alpha":
-                if not 0 < v <= 1: raise ValueError(f"PPOMember: cvar_alpha must be in (0, 1], got {v}")
-                m.cvar_alpha = v
-            elif k == "vgs_alpha":
-                if m.vgs is None: raise ValueError("PPOMember: vgs_alpha given but the model has no VGS (use_vgs=False)")
-                m.vgs.alpha = v; m.vgs_kwargs["alpha"] = v
+            elif k == "cvar_alpha": m.cvar_alpha = v
+            elif k == "vgs_alpha": m.vgs.alpha = v; m.vgs_kwargs["alpha"] = v
             elif k == "upgd_sigma":
-                groups = m.policy.optimizer.param_groups
-                if "sigma" not in groups[0]:
-                    raise ValueError(f"PPOMember: upgd_sigma given but {type(m.policy.optimizer).__name__} has no sigma")
                 for g in groups: g["sigma"] = v
                 m.policy.optimizer_kwargs["sigma"] = v
 

@@ -80,12 +80,15 @@ def _sign_ascent(policy, obs, mu_ref, states, w, eps: float, steps: int, start: 
     """Signed gradient ascent of `sum_{t,b} w * sum_j ((mu(s_hat) - mu_ref) / sigma)^2` over the box `obs +- eps`, for whole
     sequences at once; gradients go to the input only. `start`: 'corner' (SGLD) or 'uniform' (PGD); `beta`: SGLD noise,
     `noise`: 'relative' (std `sqrt(2 beta / alpha) / (i + 2)` times the RMS of each state's gradient) or 'absolute'
-    (the reference's `sqrt(2 alpha beta) / (i + 2)`). One forward and one input-only backward per step, updates in place."""
+    (the reference's `sqrt(2 alpha beta) / (i + 2)`). One forward and one input-only backward per step, updates in place.
+    Any radius down to the smallest float works: a step `eps / steps` that is 0 in the observations' dtype (0.0 itself for
+    eps = 5e-324 and steps >= 2, where the relative noise would divide by it) cannot move anything, and `obs` is returned."""
     alpha = eps / steps
     lo, hi = obs - eps, obs + eps
     if start == "corner": x = th.randn_like(obs).sign_().mul_(alpha).add_(obs)
     else: x = th.empty_like(obs).uniform_(-alpha, alpha).add_(obs)
     x.clamp_(lo, hi)
+    if th.tensor(alpha, dtype=obs.dtype).item() == 0.0: return x    # x == obs: no step can move it
     dobj = 2.0 * w.unsqueeze(-1) * th.exp(-2.0 * policy.log_std.detach())    # d objective / d mu = dobj * (mu - mu_ref)
     feat = tuple(range(2, obs.dim()))                                        # the dimensions of one state
     nu = math.sqrt(2 * alpha * beta) if noise == "absolute" else math.sqrt(2 * beta / alpha / math.prod(obs.shape[2:]))
@@ -234,6 +237,16 @@ class SAPPOConfig:
         if not (math.isfinite(self.kappa) and self.kappa >= 0): raise ValueError(f"kappa must be finite and >= 0, got {self.kappa!r}")
         if not (math.isfinite(self.beta) and self.beta >= 0): raise ValueError(f"beta must be finite and >= 0, got {self.beta!r}")
         if not 0.0 <= self.ramp_fraction <= 1.0: raise ValueError(f"ramp_fraction must be in [0, 1], got {self.ramp_fraction!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        """A field changed on a live config (the model and its regularizer share one) is checked like the constructor's;
+        a refused value raises and leaves the old one."""
+        if name not in self.__dict__: return object.__setattr__(self, name, value)   # the constructor's first assignment
+        old = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        try: self.__post_init__()
+        except Exception:
+            object.__setattr__(self, name, old); raise
 
     @classmethod
     def coerce(cls, cfg: "SAPPOConfig | dict | None") -> "SAPPOConfig":

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from .upgd_kernel import Kernel, KernelUnavailable, kernel_status, load_kernel
+from .upgd_kernel import Kernel, KernelUnavailable, kernel_opted_in, kernel_status, load_kernel
 
-_kernel_warned: list[bool] = []       # the unavailable-kernel warning, once per process
+_kernel_warned: list[bool] = []       # the unavailable-kernel warning (after opting in), once per process
 
 # %% auto #0
 __all__ = ['UPGD', 'UPGDLoop', 'AdaptiveUPGDLoop', 'AdaptiveUPGD', 'VGSNoiseWarning', 'check_vgs_noise_compat']
@@ -482,10 +482,11 @@ class AdaptiveUPGD(_FlatOptimizer):
     constant with adaptive noise, growing as 1/k with fixed noise when the gradients are scaled by k.
     The moments and the Adam direction `m_hat / (sqrt(v_hat) + eps)` come from torch's fused Adam kernel
     (`torch._fused_adam_`, one pass), run on a scratch "parameter" that receives the direction.
-    On the CPU, float32 state, a bucket whose tensors all have a gradient and the same step count runs the compiled
-    two-pass kernel of `tradingrl_nb.upgd_kernel` instead (same rule, state and noise stream; the gate is a
-    polynomial within 5e-8 of the sigmoid): `kernel="auto"` (default) uses it where it can be compiled and warns
-    once where not, `"torch"` never uses it, `"compiled"` raises `KernelUnavailable` where it cannot be had.
+    The torch path is the default. Opt-in on the CPU: with float32 state, a bucket whose tensors all have a gradient
+    and the same step count can run the compiled two-pass kernel of `tradingrl_nb.upgd_kernel` instead (same rule,
+    state and noise stream; the gate is a polynomial within 5e-8 of the sigmoid): `kernel="compiled"` uses it and
+    raises `KernelUnavailable` where it cannot be had; the default `kernel="auto"` uses it only where
+    `$TRADINGRL_KERNEL=compiled` opts in (and warns once where it cannot be had); `"torch"` never uses it.
     State per parameter: `utility`, `exp_avg` (m), `exp_avg_sq` (v), a per-tensor `grad_norm_ema` and `step`
     (per parameter: its bias corrections follow its own gradients); two scratch buffers per parameter element.
     float32 state for bfloat16/float16 parameters (the step is computed in float32 and written back). A step whose
@@ -508,21 +509,23 @@ class AdaptiveUPGD(_FlatOptimizer):
                         beta2=beta2, eps=eps, adaptive_noise=bool(adaptive_noise), noise_beta=noise_beta,
                         min_noise_std=min_noise_std)
         super().__init__(params, defaults, seed)
-        if fused: warnings.warn("AdaptiveUPGD(fused=True) is ignored: the default step uses the compiled kernel "
-                                "(kernel='auto')", DeprecationWarning, stacklevel=2)
+        if fused: warnings.warn("AdaptiveUPGD(fused=True) is ignored: the step always runs torch's fused Adam kernel "
+                                "(or the opt-in compiled kernel)", DeprecationWarning, stacklevel=2)
         self.kernel = kernel
         if kernel == "compiled" and load_kernel() is None:
             raise KernelUnavailable(f"AdaptiveUPGD(kernel='compiled'): {kernel_status()['error']}")
 
     def _cpu_kernel(self) -> Kernel | None:
-        "The compiled CPU kernel, or None (kernel='torch', or unavailable: warned once per process)."
+        """The compiled CPU kernel where this optimizer opted in (kernel='compiled', or 'auto' with
+        `$TRADINGRL_KERNEL=compiled`), else None: the torch path. Opted in through the variable but unavailable: None,
+        warned once per process."""
         mode = getattr(self, "kernel", "auto")                       # optimizers unpickled from before the kernel
-        if mode == "torch": return None
+        if mode == "torch" or (mode == "auto" and not kernel_opted_in()): return None
         kern = load_kernel()
         if kern is None and not _kernel_warned:
             _kernel_warned.append(True)
             warnings.warn(f"AdaptiveUPGD: the compiled CPU kernel is unavailable ({kernel_status()['error']}); "
-                          "using torch operations (about twice the time per step)", RuntimeWarning, stacklevel=3)
+                          "using the torch path", RuntimeWarning, stacklevel=3)
         return kern
 
     def _link(self, b: _Bucket, j: int, group: dict) -> None:

@@ -1,4 +1,4 @@
-"""A two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per machine and cached on disk: the utility,
+"""An opt-in two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per user into a private cache: the utility,
 its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/upgd_kernel.html.md"""
@@ -7,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/upgd_kernel.html.md"""
 
 # %% ../nbs/03a_upgd_kernel.ipynb #4b4f9b6b
 from __future__ import annotations
-import ctypes, hashlib, math, os, platform, shutil, subprocess, tempfile, threading, time, warnings
+import contextlib, ctypes, hashlib, math, os, platform, shutil, stat, subprocess, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+try: import fcntl
+except ImportError: fcntl = None                 # not POSIX: the kernel is unavailable (it checks file owners)
+
 # %% auto #0
-__all__ = ['GATE_COEFFS', 'KERNEL_SOURCE', 'CFLAGS', 'MIN_CHUNK', 'gate_polynomial', 'KernelUnavailable', 'kernel_cache_dir',
-           'find_compiler', 'kernel_path', 'build_kernel', 'Kernel', 'load_kernel', 'kernel_status']
+__all__ = ['GATE_COEFFS', 'KERNEL_SOURCE', 'CFLAGS', 'OPT_IN', 'OFF', 'MIN_CHUNK', 'gate_polynomial', 'KernelUnavailable',
+           'kernel_opted_in', 'kernel_cache_dir', 'private_dir', 'find_compiler', 'kernel_path', 'digest_path',
+           'build_kernel', 'verify_kernel', 'Kernel', 'load_kernel', 'kernel_status']
 
 # %% ../nbs/03a_upgd_kernel.ipynb #28cf23fb
 GATE_COEFFS = (5.783866359663622e-05, 0.0003128849262999361, -0.002372464165577149, 0.00014378922873883822,
@@ -116,20 +120,45 @@ CFLAGS = ("-O3", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-f
 class KernelUnavailable(RuntimeError):
     "The compiled kernel could not be built or loaded (the message says why)."
 
-def _writable(folder: Path) -> bool:
-    "Whether `folder` exists (or can be made) and this process may write there."
-    try: folder.mkdir(parents=True, exist_ok=True)
-    except OSError: return False
-    return os.access(folder, os.W_OK)
+OPT_IN = ("compiled", "on", "1", "true")
+"Values of `$TRADINGRL_KERNEL` that opt the default `AdaptiveUPGD(kernel='auto')` into the compiled kernel."
+OFF = ("off", "0", "false", "torch")
+"Values of `$TRADINGRL_KERNEL` that disable the kernel (even `kernel='compiled'` then raises)."
+
+def kernel_opted_in() -> bool:
+    "Whether `$TRADINGRL_KERNEL` opts the default `AdaptiveUPGD(kernel='auto')` into the compiled kernel."
+    return os.environ.get("TRADINGRL_KERNEL", "").strip().lower() in OPT_IN
 
 def kernel_cache_dir() -> Path:
     """Where compiled kernels are cached: `$TRADINGRL_KERNEL_CACHE` if set, else `$XDG_CACHE_HOME` or ~/.cache, then
-    `tradingrl_nb/kernels`; where that cannot be written (a read-only home), a folder of this user's in the temp dir."""
+    `tradingrl_nb/kernels`. No fallback: `private_dir` creates it with mode 0700, or refuses it and says why."""
     if os.environ.get("TRADINGRL_KERNEL_CACHE"): return Path(os.environ["TRADINGRL_KERNEL_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    folder = Path(base) / "tradingrl_nb" / "kernels"
-    if _writable(folder) or folder.is_dir() and any(folder.glob("aupgd-*.so")): return folder
-    return Path(tempfile.gettempdir()) / f"tradingrl_nb-kernels-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    return Path(base) / "tradingrl_nb" / "kernels"
+
+def _refuse(path: Path, why: str, fix: str):
+    raise KernelUnavailable(f"refusing {path}: {why}; {fix}")
+
+def private_dir(folder: Path) -> Path:
+    """`folder`, created with mode 0700 where missing (its parents as usual), and checked: a folder, not a link, owned
+    by this user, no permission for group or others. Anything else raises `KernelUnavailable` saying what to do."""
+    folder = Path(folder)
+    if fcntl is None or not hasattr(os, "getuid"):
+        raise KernelUnavailable("the compiled kernel needs a POSIX system (it checks file owners and locks its cache)")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try: os.mkdir(folder, 0o700)
+        except FileExistsError: pass
+        st = os.lstat(folder)
+    except OSError as e: raise KernelUnavailable(f"cannot create the kernel cache {folder}: {e}") from e
+    fix = f"set $TRADINGRL_KERNEL_CACHE to a folder of your own, or delete {folder} (it is created again, private)"
+    if stat.S_ISLNK(st.st_mode): _refuse(folder, "the kernel cache is a link", fix)
+    if not stat.S_ISDIR(st.st_mode): _refuse(folder, "the kernel cache is not a folder", fix)
+    if st.st_uid != os.getuid(): _refuse(folder, f"the kernel cache is owned by uid {st.st_uid}, not by you (uid {os.getuid()})", fix)
+    if st.st_mode & 0o077:
+        _refuse(folder, f"the kernel cache has mode {st.st_mode & 0o777:04o}, not 0700 (others may use it)",
+                f"run chmod 700 {folder} if only you ever wrote there, else {fix}")
+    return folder
 
 def find_compiler() -> str | None:
     "The C compiler to use: `$CC`, else the first of cc, gcc, clang on the PATH (None if none)."
@@ -137,37 +166,93 @@ def find_compiler() -> str | None:
     return next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
 
 def kernel_path(compiler: str | None = None) -> Path:
-    "The cache file for this source, these flags, this compiler (and its version) and this machine."
+    "The cache file for this source, these flags, this compiler (and its version) and this machine (nothing is created)."
     cc = compiler or find_compiler() or "none"
     try: version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError): version = ""
     key = "\n".join([KERNEL_SOURCE, " ".join(CFLAGS), cc, version, platform.machine(), platform.system()])
     return kernel_cache_dir() / f"aupgd-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
+def digest_path(path: Path) -> Path:
+    "Where the sha256 of the library at `path` is recorded when it is built: `<name>.sha256` beside it."
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
 # %% ../nbs/03a_upgd_kernel.ipynb #844b275d
+@contextlib.contextmanager
+def _cache_lock(folder: Path):
+    "An exclusive `flock` on `folder/.lock` (a private folder): builds and loads of the cache never interleave."
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally: os.close(fd)                        # closing releases the lock
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+def _write_private(path: Path, data: bytes) -> None:
+    "`data` into `path` atomically: a new file of mode 0600 beside it, synced, then renamed over `path`."
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+
+def _compile(path: Path, cc: str, timeout: float) -> None:
+    "Compile into `path` (its folder private and locked by the caller) and record the library's sha256 beside it."
+    errors = []
+    for extra in ((), ("-DNO_CLONES",)):
+        out = _temp_name(path)
+        try:
+            r = subprocess.run([cc, *CFLAGS, *extra, "-x", "c", "-", "-o", str(out)], input=KERNEL_SOURCE,
+                               capture_output=True, text=True, timeout=timeout)
+            if r.returncode == 0:
+                os.chmod(out, 0o700)                 # whatever the umask: not writable by group or others
+                data = out.read_bytes()
+                os.replace(out, path)
+                _write_private(digest_path(path), (hashlib.sha256(data).hexdigest() + "\n").encode())
+                return
+        except (OSError, subprocess.SubprocessError) as e:
+            raise KernelUnavailable(f"building the kernel with {cc!r} failed: {e}") from e
+        finally: out.unlink(missing_ok=True)
+        errors.append(r.stderr.strip()[-2000:])
+    raise KernelUnavailable(f"{cc} could not compile the AdaptiveUPGD kernel:\n" + "\n---\n".join(errors))
+
 def build_kernel(path: Path | None = None, compiler: str | None = None, timeout: float = 120.0) -> Path:
-    """Compile `KERNEL_SOURCE` into `path` (default `kernel_path()`), atomically; raises `KernelUnavailable` with the
-    compiler's message. Tries `target_clones` first, then without them."""
+    """Compile `KERNEL_SOURCE` into `path` (default `kernel_path()`) in a private folder (`private_dir`), atomically,
+    and record the library's sha256 beside it (`digest_path`), which `load_kernel` checks; raises `KernelUnavailable`
+    with the compiler's message. Tries `target_clones` first, then without them."""
     cc = compiler or find_compiler()
     if cc is None: raise KernelUnavailable("no C compiler found (set $CC, or install gcc)")
     path = Path(path or kernel_path(cc))
-    try: path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise KernelUnavailable(f"cannot create the kernel cache {path.parent}: {e}") from e
-    errors = []
-    with tempfile.TemporaryDirectory(prefix="aupgd-") as tmp:
-        src = Path(tmp) / "aupgd.c"; src.write_text(KERNEL_SOURCE)
-        for extra in ((), ("-DNO_CLONES",)):
-            out = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-            try:
-                r = subprocess.run([cc, *CFLAGS, *extra, str(src), "-o", str(out)], capture_output=True, text=True, timeout=timeout)
-            except (OSError, subprocess.SubprocessError) as e:
-                raise KernelUnavailable(f"running the C compiler {cc!r} failed: {e}") from e
-            if r.returncode == 0:
-                os.replace(out, path)
-                return path
-            out.unlink(missing_ok=True)
-            errors.append(r.stderr.strip()[-2000:])
-    raise KernelUnavailable(f"{cc} could not compile the AdaptiveUPGD kernel:\n" + "\n---\n".join(errors))
+    with _cache_lock(private_dir(path.parent)): _compile(path, cc, timeout)
+    return path
+
+def _check_file(path: Path, what: str) -> os.stat_result:
+    "A regular file (not a link), owned by this user, not writable by group or others; else `KernelUnavailable`."
+    st = os.lstat(path)
+    fix = f"delete it (the kernel is built again) and check who else writes to {path.parent}"
+    if stat.S_ISLNK(st.st_mode): _refuse(path, f"the {what} is a link", fix)
+    if not stat.S_ISREG(st.st_mode): _refuse(path, f"the {what} is not a regular file", fix)
+    if st.st_uid != os.getuid(): _refuse(path, f"the {what} is owned by uid {st.st_uid}, not by you (uid {os.getuid()})", fix)
+    if st.st_mode & 0o022: _refuse(path, f"the {what} is writable by group or others (mode {st.st_mode & 0o777:04o})", fix)
+    return st
+
+def verify_kernel(path: Path) -> None:
+    """Refuse (`KernelUnavailable`) a library that is not the one this user built: it and the sha256 recorded beside it
+    at build time must be regular files (not links) owned by this user and not writable by group or others, and the
+    library's bytes must have that sha256."""
+    path = Path(path)
+    _check_file(path, "kernel library"); _check_file(digest_path(path), "kernel's recorded sha256")
+    recorded = digest_path(path).read_text().strip()
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != recorded:
+        _refuse(path, f"its sha256 {actual[:16]}... differs from the {recorded[:16]}... recorded when you built it",
+                f"delete it and {digest_path(path).name} (the kernel is built again)")
 
 # %% ../nbs/03a_upgd_kernel.ipynb #f9dc2f3b
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -230,20 +315,26 @@ _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
 
 def load_kernel(build: bool = True) -> Kernel | None:
-    """The compiled kernel of this process (loaded once), compiling it into the cache first if it is not there and
-    `build`; None where it cannot be had (`kernel_status()["error"]` says why). `TRADINGRL_KERNEL=off` disables it."""
+    """The compiled kernel of this process (loaded once) from the private cache (`private_dir`): compiled there first
+    where it (or its recorded sha256) is missing and `build`, and checked by `verify_kernel` before it is loaded.
+    None where it cannot be had (`kernel_status()["error"]` says why); `TRADINGRL_KERNEL=off` disables it. Only an
+    optimizer that opted in calls it (`AdaptiveUPGD(kernel="compiled")`, or `TRADINGRL_KERNEL=compiled`)."""
     with _lock:
         if "kernel" in _loaded: return _loaded["kernel"]
-        if os.environ.get("TRADINGRL_KERNEL", "").lower() in ("off", "0", "false", "torch"):
+        if os.environ.get("TRADINGRL_KERNEL", "").strip().lower() in OFF:
             _loaded.update(kernel=None, error="disabled by TRADINGRL_KERNEL", compiled=False, seconds=0.0, path=None)
             return None
         t0, compiled = time.perf_counter(), False
         try:
-            path = kernel_path()
-            if not path.exists():
-                if not build: return None
-                build_kernel(path); compiled = True
-            kern, err = Kernel(path), None
+            cc = find_compiler()
+            path = kernel_path(cc)
+            with _cache_lock(private_dir(path.parent)):
+                if not (os.path.lexists(path) and os.path.lexists(digest_path(path))):   # never built by this user
+                    if not build: return None
+                    if cc is None: raise KernelUnavailable("no C compiler found (set $CC, or install gcc)")
+                    _compile(path, cc, 120.0); compiled = True
+                verify_kernel(path)
+                kern, err = Kernel(path), None
         except (KernelUnavailable, OSError) as e:
             kern, err, path = None, str(e), None
         _loaded.update(kernel=kern, error=err, compiled=compiled, seconds=time.perf_counter() - t0,
@@ -252,7 +343,8 @@ def load_kernel(build: bool = True) -> Kernel | None:
 
 def kernel_status() -> dict:
     """Whether this process has the compiled kernel: `available`, `path`, `error` (why not), `compiled` (whether this
-    process compiled it) and `seconds` (what finding, compiling and loading it took). Loads it if not yet tried."""
+    process compiled it) and `seconds` (what finding, compiling, checking and loading it took). Loads it if not yet
+    tried."""
     load_kernel()
     return {"available": _loaded["kernel"] is not None, **{k: _loaded[k] for k in ("path", "error", "compiled", "seconds")}}
 
