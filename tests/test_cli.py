@@ -25,6 +25,8 @@ def test_list_shows_experiments_and_parameters(env):
     r = tradingrl("list", env=env)
     assert r.returncode == 0, r.stderr
     assert "data_summary" in r.stdout and "tiny" in r.stdout
+    assert "4 parameters" in next(l for l in r.stdout.splitlines() if l.startswith("tiny "))   # output_dir not counted
+    r = tradingrl("list", "tiny", env=env)
     line = next(l for l in r.stdout.splitlines() if l.strip().startswith("scale"))
     assert "float" in line and "1.5" in line
     assert "a number" in next(l for l in r.stdout.splitlines() if l.strip().startswith("x "))
@@ -286,6 +288,62 @@ def test_non_finite_values_are_stored_as_strings(env, tmp_path):
     assert q.returncode == 0, q.stderr
     rows = {l.split()[0]: l.split()[1:] for l in q.stdout.splitlines()[1:]}
     assert rows["r"] == ["inf", "inf"] and rows["n"] == ["NaN", "NaN"]
+
+
+def test_parameters_negative_numbers_and_a_params_file(env, tmp_path):
+    "-p takes negative numbers and -inf; --params-file (JSON or YAML) sets parameters, -p wins; for run and sweep."
+    r = tradingrl("run", "tiny", "-q", "-p", "scale", "-1e-3", "-p", "x", "-3", "--output-dir", tmp_path / "neg", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "neg" / "params.json").read_text()).items() >= {"scale": -0.001, "x": -3}.items()
+    r = tradingrl("run", "tiny", "-q", "-p", "scale", "-inf", "--output-dir", tmp_path / "inf", env=env)
+    assert r.returncode == 0 and json.loads((tmp_path / "inf" / "params.json").read_text())["scale"] == "-inf", r.stderr
+    (tmp_path / "p.yaml").write_text("x: 7\nlabel: from-file\n")
+    r = tradingrl("run", "tiny", "-q", "--params-file", tmp_path / "p.yaml", "-p", "x", "8", "--output-dir", tmp_path / "y", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "y" / "params.json").read_text()).items() >= {"x": 8, "label": "from-file"}.items()
+    (tmp_path / "p.json").write_text('{"label": "j", "nope": 1}')
+    line = one_line_error(tradingrl("run", "tiny", "--params-file", tmp_path / "p.json", env=env))
+    assert "unknown parameter(s) 'nope'" in line
+    (tmp_path / "bad.yaml").write_text("x: 1\n  label: [\n")
+    line = one_line_error(tradingrl("run", "tiny", "--params-file", tmp_path / "bad.yaml", env=env))
+    assert f"--params-file {tmp_path / 'bad.yaml'}: not valid YAML" in line and "line 2" in line
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert "must hold a mapping" in one_line_error(tradingrl("run", "tiny", "--params-file", tmp_path / "list.json", env=env))
+    r = tradingrl("sweep", "tiny", "-q", "--params-file", tmp_path / "p.yaml", "--grid", "scale=-1,-0.5", "--output-dir",
+                  tmp_path / "sw", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "sw" / "001-scale=-0.5" / "params.json").read_text()).items() >= {"x": 7, "scale": -0.5}.items()
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "dataset", "ftse"], "parameter 'dataset': 'ftse' is not one of {sp500, nasdaq}"),
+    (["-p", "execution", "next_opn"], "parameter 'execution': 'next_opn' is not one of {next_close, next_open, same_close}"),
+    (["-p", "selection_metric", "bogus"], "parameter 'selection_metric': 'bogus' is not one of {sharpe,"),
+    (["-p", "train_start", "2005x"], "parameter 'train_start': '2005x' is not a valid date or None (use a year, YYYY-MM or YYYY-MM-DD)"),
+    (["-p", "train_end", "2005-02-30"], "parameter 'train_end': '2005-02-30' is not a valid date (no such day"),
+])
+def test_train_agent_choices_and_dates_are_checked_before_the_kernel_starts(env, tmp_path, args, message):
+    line = one_line_error(tradingrl("run", "train_agent", *args, env=env))
+    assert message in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_list_one_experiment_and_list_is_light(env):
+    r = tradingrl("list", "walk_forward", env=env)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.strip().startswith("execution"))
+    assert "{next_close, next_open, same_close}" in line and "'next_close'" in line
+    assert "[1, inf)" in next(l for l in r.stdout.splitlines() if l.strip().startswith("jobs"))
+    assert "preset full:" in r.stdout and "total_timesteps=150000" in " ".join(r.stdout.split())
+    assert "dataset" in r.stdout and "train_agent" not in r.stdout.split("\n")[0]
+    r = tradingrl("list", "train_agent", env=env)
+    line = next(l for l in r.stdout.splitlines() if l.strip().startswith("train_start"))
+    assert "date|None" in line.replace(" ", "")
+    assert "unknown experiment 'nope'" in one_line_error(tradingrl("list", "nope", env=env))
+    code = "import sys; from tradingrl_nb.cli import main; main(['list']); assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "train_agent" in r.stdout, r.stderr[-2000:]
 
 
 def _bad_notebook(tmp_path):

@@ -3,10 +3,13 @@
 Modules:
 
 - `tradingrl_nb.backtest`: Run any policy (a baseline, a function, or a stable-baselines3 model, recurrent ones included) over held-out dates in `TradingEnv`, deterministically, and report honest metrics next to buy-and-hold.
+- `tradingrl_nb.controls`: Does the agent find an edge that is known to be there, and nothing where there is none? The library-default agent on planted-signal markets against their oracles, peers and buy-and-hold, and on a market with no signal.
 - `tradingrl_nb.data`: Real daily index data shipped with the package's dependencies, a strict loader for your own CSV files, causal features, date splits, and synthetic regime-switching markets.
 - `tradingrl_nb.distributional`: The quantile Huber loss, CVaR from quantiles, the twin-critic rules, and a DSAC-T variance adjustment that keeps the critic's gradient the same size in calm and crash markets.
 - `tradingrl_nb.env`: `TradingEnv`, a gymnasium environment for one instrument with honest timing and costs, and `TradingVecEnv`, the same market stepped for thousands of agents at once as array operations, plus the baseline policies every backtest is compared with.
 - `tradingrl_nb.experiments`: Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs, the results table, and the `tradingrl` command. Sweeps over a grid are in [sweeps](10d_sweep.ipynb).
+- `tradingrl_nb.health`: Did the run train? Update size, KL, clipping, explained variance, action spread and the VGS factor, summarized per run, with one stated rule for "the policy did not move".
+- `tradingrl_nb.params`: Finding experiment notebooks, and reading, typing and checking their parameters before a kernel starts: ranges, choices, dates, presets and parameter files. Light: `tradingrl list` imports no torch.
 - `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: ranges, the member contract and the scheduler (`PBTScheduler`); runners on one machine and on Ray Tune.
 - `tradingrl_nb.pbt_ppo`: `PPOMember`: the distributional PPO agent as a population member, with its hyperparameters applied wherever they live, its schedules spanning the whole run, and a backtest fitness.
 - `tradingrl_nb.pbt_ray`: `run_ray_tune`: the same population members as Ray Tune trainables under Tune's population-based training, on one machine or a cluster.

@@ -9,13 +9,25 @@ from __future__ import annotations
 import argparse, os, sys
 from pathlib import Path
 
-import pandas as pd
+from . import params as P
 
-from . import experiments as ex
-from .sweep import sweep
+class _Lazy:
+    "A module imported on first use: `tradingrl list` and `--help` need neither pandas nor torch."
+    def __init__(self, name: str): self._name, self._mod = name, None
+    def __getattr__(self, k):
+        if self._mod is None:
+            import importlib
+            self._mod = importlib.import_module(self._name)
+        return getattr(self._mod, k)
+
+ex, pd = _Lazy("tradingrl_nb.experiments"), _Lazy("pandas")
+
+def sweep(*args, **kwargs):
+    from tradingrl_nb.sweep import sweep as run_sweep
+    return run_sweep(*args, **kwargs)
 
 # %% auto #0
-__all__ = ['print_metrics', 'build_parser', 'main']
+__all__ = ['ex', 'pd', 'sweep', 'print_metrics', 'build_parser', 'main']
 
 # %% ../nbs/10a_cli.ipynb #1751cda2
 def _cmd_findings(a) -> int:
@@ -53,12 +65,27 @@ def _parse_grid(items: list[str]) -> dict[str, list[str]]:
         grid[k] = [v for v in vs.split(",")]
     return grid
 
-def _params(pairs) -> dict[str, str]:
+def _params(pairs, params_file: str | None = None) -> dict:
+    "The `-p KEY VALUE` pairs over the values of `--params-file` (`-p` wins); a key given twice with -p is an error."
     out = {}
     for k, v in pairs or []:
         if k in out: raise ValueError(f"parameter {k!r} given twice")
         out[k] = v
-    return out
+    return {**(P.read_params_file(params_file) if params_file else {}), **out}
+
+_P_FLAGS = ("-p", "--parameter")
+
+def _split_parameters(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """`-p KEY VALUE` pairs taken out of `argv` before argparse sees it, so that a VALUE may start with '-'
+    (`-p cash_rate -1e-3`, `-p scale -inf`: argparse would read those as options). Returns (the rest, the pairs)."""
+    rest, pairs, i = [], [], 0
+    while i < len(argv):
+        t = argv[i]
+        if t == "--": rest += argv[i:]; break
+        if t in _P_FLAGS and i + 2 < len(argv):   # (fewer: argparse says what is missing)
+            pairs.append((argv[i + 1], argv[i + 2])); i += 3; continue
+        rest.append(t); i += 1
+    return rest, pairs
 
 def _shown(path) -> str:
     "A path as a person reads it here: relative to the working directory when it lies under it, else absolute."
@@ -66,19 +93,54 @@ def _shown(path) -> str:
     except ValueError: return str(path)                     # another drive (Windows)
     return rel if not rel.startswith(os.pardir) else str(path)
 
+def _type_text(s) -> str:
+    return s.type + ("|None" if s.optional and s.type != "any" else "")
+
+def _help_text(s) -> str:
+    "The help without its declared range (shown in a column of its own)."
+    import re
+    return re.sub(r",?\s*\bin\s*(\{[^}]*\}|[\[(][^\])]*[\])])", "", s.help).strip(" ,")
+
 def _cmd_list(a) -> int:
-    exps = ex.list_experiments()
-    if not exps: print("no experiments found in", ", ".join(map(str, ex.experiment_dirs())) or "(nowhere)"); return 0
+    if a.name: return _list_one(a.name)
+    exps = P.list_experiments()
+    if not exps: print("no experiments found in", ", ".join(map(str, P.experiment_dirs())) or "(nowhere)"); return 0
     for name, path in exps.items():
-        try: specs = ex.experiment_parameters(path)
+        try: n = sum(1 for s in P.experiment_parameters(path) if s not in P.RESERVED)
         except ValueError as e: print(f"{name}  ({e})"); continue
-        try: presets = ex.experiment_presets(path)
+        try: presets = P.experiment_presets(path)
         except ValueError as e: presets = {}; print(f"{name}  (presets: {e})")
-        print(f"{name}  ({_shown(path)})" + (f"  presets: {', '.join(presets)}" if presets else ""))
-        for s in specs.values():
-            if s.name in ex.RESERVED: continue
-            print(f"    {s.name:<22} {s.type + ('|None' if s.optional and s.type != 'any' else ''):<12} "
-                  f"{s.default!r:<16}" + (f" {s.help}" if s.help else ""))
+        print(f"{name:<26} {n:>3} parameters" + (f"  presets: {', '.join(presets)}" if presets else "") + f"  ({_shown(path)})")
+    print("\nan experiment's parameters, ranges and presets: tradingrl list NAME")
+    return 0
+
+def _list_one(name: str) -> int:
+    "`tradingrl list NAME`: one experiment's parameters (type, default, declared range or choices, help) and presets."
+    import shutil, textwrap
+    try:
+        path = P.find_experiment(name)
+        specs, presets = P.experiment_parameters(path), P.experiment_presets(path)
+    except ValueError as e: return _error("list", e)
+    width = shutil.get_terminal_size((120, 24)).columns
+    print(f"{path.stem}  ({_shown(path)})")
+    rows = []
+    for s in specs.values():
+        if s.name in P.RESERVED: continue
+        dom, hlp = s.domain(), _help_text(s)
+        if len(dom) > 36: dom, hlp = "(see help)", f"{hlp}; one of {dom}"   # a long list of choices: in the help column
+        rows.append((s.name, _type_text(s), repr(s.default), dom, hlp))
+    w = [max(len(r[i]) for r in rows + [("parameter", "type", "default", "range", "")]) for i in range(4)]
+    w[2] = min(w[2], 24)
+    print("  " + "  ".join(h.ljust(w[i]) for i, h in enumerate(("parameter", "type", "default", "range"))) + "  help")
+    for r in rows:
+        left = "  " + "  ".join((ex._short(v, w[i]) if i == 2 else v).ljust(w[i]) for i, v in enumerate(r[:4])) + "  "
+        lines = textwrap.wrap(r[4], max(30, width - len(left))) or [""]
+        print(left + lines[0] if lines[0] else left.rstrip())
+        for l in lines[1:]: print(" " * len(left) + l)
+    for pname, values in presets.items():
+        body = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        print("\n" + textwrap.fill(f"preset {pname}: {body}", width=max(60, width - 2), subsequent_indent="    "))
+        print(f"    run it: tradingrl run {path.stem} --preset {pname}")
     return 0
 
 def _cut(v, n: int = 60):
@@ -133,7 +195,7 @@ def print_metrics(metrics: dict) -> None:
 
 def _cmd_run(a) -> int:
     try:
-        r = ex.run_experiment(a.name, _params(a.p), device=a.device, output_dir=a.output_dir,
+        r = ex.run_experiment(a.name, _params(a.p, a.params_file), device=a.device, output_dir=a.output_dir,
                               progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite, kernel_log=True,
                               preset=a.preset, tensorboard=True if a.tensorboard else None)
     except ex.RunInterrupted as e: return _interrupted("run", e)
@@ -150,7 +212,7 @@ def _cmd_run(a) -> int:
 
 def _cmd_sweep(a) -> int:
     try:
-        table = sweep(a.name, _parse_grid(a.grid), _params(a.p), jobs=a.jobs, device=a.device,
+        table = sweep(a.name, _parse_grid(a.grid), _params(a.p, a.params_file), jobs=a.jobs, device=a.device,
                          output_dir=a.output_dir, progress=not a.quiet, backend=a.backend, address=a.address,
                          num_cpus=a.cpus_per_run, overwrite=a.overwrite)
     except ex.RunInterrupted as e: return _interrupted("sweep", e)
@@ -207,10 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     "The `tradingrl` argument parser."
     p = argparse.ArgumentParser(prog="tradingrl", description="Run the workbench's experiment notebooks in batch (papermill).")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="experiments and their parameters").set_defaults(fn=_cmd_list)
+    ls = sub.add_parser("list", help="the experiments; with NAME, its parameters, ranges and presets")
+    ls.add_argument("name", nargs="?", default=None, help="an experiment: show its parameters, declared ranges and presets")
+    ls.set_defaults(fn=_cmd_list)
     def common(sp):
         sp.add_argument("name", help="experiment name (see `tradingrl list`) or path to a notebook")
-        sp.add_argument("-p", "--parameter", dest="p", nargs=2, action="append", metavar=("KEY", "VALUE"), help="set a parameter")
+        sp.add_argument("-p", "--parameter", dest="p", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                        help="set a parameter (a VALUE may be negative: -p cash_rate -1e-3)")
+        sp.add_argument("--params-file", default=None, metavar="FILE",
+                        help="parameters from a JSON or YAML file (a mapping of names to values); -p wins")
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                         help="the device parameter (default: auto, i.e. settings.ini's device: CUDA when present, else cpu)")
         sp.add_argument("--output-dir", default=None, help="run folder (default: runs/<timestamp>-<name>)")
@@ -253,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     old, cmd = _stop_on_signals(), "tradingrl"
     try:
-        a = build_parser().parse_args(argv)
+        rest, pairs = _split_parameters(list(sys.argv[1:] if argv is None else argv))
+        a = build_parser().parse_args(rest)
         cmd = a.command
+        if pairs:
+            if not hasattr(a, "p"): return _error(cmd, ValueError(f"-p is an option of run and sweep, not of {cmd}"))
+            a.p = [*(a.p or []), *pairs]
         if getattr(a, "jobs", 1) < 1: print("tradingrl: error: --jobs must be >= 1", file=sys.stderr); return 2
         if getattr(a, "cpus_per_run", 1) <= 0: print("tradingrl: error: --cpus-per-run must be > 0", file=sys.stderr); return 2
         return a.fn(a)
