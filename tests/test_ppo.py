@@ -69,10 +69,19 @@ def test_adam_selectable_and_vgs_optional():
 
 
 @pytest.mark.parametrize("kw", [dict(batch_size=0), dict(cvar_alpha=0.0), dict(cvar_alpha=1.5), dict(ent_coef=0.01, ent_coef_min=0.1),
-                                dict(micro_batches=0), dict(clip_range_vf=0.0), dict(sequence_length=0)])
+                                dict(micro_batches=0), dict(clip_range_vf=0.0), dict(sequence_length=0),
+                                dict(learning_rate=-1e-3), dict(learning_rate=0.0), dict(learning_rate=float("nan")),
+                                dict(clip_range=-0.2), dict(clip_range=0.0), dict(vf_coef=-0.5)])
 def test_bad_hyperparameters(kw):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="|".join(kw)):
         make(**kw)
+
+
+@pytest.mark.parametrize("lr", [-1e-3, 0.0, float("inf"), "fast"])
+def test_set_learning_rate_refuses_a_bad_rate_and_keeps_the_live_one(lr):
+    m = make()
+    with pytest.raises(ValueError, match="learning_rate"): m.set_learning_rate(lr)
+    assert m.learning_rate == 3e-4 and m.policy.optimizer.param_groups[0]["lr"] == 3e-4
 
 
 # ---- rollout and sequences -----------------------------------------------------------------------------

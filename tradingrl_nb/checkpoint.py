@@ -350,7 +350,10 @@ class _Checkpointing:
         if self.vgs is not None: self.vgs.update_parameters(live)
 
     def set_learning_rate(self, learning_rate: float | Callable) -> None:
-        "Change the learning rate (a float or a schedule): it is what `train()` applies and what `save` stores (SB3 #735)."
+        """Change the learning rate (a float or a schedule): it is what `train()` applies and what `save` stores (SB3 #735).
+        A number must be finite and > 0 (ValueError naming it; the live rate is unchanged)."""
+        if not callable(learning_rate) and not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"set_learning_rate: learning_rate must be a finite number > 0 or a schedule, got {learning_rate!r}")
         self.learning_rate = learning_rate
         self._setup_lr_schedule()
         for g in self.policy.optimizer.param_groups: g["lr"] = self.lr_schedule(self._current_progress_remaining)

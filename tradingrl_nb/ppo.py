@@ -608,7 +608,11 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
                          sde_sample_freq=-1, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
                          policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=resolve_device(device),
                          _init_setup_model=False, supported_action_spaces=(spaces.Box,))
-        checks = [(batch_size >= 1, "batch_size must be >= 1"), (n_epochs >= 1, "n_epochs must be >= 1"),
+        positive = lambda x: callable(x) or (isinstance(x, (int, float)) and math.isfinite(x) and x > 0)
+        checks = [(positive(learning_rate), f"learning_rate must be a finite number > 0 or a schedule, got {learning_rate!r}"),
+                  (positive(clip_range), f"clip_range must be a finite number > 0 or a schedule, got {clip_range!r}"),
+                  (math.isfinite(vf_coef) and vf_coef >= 0, f"vf_coef must be finite and >= 0, got {vf_coef!r}"),
+                  (batch_size >= 1, "batch_size must be >= 1"), (n_epochs >= 1, "n_epochs must be >= 1"),
                   (sequence_length >= 1, "sequence_length must be >= 1"), (micro_batches >= 1, "micro_batches must be >= 1"),
                   (0.0 < cvar_alpha <= 1.0, "cvar_alpha must be in (0, 1]"), (ent_coef_min >= 0, "ent_coef_min must be >= 0"),
                   (ent_coef >= ent_coef_min, "ent_coef must be >= ent_coef_min"), (0 < ent_plateau_factor, "ent_plateau_factor must be > 0"),
