@@ -32,9 +32,10 @@ stage "nbdev-test (notebooks; slow and cuda cells skipped)"
 $V/nbdev-test --timing --skip-folder-re '^([_.]|experiments$)' || fail "nbdev-test"
 
 stage "pytest tests/ (one worker per core: pytest-xdist)"
-# -n auto: one worker per core; --dist loadgroup keeps the modules listed in tests/conftest.py on one worker each.
-# Arguments are passed on (e.g. `scripts/test.sh -n 0` runs in one process, `-k upgd` selects).
-$V/python -m pytest tests/ -q -p no:cacheprovider -n auto --dist loadgroup "$@"
+# -n auto: one worker per core (at most 8: each worker holds torch, some start Jupyter kernels or Ray); --dist
+# loadgroup keeps the modules listed in tests/conftest.py on one worker each. Arguments are passed on (e.g.
+# `scripts/test.sh -n 0` runs in one process, `-k upgd` selects).
+$V/python -m pytest tests/ -q -p no:cacheprovider -n auto --maxprocesses 8 --dist loadgroup "$@"
 rc=$?
 if [ $rc -eq 5 ]; then
   fail "pytest collected no tests: a test suite that runs nothing is a failure here"
