@@ -346,6 +346,27 @@ def test_list_one_experiment_and_list_is_light(env):
     assert r.returncode == 0 and "train_agent" in r.stdout, r.stderr[-2000:]
 
 
+def test_results_default_view_fits_and_a_bad_returns_csv_is_skipped(env, tmp_path):
+    "results shows run, experiment, status, the parameters that vary, key metrics and the verdict, fitted to the terminal."
+    root = tmp_path / "sw"
+    assert tradingrl("sweep", "tiny", "-q", "--grid", "x=1,2,3", "--output-dir", root, env=env).returncode == 0
+    days = "date,agent,buy_and_hold\n" + "".join(f"2020-01-{d:02d},{0.01 * ((d * 7) % 5 - 2)},{0.004 * ((d * 3) % 5 - 2)}\n"
+                                                  for d in range(1, 29))
+    (root / "000-x=1" / "returns.csv").write_text(days)
+    (root / "001-x=2" / "returns.csv").write_text("date,agent,buy_and_hold\n2020-01-01,y,0.1\n")
+    wide = {**env, "COLUMNS": "100"}
+    r = tradingrl("results", root, env=wide)
+    assert r.returncode == 0, r.stderr
+    assert f"skipped the statistics of a run: {root / '001-x=2' / 'returns.csv'}" in r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    head = lines[0].split()
+    assert head[:4] == ["run", "experiment", "status", "x"] and "label" not in head and "started" not in head, lines[0]
+    assert "verdict" in head and max(map(len, lines)) <= 100, r.stdout
+    assert len(lines) == 4 and "inconclusive" in lines[1] or "holds" in lines[1] or "refuted" in lines[1], r.stdout
+    r = tradingrl("results", root, "--columns", "all", env=wide)
+    assert r.returncode == 0 and "label" in r.stdout and "started" in r.stdout, r.stderr
+
+
 def _bad_notebook(tmp_path):
     p = tmp_path / "empty.ipynb"; p.write_text("{}"); return p
 

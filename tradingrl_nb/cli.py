@@ -27,7 +27,7 @@ def sweep(*args, **kwargs):
     return run_sweep(*args, **kwargs)
 
 # %% auto #0
-__all__ = ['ex', 'pd', 'sweep', 'print_metrics', 'build_parser', 'main']
+__all__ = ['ex', 'pd', 'sweep', 'results_view', 'print_metrics', 'build_parser', 'main']
 
 # %% ../nbs/10a_cli.ipynb #1751cda2
 def _cmd_findings(a) -> int:
@@ -147,12 +147,46 @@ def _cut(v, n: int = 60):
     "Long text cut to `n` characters: one long value must not widen every row of a table."
     return ex._short(v, n) if isinstance(v, str) else v
 
-def _print_table(df: pd.DataFrame, cols=None) -> None:
+def _table_text(df: pd.DataFrame, cols=None) -> str:
     df = (df[cols] if cols else df)
     df = df.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.map(_cut)).rename(columns=lambda c: _cut(str(c), 60))
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60,
                            "display.float_format", "{:.4g}".format):
-        print(df.to_string(index=False))
+        return df.to_string(index=False)
+
+def _print_table(df: pd.DataFrame, cols=None) -> None: print(_table_text(df, cols))
+
+_KEY_METRICS = ("sharpe", "total_return", "max_drawdown", "cagr", "sortino")
+
+def results_view(table: pd.DataFrame, width: int = 120) -> pd.DataFrame:
+    """The default view of `results`: run, experiment, status, the parameters that vary among the runs, the Sharpe
+    interval, its difference from buy-and-hold, DSR, key metrics (as many as fit in `width` characters) and the verdict."""
+    params = [c for c in table.attrs.get("parameters", ()) if c in table]
+    view = table[[c for c in ("run", "experiment", "status") if c in table]].copy()
+    for c in params:
+        if table[c].astype(str).nunique() > 1: view[c] = table[c]
+    ci = lambda e, lo, hi: "" if pd.isna(e) else f"{e:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    if "stats.sharpe" in table:
+        view["sharpe [95% CI]"] = [ci(*t) for t in zip(table["stats.sharpe"], table["stats.sharpe_low"], table["stats.sharpe_high"])]
+        view["minus buy&hold"] = [ci(*t) for t in zip(table["stats.sharpe_diff"], table["stats.diff_low"], table["stats.diff_high"])]
+        view["dsr"] = table["stats.dsr"]
+    verdict_col = "stats.verdict" if "stats.verdict" in table else next(
+        (c for c in table.columns if "verdict" in str(c).split(".")[-1].lower()), None)
+    fixed = {"run", "experiment", "status", "started", "wall_s", "error", *params}
+    metrics = [c for c in table.columns if c not in fixed and not str(c).startswith("stats.") and c != verdict_col
+               and pd.api.types.is_numeric_dtype(table[c])]
+    rank = lambda c: next((i for i, k in enumerate(_KEY_METRICS) if str(c).split(".")[-1] == k), len(_KEY_METRICS))
+    metrics = sorted(metrics, key=lambda c: (rank(c), "buy_and_hold" in str(c)))
+    verdict = table[verdict_col].fillna("").astype(str) if verdict_col else None
+    def fits(v):
+        out = v.assign(verdict=verdict) if verdict is not None else v
+        return max((len(l) for l in _table_text(out).splitlines()), default=0) <= width
+    for m in metrics:
+        trial = view.assign(**{str(m): table[m]})
+        if not fits(trial): break
+        view = trial
+    if verdict is not None: view = view.assign(verdict=verdict)
+    return view
 
 def _error(cmd: str, e: BaseException) -> int:
     "An ordinary error as one line on stderr (exit 2: bad input)."
@@ -235,11 +269,15 @@ def _cmd_results(a) -> int:
     except (ValueError, OSError) as e: return _error("results", e)
     if table.empty: print("no runs found"); return 0
     if a.plot: return _plot(a, table)
-    if a.columns:
+    if not a.columns:
+        import shutil
+        shown = results_view(table, shutil.get_terminal_size((160, 24)).columns)   # --csv still writes every column
+    elif a.columns == "all": shown = table
+    else:
         missing = [c for c in a.columns.split(",") if c not in table]
         if missing: return _error("results", ValueError(f"no column(s) {[_cut(m, 40) for m in missing]}; columns: {list(table.columns)}"))
-        table = table[a.columns.split(",")]
-    _print_table(table)
+        shown = table = table[a.columns.split(",")]
+    _print_table(shown)
     if a.csv:
         table.to_csv(a.csv, index=False); print(f"written {a.csv}")
     return 0
@@ -299,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dir", nargs="?", default=None, help="runs folder (default: runs_dir of settings.ini)")
     q.add_argument("--experiment", default=None, help="only this experiment's runs")
     q.add_argument("--sort", default=None, help="sort by this column"); q.add_argument("--desc", action="store_true", help="descending")
-    q.add_argument("--columns", default=None, help="comma-separated columns to show")
+    q.add_argument("--columns", default=None, help="comma-separated columns to show, or all (default: run, experiment, "
+                   "status, the parameters that vary, key metrics and the verdict, fitted to the terminal)")
     q.add_argument("--family", default=None, metavar="KEYS", help="comma-separated parameters that split runs into families "
                    "(DSR counts the runs of one family as its trials; default: the experiment)")
     q.add_argument("--no-stats", action="store_true", help="skip the bootstrap/PSR/DSR columns (faster)")

@@ -403,11 +403,30 @@ def _run_row(d: Path, root: Path) -> dict:
     row["error"] = str(err).splitlines()[0] if err else None
     return row
 
-def _with_statistics(table: pd.DataFrame, root: Path, family, reps: int) -> pd.DataFrame:
-    "Join `stats.run_statistics` of the runs that recorded `returns.csv` (each run's trials: its family here)."
+def _returns_problem(path: Path) -> str | None:
+    "Why a run's `returns.csv` cannot give statistics (None: it can): unreadable, a column missing, a value not a number, too short."
+    try: r = pd.read_csv(path, index_col=0)
+    except Exception as e: return f"unreadable ({type(e).__name__}: {_short(str(e), 120)})"
+    missing = sorted({"agent", "buy_and_hold"} - set(r.columns))
+    if missing: return f"needs the columns agent and buy_and_hold, missing {missing}"
+    for col in ("agent", "buy_and_hold"):
+        v = pd.to_numeric(r[col], errors="coerce")
+        bad = np.flatnonzero(~np.isfinite(v.to_numpy(dtype=float)))
+        if len(bad): return f"column {col!r}, row {bad[0] + 2}: {_short(str(r[col].iloc[bad[0]]), 40)!r} is not a finite number"
+    if len(r) < 3: return f"needs at least 3 daily returns, has {len(r)}"
+    return None
+
+def _with_statistics(table: pd.DataFrame, root: Path, family, reps: int, on_skip=None) -> pd.DataFrame:
+    """Join `stats.run_statistics` of the runs that recorded `returns.csv` (each run's trials: its family here);
+    a `returns.csv` that cannot give them is left out with `on_skip(message)` naming the file."""
     from tradingrl_nb.stats import run_statistics
     dirs = [root / r if r != root.name else root for r in table["run"]]
-    have = [d for d in dirs if (d / "returns.csv").is_file()]
+    have = []
+    for d in dirs:
+        if not (d / "returns.csv").is_file(): continue
+        why = _returns_problem(d / "returns.csv")
+        if why is None: have.append(d)
+        elif on_skip: on_skip(f"skipped the statistics of a run: {d / 'returns.csv'}: {why}")
     if not have: return table
     s = run_statistics(have, family=family, reps=reps)
     s["run"] = [str(Path(r).relative_to(root)) if Path(r) != root else root.name for r in s["run"]]
@@ -435,7 +454,7 @@ def results(runs_dir: str | Path | None = None, experiment: str | None = None, s
         if experiment is None or row["experiment"] == experiment: rows.append(row)
     # the table is assembled here, once: add derived columns (e.g. statistics across runs) below this line
     table = pd.DataFrame(rows)
-    if statistics and not table.empty: table = _with_statistics(table, root, family, reps)
+    if statistics and not table.empty: table = _with_statistics(table, root, family, reps, on_skip)
     if sort is not None and not table.empty:
         if sort not in table: raise ValueError(f"cannot sort by {_short(sort)!r}; columns: {_short(', '.join(map(str, table.columns)), 400)}")
         table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
