@@ -8,8 +8,9 @@ Positive control (`tradingrl_nb.controls`): the library-default DistributionalPP
 (window 32, 8 envs, n_steps 256, batch 512, 4 epochs, sequence 32, LSTM 64, 32 quantiles) trains 131,072 steps on
 a 4,000-day path of each planted market (regime, regime_slow, signal) and is tested on a held-out 6,000-day path,
 for seeds 0-2. Beside it, in the same run: the same agent with `use_vgs=False`, SB3 PPO("MlpPolicy") at the same
-budget, sb3-contrib RecurrentPPO at a quarter of it (it runs about 25x slower per step), buy-and-hold and the
-oracle (the generator's expected returns through the same env, costs and fills). A market passes when every seed's
+budget, sb3-contrib RecurrentPPO at a quarter of it (it runs about 25x slower per step), the agent with the seeds'
+VGS factor (alpha 0.1 on the absolute noise measure, on the regime market: the run the health rule must flag),
+buy-and-hold and the oracle (the generator's expected returns through the same env, costs and fills). A market passes when every seed's
 calm-minus-crash gap (mean position where the edge is positive minus where it is negative) is >= 0.3, every mean
 |position| >= 0.4, and the median test Sharpe >= 0.3x the oracle's (the aim: 0.5x).
 
@@ -38,6 +39,9 @@ def _job(kind: str, market: str, seed: int, steps: int, quick: bool) -> dict:
     small = dict(n_steps=64, batch_size=128, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=16, n_quantiles=8)) if quick else {}
     if kind == "default": row = controls.train_and_test(market, seed, "default", steps, **small)
     elif kind == "no_vgs": row = {**controls.train_and_test(market, seed, "default", steps, use_vgs=False, **small), "agent": "use_vgs=False"}
+    elif kind == "seeds_vgs":                      # the factor before the recalibration: the health rule must flag it
+        row = {**controls.train_and_test(market, seed, "default", steps, vgs_kwargs=dict(reference="absolute", alpha=0.1, min_factor=1e-4),
+                                         **small), "agent": "seeds' VGS"}
     else: row = controls.train_and_test(market, seed, kind, steps)
     return row
 
@@ -66,7 +70,9 @@ def main(argv=None) -> int:
     steps = 4096 if a.quick else controls.CONTROL_STEPS
     seeds = [0] if a.quick else list(range(a.seeds))
     jobs = []
-    if "positive" in parts: jobs += [(k, m, s, steps) for k in ("default", "no_vgs") for m in MARKETS for s in seeds]
+    if "positive" in parts:
+        jobs += [(k, m, s, steps) for k in ("default", "no_vgs") for m in MARKETS for s in seeds]
+        jobs += [("seeds_vgs", "regime", s, steps) for s in seeds]
     if "peers" in parts:
         jobs += [("PPO", m, s, steps) for m in MARKETS for s in seeds]
         jobs += [("RecurrentPPO", m, s, max(2048, steps // 4)) for m in MARKETS for s in seeds]
