@@ -443,3 +443,49 @@ def test_device_defaults_to_auto(env, tmp_path):
     r = tradingrl("run", "dev", "-q", "--output-dir", tmp_path / "b", env={**env, "TRADINGRL_DEVICE": "cpu"})
     assert json.loads((tmp_path / "b" / "params.json").read_text())["device"] == "cpu"
     assert tradingrl("run", "tiny", "-q", "--device", "auto", "--output-dir", tmp_path / "c", env=env).returncode == 0
+
+
+def _user_csvs(tmp_path, n_days: int = 1800, start: str = "2013-01-01"):
+    "A researcher's own files: daily OHLCV bars (synthetic_market) and a VIX-like feature (date, close)."
+    from tradingrl_nb.data import synthetic_market
+    m = synthetic_market(n_days, seed=5, start=start)
+    m[["open", "high", "low", "close", "volume"]].to_csv(tmp_path / "prices.csv", index_label="Date")
+    vix = (15 + 12 * m["regime"] + m["close"].pct_change().rolling(5, min_periods=1).std().fillna(0) * 300).rename("Close")
+    vix.to_frame().to_csv(tmp_path / "vix.csv", index_label="date")
+    return tmp_path / "prices.csv", tmp_path / "vix.csv"
+
+
+@pytest.mark.slow
+def test_readme_example_trains_on_a_users_csv_and_feature_file(env, tmp_path):
+    "The README's own-data example, verbatim: -p data trains on the user's CSV (over dataset), -p features adds a VIX-like series."
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if l.startswith("tradingrl run train_agent -p data "))
+    data, feats = _user_csvs(tmp_path)          # 2013-01-01 to 2019-11: the example's spans fall inside
+    out = tmp_path / "own"
+    r = tradingrl(*line.split()[1:], "-q", "--output-dir", out, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    params = json.loads((out / "params.json").read_text())
+    assert params["data"] == str(data.resolve()) and params["features"] == str(feats.resolve())   # the kernel runs in `out`
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["span"]["test_end"] == "2019-11-25" and m["window"]["data"] == str(data.resolve())
+    assert m["window"]["features"] == str(feats.resolve())
+    nb = (out / "train_agent.ipynb").read_text()
+    assert "prices.csv on " in nb and "observing vix, vix_chg from vix.csv" in nb
+
+
+@pytest.mark.parametrize("exp", ["train_agent", "walk_forward"])
+@pytest.mark.parametrize("name, message", [("data", "parameter 'data': no such file: "), ("features", "parameter 'features': no such file: ")])
+def test_a_missing_data_file_is_refused_before_the_kernel_starts(env, tmp_path, exp, name, message):
+    line = one_line_error(tradingrl("run", exp, "-p", name, "nope/missing.csv", env=env, cwd=tmp_path))
+    assert message + str(tmp_path / "nope" / "missing.csv") in line, line
+    line = one_line_error(tradingrl("run", exp, "-p", name, tmp_path, env=env, cwd=tmp_path))
+    assert f"parameter {name!r}: {tmp_path} is a folder, not a file" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_user_csv_fails_naming_file_column_and_row(env, tmp_path):
+    data, _ = _user_csvs(tmp_path, n_days=300)
+    text = data.read_text().splitlines(); text[7] = text[7].rsplit(",", 2)[0] + ",abc," + text[7].rsplit(",", 1)[1]
+    data.write_text("\n".join(text) + "\n")
+    r = tradingrl("run", "train_agent", "-q", "--device", "cpu", "-p", "data", data, "--output-dir", tmp_path / "bad", env=env)
+    assert r.returncode == 1 and f"{data}: column 'close', row 7" in r.stderr, r.stderr[-3000:]

@@ -67,14 +67,15 @@ def find_experiment(name: str | Path) -> Path:
     raise ValueError(f"unknown experiment {_short(str(name))!r}; known experiments: {', '.join(known) or '(none)'} (searched {where})")
 
 # %% ../nbs/10e_params.ipynb #35a28d0d
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple, "dict": dict, "date": str}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple, "dict": dict, "date": str,
+          "file": str}
 
 @dataclass
 class ParamSpec:
     "One parameter of an experiment, read from its `parameters` cell."
     name: str
     default: Any
-    type: str          # 'int' | 'float' | 'bool' | 'str' | 'list' | 'tuple' | 'dict' | 'date' | 'any'
+    type: str          # 'int' | 'float' | 'bool' | 'str' | 'list' | 'tuple' | 'dict' | 'date' | 'file' | 'any'
     optional: bool = False   # None is allowed
     help: str = ""
     bounds: tuple | None = None    # (low, high, low_closed, high_closed) from `in [a, b)` in the help
@@ -209,6 +210,15 @@ def parse_date(value: Any, end: bool = False) -> str:
         return date(y, 12, 31).isoformat() if end else date(y, 1, 1).isoformat()
     except ValueError as e: raise ValueError(f"no such day: {e}") from None
 
+def _existing_file(spec: ParamSpec, value: Any, bad) -> str:
+    """The absolute path of an existing file (the kernel runs in the run folder, so a relative path would not be found
+    there); ValueError naming the path when there is no such file."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip(): raise bad(" (give the path of a file)")
+    p = os.path.abspath(os.path.expanduser(str(value).strip()))
+    if os.path.isdir(p): raise ValueError(f"parameter {spec.name!r}: {_short(p, 300)} is a folder, not a file")
+    if not os.path.isfile(p): raise ValueError(f"parameter {spec.name!r}: no such file: {_short(p, 300)}")
+    return p
+
 def coerce_value(spec: ParamSpec, value: Any) -> Any:
     "`value` converted to/checked against `spec`'s type and declared range; ValueError when it does not fit."
     return spec.check(_coerce(spec, value))
@@ -220,6 +230,7 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
         if spec.optional: return None
         raise bad()
     t = spec.type
+    if t == "file": return _existing_file(spec, value, bad)
     if t == "date":
         try: return parse_date(value, end=spec.name.endswith("_end"))
         except ValueError as e: raise bad(f" ({e})") from None
