@@ -489,3 +489,50 @@ def test_a_bad_user_csv_fails_naming_file_column_and_row(env, tmp_path):
     data.write_text("\n".join(text) + "\n")
     r = tradingrl("run", "train_agent", "-q", "--device", "cpu", "-p", "data", data, "--output-dir", tmp_path / "bad", env=env)
     assert r.returncode == 1 and f"{data}: column 'close', row 7" in r.stderr, r.stderr[-3000:]
+
+
+def _run_folder(d: Path, params: dict, metrics: dict, experiment="train_agent", status="ok"):
+    d.mkdir(parents=True)
+    (d / "params.json").write_text(json.dumps(params))
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "run.json").write_text(json.dumps(dict(created_by="tradingrl", experiment=experiment, status=status)))
+    return d
+
+
+def test_compare_shows_only_what_differs_aligned_and_fitted(env, tmp_path):
+    "tradingrl compare RUN_A RUN_B: the parameters and metrics that differ, one aligned row each, within the terminal width."
+    same = dict(n_envs=4, dataset="sp500")
+    a = _run_folder(tmp_path / "a", dict(same, learning_rate=3e-4, seed=0, data=None),
+                    {"test": {"agent": {"sharpe": 0.5, "cagr": 0.1}}, "training": {"timesteps": 2048, "best_step": 1024},
+                     "verdict": "inconclusive", "only_a": 1, "notes": "x" * 300})
+    b = _run_folder(tmp_path / "b", dict(same, learning_rate=1e-4, seed=0, data="/some/where/a/very/long/path/" + "p" * 200 + ".csv"),
+                    {"test": {"agent": {"sharpe": 0.75, "cagr": 0.1}}, "training": {"timesteps": 2048, "best_step": 2048},
+                     "verdict": "skill", "notes": "y" * 300})
+    r = tradingrl("compare", a, b, env={**env, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert all(len(l) <= 80 for l in lines), [l for l in lines if len(l) > 80]
+    rows = {l.split()[0]: l.split() for l in lines if l.strip() and not l.startswith(" ") and len(l.split()) >= 3}
+    assert rows["learning_rate"][1:3] == ["0.0003", "0.0001"]
+    assert rows["test.agent.sharpe"][1:4] == ["0.5", "0.75", "+0.25"]
+    assert rows["training.best_step"][1:4] == ["1024", "2048", "+1024"]
+    assert rows["verdict"][1:3] == ["inconclusive", "skill"] and rows["only_a"][1:3] == ["1", "-"]
+    assert rows["data"][1] == "None" and "…" in rows["data"][2]
+    for same_key in ("n_envs", "dataset", "seed", "test.agent.cagr", "training.timesteps"): assert same_key not in rows
+    col = lambda name: lines[[l.split()[0] if l.strip() else "" for l in lines].index(name)]
+    assert col("learning_rate").index("0.0001") == col("test.agent.sharpe").index("0.75")   # one column for B
+    assert "parameters that differ (2 of 5)" in r.stdout and "metrics that differ" in r.stdout
+    r = tradingrl("compare", a, a, env=env)
+    assert r.returncode == 0 and "no parameter differs" in r.stdout and "no metric differs" in r.stdout, r.stdout
+    line = one_line_error(tradingrl("compare", a, tmp_path / "nope", env=env))
+    assert f"{tmp_path / 'nope'}: not a run folder (no params.json)" in line
+
+
+def test_main_works_outside_the_main_thread(env, monkeypatch, capsys):
+    "main() called from another thread (nbdev-test runs notebooks so) installs no signal handlers and does its job."
+    import threading
+    from tradingrl_nb.cli import main
+    monkeypatch.setenv("TRADINGRL_EXPERIMENTS_DIR", env["TRADINGRL_EXPERIMENTS_DIR"])
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("rc", main(["list"]))); t.start(); t.join(60)
+    assert out.get("rc") == 0 and "tiny" in capsys.readouterr().out

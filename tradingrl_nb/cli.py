@@ -1,4 +1,4 @@
-"""`tradingrl list | run | sweep | results | findings`: the experiments runner on the command line.
+"""`tradingrl list | run | sweep | results | compare | findings`: the experiments runner on the command line.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/cli.html.md"""
 
@@ -204,9 +204,10 @@ def _interrupted(cmd: str, e: BaseException) -> int:
 def _stop_on_signals() -> dict:
     """SIGINT and SIGTERM raise `RunInterrupted` from the first line of `main` on, even in a process started with
     SIGINT ignored (a background job): the command stops with one line and exit 130/143, never silently goes on."""
-    import signal
+    import signal, threading
     from tradingrl_nb.rundir import RunInterrupted, signal_name
     def stop(signum, frame): raise RunInterrupted(f"interrupted by {signal_name(signum)}", signum)
+    if threading.current_thread() is not threading.main_thread(): return {}   # only the main thread may (e.g. nbdev-test)
     return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}   # the old handlers
 
 def _is_table(v) -> bool:
@@ -282,6 +283,14 @@ def _cmd_results(a) -> int:
         table.to_csv(a.csv, index=False); print(f"written {a.csv}")
     return 0
 
+def _cmd_compare(a) -> int:
+    "`tradingrl compare RUN_A RUN_B`: the parameters and metrics that differ, fitted to the terminal."
+    import shutil
+    from tradingrl_nb.compare import compare_text
+    try: print(compare_text(a.run_a, a.run_b, width=shutil.get_terminal_size((100, 24)).columns))
+    except (ValueError, OSError) as e: return _error("compare", e)
+    return 0
+
 def _plot(a, table: pd.DataFrame) -> int:
     "`results --plot METRIC [--by PARAM]`: the comparison figure, saved as a PNG; its summary printed."
     import matplotlib
@@ -347,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--by", default=None, metavar="PARAM", help="the parameter of --plot (default: the one that varies)")
     q.add_argument("--out", default=None, help="file of the --plot figure (default: DIR/compare-METRIC-by-PARAM.png)")
     q.set_defaults(fn=_cmd_results)
+    c = sub.add_parser("compare", help="the parameters and metrics in which two runs differ")
+    c.add_argument("run_a", metavar="RUN_A", help="a run folder"); c.add_argument("run_b", metavar="RUN_B", help="another run folder")
+    c.set_defaults(fn=_cmd_compare)
     f = sub.add_parser("findings", help="collect the stored runs' findings into results/findings.json")
     f.add_argument("--results", default=None, help="stored runs folder (default: the project's results/)")
     f.add_argument("--check", action="store_true", help="write nothing; exit 1 if findings.json differs from what the runs give")
