@@ -82,7 +82,7 @@ PPO_MUTATIONS = {
     "learning_rate": Hyperparam(1e-5, 1e-3, log=True),
     "ent_coef": Hyperparam(1e-4, 5e-2, log=True),
     "clip_range": Hyperparam(0.05, 0.4),
-    "vgs_alpha": Hyperparam(0.01, 1.0, log=True),
+    "vgs_alpha": Hyperparam(0.1, 10.0, log=True),
     "upgd_sigma": Hyperparam(1e-4, 1e-2, log=True),
     "cvar_alpha": Hyperparam(0.05, 0.5),
 }
