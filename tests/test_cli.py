@@ -536,3 +536,38 @@ def test_main_works_outside_the_main_thread(env, monkeypatch, capsys):
     out = {}
     t = threading.Thread(target=lambda: out.setdefault("rc", main(["list"]))); t.start(); t.join(60)
     assert out.get("rc") == 0 and "tiny" in capsys.readouterr().out
+
+
+RESUMABLE = ("-p", "total_timesteps", "2048", "-p", "eval_every", "256", "-p", "patience", "0", "-p", "test_end", "2015-12",
+             "-p", "bootstrap_reps", "50", "-p", "baselines", "[]", "--device", "cpu", "-q")
+
+
+@pytest.mark.slow
+def test_resume_continues_an_interrupted_train_agent_run_to_the_same_result(env, tmp_path):
+    """A train_agent run stopped after its first evaluations continues from its last checkpoint with
+    `tradingrl run --resume DIR` and ends with the same metrics and returns as the same run left alone (CPU, one seed)."""
+    import time
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    p = subprocess.Popen([*CMD, "run", "train_agent", *RESUMABLE, "--output-dir", str(part)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(6000):
+        if (part / "checkpoint" / "latest.json").exists() or p.poll() is not None: break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr[-3000:]
+    assert json.loads((part / "run.json").read_text())["status"] == "interrupted"
+    step = json.loads((part / "checkpoint" / "latest.json").read_text())["timesteps"]
+    assert 0 < step < 2048
+    line = one_line_error(tradingrl("run", "train_agent", "--resume", part, "-p", "seed", "1", env=env))
+    assert "--resume continues the run with its own parameters" in line
+    r = tradingrl("run", "--resume", part, "-q", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((part / "run.json").read_text())
+    assert info["status"] == "ok" and info["resumed"][0]["from_timesteps"] == step
+    r = tradingrl("run", "train_agent", *RESUMABLE, "--output-dir", whole, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ("metrics.json", "returns.csv", "params.json"): assert (part / f).read_bytes() == (whole / f).read_bytes(), f
+    assert "status ok" in one_line_error(tradingrl("run", "--resume", part, env=env))   # nothing left to resume
+    line = one_line_error(tradingrl("run", "--resume", tmp_path / "nope", env=env))
+    assert f"{tmp_path / 'nope'}: not a run folder" in line

@@ -229,10 +229,15 @@ def print_metrics(metrics: dict) -> None:
         _print_table(pd.DataFrame({"metric": list(flat), "value": [str(v) if isinstance(v, list) else v for v in flat.values()]}))
 
 def _cmd_run(a) -> int:
+    if a.resume is not None:
+        for flag, given in (("--output-dir", a.output_dir is not None), ("--overwrite", a.overwrite)):
+            if given: return _error("run", ValueError(f"--resume DIR continues the run in DIR: {flag} cannot be given with it"))
+    elif a.name is None: return _error("run", ValueError("give an experiment (see tradingrl list), or --resume DIR"))
     try:
-        r = ex.run_experiment(a.name, _params(a.p, a.params_file), device=a.device, output_dir=a.output_dir,
-                              progress=not a.quiet, raise_on_failure=False, overwrite=a.overwrite, kernel_log=True,
-                              preset=a.preset, tensorboard=True if a.tensorboard else None)
+        r = ex.run_experiment(a.name, _params(a.p, a.params_file), device=a.device,
+                              output_dir=a.output_dir if a.resume is None else a.resume, progress=not a.quiet,
+                              raise_on_failure=False, overwrite=a.overwrite, kernel_log=True, preset=a.preset,
+                              tensorboard=True if a.tensorboard else None, resume=a.resume is not None)
     except ex.RunInterrupted as e: return _interrupted("run", e)
     except (ValueError, OSError) as e: return _error("run", e)
     if not r.ok:
@@ -319,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="the experiments; with NAME, its parameters, ranges and presets")
     ls.add_argument("name", nargs="?", default=None, help="an experiment: show its parameters, declared ranges and presets")
     ls.set_defaults(fn=_cmd_list)
-    def common(sp):
-        sp.add_argument("name", help="experiment name (see `tradingrl list`) or path to a notebook")
+    def common(sp, name_optional=False):
+        sp.add_argument("name", nargs="?" if name_optional else None, default=None,
+                        help="experiment name (see `tradingrl list`) or path to a notebook" + (" (optional with --resume)" if name_optional else ""))
         sp.add_argument("-p", "--parameter", dest="p", nargs=2, action="append", metavar=("KEY", "VALUE"),
                         help="set a parameter (a VALUE may be negative: -p cash_rate -1e-3)")
         sp.add_argument("--params-file", default=None, metavar="FILE",
@@ -330,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--output-dir", default=None, help="run folder (default: runs/<timestamp>-<name>)")
         sp.add_argument("--overwrite", action="store_true", help="replace the run(s) already in --output-dir (clears them first)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r = sub.add_parser("run", help="run one experiment"); common(r)
+    r = sub.add_parser("run", help="run one experiment"); common(r, name_optional=True)
+    r.add_argument("--resume", default=None, metavar="DIR", help="continue the unfinished run in DIR (interrupted, died or "
+                   "failed) from its last checkpoint, with its own parameters (train_agent writes one at each evaluation)")
     r.add_argument("--preset", default=None, metavar="NAME", help="a parameter set of the notebook's presets cell, e.g. "
                    "full (the stored full-size run: written to results/NAME unless --output-dir is given)")
     r.add_argument("--tensorboard", action="store_true", help="write TensorBoard events also in a --preset run")

@@ -23,11 +23,12 @@ def _config():
     return config
 
 from .rundir import (LOCK_NAME, RUN_MARKER, RunInterrupted, RunLock, StopSignals, claim_run_dir, folder_files,
-                                 lock_held, run_status, signal_name, write_report,
+                                 lock_held, reuse_problem, run_status, signal_name, write_report,
                                  _flatten, _short)
 from .params import (RESERVED, ParamSpec, coerce_value, experiment_dirs, experiment_parameters,
                                  experiment_presets, find_experiment, git_commit, list_experiments, parse_domain,
                                  parse_parameters, preset_parameters, resolve_parameters, results_dir, _settings_file)
+from .resume import latest_checkpoint
 
 # %% auto #0
 __all__ = ['to_jsonable', 'from_jsonable', 'save_metrics', 'save_figure', 'TrainingLog', 'ExperimentFailed', 'RunResult',
@@ -281,37 +282,65 @@ def run_experiment(name: str | Path, parameters: dict | None = None, device: str
                    output_dir: str | Path | None = None, progress: bool = True, report: bool = True,
                    kernel_name: str | None = None, raise_on_failure: bool = True,
                    start_timeout: int = 120, overwrite: bool = False, kernel_log: bool = False,
-                   preset: str | None = None, tensorboard: bool | None = None) -> RunResult:
+                   preset: str | None = None, tensorboard: bool | None = None, resume: bool = False) -> RunResult:
     """Run experiment `name` with papermill into `output_dir` (default `runs/<timestamp>-<name>`; with a `preset`,
     `results/<name>`), which it locks. SIGINT/SIGTERM at any moment of the run stop it, record it as 'interrupted'
     and raise `RunInterrupted` (see `StopSignals`). With `kernel_log` the kernel's own stderr (its log, its shutdown
     noise) goes to `kernel.log` in the run folder, not to the terminal. `tensorboard` writes TensorBoard events
     (default: on, but off for a preset run and for the runs a run without them starts).
-    `run.json` records the git commit the run ran at (and whether the code differed from it)."""
+    `run.json` records the git commit the run ran at (and whether the code differed from it).
+    `resume`: continue the run in `output_dir` that did not finish (interrupted, died, failed) from its last
+    checkpoint, with its own parameters (`params.json`; `name` may be None); the experiment must declare a
+    `resume` parameter and write checkpoints (`tradingrl_nb.resume`). `run.json` keeps the first start and
+    lists each resumption (`resumed`)."""
     with StopSignals() as stop:
         return _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
-                    start_timeout, overwrite, kernel_log, preset, tensorboard)
+                    start_timeout, overwrite, kernel_log, preset, tensorboard, resume)
+
+def _resume_plan(name, parameters, preset, output_dir) -> tuple[str, dict, str | None, dict, dict]:
+    "(experiment, parameters, preset, run.json, checkpoint) of the unfinished run in `output_dir`; ValueError saying why not."
+    if output_dir is None: raise ValueError("resume needs the run folder (output_dir / tradingrl run --resume DIR)")
+    out = Path(output_dir)
+    if parameters or preset is not None:
+        raise ValueError(f"--resume continues the run with its own parameters ({out / 'params.json'}); -p, --params-file "
+                         f"and --preset cannot change them (start a new run for other parameters)")
+    if problem := reuse_problem(out, resume=True): raise ValueError(problem)
+    info, params = _read_object(out / "run.json"), _read_object(out / "params.json")
+    exp = str(info.get("experiment"))
+    if name is not None and find_experiment(name).stem != exp:
+        raise ValueError(f"--resume {out}: the run there is experiment {_short(exp)!r}, not {_short(str(name))!r}")
+    ck = latest_checkpoint(out)
+    if ck is None: raise ValueError(f"--resume {out}: the run left no checkpoint to resume from (it stopped before its "
+                                    f"first evaluation); start it again with --overwrite")
+    return exp, params, info.get("preset"), info, ck
 
 def _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
-         start_timeout, overwrite, kernel_log, preset, tensorboard) -> RunResult:
+         start_timeout, overwrite, kernel_log, preset, tensorboard, resume=False) -> RunResult:
     import signal, socket, nbformat, papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
     with stop.stoppable():   # nothing written yet: a signal stops at once
+        if resume: name, parameters, preset, prior, ck = _resume_plan(name, parameters, preset, output_dir)
         path, values = prepare_run(name, parameters, device, preset)
         specs = experiment_parameters(path)
+        if resume and "resume" not in specs:
+            raise ValueError(f"experiment {path.stem!r} cannot resume: it declares no 'resume' parameter (it writes no checkpoints)")
         if output_dir is None and preset is not None: output_dir = results_dir(path) / path.stem
         if tensorboard is None: tensorboard = preset is None and os.environ.get(TENSORBOARD_ENV) != ""   # "": off upstream
         commit = git_commit(path)
     out = Path(output_dir) if output_dir is not None else _new_run_dir(path.stem)
-    lock = claim_run_dir(out, overwrite=overwrite)
+    lock = claim_run_dir(out, overwrite=overwrite, resume=resume)
     out = out.resolve()
     nb_path = out / f"{path.stem}.ipynb"
     injected = {k: v for k, v in values.items() if k not in RESERVED}
     if "output_dir" in specs: injected["output_dir"] = str(out)
+    if "resume" in specs: injected["resume"] = bool(resume)
     started = datetime.now().isoformat(timespec="seconds")
     record = dict(created_by=RUN_MARKER, experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(),
                   host=socket.gethostname(), preset=preset, **commit)
+    if resume:   # the first start stays (the files it wrote belong to the run); each resumption is listed
+        record.update(started=prior.get("started") or started, resumed=[*(prior.get("resumed") or []),
+                      dict(at=started, from_timesteps=ck["timesteps"], **commit)])
     try:
         (out / "figures").mkdir(exist_ok=True)
         _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})

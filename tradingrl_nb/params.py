@@ -261,13 +261,14 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     if t in ("bool", "str", "list", "tuple", "dict") and isinstance(value, _TYPES[t]): return value
     raise bad()
 
-RESERVED = ("output_dir",)
+_SET_BY_RUNNER = {"output_dir": "--output-dir / output_dir=", "resume": "tradingrl run --resume DIR / run_experiment(resume=True)"}
+RESERVED = tuple(_SET_BY_RUNNER)   # set by the runner, never by the user; not recorded in params.json
 
 def resolve_parameters(specs: dict[str, ParamSpec], given: dict[str, Any] | None, where: str = "") -> dict[str, Any]:
     "All parameter values (defaults overridden by `given`), each checked; ValueError on unknown names or bad types."
     given = dict(given or {})
     for r in RESERVED:
-        if r in given: raise ValueError(f"parameter {r!r} is set by the runner: use --output-dir / output_dir= instead")
+        if r in given: raise ValueError(f"parameter {r!r} is set by the runner: use {_SET_BY_RUNNER[r]} instead")
     unknown = [k for k in given if k not in specs]
     if unknown:
         known = ", ".join(f"{s.name} ({s.type})" for s in specs.values() if s.name not in RESERVED)

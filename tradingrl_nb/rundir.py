@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'RUN_MARKER', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files', 'foreign_files',
-           'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'RunInterrupted', 'signal_name', 'StopSignals',
-           'write_report']
+__all__ = ['LOCK_NAME', 'RUN_MARKER', 'RESUMABLE', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files',
+           'foreign_files', 'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'RunInterrupted', 'signal_name',
+           'StopSignals', 'write_report']
 
 # %% ../nbs/10b_rundir.ipynb #fcf203fd
 def _short(x: Any, n: int = 80) -> str:
@@ -129,18 +129,25 @@ def foreign_files(folder: str | Path, owned: set[str]) -> list[str]:
 def _names(entries: list[str], n: int = 12) -> str:
     return ", ".join(_short(e, 80) for e in entries[:n]) + (f" and {len(entries) - n} more" if len(entries) > n else "")
 
-def reuse_problem(out: str | Path, overwrite: bool = False, locked: bool = False) -> str | None:
-    """Why run folder `out` cannot take a new run (None: it can; with `overwrite`, after `clear_run_dir`).
+RESUMABLE = ("interrupted", "died", "failed")   # a run in one of these states may be resumed
+
+def reuse_problem(out: str | Path, overwrite: bool = False, locked: bool = False, resume: bool = False) -> str | None:
+    """Why run folder `out` cannot take a new run (None: it can; with `overwrite`, after `clear_run_dir`), or, with
+    `resume`, why its run cannot be continued there (it must be a tradingrl run that did not finish).
     `locked`: the caller holds the folder's lock, so a run still marked 'running' there has died."""
     out = Path(out)
+    if resume and not (out / "run.json").is_file(): return f"--resume {out}: not a run folder (no run.json)"
     if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()): return None
     info = _read_info(out)
     owned = run_owned_files(out, info or {})
     if owned is None:
+        if resume: return f"--resume {out}: no tradingrl run created this folder (its run.json is not a run's)"
         return (f"--output-dir {out}: the folder is not empty and no tradingrl run created it (it holds "
                 f"{_names(foreign_files(out, set()))}); nothing was changed: choose a new or empty folder")
     st = info.get("status", "unknown")
     st = "died" if st == "running" and locked else run_status(out, info)
+    if resume:
+        return None if st in RESUMABLE else f"--resume {out}: its run has status {st}: only a run that did not finish can be resumed"
     if not overwrite:
         return (f"--output-dir {out}: already holds a run (status {st}); pass --overwrite to replace it "
                 "or choose another folder")
@@ -161,11 +168,13 @@ def clear_run_dir(out: str | Path) -> None:
         p = out / e
         if p.is_dir() and not p.is_symlink() and not any(p.iterdir()): p.rmdir()
 
-def claim_run_dir(out: str | Path, overwrite: bool = False) -> RunLock:
+def claim_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> RunLock:
     """Create/lock the run folder `out`: refused (ValueError) when it is a file, not writable, in use, a run's folder
     (unless `overwrite`, which deletes what that run wrote, and only when nothing else is there), or a non-empty
-    folder that no tradingrl run created (never touched)."""
+    folder that no tradingrl run created (never touched). With `resume` it must hold a run that did not finish,
+    and nothing is deleted."""
     out = Path(out)
+    if resume and not (out / "run.json").is_file(): raise ValueError(reuse_problem(out, resume=True))
     if out.exists() and not out.is_dir(): raise ValueError(f"--output-dir {_short(str(out), 200)}: is a file, not a folder")
     try: out.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise ValueError(f"--output-dir {_short(str(out), 200)}: cannot create the folder ({e.strerror})") from None
@@ -173,11 +182,11 @@ def claim_run_dir(out: str | Path, overwrite: bool = False) -> RunLock:
     had_lock = (out / LOCK_NAME).exists()
     lock = RunLock(out).acquire()
     try:
-        problem = reuse_problem(out, overwrite, locked=True)
+        problem = reuse_problem(out, overwrite, locked=True, resume=resume)
         if problem:
             if not had_lock and _read_info(out) is None: (out / LOCK_NAME).unlink(missing_ok=True)  # leave no trace
             raise ValueError(problem)
-        if overwrite: clear_run_dir(out)
+        if overwrite and not resume: clear_run_dir(out)
     except BaseException:
         lock.release(); raise
     return lock
