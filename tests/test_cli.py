@@ -464,6 +464,7 @@ def test_readme_example_trains_on_a_users_csv_and_feature_file(env, tmp_path):
     out = tmp_path / "own"
     r = tradingrl(*line.split()[1:], "-q", "--output-dir", out, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "unknown parameter" not in r.stderr, r.stderr    # papermill's noise about annotated parameters: checked here already
     params = json.loads((out / "params.json").read_text())
     assert params["data"] == str(data.resolve()) and params["features"] == str(feats.resolve())   # the kernel runs in `out`
     m = json.loads((out / "metrics.json").read_text())

@@ -268,6 +268,18 @@ def _retry_kernel_start(execute, attempts: int = 3, pause: float = 1.0):
             if i + 1 == attempts or not any(m in str(e) for m in _KERNEL_START_FAILURES): raise
             time.sleep(pause * (i + 1))
 
+@contextlib.contextmanager
+def _no_unknown_parameter_warnings():
+    """papermill's own parser of the parameters cell misses annotated ones (`train_end: "date" = ...`) and warns
+    "Passed unknown parameter" for each; `prepare_run` has checked every name against the cell already."""
+    import logging
+    class Known(logging.Filter):
+        def filter(self, record): return not str(record.getMessage()).startswith("Passed unknown parameter")
+    log, f = logging.getLogger("papermill"), Known()
+    log.addFilter(f)
+    try: yield
+    finally: log.removeFilter(f)
+
 def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
     "Record an interrupted run in the partial notebook's metadata (papermill would say no exception occurred)."
     import nbformat
@@ -355,7 +367,8 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
     t0, error, status, signum = time.perf_counter(), None, "ok", None
     try:
         with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
-             (follow_progress(prog) if progress else contextlib.nullcontext()), stop.stoppable():
+             (follow_progress(prog) if progress else contextlib.nullcontext()), stop.stoppable(), \
+             _no_unknown_parameter_warnings():
             _retry_kernel_start(lambda: pm.execute_notebook(
                 str(path), str(nb_path), parameters=injected, kernel_name=kernel_name or _config().load_settings().kernel_name,
                 language="python", progress_bar=bool(progress), cwd=str(out), start_timeout=start_timeout))
