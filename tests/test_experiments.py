@@ -201,7 +201,8 @@ def _check_findings(name, m):
     assert [f["id"] for f in found] == expected
     for f in found:
         assert f["n_seeds"] == len(f["per_seed"]) >= 1 and f["steps_per_run"] > 0
-        assert f["verdict"] == claim_verdict(f["ci95"], f["null"], f["direction"])
+        untrained = f.get("untrained_runs", 0)          # runs whose policy did not move (tradingrl_nb.health) make it not testable
+        assert f["verdict"] == ("not testable" if untrained else claim_verdict(f["ci95"], f["null"], f["direction"]))
 
 
 def _check_pbt(m):
