@@ -16,11 +16,11 @@ def test_report_opens_with_verdict_metrics_and_figures(tiny, tmp_path):
     r = ex.run_experiment("tiny", {"x": 3}, output_dir=out, progress=False)
     html = r.report.read_text()
     pos = {k: html.find(s) for k, s in [("verdict", 'id="verdict"'), ("link", 'href="tiny.notebook.html"'),
-                                         ("metrics", 'id="metrics"'), ("figure", "<img")]}
-    assert all(v > 0 for v in pos.values()) and pos["verdict"] < pos["link"] < pos["metrics"] < pos["figure"], pos
+                                         ("figure", "<img"), ("metrics", 'id="metrics"')]}
+    assert all(v > 0 for v in pos.values()) and pos["verdict"] < pos["link"] < pos["figure"] < pos["metrics"], pos
     assert re.search(r'class="verdict ok"[^>]*><b>finished in [\d.]+ s</b>', html)
     assert "<td>nested.z</td><td class=\"num\">5.5</td>" in html and "<td>y</td><td class=\"num\">4.5</td>" in html
-    assert "save_metrics" not in html and "fail_at" in html.split("<details>")[1]   # code hidden; parameters folded
+    assert "save_metrics" not in html and "fail_at" in html.split("<summary>Parameters</summary>")[1]   # code hidden; parameters folded
     full = (out / "tiny.notebook.html").read_text()
     text = re.sub(r"<[^>]+>", "", full)
     assert "save_metrics" in text and "raise RuntimeError" in text    # the full notebook is one click away
@@ -77,3 +77,54 @@ def test_results_plot_draws_the_comparison(tmp_path):
     assert r.returncode == 2 and "give --by PARAM (parameters that vary: lr, seed)" in r.stderr   # two vary: ambiguous
     r = subprocess.run([*CMD, "results", str(root), "--plot", "nope", "--by", "lr"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no column 'nope'" in r.stderr
+
+
+def _report_notebook(path: Path) -> Path:
+    "An experiment whose cells tagged `report` hold its result: a compact table and a figure; other cells hold the rest."
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cells = [("output_dir = None", ["parameters"]),
+             ("import pandas as pd\nimport matplotlib.pyplot as plt\n"
+              "from tradingrl_nb.experiments import save_metrics, save_figure\nprint('setting up: not the result')\n"
+              "def draw(a, b): fig, ax = plt.subplots(); ax.plot([a, b]); return fig", []),
+             ("save_metrics({'test_stats': {'sharpe_diff': -0.18, 'sharpe_diff_low': -0.53, 'sharpe_diff_high': 0.1, "
+              "'verdict': 'inconclusive'}, 'windows': {'pooled': {'diff': 0.4, 'diff_low': 0.1, 'diff_high': 0.7, "
+              "'verdict': 'skill'}}, 'detail_metric': 42.5}, output_dir)", []),
+             ("print('COMPACT TABLE: window 2008 -0.18 inconclusive')\n"
+              "pd.DataFrame({'verdict': ['inconclusive']}, index=['test 2008'])", ["report"]),
+             ("save_figure(draw(0, 1), 'tearsheet', output_dir);", ["report"]),     # shown inline too: once in the report
+             ("save_figure(draw(1, 0), 'zz_detail', output_dir);", [])]
+    for src, tags in cells:
+        c = nbformat.v4.new_code_cell(src)
+        if tags: c.metadata["tags"] = tags
+        nb.cells.append(c)
+    nbformat.write(nb, path)
+    return path
+
+
+def test_report_reads_as_a_tearsheet(tmp_path):
+    """The verdict in words (subject, estimate, interval, verdict), then what the notebook's `report` cells show (its
+    compact table and figures), then the other figures; every metric folded at the end."""
+    nb = _report_notebook(tmp_path / "exp.ipynb")
+    r = ex.run_experiment(nb, output_dir=tmp_path / "o", progress=False)
+    html = r.report.read_text()
+    verdict = html.split('id="verdict"')[1].split("</div>")[0]
+    assert "agent minus buy-and-hold Sharpe (test) -0.18 [-0.53, +0.10]: inconclusive" in verdict, verdict
+    assert "agent minus buy-and-hold Sharpe (pooled) +0.40 [+0.10, +0.70]: skill" in verdict, verdict
+    pos = {k: html.find(s) for k, s in [("verdict", 'id="verdict"'), ("table", "COMPACT TABLE"), ("frame", "<th>test 2008</th>"),
+                                         ("tearsheet", 'alt="tearsheet"'), ("detail", 'alt="zz_detail"'), ("metrics", 'id="metrics"')]}
+    assert all(v > 0 for v in pos.values()) and pos["verdict"] < pos["table"] < pos["frame"] < pos["tearsheet"] \
+        < pos["detail"] < pos["metrics"], pos
+    assert html.count('alt="tearsheet"') == 1 and 'alt="figure"' not in html and "setting up: not the result" not in html
+    assert html.rfind("<details", 0, pos["metrics"]) > pos["detail"]          # folded
+
+
+def test_run_prints_the_report_cells_not_every_metric(tmp_path):
+    "The terminal summary of a run is what its report opens with: the verdict and the report cells' text, not a metric dump."
+    nb = _report_notebook(tmp_path / "exp.ipynb")
+    r = subprocess.run([*CMD, "run", str(nb), "-q", "--output-dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "agent minus buy-and-hold Sharpe (test) -0.18 [-0.53, +0.10]: inconclusive" in r.stdout
+    assert "COMPACT TABLE: window 2008 -0.18 inconclusive" in r.stdout and "detail_metric" not in r.stdout
+    assert "setting up" not in r.stdout and "tradingrl results" in r.stdout   # where every metric is

@@ -40,7 +40,8 @@ def test_early_stopping_trials_and_returns(two_runs):
     else:
         assert tr["timesteps"] == 1024 and all(np.diff(tr["val_daily_sharpes"]) > 0)
     r = pd.read_csv(a.output_dir / "returns.csv", index_col="date", parse_dates=True)
-    assert list(r.columns) == ["agent", "buy_and_hold"]
+    assert list(r.columns) == ["agent", "buy_and_hold", "agent_position"]     # the position: the tearsheet's exposure
+    assert r["agent_position"].between(-1, 1).all()       # held on each day: no gap at either end
     assert r.index[0] > pd.Timestamp("2014-12-31") and r.index[-1] == pd.Timestamp("2016-12-30")
     growth = (1 + r["agent"]).prod() - 1
     assert growth == pytest.approx(a.metrics["test"]["agent"]["total_return"], rel=1e-9, abs=1e-12)

@@ -245,10 +245,25 @@ def _cmd_run(a) -> int:
         if r.report: print(f"report: {r.report}", file=sys.stderr)
         return 1
     print(f"{r.name} finished in {r.wall_s:.1f}s")
-    print_metrics(r.metrics)
+    summary = _report_summary(r)
+    if summary: print(summary)
+    else: print_metrics(r.metrics)
     print(f"run folder: {r.output_dir}")
     print(f"report:     {r.report}")
     return 0
+
+def _report_summary(r) -> str:
+    """What the run's report opens with, as text: its verdicts in words and the text of its cells tagged `report`
+    ('' when the notebook has no such cells: then the metrics are printed)."""
+    import nbformat
+    from tradingrl_nb.rundir import report_text, verdicts
+    try: text = report_text(nbformat.read(r.notebook, as_version=4))
+    except (OSError, ValueError): return ""
+    if not text: return ""
+    said = [t if w else f"{k}: {t}" for k, t, w in verdicts(r.metrics)]
+    where = _shown(r.output_dir)
+    return "\n".join([*(f"verdict: {s}" for s in said), "", text, "",
+                      f"every metric: {_shown(r.output_dir / 'metrics.json')}, or tradingrl results {where} --columns all"])
 
 def _cmd_sweep(a) -> int:
     try:

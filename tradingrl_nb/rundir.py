@@ -15,7 +15,7 @@ from typing import Any
 # %% auto #0
 __all__ = ['LOCK_NAME', 'RUN_MARKER', 'RESUMABLE', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files',
            'foreign_files', 'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'RunInterrupted', 'signal_name',
-           'StopSignals', 'write_report']
+           'StopSignals', 'verdicts', 'report_cells', 'report_text', 'write_report', 'tearsheet_figure']
 
 # %% ../nbs/10b_rundir.ipynb #fcf203fd
 def _short(x: Any, n: int = 80) -> str:
@@ -245,6 +245,47 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else: out[key] = v
     return out
 
+def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def verdicts(metrics: dict, path: str = "") -> list[tuple[str, str, bool]]:
+    """The verdicts of a run as `(where, text, in_words)`. A dict holding a `verdict` beside an estimate with its
+    interval (`X`, `X_low`, `X_high`; a difference preferred) reads as a sentence with its subject:
+    `agent minus buy-and-hold Sharpe (test) -0.18 [-0.53, +0.10]: inconclusive`; any other `*verdict*` value is
+    `(its key, its value, False)`. When some verdicts read as sentences, the bare ones are left out."""
+    words, bare = [], []
+    def walk(d: dict, path: str):
+        for k, v in d.items():
+            if isinstance(v, dict): walk(v, f"{path}{k}.")
+        v = d.get("verdict")
+        bases = sorted((k for k in d if _is_num(d[k]) and _is_num(d.get(f"{k}_low")) and _is_num(d.get(f"{k}_high"))),
+                       key=lambda k: "diff" not in k)
+        if isinstance(v, str) and bases:
+            b, where = bases[0], path.rstrip(".").split(".")[-1].removesuffix("_stats")
+            subject = "agent minus buy-and-hold Sharpe" if b in ("sharpe_diff", "diff") else b.replace("_", " ")
+            words.append((path + "verdict", f"{subject}{f' ({where})' if where else ''} {d[b]:+.2f} "
+                                            f"[{d[f'{b}_low']:+.2f}, {d[f'{b}_high']:+.2f}]: {v}", True))
+        for k, x in d.items():
+            if "verdict" in k.lower() and not isinstance(x, (dict, list)) and not (k == "verdict" and bases and isinstance(v, str)):
+                bare.append((path + k, str(x), False))
+    walk(metrics if isinstance(metrics, dict) else {}, path)
+    return words or bare
+
+_SAVED = re.compile(r"save_figure\(.*?[\"']([A-Za-z0-9_.-]+)[\"']\s*(?:,\s*[\w.]+\s*)?\)", re.S)   # the names a cell saves
+
+def report_cells(nb) -> list:
+    "The executed notebook's code cells tagged `report`: what the experiment shows first."
+    return [c for c in nb.cells if c.cell_type == "code" and "report" in (c.get("metadata", {}).get("tags") or [])]
+
+def report_text(nb) -> str:
+    "The text the `report` cells printed or displayed (a table's plain-text form), for the terminal."
+    out = []
+    for c in report_cells(nb):
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream" and o.get("name") == "stdout": out.append(str(o.get("text", "")).rstrip("\n"))
+            elif "text/plain" in (d := o.get("data", {})) and "image/png" not in d and "<Figure" not in str(d["text/plain"]):
+                out.append(str(d["text/plain"]).rstrip("\n"))
+    return "\n".join(t for t in out if t.strip())
+
 def _report_figures(nb, folder: Path) -> list[tuple[str, str]]:
     "(name, base64 PNG) of the run's saved figures, else of the notebook's image outputs."
     import base64
@@ -256,12 +297,15 @@ def _report_figures(nb, folder: Path) -> list[tuple[str, str]]:
 _REPORT_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 .verdict{padding:.8em 1em;border-radius:6px;font-size:1.1em;margin:1em 0}.ok{background:#e6f4ea}.failed,.died{background:#fce8e6}
 .interrupted,.running{background:#fef7e0}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}figure img{max-width:100%}pre{white-space:pre-wrap}"""
+td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}figure img{max-width:100%}pre{white-space:pre-wrap}
+.result{overflow-x:auto}.result table td{text-align:right;font-variant-numeric:tabular-nums}"""
 
 def write_report(nb_path: Path, html_path: Path | None = None, status: str | None = None, error: str | None = None,
                  wall_s: float | None = None) -> Path:
-    """A reader's HTML report of a run: the verdict (status, error, any `*verdict*` metric), the metrics table and the
-    figures first; the whole executed notebook, code included, is `<name>.notebook.html` beside it, one click away."""
+    """A reader's HTML report of a run, a tearsheet: the verdict (status, error, and the verdicts in words, see
+    `verdicts`), then what the notebook's cells tagged `report` show (their text, tables and saved figures: the
+    experiment's own result), the other figures, and every metric and parameter folded at the end. The whole executed
+    notebook, code included, is `<name>.notebook.html` beside it, one click away."""
     import html as H, nbformat
     from nbconvert import HTMLExporter
     nb_path = Path(nb_path); folder = nb_path.parent
@@ -277,29 +321,84 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
     name = nb_path.stem
     head = {"ok": f"finished{f' in {wall_s:.1f} s' if wall_s is not None else ''}", "failed": "FAILED",
             "interrupted": "interrupted", "died": "died"}.get(status, status)
-    verdicts = [(k, v) for k, v in flat.items() if "verdict" in k.split(".")[-1].lower()]
     esc = lambda v: H.escape(_short(v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else
                                     f"{v:.6g}" if isinstance(v, float) else str(v), 200))
-    cell = lambda v: f'<td class="num">{esc(v)}</td>' if isinstance(v, (int, float)) and not isinstance(v, bool) else f"<td>{esc(v)}</td>"
+    cell = lambda v: f'<td class="num">{esc(v)}</td>' if _is_num(v) else f"<td>{esc(v)}</td>"
+    said = verdicts(metrics)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{H.escape(name)}: {H.escape(head)}</title>"
              f"<style>{_REPORT_CSS}</style></head><body>",
              f"<h1>{H.escape(name)}</h1>",
              f'<div class="verdict {H.escape(status)}" id="verdict"><b>{H.escape(head)}</b>'
              + (f"<pre>{H.escape(_short(error, 2000))}</pre>" if error else "")
-             + ("<ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in verdicts) + "</ul>" if verdicts else "")
+             + ("<ul>" + "".join(f"<li>{H.escape(t)}</li>" if w else f"<li><b>{esc(k)}</b>: {esc(t)}</li>"
+                                 for k, t, w in said) + "</ul>" if said else "")
              + "</div>",
              f'<p><a href="{H.escape(full.name)}" id="full-notebook">The full notebook: code and every output &rarr;</a></p>']
+    figs, shown = dict(_report_figures(nb, folder)), set()
+    img = lambda n, b: (f'<figure><img alt="{H.escape(n)}" src="data:image/png;base64,{b}">'
+                        f'<figcaption>{H.escape(n)}</figcaption></figure>')
+    result = []
+    for c in report_cells(nb):
+        saved = [n for n in _SAVED.findall(c.source) if n in figs and n not in shown]
+        for o in c.get("outputs", []):
+            d = o.get("data", {})
+            if o.get("output_type") == "stream" and o.get("name") == "stdout": result.append(f"<pre>{H.escape(str(o.get('text', '')))}</pre>")
+            elif "text/html" in d: result.append(f'<div class="result">{"".join(d["text/html"])}</div>')  # our own notebook's tables
+            elif "image/png" in d and not saved: result.append(img("figure", str(d["image/png"]).replace("\n", "")))
+            elif "text/plain" in d and "<Figure" not in str(d["text/plain"]): result.append(f"<pre>{H.escape(str(d['text/plain']))}</pre>")
+        result += [img(n, figs[n]) for n in saved]; shown.update(saved)
+    if result: parts.append('<h2>Result</h2><div id="result">' + "\n".join(result) + "</div>")
+    rest = [(n, b) for n, b in figs.items() if n not in shown]
+    if rest: parts.append(("<h2>More figures</h2>" if result else "<h2>Figures</h2>") + "".join(img(n, b) for n, b in rest))
     if flat:
-        parts.append('<h2>Metrics</h2><table id="metrics"><tr><th>metric</th><th>value</th></tr>'
-                     + "".join(f"<tr><td>{esc(k)}</td>{cell(v)}</tr>" for k, v in flat.items()) + "</table>")
-    figs = _report_figures(nb, folder)
-    if figs:
-        parts.append("<h2>Figures</h2>" + "".join(
-            f'<figure><img alt="{H.escape(n)}" src="data:image/png;base64,{b}"><figcaption>{H.escape(n)}</figcaption></figure>'
-            for n, b in figs))
+        parts.append(f'<details><summary>All metrics ({len(flat)})</summary><table id="metrics"><tr><th>metric</th><th>value</th></tr>'
+                     + "".join(f"<tr><td>{esc(k)}</td>{cell(v)}</tr>" for k, v in flat.items()) + "</table></details>")
     if params:
         parts.append("<details><summary>Parameters</summary><table>"
                      + "".join(f"<tr><td>{esc(k)}</td>{cell(v)}</tr>" for k, v in params.items()) + "</table></details>")
     parts.append("</body></html>\n")
     html_path.write_text("\n".join(parts), encoding="utf-8")
     return html_path
+
+# %% ../nbs/10b_rundir.ipynb #7ea75e01
+def tearsheet_figure(returns, title: str | None = None, window: int = 63, periods: int = 252):
+    """One figure of what a tearsheet shows first, from daily returns (a frame with `agent` and `buy_and_hold`
+    columns, as in a run's `returns.csv`; `agent_position` too when recorded): the value of 1 invested, the
+    drawdowns, the exposure over time, the rolling annualized Sharpe ratio over `window` days, and the agent's
+    monthly returns (%)."""
+    import numpy as np, pandas as pd
+    import matplotlib.pyplot as plt, matplotlib.dates as mdates
+    def dates(ax):
+        loc = mdates.AutoDateLocator(maxticks=7); ax.xaxis.set_major_locator(loc); ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+    r = returns[["agent", "buy_and_hold"]].astype(float)
+    if len(r) < 2: raise ValueError(f"tearsheet_figure needs at least 2 daily returns, got {len(r)}")
+    eq = (1 + r).cumprod()
+    fig = plt.figure(figsize=(12, 9))
+    g = fig.add_gridspec(3, 2, height_ratios=[1.3, 1, 1])
+    ax = fig.add_subplot(g[0, :])
+    for c, st in (("agent", dict(lw=1.4)), ("buy_and_hold", dict(lw=1, color="gray", ls="--"))): ax.plot(eq.index, eq[c], label=c, **st)
+    ax.set_title("value of 1 invested"); ax.legend(loc="upper left"); dates(ax)
+    ax = fig.add_subplot(g[1, 0])
+    for c, st in (("agent", {}), ("buy_and_hold", dict(color="gray"))): ax.fill_between(eq.index, eq[c] / eq[c].cummax() - 1, 0, alpha=.35, label=c, **st)
+    ax.set_title("drawdown"); ax.legend(loc="lower left", fontsize=8); dates(ax)
+    ax = fig.add_subplot(g[1, 1])
+    if "agent_position" in returns:
+        ax.plot(returns.index, returns["agent_position"].astype(float), lw=.9); ax.axhline(0, color="black", lw=.5)
+        ax.set_title(f"exposure (position), mean {returns['agent_position'].astype(float).abs().mean():.2f} gross"); dates(ax)
+    else: ax.text(.5, .5, "no positions recorded", ha="center", va="center", transform=ax.transAxes); ax.set_title("exposure")
+    ax = fig.add_subplot(g[2, 0])
+    roll = r.rolling(window).mean() / r.rolling(window).std() * np.sqrt(periods)
+    for c, st in (("agent", {}), ("buy_and_hold", dict(color="gray", ls="--"))): ax.plot(roll.index, roll[c], label=c, lw=1, **st)
+    ax.axhline(0, color="black", lw=.5); ax.set_title(f"rolling Sharpe ({window} days, annualized)"); dates(ax)
+    ax = fig.add_subplot(g[2, 1])
+    m = (1 + r["agent"]).groupby([r.index.year, r.index.month]).prod() - 1
+    table = m.unstack().reindex(columns=range(1, 13)) * 100
+    lim = max(float(np.nanmax(np.abs(table.to_numpy()))) if np.isfinite(table.to_numpy()).any() else 1.0, 1e-9)
+    ax.imshow(table.to_numpy(), cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    for (i, j), v in np.ndenumerate(table.to_numpy()):
+        if np.isfinite(v): ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(12), ["J", "F", "M", "A", "M", "J", "J", "A", "S", "O", "N", "D"])
+    ax.set_yticks(range(len(table)), [str(y) for y in table.index]); ax.set_title("agent: monthly returns (%)")
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
