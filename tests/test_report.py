@@ -9,6 +9,7 @@ import pytest
 from tradingrl_nb import experiments as ex
 from test_cli import CMD
 from test_experiments import TINY_CELLS, TINY_PARAMS, make_notebook, tiny  # noqa: F401 (fixture)
+from test_docs import chromium  # noqa: F401 (fixture)
 
 
 def test_report_opens_with_verdict_metrics_and_figures(tiny, tmp_path):
@@ -128,3 +129,20 @@ def test_run_prints_the_report_cells_not_every_metric(tmp_path):
     assert "agent minus buy-and-hold Sharpe (test) -0.18 [-0.53, +0.10]: inconclusive" in r.stdout
     assert "COMPACT TABLE: window 2008 -0.18 inconclusive" in r.stdout and "detail_metric" not in r.stdout
     assert "setting up" not in r.stdout and "tradingrl results" in r.stdout   # where every metric is
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(chromium, tmp_path):
+    "In a browser the report shows the verdict box on top and its figures decoded (matplotlib's blue lines visible)."
+    import matplotlib.image as mpimg
+    r = ex.run_experiment(_report_notebook(tmp_path / "exp.ipynb"), output_dir=tmp_path / "o", progress=False)
+    dom = chromium("--dump-dom", r.report.as_uri()).stdout
+    assert "agent minus buy-and-hold Sharpe (test) -0.18 [-0.53, +0.10]: inconclusive" in dom and dom.count("<img") == 2
+    shot = tmp_path / "report.png"
+    chromium("--window-size=1000,2600", f"--screenshot={shot}", r.report.as_uri())
+    px = mpimg.imread(shot)[..., :3]
+    near = lambda rgb: (np.abs(px - np.array(rgb) / 255).max(axis=-1) < 0.06)
+    rows_green = np.flatnonzero(near((0xe6, 0xf4, 0xea)).sum(axis=1) > 300)  # the verdict box (status ok), page-wide
+    rows_blue = np.flatnonzero(near((31, 119, 180)).any(axis=1))            # matplotlib's C0 lines in the figures
+    assert len(rows_green) and len(rows_blue) > 20, (len(rows_green), len(rows_blue))
+    assert rows_green.max() < rows_blue.min()                                # the verdict above the figures
