@@ -52,8 +52,8 @@ def test_training_log_writes_progress_and_tensorboard_under_the_runner(tmp_path,
 
 
 def test_sappo_metrics_reach_tensorboard(tmp_path):
-    from tradingrl_nb.sappo import SAPPO
-    model = tiny_model(SAPPO, sappo=dict(eps=0.05, kappa=0.1, steps=1))
+    from tradingrl_nb.ppo import DistributionalPPO
+    model = tiny_model(DistributionalPPO, sappo=dict(eps=0.05, kappa=0.1, steps=1))
     log = ex.TrainingLog(model, name="sa", tensorboard=tmp_path)
     log.learn(128)
     tags = set(tb_scalars(tmp_path / "sa"))

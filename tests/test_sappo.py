@@ -1,5 +1,5 @@
 """SA-PPO: observation attacks (ball, gradient isolation, strength), the epsilon ramp, the robust KL regularizer,
-`SAPPO` training and checkpoints, and `AttackedPolicy` in backtests."""
+SA-PPO training (`DistributionalPPO(sappo=...)`) and checkpoints, and `AttackedPolicy` in backtests."""
 import numpy as np
 import pytest
 import torch as th
@@ -8,7 +8,8 @@ from hypothesis import example, given, settings, strategies as st
 from stable_baselines3.common.logger import configure
 
 from tradingrl_nb.policy import RecurrentQuantilePolicy
-from tradingrl_nb.sappo import (METHODS, AttackedPolicy, EpsSchedule, RobustKLRegularizer, SAPPO, SAPPOConfig,
+from tradingrl_nb.ppo import DistributionalPPO
+from tradingrl_nb.sappo import (METHODS, AttackedPolicy, EpsSchedule, RobustKLRegularizer, SAPPOConfig,
                                 actor_mean, gaussian_kl, perturb_observations, total_updates)
 
 D = 6
@@ -167,8 +168,8 @@ def test_config_refuses_an_out_of_range_value_set_at_run_time(name, bad, named):
     cfg.kappa = 0.5; cfg.eps = 0.0                                  # valid values are taken
     assert m._sappo_reg.config.kappa == 0.5 and m.sappo.eps == 0.0
 
-class Recording(SAPPO):
-    "SAPPO that records the radius of every update."
+class Recording(DistributionalPPO):
+    "A DistributionalPPO with SA-PPO on that records the radius of every update."
     def train(self):
         super().train()
         self.trace = getattr(self, "trace", []) + [self.sappo_eps]
@@ -218,7 +219,7 @@ def test_sappo_learns_logs_and_round_trips(tmp_path):
     log = m.logger.name_to_value
     assert log["sappo/eps"] == 0.2 and log["sappo/kl"] > 0 and log["sappo/loss"] == pytest.approx(2 * 0.5 * log["sappo/kl"])
     m.save(tmp_path / "sa")
-    m2 = SAPPO.load(tmp_path / "sa")
+    m2 = DistributionalPPO.load(tmp_path / "sa")
     assert m2.sappo == m.sappo == SAPPOConfig(eps=0.2, kappa=0.5, steps=2, ramp_fraction=0.0)
     for (n, a), (_, b) in zip(m.policy.state_dict().items(), m2.policy.state_dict().items()): assert th.equal(a, b), n
     with pytest.raises(ValueError, match="unknown SA-PPO option"): SAPPOConfig.coerce(dict(eps=0.1, epsilon=2))
@@ -296,7 +297,7 @@ def test_distributional_ppo_sappo_option_adds_the_regularizer():
     th.manual_seed(0); term, _ = RobustKLRegularizer(cfg).loss(m.policy, mb, 0.2)
     assert th.equal(st_on, st_off) and float(term.detach()) > 0
     assert float((loss_on - loss_off).detach()) == pytest.approx(float(term.detach()), rel=1e-4)
-    assert isinstance(SAPPO("MlpLstmPolicy", m.env, sappo=None, n_steps=16).sappo, SAPPOConfig)   # the alias: defaults
+    assert DistributionalPPO("MlpLstmPolicy", m.env, sappo=None, n_steps=16).sappo is None        # None: off
     with pytest.raises(TypeError, match="sappo must be"): tiny_ppo(sappo=0.1)
 
 def test_sappo_none_leaves_ppo_unchanged():
@@ -323,8 +324,6 @@ def test_distributional_ppo_load_restores_the_sappo_config(tmp_path):
     assert m2.logger.name_to_value["sappo/eps"] > 0
     off = tiny_ppo(); off.save(tmp_path / "off")
     assert DistributionalPPO.load(tmp_path / "off").sappo is None
-    sa = SAPPO.load(tmp_path / "sa")                                              # the alias reads the same file
-    assert isinstance(sa, SAPPO) and sa.sappo == cfg
 
 
 def test_attack_leaves_no_parameter_gradients_and_restores_requires_grad():

@@ -27,6 +27,7 @@ from .config import resolve_device
 from .policy import RecurrentQuantilePolicy, mask_states
 from .vgs import VarianceGradientScaler
 from .upgd import UPGD, AdaptiveUPGD, check_vgs_noise_compat
+from .sappo import SAPPOConfig, RobustKLRegularizer
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, register_checkpoint_class, write_checkpoint,
     _encode, _decode, _to_device, _space_to_dict, _space_from_dict, _read_checkpoint, _Checkpointing, _HPARAMS)
@@ -636,7 +637,6 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Chec
         self._last_lstm_states: RNNStates | None = None
         self.sappo, self._sappo_reg, self.sappo_eps, self._sappo_acc = None, None, 0.0, []
         if sappo is not None:
-            from .sappo import SAPPOConfig, RobustKLRegularizer     # lazy: sappo imports this module
             self.sappo = SAPPOConfig.coerce(sappo)
             self._sappo_reg = RobustKLRegularizer(self.sappo)
         if _init_setup_model: self._setup_model()

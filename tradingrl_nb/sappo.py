@@ -17,11 +17,9 @@ import torch as th
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
-from .ppo import DistributionalPPO
-
 # %% auto #0
 __all__ = ['METHODS', 'NOISES', 'actor_mean', 'gaussian_kl', 'perturb_observations', 'total_updates', 'EpsSchedule',
-           'SAPPOConfig', 'RobustKLRegularizer', 'SAPPO', 'AttackedPolicy']
+           'SAPPOConfig', 'RobustKLRegularizer', 'AttackedPolicy']
 
 # %% ../nbs/07_sappo.ipynb #829ca491
 METHODS = ("sgld", "pgd", "random", "mad")
@@ -289,16 +287,6 @@ class RobustKLRegularizer:
         d2 = ((mu_hat - mu_clean) * th.exp(-log_std)).pow(2).sum(-1)      # 2 KL per step, [T, B]
         r = (d2 * w).sum()
         return cfg.kappa * r, dict(kl=0.5 * r.detach(), eps=obs.new_tensor(float(eps)))
-
-# %% ../nbs/07_sappo.ipynb #bcff1926
-class SAPPO(DistributionalPPO):
-    """`DistributionalPPO` with SA-PPO always on (`sappo`: a `SAPPOConfig`, a dict of its fields, or `None` for the
-    defaults); kept for backwards compatibility, `DistributionalPPO(..., sappo=...)` is the same model."""
-    def __init__(self, policy, env, sappo: SAPPOConfig | dict | None = None, **kwargs):
-        super().__init__(policy, env, sappo=SAPPOConfig.coerce(sappo), **kwargs)
-
-    @property
-    def regularizer(self) -> RobustKLRegularizer: return self._sappo_reg
 
 # %% ../nbs/07_sappo.ipynb #b31d5d67
 class AttackedPolicy:
