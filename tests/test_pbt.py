@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 
 from tradingrl_nb import pbt
-from tradingrl_nb.pbt import (Hyperparam, PBTScheduler, ToyMember, load_checkpoint, load_exploit, run_population,
-                              save_checkpoint)
+from tradingrl_nb.pbt import Hyperparam, PBTScheduler, ToyMember, load_checkpoint, load_exploit, save_checkpoint
+from tradingrl_nb.pbt_runner import run_population
 
 MUT = {"learning_rate": Hyperparam(1e-4, 5e-2, log=True), "vgs_alpha": Hyperparam(0.0, 1.0)}
 
@@ -327,7 +327,9 @@ def test_local_scheduler_imports_and_runs_without_ray(tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.modules['ray'] = None          # make `import ray` fail
         import torch; torch.set_num_threads(1)
-        from tradingrl_nb.pbt import PBTScheduler, ToyMember, run_population, run_ray_tune, ray_available
+        from tradingrl_nb.pbt import PBTScheduler, ToyMember
+        from tradingrl_nb.pbt_runner import run_population
+        from tradingrl_nb.pbt_ray import run_ray_tune, ray_available
         assert not ray_available()
         res = run_population(ToyMember, PBTScheduler({{'learning_rate': (1e-4, 1e-2)}}, seed=0), 2, 2, 2,
                              run_dir={str(tmp_path)!r}, progress=False)

@@ -9,8 +9,9 @@ import pytest
 import torch as th
 
 from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.pbt import (CLOCK, PBTScheduler, PPOMember, PPOMemberFactory, PPO_MUTATIONS, flatten_state, load_checkpoint, load_exploit,
-                              run_population)
+from tradingrl_nb.pbt import CLOCK, PBTScheduler, PPO_MUTATIONS, flatten_state, load_checkpoint, load_exploit
+from tradingrl_nb.pbt_ppo import PPOMember, PPOMemberFactory
+from tradingrl_nb.pbt_runner import run_population
 
 DF = synthetic_market(900, seed=5)
 TRAIN, VAL = DF.iloc[:600], DF.iloc[600:]

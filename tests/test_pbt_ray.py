@@ -6,7 +6,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray[tune] is not installed (optional extra: pip install 'tradingrl_nb[ray]')")
 pytest.importorskip("ray.tune", reason="ray is installed without the tune extra (pip install 'ray[tune]')")
 
-from tradingrl_nb.pbt import Hyperparam, ToyMember, run_ray_tune, load_checkpoint, CHECKPOINT_FORMAT  # noqa: E402
+from tradingrl_nb.pbt import Hyperparam, ToyMember, load_checkpoint, CHECKPOINT_FORMAT  # noqa: E402
+from tradingrl_nb.pbt_ray import run_ray_tune  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_ray_tune_pbt_run_completes_with_an_exploit(local_ray, tmp_path):
 def test_trainable_load_checkpoint_resets_lstm_and_reapplies_config(tmp_path, strategy):
     "The Trainable's restore path without a cluster: exploit (another trial's checkpoint) vs restart (its own)."
     import torch
-    from tradingrl_nb.pbt import make_tune_trainable
+    from tradingrl_nb.pbt_ray import make_tune_trainable
     torch.set_num_threads(1)
     T = make_tune_trainable(ToyMember, ["learning_rate", "vgs_alpha"], 5, optimizer_exploit_strategy=strategy)
     a = T(config={"member_id": 0, "learning_rate": 1e-3, "vgs_alpha": 0.1})
@@ -80,7 +81,7 @@ def test_recipients_of_one_donor_keep_their_own_seeds(monkeypatch):
     import torch
     from ray import tune
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.pbt import PPOMemberFactory
+    from tradingrl_nb.pbt_ppo import PPOMemberFactory
     torch.set_num_threads(1)
     captured = {}
     class Captured(Exception): pass

@@ -531,17 +531,3 @@ class PBTScheduler:
         self.records = {int(k): MemberRecord(**v) for k, v in state["records"].items()}
         self.history, self.fitness_log = list(state["history"]), list(state["fitness_log"])
         self.rng.bit_generator.state = state["rng"]; self.round, self._saves = int(state["round"]), int(state.get("saves", 0))
-
-# %% ../nbs/08_pbt.ipynb #9c3fa9a4
-_ELSEWHERE = {"pbt_runner": ("PopulationResult", "run_population", "lineage", "plot_population"),
-              "pbt_ppo": ("PPOMember", "PPOMemberFactory"),
-              "pbt_ray": ("ray_available", "tune_mutations", "make_tune_trainable", "TuneRun", "run_ray_tune")}
-_HOME = {name: module for module, names in _ELSEWHERE.items() for name in names}
-
-def __getattr__(name: str):
-    "Names of the runner, PPO member and Ray Tune modules, loaded on first use (`from tradingrl_nb.pbt import run_population`)."
-    if name not in _HOME: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    return getattr(importlib.import_module(f"tradingrl_nb.{_HOME[name]}"), name)
-
-def __dir__(): return sorted([*globals(), *_HOME])
