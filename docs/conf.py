@@ -50,13 +50,15 @@ html_title = "tradingrl_nb"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc"],
+    # the findings page gives its wide table the width of the right sidebar (it has one section to list)
+    "secondary_sidebar_items": {"**": ["page-toc"], "claims": []},
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
 html_show_sourcelink = False
 html_copy_source = False
 html_last_updated_fmt = None
+html_static_path = [str(ROOT / "docs" / "_static")]  # tables.css: wide tables scroll inside the page
 # MathJax is bundled with the site (the `sphinx-mathjax-offline` package of the dev extra carries
 # MathJax 3): its files are copied to _static/mathjax, so formulas typeset with no network.
 # TRADINGRL_DOCS_MATHJAX=<url> loads MathJax from elsewhere (e.g. a CDN) instead.
@@ -71,3 +73,19 @@ elif _mathjax is not None:
 else:
     raise RuntimeError("the docs need the sphinx-mathjax-offline package (pip install -e '.[dev]') "
                        "or TRADINGRL_DOCS_MATHJAX=<url of MathJax 3>")
+
+
+# A docstring that is not valid reStructuredText (e.g. `**kwargs` in a docstring inherited from `dict`) leaves a
+# "problematic" node that links to its error message; Sphinx prints the message but does not put it on the page, so
+# the link would be a dead in-page anchor (`#id1`). Such nodes keep their text and lose the link.
+def _unlink_problematic(app, doctree, docname):
+    from docutils import nodes
+    shown = {i for n in doctree.findall(nodes.Element) if not isinstance(n, nodes.system_message) for i in n["ids"]}
+    for node in doctree.findall(nodes.problematic):
+        if "refid" in node and node["refid"] not in shown:
+            del node["refid"]
+
+
+def setup(app):
+    app.connect("doctree-resolved", _unlink_problematic)
+    app.add_css_file("tables.css")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import posixpath
 import re
 import shutil
 import subprocess
@@ -58,20 +59,29 @@ def _directives(cell) -> tuple[list[str], str]:
     return found, "\n".join(lines).strip("\n")
 
 
-def _relink(text: str, renames: dict[str, str]) -> str:
-    "Markdown links to nbs/ notebooks under their new page names (`](10a_cli.ipynb#x)` -> `](cli.ipynb#x)`)."
+def _relink(text: str, renames: dict[str, str], docs: dict[str, str] | None = None, where: str = "") -> str:
+    """Markdown links to nbs/ notebooks under their new page names (`](10a_cli.ipynb#x)` -> `](cli.ipynb#x)`), and
+    links to a page's HTML name (`](pbt_ray.html)`, `](../pbt.html#x)`, as nbdev's site names pages) to its staged
+    source when `docs` (staged document -> its file suffix) holds the page, seen from the folder `where`: MyST
+    resolves only links to sources; it would turn the others into dead in-page anchors (`#pbt_ray.html`)."""
     def sub(m):
         new = renames.get(m.group(2))
         return f"]({m.group(1) or ''}{new}{m.group(3) or ''})" if new else m.group(0)
-    return re.sub(r"\]\((\.\./|\./)?([\w.-]+\.ipynb)(#[^)\s]*)?\)", sub, text)
+    text = re.sub(r"\]\((\.\./|\./)?([\w.-]+\.ipynb)(#[^)\s]*)?\)", sub, text)
+    if not docs: return text
+    def html(m):
+        doc = posixpath.normpath(posixpath.join(where, m.group(1)))
+        return f"]({m.group(1)}{docs[doc]}{m.group(2) or ''})" if doc in docs else m.group(0)
+    return re.sub(r"\]\(((?:\.\./|\./)*[\w/-][\w./-]*?)\.html(#[^)\s]*)?\)", html, text)
 
 
-def clean_notebook(nb, renames: dict[str, str] | None = None):
-    "The notebook as displayed: directives stripped, hidden cells dropped, links renamed, a kernelspec for highlighting."
+def clean_notebook(nb, renames: dict[str, str] | None = None, docs: dict[str, str] | None = None, where: str = ""):
+    """The notebook as displayed: directives stripped, hidden cells dropped, links renamed (see `_relink`; `where` is
+    the notebook's staged folder), a kernelspec for highlighting."""
     cells = []
     for cell in nb.cells:
         if cell.cell_type != "code":
-            if renames and cell.cell_type == "markdown": cell.source = _relink(cell.source, renames)
+            if (renames or docs) and cell.cell_type == "markdown": cell.source = _relink(cell.source, renames or {}, docs, where)
             cells.append(cell)
             continue
         found, src = _directives(cell)
@@ -126,18 +136,21 @@ def _toctree(caption: str, entries: list[str]) -> str:
     return "\n".join(["```{toctree}", ":hidden:", ":maxdepth: 1", f":caption: {caption}", "", *entries, "```"])
 
 
-def stage_results(src: Path, renames: dict[str, str] | None = None) -> tuple[list[str], str | None]:
+def stage_results(src: Path, renames: dict[str, str] | None = None, docs: dict[str, str] | None = None) -> tuple[list[str], str | None]:
     """Stage the stored full-size runs (`results/NAME/NAME.ipynb`, executed) as pages `results/NAME`, and the findings
     page (`claims`: forest plot and table; `findings` is the page of the findings module's notebook) from
-    `results/findings.json`. Returns (stored pages, findings page or None)."""
+    `results/findings.json`, which is copied to `results/findings.json` so that links to it resolve (Sphinx serves it as
+a download). Returns (stored pages, findings page or None)."""
     results, stored = ROOT / "results", []
     for d in sorted(p for p in results.glob("*") if p.is_dir()):
         nb_path = d / f"{d.name}.ipynb"
         if not nb_path.is_file(): continue
         (src / "results").mkdir(exist_ok=True)
-        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames), src / "results" / nb_path.name)
+        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames, docs, "results"), src / "results" / nb_path.name)
         stored.append(f"results/{d.name}")
     if not (results / "findings.json").is_file(): return stored, None
+    (src / "results").mkdir(exist_ok=True)
+    shutil.copyfile(results / "findings.json", src / "results" / "findings.json")
     import json
     import matplotlib
     matplotlib.use("Agg")
@@ -147,6 +160,17 @@ def stage_results(src: Path, renames: dict[str, str] | None = None) -> tuple[lis
     link = lambda f: f"results/{Path(f['experiment']).parent.name}.ipynb" if f"results/{Path(f['experiment']).parent.name}" in stored else f["experiment"]
     (src / "claims.md").write_text(fd.findings_markdown(found, figure="claims.png" if found else None, link=link), encoding="utf-8")
     return stored, "claims"
+
+
+def staged_documents(notebooks: list[Path], modules: list[str]) -> dict[str, str]:
+    "Every document `stage` writes (path in the staged folder without suffix -> its suffix), for `_relink`."
+    docs = {"index": ".ipynb", "api/index": ".rst", **{f"api/{m}": ".rst" for m in modules},
+            **{page_name(nb): ".ipynb" for nb in notebooks},
+            **{f"experiments/{nb.stem}": ".ipynb" for nb in (NBS / "experiments").glob("*.ipynb")},
+            **{f"results/{d.name}": ".ipynb" for d in (ROOT / "results").glob("*") if (d / f"{d.name}.ipynb").is_file()}}
+    if (ROOT / "data" / "README.md").is_file(): docs["datasets"] = ".md"
+    if (ROOT / "results" / "findings.json").is_file(): docs["claims"] = ".md"
+    return docs
 
 
 def stage(src: Path) -> dict:
@@ -161,20 +185,21 @@ def stage(src: Path) -> dict:
     pages, seen = [], {}
     notebooks = [nb for nb in sorted(NBS.glob("*.ipynb")) if nb.name != "index.ipynb"]
     renames = {nb.name: f"{page_name(nb)}.ipynb" for nb in notebooks}
+    docs = staged_documents(notebooks, modules)
     for nb_path in notebooks:
         name = page_name(nb_path)
         if name in seen or name in ("index", "datasets", "api"):
             raise BuildError(f"{nb_path.name} and {seen.get(name, 'a generated page')} would both be the page {name!r}")
         seen[name] = nb_path.name
-        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames), src / f"{name}.ipynb")
+        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames, docs), src / f"{name}.ipynb")
         pages.append(name)
     experiments = []
     for nb_path in sorted((NBS / "experiments").glob("*.ipynb")):
         (src / "experiments").mkdir(exist_ok=True)
-        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames), src / "experiments" / nb_path.name)
+        nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames, docs, "experiments"), src / "experiments" / nb_path.name)
         experiments.append(f"experiments/{nb_path.stem}")
 
-    stored, findings_page = stage_results(src, renames)
+    stored, findings_page = stage_results(src, renames, docs)
 
     reference = []
     if (ROOT / "data" / "README.md").is_file():
@@ -196,7 +221,7 @@ def stage(src: Path) -> dict:
         ".. toctree::", "   :hidden:", "", *[f"   {m}" for m in modules], ""]), encoding="utf-8")
     reference.append("api/index")
 
-    index = clean_notebook(nbformat.read(NBS / "index.ipynb", as_version=4), renames)
+    index = clean_notebook(nbformat.read(NBS / "index.ipynb", as_version=4), renames, docs)
     trees = [_toctree("Findings", [findings_page])] if findings_page else []
     trees.append(_toctree("Notebooks", pages))
     if experiments: trees.append(_toctree("Experiments", experiments))

@@ -25,7 +25,9 @@ import sys
 import tempfile
 import threading
 from functools import partial
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import nbformat
 import numpy as np
@@ -210,7 +212,17 @@ f.addEventListener("load", () => setTimeout(() => {
     math: d.querySelectorAll(".math").length,
     typeset: [...d.querySelectorAll(".math")].filter(m => m.querySelector("mjx-container")).length,
     rawmath: [...d.querySelectorAll(".math")].filter(m => ["\\\\(", "\\\\[", "$$"].some(t => m.textContent.includes(t))).length,
-    height: d.documentElement.scrollHeight, imgs});
+    height: d.documentElement.scrollHeight, width: d.documentElement.scrollWidth, viewport: w.innerWidth,
+    wide: [...d.querySelectorAll("article table")].map(t => {
+      // a table fits when its right edge is inside the article's, or it scrolls inside a box that does
+      const main = t.closest("article").getBoundingClientRect(), r = t.getBoundingClientRect();
+      let box = t.parentElement;
+      while (box && !["auto", "scroll"].includes(w.getComputedStyle(box).overflowX)) box = box.parentElement;
+      const shown = box && box.contains(t) && t.closest("article").contains(box) ? box.getBoundingClientRect() : r;
+      return {right: r.right, shownRight: shown.right, articleRight: main.right, scrolls: !!box && shown !== r,
+              dataframe: t.classList.contains("dataframe"), head: t.textContent.trim().slice(0, 60)};
+    }).filter(t => t.right > t.articleRight + 1),
+    imgs});
 }, 300));
 f.src = new URLSearchParams(location.search).get("page");
 </script></body></html>"""
@@ -342,6 +354,66 @@ def test_page_renders_with_its_figures_in_chromium(site, server, chromium, tmp_p
         assert a.std() > 5, f"{fig['src']}: the screenshot is blank where the figure should be"
         corr = np.corrcoef(a, b)[0, 1]
         assert corr > 0.9, f"{fig['src']}: screenshot and figure differ (correlation {corr:.3f})"
+
+
+class _Refs(HTMLParser):
+    "The ids (and `<a name>`s) of an HTML page and the links it makes (href/src of a, link, img, script, iframe, source)."
+    def __init__(self):
+        super().__init__()
+        self.ids, self.refs = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"): self.ids.add(a["id"])
+        if tag == "a" and a.get("name"): self.ids.add(a["name"])
+        if tag in ("a", "link", "img", "script", "iframe", "source"):
+            self.refs += [a[k] for k in ("href", "src") if a.get(k) is not None]
+
+
+def dead_links(site: Path) -> list[str]:
+    "Every relative link of the site's pages whose file does not exist, or whose #anchor is no id of the page it names."
+    parsed = {}
+    def parse(page):
+        if page not in parsed:
+            parsed[page] = p = _Refs()
+            p.feed(page.read_text(encoding="utf-8", errors="replace"))
+        return parsed[page]
+    dead = []
+    for page in sorted(site.rglob("*.html")):
+        rel = page.relative_to(site).as_posix()
+        if rel.startswith("_static/"): continue  # the theme's and MathJax's own files
+        for ref in parse(page).refs:
+            u = urlsplit(ref)
+            if u.scheme or u.netloc: continue  # external: not checked (the site must work offline anyway)
+            target = (page.parent / unquote(u.path)).resolve() if u.path else page
+            if target.is_dir(): target = target / "index.html"
+            if not target.is_file():
+                dead.append(f"{rel} -> {ref} (no such file)")
+            elif u.fragment and target.suffix == ".html" and unquote(u.fragment) not in parse(target).ids:
+                dead.append(f"{rel} -> {ref} (no id {unquote(u.fragment)!r} in {target.relative_to(site).as_posix()})")
+    return dead
+
+
+@pytest.mark.slow
+def test_no_dead_links_or_anchors(site):
+    "Every relative link of every page (notebooks, stored runs, findings, API) resolves: its file exists, its anchor is an id there."
+    pages = list(site.rglob("*.html"))
+    assert len(pages) > 50 and (site / "claims.html").is_file()
+    dead = dead_links(site)
+    assert not dead, f"{len(dead)} dead link(s):\n" + "\n".join(dead)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["claims.html", "findings.html", "backtest.html", "results/pbt_population.html"])
+def test_wide_tables_fit_the_page(site, server, chromium, page):
+    "No table runs past the page's text column: text tables wrap to its width; a data frame wider than it scrolls "
+    "sideways inside its own box; the page itself never scrolls sideways (1280 px window, both sidebars shown)."
+    base, _ = server
+    info = _probe(chromium, base, page)
+    assert info["tables"] >= 1 and info["width"] <= info["viewport"], info
+    for t in info["wide"]:
+        assert t["dataframe"], f"{page}: a text table is {t['right'] - t['articleRight']:.0f} px wider than the page: {t}"
+        assert t["scrolls"] and t["shownRight"] <= t["articleRight"] + 1, f"{page}: a data frame overflows the page: {t}"
 
 
 @pytest.mark.slow
