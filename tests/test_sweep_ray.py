@@ -28,7 +28,8 @@ def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path, monkeypatch):
     assert "boom at x=2" in table["error"].iloc[1] and table["y"].iloc[0] == 1.5
     assert sorted(p.name for p in root.iterdir()) == ["000-x=1-label=r", "001-x=2-label=r"]
     assert json.loads((root / "000-x=1-label=r" / "run.json").read_text())["status"] == "ok"
-    assert len(lines) == 2 and lines[-1].startswith("[2/2 runs done")
+    assert len(lines) == 4 and "starting Ray" in lines[0] and "Ray is up" in lines[1], lines
+    assert lines[-1].startswith("[2/2 runs done")
     res = ex.results(root)
     assert list(res["status"]) == ["ok", "failed"] and list(res["x"]) == [1, 2]
 
@@ -36,3 +37,17 @@ def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path, monkeypatch):
 def test_bad_backend_is_bad_input(tiny, tmp_path):
     with pytest.raises(ValueError, match="backend 'dask': use process or ray"):
         sweep("tiny", {"x": [1]}, output_dir=tmp_path / "s", backend="dask")
+
+
+def test_ray_sweep_says_what_it_does_before_ray_is_up(tiny, tmp_path, monkeypatch):
+    "Ray takes tens of seconds to import and start on a loaded machine: the sweep prints a line before it starts Ray."
+    lines, seen = [], []
+    def init(*a, **k):
+        seen.append(list(lines))
+        raise RuntimeError("stop before Ray starts")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(RuntimeError, match="stop before Ray starts"):
+        sweep("tiny", {"x": [1, 2]}, output_dir=tmp_path / "s", backend="ray", echo=lines.append)
+    assert seen and len(seen[0]) == 1, seen
+    assert "2 runs" in seen[0][0] and "starting Ray" in seen[0][0], seen[0]

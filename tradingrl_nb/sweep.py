@@ -42,8 +42,11 @@ def expand_grid(grid: dict[str, list]) -> list[dict]:
     keys = list(grid)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
-def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done) -> None:
-    "Run each `_sweep_worker` argument tuple as a Ray task (`num_cpus` each); `done(i, row)` as each finishes."
+def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done, echo=None) -> None:
+    """Run each `_sweep_worker` argument tuple as a Ray task (`num_cpus` each); `done(i, row)` as each finishes.
+    `echo` hears a line before Ray is imported and started (tens of seconds on a loaded machine) and one once it is up."""
+    t0 = time.perf_counter()
+    if echo: echo(f"[0/{len(tasks)} runs done] starting Ray ({'a local Ray' if address is None else address}) ...")
     try: import ray
     except ImportError: raise ValueError("--backend ray needs Ray: pip install -e '.[ray]'") from None
     own = not ray.is_initialized()
@@ -51,6 +54,7 @@ def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done) ->
     try:
         remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_sweep_worker)
         refs = {remote.remote(*args): i for i, args in enumerate(tasks)}
+        if echo: echo(f"[0/{len(tasks)} runs done, {time.perf_counter() - t0:.0f}s] Ray is up: {len(tasks)} runs submitted")
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
@@ -102,7 +106,7 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
                       f"{Path(row['run']).name}" + (f"  ({_short(row['error'].splitlines()[0], 120)})" if row["error"] else ""))
     args = lambda i, c, prog, threads: (path, {**base, **c}, device, outs[i], prog, threads, overwrite)
     if backend == "ray":
-        _ray_runs([args(i, c, False, max(1, int(num_cpus))) for i, c in enumerate(combos)], num_cpus, address, done)
+        _ray_runs([args(i, c, False, max(1, int(num_cpus))) for i, c in enumerate(combos)], num_cpus, address, done, echo)
     elif jobs == 1:
         for i, c in enumerate(combos):
             done(i, row := _sweep_worker(*args(i, c, progress, None)))
