@@ -19,7 +19,6 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor
 import safetensors.torch
 
-from .policy import RecurrentQuantilePolicy
 from .upgd import UPGD, AdaptiveUPGD
 
 # %% auto #0
@@ -206,7 +205,7 @@ def register_checkpoint_class(cls: type) -> type:
     return cls
 
 for _c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Identity, th.optim.Adam, th.optim.AdamW,
-           th.optim.SGD, th.optim.RMSprop, AdaptiveUPGD, UPGD, RecurrentQuantilePolicy, FlattenExtractor):
+           th.optim.SGD, th.optim.RMSprop, AdaptiveUPGD, UPGD, FlattenExtractor):   # the policy registers itself in its own module
     register_checkpoint_class(_c)
 
 def _encode(obj: Any, tensors: dict[str, th.Tensor], where: str = "checkpoint") -> Any:

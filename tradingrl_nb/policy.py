@@ -21,6 +21,8 @@ from stable_baselines3.common.torch_layers import FlattenExtractor, BaseFeatures
 from stable_baselines3.common.type_aliases import Schedule
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
+from .checkpoint import register_checkpoint_class, write_checkpoint, _read_checkpoint, _space_from_dict, _space_to_dict
+
 # %% auto #0
 __all__ = ['MlpLstmPolicy', 'mlp', 'zero_states', 'mask_states', 'TwinMLP', 'RecurrentQuantilePolicy']
 
@@ -87,6 +89,7 @@ _OPTIMIZER_STEPS = [0]                                             # steps of an
 def _count_optimizer_step(*_) -> None: _OPTIMIZER_STEPS[0] += 1
 register_optimizer_step_post_hook(_count_optimizer_step)
 
+@register_checkpoint_class                                         # checkpoints may name it (no pickle)
 class RecurrentQuantilePolicy(BasePolicy):
     """LSTM actor-critic: Gaussian actor, twin quantile critics (`n_quantiles` atoms each).
 
@@ -320,7 +323,6 @@ class RecurrentQuantilePolicy(BasePolicy):
     # ---- files (no pickle) -------------------------------------------------------------------
     def save(self, path: str | pathlib.Path) -> None:
         "Write the policy alone (constructor arguments and weights) as a pickle-free checkpoint: safetensors + JSON."
-        from tradingrl_nb.checkpoint import write_checkpoint, _space_to_dict   # lazy: checkpoint imports this module
         data = self._get_constructor_parameters()
         data.pop("lr_schedule", None)
         for k in ("observation_space", "action_space"): data[k] = _space_to_dict(data[k])
@@ -331,7 +333,6 @@ class RecurrentQuantilePolicy(BasePolicy):
         """Re-create a policy written by `save`. Reads only safetensors and JSON: unlike SB3's `BaseModel.load` it
         never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
         from stable_baselines3.common.utils import get_device
-        from tradingrl_nb.checkpoint import _read_checkpoint, _space_from_dict
         try: ck = _read_checkpoint(path, required=())
         except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
         if not (isinstance(ck, dict) and ck.get("policy_only")):

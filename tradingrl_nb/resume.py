@@ -8,6 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/resume.html.md"""
 from __future__ import annotations
 import copy, json, random, shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -119,11 +120,11 @@ def save_training(output_dir: str | Path | None, model, env, log, **loop) -> Pat
         if old != d and old.is_dir(): shutil.rmtree(old, ignore_errors=True)
     return d
 
-def resume_training(output_dir: str | Path, env, device="auto"):
+def resume_training(output_dir: str | Path, env, make_log: Callable, device="auto"):
     """`(model, log, loop)` from the last checkpoint in `output_dir`: the model on `env` (put back in its saved
-    state), a `TrainingLog` with the curves so far, and the loop's state as `save_training` got it."""
+    state), the loop's log made by `make_log(model, name=...)` (e.g. `TrainingLog`) with the curves so far, and
+    the loop's state as `save_training` got it. The log's class is the caller's: this module imports no runner."""
     from tradingrl_nb.checkpoint import load_checkpoint
-    from tradingrl_nb.experiments import TrainingLog
     from tradingrl_nb.ppo import DistributionalPPO
     info = latest_checkpoint(output_dir)
     if info is None: raise ValueError(f"{output_dir}: no checkpoint to resume from ({CHECKPOINT_DIR}/{_LATEST} is missing)")
@@ -133,7 +134,7 @@ def resume_training(output_dir: str | Path, env, device="auto"):
     if not (meta.get("timesteps") == info["timesteps"] == model.num_timesteps):
         raise ValueError(f"{d}: its files disagree on the step ({meta.get('timesteps')}, {info['timesteps']}, {model.num_timesteps})")
     set_env_state(env, tree["env"]); _set_model_state(model, tree["model"])
-    log = TrainingLog(model, name=tree["log"]["name"])
+    log = make_log(model, name=tree["log"]["name"])
     log.rows, log.validation = list(tree["log"]["rows"]), list(tree["log"]["validation"])
     _set_rng_state(tree["rng"])                     # last: nothing above may draw from them afterwards
     return model, log, tree["loop"]
