@@ -31,12 +31,17 @@ OUT = ROOT / "results" / "controls"
 MARKETS = ("regime", "regime_slow", "signal")
 
 
-def _job(kind: str, market: str, seed: int, steps: int, quick: bool) -> dict:
+def _worker_setup(quick: bool) -> dict:
+    "One torch thread per worker process, no UserWarning noise; the small model of a --quick run (else the controls' own)."
     import torch, warnings
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
+    return dict(n_steps=64, batch_size=128, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=16, n_quantiles=8)) if quick else {}
+
+
+def _job(kind: str, market: str, seed: int, steps: int, quick: bool) -> dict:
+    small = _worker_setup(quick)
     from tradingrl_nb import controls
-    small = dict(n_steps=64, batch_size=128, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=16, n_quantiles=8)) if quick else {}
     if kind == "default": row = controls.train_and_test(market, seed, "default", steps, **small)
     elif kind == "no_vgs": row = {**controls.train_and_test(market, seed, "default", steps, use_vgs=False, **small), "agent": "use_vgs=False"}
     elif kind == "seeds_vgs":                      # the factor before the recalibration: the health rule must flag it
@@ -47,11 +52,8 @@ def _job(kind: str, market: str, seed: int, steps: int, quick: bool) -> dict:
 
 
 def _null_job(seed: int, steps: int, quick: bool) -> tuple[list, list]:
-    import torch, warnings
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    small = _worker_setup(quick)
     from tradingrl_nb import controls
-    small = dict(n_steps=64, batch_size=128, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=16, n_quantiles=8)) if quick else {}
     per_seed, per_year = controls.null_control([seed], steps, days=1200 if quick else 6000, reps=200 if quick else 1000, **small)
     return per_seed.to_dict("records"), per_year.to_dict("records")
 
