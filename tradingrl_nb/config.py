@@ -10,8 +10,6 @@ import configparser, os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
-
 # %% auto #0
 __all__ = ['Settings', 'find_settings_file', 'load_settings', 'resolve_device']
 
@@ -56,6 +54,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
 # %% ../nbs/00a_config.ipynb #3aaa0340
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     "Turn `'auto'|'cpu'|'cuda'|'cuda:N'` (or None, meaning the settings' default) into a `torch.device`."
+    import torch   # here, not at the top: finding and reading the settings stays light (tradingrl list imports no torch)
     if device is None: device = load_settings().device
     if isinstance(device, torch.device): dev = device
     else:

@@ -27,7 +27,7 @@ from .rundir import (LOCK_NAME, RUN_MARKER, RunInterrupted, RunLock, StopSignals
                                  _flatten, _short)
 from .params import (RESERVED, ParamSpec, coerce_value, experiment_dirs, experiment_parameters,
                                  experiment_presets, find_experiment, git_commit, list_experiments, parse_domain,
-                                 parse_parameters, preset_parameters, resolve_parameters, results_dir, _settings_file)
+                                 parse_parameters, preset_parameters, resolve_parameters, results_dir)
 from .resume import latest_checkpoint
 
 # %% auto #0

@@ -13,15 +13,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from .config import find_settings_file
 from .rundir import _short
-
-def _settings_file(start: Path | str | None = None) -> Path | None:
-    "The nearest `settings.ini` with a `[workbench]` section (as `config.find_settings_file`, without importing torch)."
-    p = Path(start or Path.cwd()).resolve()
-    for d in [p, *p.parents]:
-        f = d / "settings.ini"
-        if f.is_file() and "[workbench]" in f.read_text(encoding="utf-8"): return f
-    return None
 
 def _is_bool(x) -> bool: return isinstance(x, bool) or type(x).__name__ == "bool_"   # numpy's too
 
@@ -34,7 +27,7 @@ __all__ = ['RESERVED', 'experiment_dirs', 'list_experiments', 'find_experiment',
 def experiment_dirs() -> list[Path]:
     "The folders searched for experiment notebooks, in order (existing ones only, no duplicates)."
     cands = [Path(p) for p in os.environ.get("TRADINGRL_EXPERIMENTS_DIR", "").split(os.pathsep) if p]
-    f = _settings_file()
+    f = find_settings_file()
     if f is not None: cands.append(f.parent / "nbs" / "experiments")
     import tradingrl_nb
     cands.append(Path(tradingrl_nb.__file__).resolve().parent.parent / "nbs" / "experiments")
@@ -325,7 +318,7 @@ def preset_parameters(name: str | Path, preset: str | None, parameters: dict | N
 def results_dir(name: str | Path | None = None) -> Path:
     """`results/` of the project (the folder of its settings.ini) that holds experiment `name`, or, without a name, the
     working folder's project; `./results` outside a project."""
-    s = _settings_file(find_experiment(name).resolve().parent if name is not None else None)
+    s = find_settings_file(find_experiment(name).resolve().parent if name is not None else None)
     return (s.parent if s is not None else Path.cwd()) / "results"
 
 def git_commit(path: str | Path) -> dict:
