@@ -327,6 +327,19 @@ def walk_forward_splits(df: pd.DataFrame, train="4Y", val="1Y", test="1Y", step=
 
 
 # %% ../nbs/00_data.ipynb #d49b65a3
+def _ohlcv(r: np.ndarray, rng: np.random.Generator, vol: np.ndarray, start: str = "2000-01-03",
+           start_price: float = 100.0, volume_scale: np.ndarray | float = 1.0) -> pd.DataFrame:
+    """Daily bars from log returns `r` (the first is ignored) with daily volatility `vol`: opens gap from the prior close,
+    highs and lows around them, volume log-normal times `volume_scale`."""
+    r = r.copy(); r[0] = 0.0
+    close = start_price * np.exp(np.cumsum(r))
+    open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(vol * 0.2 * rng.standard_normal(len(r)))
+    hi = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(len(r))) * vol * 0.5)
+    lo = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(len(r))) * vol * 0.5)
+    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(len(r))) * volume_scale)
+    return pd.DataFrame(dict(open=open_, high=hi, low=lo, close=close, volume=volume.astype("float64")),
+                        index=pd.bdate_range(start, periods=len(r), name="date"))
+
 def synthetic_market(n_days: int = 2000, seed: int = 0, drift: tuple[float, float] = (0.0006, -0.002),
                      vol: tuple[float, float] = (0.008, 0.03), stay: tuple[float, float] = (0.99, 0.95),
                      start: str = "2000-01-03", start_price: float = 100.0) -> pd.DataFrame:
@@ -340,16 +353,7 @@ def synthetic_market(n_days: int = 2000, seed: int = 0, drift: tuple[float, floa
         regime[t] = s if u[t] < stay[s] else 1 - s
     mu, sd = np.asarray(drift)[regime], np.asarray(vol)[regime]
     r = mu + sd * rng.standard_normal(n_days)
-    r[0] = 0.0
-    close = start_price * np.exp(np.cumsum(r))
-    gap = sd * 0.2 * rng.standard_normal(n_days)
-    open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(gap)
-    hi = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(n_days)) * sd * 0.5)
-    lo = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(n_days)) * sd * 0.5)
-    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(n_days)) * (1 + 2 * regime))
-    idx = pd.bdate_range(start, periods=n_days, name="date")
-    return pd.DataFrame(dict(open=open_, high=hi, low=lo, close=close, volume=volume.astype("float64"),
-                             regime=regime), index=idx)
+    return _ohlcv(r, rng, sd, start, start_price, volume_scale=1 + 2 * regime).assign(regime=regime)
 
 # %% ../nbs/00_data.ipynb #b95a1b09
 @dataclass
@@ -374,18 +378,6 @@ class PlantedMarket:
         kelly = self.edge / self.variance
         s = float(np.quantile(np.abs(kelly), quantile))
         return (kelly / s).clip(-1.0, 1.0).rename("oracle") if s > 0 else (kelly * 0.0).rename("oracle")
-
-def _ohlcv(r: np.ndarray, rng: np.random.Generator, vol: np.ndarray, start: str = "2000-01-03",
-           start_price: float = 100.0) -> pd.DataFrame:
-    "Daily bars from log returns `r` (the first is ignored): opens gap from the prior close, highs and lows around them."
-    r = r.copy(); r[0] = 0.0
-    close = start_price * np.exp(np.cumsum(r))
-    open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(vol * 0.2 * rng.standard_normal(len(r)))
-    hi = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(len(r))) * vol * 0.5)
-    lo = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(len(r))) * vol * 0.5)
-    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(len(r))))
-    return pd.DataFrame(dict(open=open_, high=hi, low=lo, close=close, volume=volume.astype("float64")),
-                        index=pd.bdate_range(start, periods=len(r), name="date"))
 
 # %% ../nbs/00_data.ipynb #30bffe8a
 def planted_regime_market(n_days: int = 4000, seed: int = 0, drift: tuple[float, float] = (0.0006, -0.002),
