@@ -22,7 +22,7 @@ from . import stats
 # %% auto #0
 __all__ = ['CONTROL_ENV', 'CONTROL_MODEL', 'CONTROL_POLICY', 'CONTROL_N_ENVS', 'CONTROL_STEPS', 'TRAIN_PATH', 'TEST_PATH',
            'PASS_GAP', 'PASS_ABS_POSITION', 'PASS_SHARPE_FRACTION', 'OraclePolicy', 'behaviour', 'evaluate_on_market',
-           'make_agent', 'make_peer', 'train_and_test', 'positive_control_verdict', 'null_control']
+           'control_env', 'make_agent', 'make_peer', 'train_and_test', 'positive_control_verdict', 'null_control']
 
 # %% ../nbs/09a_controls.ipynb #e0d05ae0
 CONTROL_ENV = dict(window=32, episode_length=256, cost_bps=2.0, execution="next_close")   # the main job's env
@@ -60,17 +60,20 @@ def evaluate_on_market(policy, market: PlantedMarket, name: str | None = None, s
     return res, dict(sharpe=res.metrics["sharpe"], bh_sharpe=res.metrics["bh_sharpe"], **behaviour(res, market))
 
 # %% ../nbs/09a_controls.ipynb #2a89a433
+def control_env(market: PlantedMarket, seed: int, n_envs: int = CONTROL_N_ENVS) -> TradingVecEnv:
+    "The controls' training env on `market` (the main job's env settings and the market's extra observed series)."
+    return TradingVecEnv(market.prices, n_envs=n_envs, seed=seed, **CONTROL_ENV, **market.env_kwargs)
+
 def make_agent(market: PlantedMarket, seed: int, device: str = "cpu", n_envs: int = CONTROL_N_ENVS, policy_kwargs: dict | None = None,
                **overrides):
     "The library-default `DistributionalPPO` with the controls' env and network on `market`; `overrides` change model arguments."
     from tradingrl_nb.ppo import DistributionalPPO
-    env = TradingVecEnv(market.prices, n_envs=n_envs, seed=seed, **CONTROL_ENV, **market.env_kwargs)
-    return DistributionalPPO("MlpLstmPolicy", env, policy_kwargs={**CONTROL_POLICY, **(policy_kwargs or {})}, seed=seed,
+    return DistributionalPPO("MlpLstmPolicy", control_env(market, seed, n_envs), policy_kwargs={**CONTROL_POLICY, **(policy_kwargs or {})}, seed=seed,
                              device=device, **{**CONTROL_MODEL, **overrides})
 
 def make_peer(kind: str, market: PlantedMarket, seed: int, device: str = "cpu", n_envs: int = CONTROL_N_ENVS):
     "SB3 `PPO('MlpPolicy')` (`kind='PPO'`) or sb3-contrib `RecurrentPPO('MlpLstmPolicy')` with the same env, rollout, batch, epochs and LSTM size."
-    env = TradingVecEnv(market.prices, n_envs=n_envs, seed=seed, **CONTROL_ENV, **market.env_kwargs)
+    env = control_env(market, seed, n_envs)
     common = dict(n_steps=CONTROL_MODEL["n_steps"], batch_size=CONTROL_MODEL["batch_size"], n_epochs=CONTROL_MODEL["n_epochs"],
                   seed=seed, device=device, verbose=0)
     if kind == "PPO":
