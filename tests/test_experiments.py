@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb import rundir
+from tradingrl_nb import params as P
 from tradingrl_nb.sweep import sweep
 
 
@@ -44,7 +46,7 @@ def tiny(tmp_path, monkeypatch) -> Path:
 
 # ---------------------------------------------------------------- parameters
 def test_parse_parameters_types_defaults_help():
-    specs = ex.parse_parameters(TINY_PARAMS + "n: int | None = None\nsteps = 2 ** 8\nimport os\nseeds = (0, 1)\n")
+    specs = P.parse_parameters(TINY_PARAMS + "n: int | None = None\nsteps = 2 ** 8\nimport os\nseeds = (0, 1)\n")
     assert list(specs) == ["x", "scale", "label", "fail_at", "output_dir", "n", "steps", "seeds"]
     assert (specs["x"].type, specs["x"].default, specs["x"].help) == ("int", 2, "a number")
     assert (specs["scale"].type, specs["label"].type, specs["seeds"].type) == ("float", "str", "tuple")
@@ -60,11 +62,11 @@ _literals = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, all
 @settings(max_examples=60, deadline=None)
 def test_parameter_roundtrip(v):
     "A default's type is inferred, and the command-line string of a value of that type converts back to it."
-    spec = ex.parse_parameters(f"p = {v!r}\n")["p"]
+    spec = P.parse_parameters(f"p = {v!r}\n")["p"]
     assert spec.default == v and spec.type == type(v).__name__
     text = v if isinstance(v, str) else repr(v)
-    assert ex.coerce_value(spec, text) == v
-    assert type(ex.coerce_value(spec, text)) is type(v)
+    assert P.coerce_value(spec, text) == v
+    assert type(P.coerce_value(spec, text)) is type(v)
 
 
 @pytest.mark.parametrize("given_, message", [
@@ -77,14 +79,14 @@ def test_parameter_roundtrip(v):
     ({"output_dir": "/tmp"}, "set by the runner"),
 ])
 def test_resolve_parameters_rejects(given_, message):
-    specs = ex.parse_parameters(TINY_PARAMS)
+    specs = P.parse_parameters(TINY_PARAMS)
     with pytest.raises(ValueError) as e: ex.resolve_parameters(specs, given_)
     assert message in str(e.value)
     if "unknown" in message: assert "known parameters: x (int), scale (float), label (str), fail_at (int)" in str(e.value)
 
 
 def test_resolve_parameters_converts():
-    specs = ex.parse_parameters(TINY_PARAMS)
+    specs = P.parse_parameters(TINY_PARAMS)
     got = ex.resolve_parameters(specs, {"x": "1e3", "scale": "3", "label": "None"})
     assert got == {"x": 1000, "scale": 3.0, "label": "None", "fail_at": -1, "output_dir": None}
     assert type(got["scale"]) is float
@@ -94,7 +96,7 @@ def test_unknown_experiment_lists_known(tiny):
     with pytest.raises(ValueError) as e: ex.find_experiment("tinny")
     assert "unknown experiment 'tinny'" in str(e.value) and "tiny" in str(e.value) and "data_summary" in str(e.value)
     assert ex.find_experiment("tiny") == tiny.resolve()
-    assert ex.list_experiments()["tiny"] == tiny.resolve()
+    assert P.list_experiments()["tiny"] == tiny.resolve()
 
 
 def test_notebook_without_parameters_cell(tmp_path):
@@ -241,7 +243,7 @@ CHECKS = {"data_summary": _check_data_summary, "train_agent": _check_train_agent
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(ex.list_experiments()))
+@pytest.mark.parametrize("name", sorted(P.list_experiments()))
 def test_each_experiment_runs_with_tiny_defaults(name, tmp_path):
     "Every notebook in nbs/experiments runs for real with its own defaults and records metrics and figures."
     specs = ex.experiment_parameters(name)
@@ -360,23 +362,23 @@ def test_declared_interval_accepts_exactly_its_values(lo, width, lc, hc, v):
     "`in [lo, hi)` etc.: a value passes exactly when it lies in the interval (`inf`: no upper end)."
     hi = float("inf") if width is None else lo + width
     text = f"{'[' if lc else '('}{lo}, {'inf' if width is None else hi}{']' if hc else ')'}"
-    spec = ex.parse_parameters(f"n = 5   # a count, in {text}\n")["n"]
+    spec = P.parse_parameters(f"n = 5   # a count, in {text}\n")["n"]
     inside = (v > lo or (lc and v == lo)) and (v < hi or (hc and v == hi))
-    if inside: assert ex.coerce_value(spec, str(v)) == v
+    if inside: assert P.coerce_value(spec, str(v)) == v
     else:
-        with pytest.raises(ValueError, match=r"parameter 'n': -?\d+ is outside its range"): ex.coerce_value(spec, str(v))
+        with pytest.raises(ValueError, match=r"parameter 'n': -?\d+ is outside its range"): P.coerce_value(spec, str(v))
 
 
 def test_declared_choices_and_bad_declarations():
-    specs = ex.parse_parameters("kind = 'mad'  # attack, in {mad, pgd}\nk = 3  # in {1, 3, 5}\nlr = 1e-3  # in (0, 1e-1]\n")
+    specs = P.parse_parameters("kind = 'mad'  # attack, in {mad, pgd}\nk = 3  # in {1, 3, 5}\nlr = 1e-3  # in (0, 1e-1]\n")
     assert specs["kind"].choices == ("mad", "pgd") and specs["k"].choices == (1, 3, 5)
-    assert ex.coerce_value(specs["kind"], "pgd") == "pgd" and ex.coerce_value(specs["k"], "5") == 5
-    assert ex.coerce_value(specs["lr"], "0.1") == 0.1 and specs["lr"].domain() == "(0, 0.1]"
-    with pytest.raises(ValueError, match=r"'fgsm' is not one of \{mad, pgd\}"): ex.coerce_value(specs["kind"], "fgsm")
-    with pytest.raises(ValueError, match=r"0.2 is outside its range \(0, 0.1\]"): ex.coerce_value(specs["lr"], "0.2")
+    assert P.coerce_value(specs["kind"], "pgd") == "pgd" and P.coerce_value(specs["k"], "5") == 5
+    assert P.coerce_value(specs["lr"], "0.1") == 0.1 and specs["lr"].domain() == "(0, 0.1]"
+    with pytest.raises(ValueError, match=r"'fgsm' is not one of \{mad, pgd\}"): P.coerce_value(specs["kind"], "fgsm")
+    with pytest.raises(ValueError, match=r"0.2 is outside its range \(0, 0.1\]"): P.coerce_value(specs["lr"], "0.2")
     with pytest.raises(ValueError, match="parameter 'n': range .* the low end is above the high end"):
-        ex.parse_parameters("n = 1  # in [5, 1]\n")
-    assert ex.parse_parameters("w = 2  # days in (calendar) order\n")["w"].bounds is None   # prose, not a range
+        P.parse_parameters("n = 1  # in [5, 1]\n")
+    assert P.parse_parameters("w = 2  # days in (calendar) order\n")["w"].bounds is None   # prose, not a range
 
 
 def test_the_run_folder_is_locked_while_a_run_writes(tiny, tmp_path):
@@ -385,7 +387,7 @@ def test_the_run_folder_is_locked_while_a_run_writes(tiny, tmp_path):
         with pytest.raises(ValueError, match="is in use by a run in progress"):
             ex.run_experiment("tiny", output_dir=out, progress=False)
     assert ex.run_experiment("tiny", output_dir=out, progress=False).ok   # free again
-    assert ex.lock_held(out) is False
+    assert rundir.lock_held(out) is False
     other = tmp_path / "mine"; other.mkdir(); (other / "thesis.tex").write_text("precious")
     with pytest.raises(ValueError, match="not empty and no tradingrl run created it"):
         ex.run_experiment("tiny", output_dir=other, progress=False, overwrite=True)

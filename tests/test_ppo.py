@@ -78,9 +78,9 @@ def test_bad_hyperparameters(kw):
 
 
 @pytest.mark.parametrize("lr", [-1e-3, 0.0, float("inf"), "fast"])
-def test_set_learning_rate_refuses_a_bad_rate_and_keeps_the_live_one(lr):
+def test_set_hparams_refuses_a_bad_rate_and_keeps_the_live_one(lr):
     m = make()
-    with pytest.raises(ValueError, match="learning_rate"): m.set_learning_rate(lr)
+    with pytest.raises(ValueError, match="learning_rate"): m.set_hparams(learning_rate=lr)
     assert m.learning_rate == 3e-4 and m.policy.optimizer.param_groups[0]["lr"] == 3e-4
 
 
@@ -356,9 +356,9 @@ def test_set_parameters_relinks_optimizer_and_vgs_and_keeps_lr():
     b.learn(32 * 4)
 
 
-def test_set_learning_rate_is_what_train_applies():
+def test_set_hparams_learning_rate_is_what_train_applies():
     m = make()
-    m.set_learning_rate(1e-5)
+    m.set_hparams(learning_rate=1e-5)
     m.learn(32 * 4)
     assert all(g["lr"] == pytest.approx(1e-5) for g in m.policy.optimizer.param_groups)
 

@@ -12,7 +12,6 @@ import safetensors.torch
 import torch as th
 
 import tradingrl_nb.checkpoint as ck
-import tradingrl_nb.ppo as ppo_mod
 from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
@@ -28,6 +27,14 @@ def make(**kw):
     kw = dict(dict(n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0, device="cpu",
                    policy_kwargs=dict(lstm_hidden_size=16)), **kw)
     return DistributionalPPO("MlpLstmPolicy", env(), **kw)
+
+
+def same_state(a, b) -> bool:
+    "Nested state dicts equal: tensors element for element (NaN equal to NaN), the rest by ==."
+    if isinstance(a, th.Tensor): return isinstance(b, th.Tensor) and a.shape == b.shape and bool(th.equal(a.nan_to_num(), b.nan_to_num()))
+    if isinstance(a, dict): return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)): return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b))
+    return a == b or (a != a and b != b)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def test_roundtrip(saved):
     # optimizer and VGS state came back too
     o1, o2 = m.policy.optimizer.state_dict(), loaded.policy.optimizer.state_dict()
     assert o1["param_groups"][0]["lr"] == o2["param_groups"][0]["lr"]
-    assert json.dumps(ppo_mod._encode(m.vgs.state_dict(), {})) == json.dumps(ppo_mod._encode(loaded.vgs.state_dict(), {}))
+    assert same_state(m.vgs.state_dict(), loaded.vgs.state_dict())
 
 
 def test_file_is_safetensors_without_pickle(saved):
@@ -63,7 +70,7 @@ def test_file_is_safetensors_without_pickle(saved):
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
-    assert header["__metadata__"]["format"] == ppo_mod.CHECKPOINT_FORMAT
+    assert header["__metadata__"]["format"] == ck.CHECKPOINT_FORMAT
     json.loads(header["__metadata__"]["content"])       # the rest is plain JSON
     assert b"\x80\x04" not in raw[:8 + n] and not zipfile.is_zipfile(path)
     safetensors.torch.load_file(path)                   # readable by any safetensors reader
@@ -74,7 +81,7 @@ def test_custom_class_must_be_registered(tmp_path):
     m = make(policy_kwargs=dict(lstm_hidden_size=16, activation_fn=MyAct))
     with pytest.raises(TypeError, match="register_checkpoint_class"):
         m.save(tmp_path / "m")
-    ppo_mod.register_checkpoint_class(MyAct)
+    ck.register_checkpoint_class(MyAct)
     m.save(tmp_path / "m")
     assert DistributionalPPO.load(tmp_path / "m").policy.activation_fn is MyAct
 
@@ -153,7 +160,7 @@ def test_write_is_atomic(saved, tmp_path, monkeypatch):
     m.save(target)
     good = target.read_bytes()
     def fail(*a, **k): raise OSError("disk full")
-    monkeypatch.setattr(ppo_mod.os, "replace", fail)
+    monkeypatch.setattr(ck.os, "replace", fail)
     m.learn(32 * 4)
     with pytest.raises(OSError, match="disk full"):
         m.save(target)
@@ -205,7 +212,7 @@ def _drop(path_of_keys):
     return edit
 
 
-@pytest.mark.parametrize("keys", [("state", "ent"), ("state", "np_rng"), ("state", "nonfinite"), ("n_envs",),
+@pytest.mark.parametrize("keys", [("state", "ent_plateau"), ("state", "np_rng"), ("state", "nonfinite"), ("n_envs",),
                                   ("state",), ("params",)])
 def test_forged_checkpoint_missing_a_key_is_a_value_error_naming_the_file(saved, tmp_path, keys):
     "A re-hashed checkpoint that lacks a key the loader needs is a ValueError naming the file, never a KeyError."
@@ -213,3 +220,68 @@ def test_forged_checkpoint_missing_a_key_is_a_value_error_naming_the_file(saved,
     bad = _rewrite(path, tmp_path / "forged.safetensors", _drop(keys), rehash=True)
     with pytest.raises(ValueError, match="forged.safetensors"):
         DistributionalPPO.load(bad)
+
+
+# ---- one owner for each hyperparameter (set_hparams, hparams, clock) -----------------------------------------------
+def test_every_constructor_argument_round_trips_through_a_checkpoint(tmp_path):
+    "What `save` stores is read from `__init__`'s signature: every argument comes back as it was set."
+    m = make(learning_rate=7e-4, gamma=0.97, gae_lambda=0.9, clip_range=0.15, clip_range_vf=0.5, ent_coef=0.02,
+             ent_coef_final=0.005, vf_coef=0.7, max_grad_norm=0.4, target_kl=0.05, huber_kappa=0.5, cvar_alpha=0.3,
+             vgs_mode="gradient", return_snapshot="before", schedule_horizon=5000, stats_window_size=7,
+             vgs_kwargs=dict(alpha=0.4), ent_plateau_patience=3)
+    m.save(tmp_path / "m")
+    back = DistributionalPPO.load(tmp_path / "m.safetensors", device="cpu")
+    names = ck.hparam_names(DistributionalPPO)
+    assert {"learning_rate", "return_snapshot", "vgs_mode", "stats_window_size"} <= set(names)
+    assert not {"policy", "env", "device", "tensorboard_log", "_init_setup_model"} & set(names)
+    assert back.hparams() == m.hparams()
+    assert back.hparams()["vgs_kwargs"]["alpha"] == 0.4 and back.hparams()["schedule_horizon"] == 5000
+
+
+def test_set_hparams_writes_every_copy_and_a_checkpoint_keeps_them(tmp_path):
+    m = make(vgs_kwargs=dict(alpha=1.0), policy_kwargs=dict(lstm_hidden_size=16, optimizer_kwargs=dict(sigma=1e-3)))
+    m.learn(32 * 4)
+    m.set_hparams(learning_rate=1e-4, clip_range=0.1, ent_coef=0.02, vgs_alpha=0.3, upgd_sigma=2e-3, gamma=0.95,
+                  gae_lambda=0.8, cvar_alpha=0.5, vf_coef=0.25, max_grad_norm=0.3)
+    g = m.policy.optimizer.param_groups
+    assert m.learning_rate == 1e-4 and m.lr_schedule(0.5) == 1e-4 and all(x["lr"] == 1e-4 for x in g)
+    assert m._clip_schedule(0.5) == 0.1 and m.clip_range == 0.1 and m.ent_coef == 0.02
+    assert m.vgs.alpha == 0.3 and m.vgs_kwargs["alpha"] == 0.3
+    assert all(x["sigma"] == 2e-3 for x in g) and m.policy.optimizer_kwargs["sigma"] == 2e-3
+    assert m.policy_kwargs["optimizer_kwargs"]["sigma"] == 2e-3
+    assert (m.gamma, m.gae_lambda, m.cvar_alpha, m.vf_coef, m.max_grad_norm) == (0.95, 0.8, 0.5, 0.25, 0.3)
+    m.learn(32 * 4, reset_num_timesteps=False)                  # train() applies them, and does not undo any
+    assert all(x["lr"] == 1e-4 and x["sigma"] == 2e-3 for x in m.policy.optimizer.param_groups) and m.vgs.alpha == 0.3
+    m.save(tmp_path / "m")
+    back = DistributionalPPO.load(tmp_path / "m.safetensors", device="cpu")
+    h = back.hparams()
+    assert (h["learning_rate"], h["clip_range"], h["gamma"], h["vgs_kwargs"]["alpha"]) == (1e-4, 0.1, 0.95, 0.3)
+    assert h["policy_kwargs"]["optimizer_kwargs"]["sigma"] == 2e-3 and back.vgs.alpha == 0.3
+    assert all(x["lr"] == 1e-4 and x["sigma"] == 2e-3 for x in back.policy.optimizer.param_groups)
+
+
+@pytest.mark.parametrize("bad", [dict(learning_rate=1e-4, cvar_alpha=1.5), dict(gamma=1.01), dict(clip_range=0.0),
+                                 dict(vgs_alpha=float("nan")), dict(n_steps=64), dict(ent_coef="much")])
+def test_set_hparams_refuses_as_a_whole(bad):
+    "One bad value (or a structural argument such as n_steps) refuses the call, and nothing changes."
+    m = make()
+    before = (m.learning_rate, m.gamma, m.clip_range, m.vgs.alpha, m.n_steps, m.ent_coef, m.policy.optimizer.param_groups[0]["lr"])
+    with pytest.raises(ValueError, match="|".join(bad)): m.set_hparams(**bad)
+    assert (m.learning_rate, m.gamma, m.clip_range, m.vgs.alpha, m.n_steps, m.ent_coef, m.policy.optimizer.param_groups[0]["lr"]) == before
+
+
+def test_set_hparams_accepts_schedules_and_floors_the_entropy():
+    m = make(ent_coef=0.01, ent_coef_min=0.005)
+    m.set_hparams(learning_rate=lambda p: 1e-3 * p, ent_coef=0.001)
+    assert m.lr_schedule(0.5) == pytest.approx(5e-4) and m.ent_coef == 0.005
+    with pytest.raises(ValueError, match="gamma"): m.set_hparams(gamma=lambda p: 0.9)   # only lr and clip range take schedules
+
+
+def test_clock_round_trips_and_sets_the_scheduled_rate():
+    m = make(learning_rate=lambda p: 1e-3 * p)
+    m.learn(32 * 4)
+    c = m.clock()
+    other = make(learning_rate=lambda p: 1e-3 * p)
+    other.set_clock(c)
+    assert other.clock() == c
+    assert other.policy.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * c["progress_remaining"])

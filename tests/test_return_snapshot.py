@@ -7,7 +7,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
-from tradingrl_nb.ppo import DistributionalPPO, _HPARAMS
+from tradingrl_nb.ppo import DistributionalPPO
+from tradingrl_nb.checkpoint import hparam_names
 
 DF = synthetic_market(1500, seed=3)
 
@@ -61,7 +62,7 @@ def test_bad_value_is_a_clear_error():
 
 
 def test_saved_in_checkpoints(tmp_path):
-    assert "return_snapshot" in _HPARAMS
+    assert "return_snapshot" in hparam_names(DistributionalPPO)
     m = make(return_snapshot="before")
     m.learn(m.n_steps * m.n_envs)
     m.save(tmp_path / "m")

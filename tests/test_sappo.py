@@ -306,7 +306,7 @@ def test_sappo_none_leaves_ppo_unchanged():
     off.learn(16 * 2 * 3)                                        # torch RNG (seeded at construction) drives UPGD's noise
     inert = tiny_ppo(sappo=dict(eps=0.2, kappa=0.0, ramp_fraction=0.0))
     inert.learn(16 * 2 * 3)
-    assert off.sappo is None and off._hparams()["sappo"] is None
+    assert off.sappo is None and off.hparams()["sappo"] is None
     for (n, a), (_, b) in zip(off.policy.state_dict().items(), inert.policy.state_dict().items()): assert th.equal(a, b), n
     assert off.logger.name_to_value["train/loss"] == inert.logger.name_to_value["train/loss"]
     assert not any(k.startswith("sappo/") for k in off.logger.name_to_value)

@@ -6,10 +6,10 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/checkpoint.html.md"""
 
 # %% ../nbs/06a_checkpoint.ipynb #761724c3
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, pathlib, uuid, warnings
+import dataclasses, hashlib, inspect, json, math, os, pathlib, uuid, warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -17,13 +17,15 @@ import torch as th
 from torch import nn
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor
+from stable_baselines3.common.utils import FloatSchedule
 import safetensors.torch
 
 from .upgd import UPGD, AdaptiveUPGD
 
 # %% auto #0
-__all__ = ['TREE_FORMAT', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'atomic_write_bytes', 'atomic_write_json', 'flatten_state',
-           'unflatten_state', 'save_checkpoint', 'load_checkpoint', 'register_checkpoint_class', 'write_checkpoint']
+__all__ = ['TREE_FORMAT', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'LIVE_HPARAMS', 'SCHEDULABLE', 'atomic_write_bytes',
+           'atomic_write_json', 'flatten_state', 'unflatten_state', 'save_checkpoint', 'load_checkpoint',
+           'register_checkpoint_class', 'write_checkpoint', 'hparam_names', 'checked_hyperparams', 'Checkpointing']
 
 # %% ../nbs/06a_checkpoint.ipynb #52ebc11b
 def _fsync_dir(folder: Path) -> None:
@@ -298,16 +300,52 @@ def _short_repr(e: BaseException, n: int = 200) -> str:
     s = str(e)
     return s if len(s) <= n else s[:n] + "..."
 
-_HPARAMS = ("learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
-            "normalize_advantage", "ent_coef", "ent_coef_final", "ent_coef_min", "ent_plateau_patience",
-            "ent_plateau_factor", "ent_plateau_tol", "vf_coef", "max_grad_norm", "target_kl", "sequence_length",
-            "micro_batches", "huber_kappa", "cvar_alpha", "normalize_returns", "freeze_vecnormalize_obs",
-            "critic_adjustment", "critic_adjustment_kwargs", "use_vgs", "vgs_kwargs", "max_nonfinite_updates",
-            "stats_window_size", "policy_kwargs", "verbose", "seed", "sappo", "schedule_horizon", "vgs_mode",
-            "return_snapshot")
+_NOT_SAVED = frozenset({"self", "policy", "env", "device", "tensorboard_log", "_init_setup_model"})
 
-class _Checkpointing:
-    "Parameters (with VGS and optimizer state), relinking, learning rate, and pickle-free save/load."
+def hparam_names(cls) -> tuple[str, ...]:
+    """The hyperparameters a checkpoint of `cls` stores: the arguments of `cls.__init__` but the policy, the env,
+    the device, the log folder and the set-up flag. Read from the signature, so a new argument is saved without an edit here."""
+    return tuple(n for n in inspect.signature(cls.__init__).parameters if n not in _NOT_SAVED)
+
+#: What `set_hparams` can change between updates, with where each is valid: `(low, low allowed, high)`.
+#: The rest of the constructor's arguments shape the model (sizes, network, buffers) and need a new one.
+LIVE_HPARAMS = {
+    "learning_rate": (0.0, False, math.inf),   # 0 would freeze the model, and no PBT factor moves it off 0 again
+    "clip_range": (0.0, False, math.inf),
+    "ent_coef": (0.0, True, math.inf),
+    "vf_coef": (0.0, True, math.inf),
+    "max_grad_norm": (0.0, False, math.inf),
+    "gamma": (0.0, True, 1.0),
+    "gae_lambda": (0.0, True, 1.0),
+    "cvar_alpha": (0.0, False, 1.0),
+    "vgs_alpha": (0.0, True, math.inf),        # the VGS strength (vgs_kwargs["alpha"])
+    "upgd_sigma": (0.0, True, math.inf),       # the optimizer's noise scale (its param groups' "sigma")
+}
+SCHEDULABLE = ("learning_rate", "clip_range")  # may also be given as a schedule: progress remaining -> value
+
+def checked_hyperparams(owner: str, hyperparams: Mapping, known, limits: Mapping = LIVE_HPARAMS) -> dict:
+    """`hyperparams` as floats once **all** of them are checked: names in `known`, finite values inside `limits`
+    (`(low, low allowed, high)`), schedules (callables) only for `SCHEDULABLE` names. A `ValueError` names the first bad
+    value, so a caller that applies only what this returns changes nothing on a refusal."""
+    unknown = set(hyperparams) - set(known)
+    if unknown: raise ValueError(f"{owner}: unknown hyperparameter(s) {sorted(unknown)}; known: {list(known)}")
+    out = {}
+    for k, v in hyperparams.items():
+        if callable(v) and k in SCHEDULABLE: out[k] = v; continue
+        try: x = float(v)
+        except (TypeError, ValueError): raise ValueError(f"{owner}: {k}={v!r} is not a number") from None
+        if not math.isfinite(x): raise ValueError(f"{owner}: {k}={x!r} is not finite")
+        if k in limits:
+            low, closed, high = limits[k]
+            if not ((x >= low if closed else x > low) and x <= high):
+                rng = f"{'>=' if closed else '>'} {low:g}" if high == math.inf else f"in {'[' if closed else '('}{low:g}, {high:g}]"
+                raise ValueError(f"{owner}: {k}={x!r} is out of range: it must be {rng}")
+        out[k] = x
+    return out
+
+class Checkpointing:
+    """The model's own state as one owner keeps it: parameters (with VGS and optimizer state), hyperparameters
+    (`hparams`, `set_hparams`), the training clock (`clock`, `set_clock`), and pickle-free save/load."""
 
     def get_parameters(self, include_optimizer: bool = False) -> dict[str, dict]:
         """Policy weights, the return normalizer (it gives the critics' outputs their units), the VGS state and,
@@ -345,20 +383,24 @@ class _Checkpointing:
             opt = self.policy.optimizer = self.policy.optimizer_class(live, lr=self.lr_schedule(1), **self.policy.optimizer_kwargs)
             opt.load_state_dict(state)
         self._params = live
-        for g in opt.param_groups: g["lr"] = self.lr_schedule(self._current_progress_remaining)
+        self._apply_lr()
         if self.vgs is not None: self.vgs.update_parameters(live)
 
-    def set_learning_rate(self, learning_rate: float | Callable) -> None:
-        """Change the learning rate (a float or a schedule): it is what `train()` applies and what `save` stores (SB3 #735).
-        A number must be finite and > 0 (ValueError naming it; the live rate is unchanged)."""
-        if not callable(learning_rate) and not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
-            raise ValueError(f"set_learning_rate: learning_rate must be a finite number > 0 or a schedule, got {learning_rate!r}")
-        self.learning_rate = learning_rate
-        self._setup_lr_schedule()
-        for g in self.policy.optimizer.param_groups: g["lr"] = self.lr_schedule(self._current_progress_remaining)
+    def _apply_lr(self) -> None:
+        "Write the scheduled learning rate at the current progress into the optimizer (the one place that does)."
+        lr = self.lr_schedule(self._current_progress_remaining)
+        for g in self.policy.optimizer.param_groups: g["lr"] = lr
 
-    def _hparams(self) -> dict[str, Any]:
-        h = {k: getattr(self, "_stats_window_size" if k == "stats_window_size" else k) for k in _HPARAMS}
+    def reset_optimizer(self) -> None:
+        "A fresh optimizer (no moments, no utilities) over the live parameters, at the current learning rate."
+        pol = self.policy
+        pol.optimizer = pol.optimizer_class([p for p in pol.parameters() if p.requires_grad], **{**pol.optimizer_kwargs, "lr": self.lr_schedule(1)})
+        self._relink()
+
+    def hparams(self) -> dict[str, Any]:
+        """The constructor's arguments (`hparam_names`) as this model holds them now: what `save` stores and `load` passes
+        back. A schedule is stored as its current value (with a warning)."""
+        h = {k: getattr(self, "_stats_window_size" if k == "stats_window_size" else k) for k in hparam_names(type(self))}
         if h["sappo"] is not None: h["sappo"] = dataclasses.asdict(h["sappo"])
         for k in ("learning_rate", "clip_range", "clip_range_vf"):
             if callable(h[k]):
@@ -366,26 +408,58 @@ class _Checkpointing:
                 h[k] = float(h[k](self._current_progress_remaining))
         return h
 
+    def set_hparams(self, **hparams) -> None:
+        """Change hyperparameters between updates (`LIVE_HPARAMS`), in every place each one lives: the argument `save`
+        stores, the schedule `train()` reads, the optimizer's param groups, the VGS. `learning_rate` and `clip_range` may
+        be schedules. `ent_coef` below `ent_coef_min` is raised to that floor. All values are checked first: a refused
+        call raises a `ValueError` naming the value and changes nothing."""
+        hp = checked_hyperparams(f"{type(self).__name__}.set_hparams", hparams, LIVE_HPARAMS)
+        groups = self.policy.optimizer.param_groups
+        if "vgs_alpha" in hp and self.vgs is None:
+            raise ValueError(f"{type(self).__name__}.set_hparams: vgs_alpha={hp['vgs_alpha']!r} given but the model has no VGS (use_vgs=False)")
+        if "upgd_sigma" in hp and "sigma" not in groups[0]:
+            raise ValueError(f"{type(self).__name__}.set_hparams: upgd_sigma={hp['upgd_sigma']!r} given but "
+                             f"{type(self.policy.optimizer).__name__} has no sigma")
+        for k, v in hp.items():
+            if k == "learning_rate":
+                self.learning_rate = v; self._setup_lr_schedule(); self._apply_lr()
+            elif k == "clip_range": self.clip_range, self._clip_schedule = v, FloatSchedule(v)
+            elif k == "ent_coef": self.ent_coef = max(v, float(self.ent_coef_min))
+            elif k == "vgs_alpha": self.vgs.alpha = v; self.vgs_kwargs["alpha"] = v
+            elif k == "upgd_sigma":
+                for g in groups: g["sigma"] = v
+                self.policy.optimizer_kwargs["sigma"] = v
+                self.policy_kwargs["optimizer_kwargs"] = {**self.policy_kwargs.get("optimizer_kwargs", {}), "sigma": v}
+            else: setattr(self, k, v)
+
+    def clock(self) -> dict:
+        "The training clock: steps, updates and episodes so far, schedule progress, the entropy plateau detector's state."
+        return {"num_timesteps": int(self.num_timesteps), "total_timesteps": int(self._total_timesteps),
+                "n_updates": int(self._n_updates), "episode_num": int(self._episode_num),
+                "progress_remaining": float(self._current_progress_remaining),
+                "ent_plateau": [float(self._ent_scale), float(self._ent_best), int(self._ent_wait)]}
+
+    def set_clock(self, c: Mapping) -> None:
+        "Set the training clock (a `clock()` dict) and the learning rate the schedule gives at its progress."
+        self.num_timesteps, self._total_timesteps = int(c["num_timesteps"]), int(c["total_timesteps"])
+        self._n_updates, self._episode_num = int(c["n_updates"]), int(c["episode_num"])
+        self._current_progress_remaining = float(c["progress_remaining"])
+        self._ent_scale, self._ent_best, self._ent_wait = float(c["ent_plateau"][0]), float(c["ent_plateau"][1]), int(c["ent_plateau"][2])
+        self._apply_lr()
+
     def save(self, path: str | pathlib.Path, exclude=None, include=None) -> None:
         """Write a checkpoint: tensors as safetensors, everything else as JSON in its metadata; no pickle.
         The write is atomic (temporary file + `os.replace`). A path without suffix gets `.safetensors`."""
-        content = dict(hparams=self._hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
+        content = dict(hparams=self.hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
                        observation_space=_space_to_dict(self.observation_space), action_space=_space_to_dict(self.action_space),
                        params=self.get_parameters(include_optimizer=True),
-                       state=dict(num_timesteps=self.num_timesteps, total_timesteps=self._total_timesteps,
-                                  n_updates=self._n_updates, episode_num=self._episode_num,
-                                  progress_remaining=self._current_progress_remaining,
-                                  ent=[self._ent_scale, self._ent_best, self._ent_wait],
-                                  nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
+                       state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
                                   np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
                                   cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
         write_checkpoint(path, content)
 
     def _restore_state(self, s: dict) -> None:
-        self.num_timesteps, self._total_timesteps = int(s["num_timesteps"]), int(s["total_timesteps"])
-        self._n_updates, self._episode_num = int(s["n_updates"]), int(s["episode_num"])
-        self._current_progress_remaining = float(s["progress_remaining"])
-        self._ent_scale, self._ent_best, self._ent_wait = float(s["ent"][0]), float(s["ent"][1]), int(s["ent"][2])
+        self.set_clock({**s, "ent_plateau": s["ent_plateau"] if "ent_plateau" in s else s["ent"]})   # "ent": files before the clock had its name
         self._nonfinite_updates, self._nonfinite_streak = (int(x) for x in s["nonfinite"])
         if np.shape(s["ret_acc"]) == self._ret_acc.shape: self._ret_acc = np.array(s["ret_acc"], dtype=np.float64)
         st = s["np_rng"]
@@ -398,7 +472,7 @@ class _Checkpointing:
 
     @classmethod
     def load(cls, path: str | pathlib.Path, env=None, device: th.device | str = "auto", custom_objects=None,
-             print_system_info: bool = False, force_reset: bool = True, **kwargs) -> "DistributionalPPO":
+             print_system_info: bool = False, force_reset: bool = True, **kwargs) -> Self:
         """Re-create a model from a checkpoint written by `save`. Reads only safetensors and JSON (never executes
         code from the file); classes named in it must be registered (`register_checkpoint_class`). Restores the
         optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states. A file that passes its
@@ -409,7 +483,7 @@ class _Checkpointing:
             raise ValueError(f"{path}: not a usable DistributionalPPO checkpoint ({type(e).__name__}: {_short_repr(e)})") from None
 
     @classmethod
-    def _from_checkpoint(cls, ck: dict, env, device, kwargs: dict) -> "DistributionalPPO":
+    def _from_checkpoint(cls, ck: dict, env, device, kwargs: dict) -> Self:
         h = dict(ck["hparams"])
         if "policy_kwargs" in kwargs and kwargs["policy_kwargs"] != h["policy_kwargs"]:
             raise ValueError(f"policy_kwargs differ from the stored ones: stored {h['policy_kwargs']}, given {kwargs['policy_kwargs']}")

@@ -7,8 +7,10 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/config.html.md"""
 # %% ../nbs/00a_config.ipynb #86520780
 from __future__ import annotations
 import configparser, os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import torch   # for the annotations only: importing this module must not import torch
 
 # %% auto #0
 __all__ = ['Settings', 'find_settings_file', 'load_settings', 'resolve_device']

@@ -7,8 +7,8 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/experiments.html.md"""
 
 # %% ../nbs/10_experiments.ipynb #a22b1dc9
 from __future__ import annotations
-import ast, contextlib, itertools, json, math, os, re, signal, sys, time, traceback
-from dataclasses import dataclass, field, asdict
+import contextlib, json, math, os, re, sys, time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,11 @@ def _config():
     from tradingrl_nb import config
     return config
 
-from .rundir import (LOCK_NAME, RUN_MARKER, RunInterrupted, RunLock, StopSignals, claim_run_dir, folder_files,
-                                 lock_held, reuse_problem, run_status, signal_name, write_report,
+from .rundir import (RUN_MARKER, RunInterrupted, StopSignals, claim_run_dir, folder_files,
+                                 reuse_problem, run_status, signal_name, write_report,
                                  _flatten, _short)
-from .params import (RESERVED, ParamSpec, coerce_value, experiment_dirs, experiment_parameters,
-                                 experiment_presets, find_experiment, git_commit, list_experiments, parse_domain,
-                                 parse_parameters, preset_parameters, resolve_parameters, results_dir)
+from .params import (RESERVED, experiment_parameters, find_experiment, git_commit, preset_parameters,
+                                 resolve_parameters, results_dir)
 from .resume import latest_checkpoint
 
 # %% auto #0
@@ -328,7 +327,7 @@ def _resume_plan(name, parameters, preset, output_dir) -> tuple[str, dict, str |
 
 def _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
          start_timeout, overwrite, kernel_log, preset, tensorboard, resume=False) -> RunResult:
-    import signal, socket, nbformat, papermill as pm
+    import signal, socket, papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
     with stop.stoppable():   # nothing written yet: a signal stops at once

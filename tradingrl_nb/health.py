@@ -9,7 +9,6 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/health.html.md"""
 from __future__ import annotations
 import math
 
-import numpy as np
 import pandas as pd
 
 # %% auto #0

@@ -21,13 +21,12 @@ from torch import nn
 
 _logger = logging.getLogger("tradingrl_nb.pbt")
 
-from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, flatten_state, unflatten_state, atomic_write_bytes,
-    atomic_write_json, save_checkpoint, load_checkpoint)
+from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, checked_hyperparams, flatten_state,
+    unflatten_state, save_checkpoint, load_checkpoint)
 
 # %% auto #0
-__all__ = ['PPO_MUTATIONS', 'CLOCK', 'HYPERPARAM_LIMITS', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'checked_hyperparams',
-           'is_optimizer_component', 'load_exploit', 'plan_run_length', 'ToyGradScaler', 'toy_series', 'ToyMember',
-           'MemberRecord', 'PBTScheduler']
+__all__ = ['PPO_MUTATIONS', 'CLOCK', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component', 'load_exploit',
+           'plan_run_length', 'ToyGradScaler', 'toy_series', 'ToyMember', 'MemberRecord', 'PBTScheduler']
 
 # %% ../nbs/08_pbt.ipynb #353ee529
 @dataclass(frozen=True)
@@ -100,34 +99,6 @@ class PBTMember(Protocol):
     def apply_hyperparams(self, hyperparams: Mapping) -> None: ...
     def train(self, n_steps: int) -> Any: ...
     def evaluate(self) -> float: ...
-
-#: Where each hyperparameter a member knows is valid: `(low, low allowed, high)`; `apply_hyperparams` refuses the rest.
-HYPERPARAM_LIMITS = {
-    "learning_rate": (0.0, False, math.inf),   # 0 would freeze the member, and no factor moves it off 0 again
-    "clip_range": (0.0, False, math.inf),
-    "ent_coef": (0.0, True, math.inf),
-    "vgs_alpha": (0.0, True, math.inf),
-    "upgd_sigma": (0.0, True, math.inf),
-    "cvar_alpha": (0.0, False, 1.0),
-}
-
-def checked_hyperparams(owner: str, hyperparams: Mapping, known) -> dict:
-    """`hyperparams` as floats once **all** of them are checked: names in `known`, finite values inside `HYPERPARAM_LIMITS`.
-    A `ValueError` names the first bad value; a member that applies only what this returns changes nothing on a refusal."""
-    unknown = set(hyperparams) - set(known)
-    if unknown: raise ValueError(f"{owner}: unknown hyperparameter(s) {sorted(unknown)}; known: {list(known)}")
-    out = {}
-    for k, v in hyperparams.items():
-        try: x = float(v)
-        except (TypeError, ValueError): raise ValueError(f"{owner}: {k}={v!r} is not a number") from None
-        if not math.isfinite(x): raise ValueError(f"{owner}: {k}={x!r} is not finite")
-        if k in HYPERPARAM_LIMITS:
-            low, closed, high = HYPERPARAM_LIMITS[k]
-            if not ((x >= low if closed else x > low) and x <= high):
-                rng = f"{'>=' if closed else '>'} {low:g}" if high == math.inf else f"in {'[' if closed else '('}{low:g}, {high:g}]"
-                raise ValueError(f"{owner}: {k}={x!r} is out of range: it must be {rng}")
-        out[k] = x
-    return out
 
 def is_optimizer_component(name: str) -> bool:
     "Top-level checkpoint components that hold optimizer state (`'optimizer'`, SB3's `'policy.optimizer'`)."

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from .pbt import CLOCK, checked_hyperparams, is_optimizer_component
+from .pbt import CLOCK, is_optimizer_component
 
 # %% auto #0
 __all__ = ['PPOMember', 'PPOMemberFactory']
@@ -42,20 +42,8 @@ class PPOMember:
         self.model.schedule_horizon = int(n_intervals) * (-(-int(steps_per_interval) // r) * r)
 
     def clock(self) -> dict:
-        "The training clock: steps, updates and episodes so far, schedule progress, the entropy plateau detector's state."
-        m = self.model
-        return {"num_timesteps": int(m.num_timesteps), "total_timesteps": int(m._total_timesteps),
-                "n_updates": int(m._n_updates), "episode_num": int(m._episode_num),
-                "progress_remaining": float(m._current_progress_remaining),
-                "ent_plateau": [float(m._ent_scale), float(m._ent_best), int(m._ent_wait)]}
-
-    def _set_clock(self, c: Mapping) -> None:
-        m = self.model
-        m.num_timesteps, m._total_timesteps = int(c["num_timesteps"]), int(c["total_timesteps"])
-        m._n_updates, m._episode_num = int(c["n_updates"]), int(c["episode_num"])
-        m._current_progress_remaining = float(c["progress_remaining"])
-        m._ent_scale, m._ent_best, m._ent_wait = float(c["ent_plateau"][0]), float(c["ent_plateau"][1]), int(c["ent_plateau"][2])
-        for g in m.policy.optimizer.param_groups: g["lr"] = m.lr_schedule(m._current_progress_remaining)
+        "The model's training clock (`DistributionalPPO.clock`): steps, updates, episodes, schedule progress, entropy plateau."
+        return self.model.clock()
 
     def get_parameters(self, include_optimizer: bool = True) -> dict:
         return {**self.model.get_parameters(include_optimizer=include_optimizer), CLOCK: self.clock()}
@@ -63,39 +51,18 @@ class PPOMember:
     def set_parameters(self, parameters: Mapping, reset_optimizer: bool = False) -> None:
         params = {k: v for k, v in parameters.items() if k != CLOCK and not (reset_optimizer and is_optimizer_component(k))}
         self.model.set_parameters(params, exact_match=True)       # relinks optimizer + VGS, resets LSTM states
-        if reset_optimizer: self._fresh_optimizer()
-        if CLOCK in parameters: self._set_clock(parameters[CLOCK])
+        if reset_optimizer: self.model.reset_optimizer()
+        if CLOCK in parameters: self.model.set_clock(parameters[CLOCK])
         self.model.reset_lstm_states_to_initial()
-
-    def _fresh_optimizer(self) -> None:
-        pol = self.model.policy
-        lr = pol.optimizer.param_groups[0]["lr"]
-        live = [p for p in pol.parameters() if p.requires_grad]
-        pol.optimizer = pol.optimizer_class(live, **{**pol.optimizer_kwargs, "lr": lr})
-        self.model._relink()
 
     def reset_lstm_states_to_initial(self) -> None: self.model.reset_lstm_states_to_initial()
 
     def apply_hyperparams(self, hyperparams: Mapping) -> None:
-        """Write `hyperparams` to every place they live. All of them are checked first (names, finite, in range: see
-        `checked_hyperparams`): a refused call raises a `ValueError` naming the value and changes nothing."""
-        from stable_baselines3.common.utils import FloatSchedule
-        m = self.model
-        hp = checked_hyperparams("PPOMember", hyperparams, self.HYPERPARAMS)
-        if "vgs_alpha" in hp and m.vgs is None:
-            raise ValueError(f"PPOMember: vgs_alpha={hp['vgs_alpha']!r} given but the model has no VGS (use_vgs=False)")
-        groups = m.policy.optimizer.param_groups
-        if "upgd_sigma" in hp and "sigma" not in groups[0]:
-            raise ValueError(f"PPOMember: upgd_sigma={hp['upgd_sigma']!r} given but {type(m.policy.optimizer).__name__} has no sigma")
-        for k, v in hp.items():
-            if k == "learning_rate": m.set_learning_rate(v)           # learning_rate, lr_schedule and param_groups
-            elif k == "clip_range": m.clip_range, m._clip_schedule = v, FloatSchedule(v)
-            elif k == "ent_coef": m.ent_coef = max(v, float(m.ent_coef_min))
-            elif k == "cvar_alpha": m.cvar_alpha = v
-            elif k == "vgs_alpha": m.vgs.alpha = v; m.vgs_kwargs["alpha"] = v
-            elif k == "upgd_sigma":
-                for g in groups: g["sigma"] = v
-                m.policy.optimizer_kwargs["sigma"] = v
+        """Set `hyperparams` (names in `HYPERPARAMS`) through the model's `set_hparams`, which writes every place each one
+        lives and checks all of them first: a refused call raises a `ValueError` naming the value and changes nothing."""
+        unknown = set(hyperparams) - set(self.HYPERPARAMS)
+        if unknown: raise ValueError(f"PPOMember: unknown hyperparameter(s) {sorted(unknown)}; known: {list(self.HYPERPARAMS)}")
+        self.model.set_hparams(**hyperparams)
 
     def live_hyperparams(self) -> dict:
         "The values in force, read back from the objects `train()` uses."

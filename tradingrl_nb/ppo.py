@@ -7,30 +7,26 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/ppo.html.md"""
 
 # %% ../nbs/06_ppo.ipynb #f5776434
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, pathlib, tempfile, warnings
+import math, warnings
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from torch import nn
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.torch_layers import FlattenExtractor
-import safetensors.torch
 
 from .config import resolve_device
 from .policy import RecurrentQuantilePolicy, mask_states
 from .vgs import VarianceGradientScaler
-from .upgd import UPGD, AdaptiveUPGD, check_vgs_noise_compat
+from .upgd import AdaptiveUPGD, check_vgs_noise_compat
 from .sappo import SAPPOConfig, RobustKLRegularizer
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
-from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, register_checkpoint_class, write_checkpoint,
-    _encode, _decode, _to_device, _space_to_dict, _space_from_dict, _read_checkpoint, _Checkpointing, _HPARAMS)
+from .checkpoint import Checkpointing
 
 # %% auto #0
 __all__ = ['CRITIC_PREFIXES', 'gae', 'SequenceRolloutBuffer', 'DistributionalPPO']
@@ -559,7 +555,7 @@ class _Update:
 # %% ../nbs/06_ppo.ipynb #8fde5ca8
 CRITIC_PREFIXES = ("lstm_critic", "critic_ff", "q_net")   # parameter names of the critics' side of the policy
 
-class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, _Checkpointing, OnPolicyAlgorithm):
+class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, Checkpointing, OnPolicyAlgorithm):
     """PPO with a recurrent actor and twin quantile critics, CVaR-aware advantages, return normalization,
     VGS + AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 

@@ -366,7 +366,7 @@ def tearsheet_figure(returns, title: str | None = None, window: int = 63, period
     columns, as in a run's `returns.csv`; `agent_position` too when recorded): the value of 1 invested, the
     drawdowns, the exposure over time, the rolling annualized Sharpe ratio over `window` days, and the agent's
     monthly returns (%)."""
-    import numpy as np, pandas as pd
+    import numpy as np
     import matplotlib.pyplot as plt, matplotlib.dates as mdates
     def dates(ax):
         loc = mdates.AutoDateLocator(maxticks=7); ax.xaxis.set_major_locator(loc); ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))

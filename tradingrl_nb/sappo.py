@@ -10,7 +10,6 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/sappo.html.md"""
 from __future__ import annotations
 import contextlib, math, warnings
 from dataclasses import dataclass, asdict, fields, is_dataclass
-from typing import Any
 
 import numpy as np
 import torch as th

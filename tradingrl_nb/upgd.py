@@ -8,7 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/upgd.html.md"""
 # %% ../nbs/03_upgd.ipynb #c909af2b
 from __future__ import annotations
 import math, warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor

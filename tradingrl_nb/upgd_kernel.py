@@ -7,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/upgd_kernel.html.md"""
 
 # %% ../nbs/03a_upgd_kernel.ipynb #4b4f9b6b
 from __future__ import annotations
-import contextlib, ctypes, hashlib, math, os, platform, shutil, stat, subprocess, threading, time
+import contextlib, ctypes, hashlib, os, platform, shutil, stat, subprocess, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
