@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
         "DummyVecEnv[TradingEnv]": (lambda n: DummyVecEnv([lambda: TradingEnv(df, market=market, **kw) for _ in range(n)]), slow_steps, False),
     }
     try:
-        import gymnasium as gym
+        import gymnasium as gym  # noqa: F401  (the peer needs it installed)
         import gym_anytrading  # noqa: F401  (registers stocks-v0)
         from gym_anytrading.envs import StocksEnv
         peer_df = df.rename(columns=str.capitalize)  # it reads 'Close'

@@ -22,7 +22,7 @@ Each run is one process (one torch thread), two at a time. Tables go to stdout a
 nbs/09a_controls.ipynb reads and shows.
 """
 from __future__ import annotations
-import argparse, json, os, sys, time
+import argparse, sys, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 

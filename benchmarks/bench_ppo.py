@@ -18,7 +18,7 @@ time; wall-time figures are printed too. Peak RSS of DistributionalPPO is also m
 that rollout + update memory grows linearly in n_steps * n_envs.
 """
 from __future__ import annotations
-import json, os, resource, statistics, sys, time
+import json, resource, statistics, sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _worker import recurrent_ppo_parser, run_worker

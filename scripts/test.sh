@@ -23,6 +23,9 @@ if [ -n "$(git status --porcelain --untracked-files=all -- tradingrl_nb nbs/llms
   fail "nbdev-export changed or added files under tradingrl_nb/: export and commit"
 fi
 
+stage "ruff (pyflakes rules: the package, tests, benchmarks, scripts)"
+$V/ruff check tradingrl_nb tests benchmarks scripts || fail "ruff: fix the findings above (the package's in nbs/, then export)"
+
 stage "README is generated from nbs/index.ipynb"
 $V/python scripts/make_readme.py --check || fail "README.md is stale: run 'make readme' and commit"
 

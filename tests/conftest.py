@@ -1,8 +1,20 @@
-"""Shared pytest set-up."""
+"""Shared pytest set-up and fixtures (the builders they use live in `tradingrl_nb.testing`)."""
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+from tradingrl_nb.testing import TINY_CELLS, TINY_PARAMS, make_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars",
+                  # the site must render offline: every host but the local server fails at once
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 
 # scripts/test.sh runs the suite on every core (pytest-xdist: `-n auto --dist loadgroup`). The tests of these modules
 # share an expensive module-scoped fixture (the docs site, two trained runs, a Ray cluster) and run on one worker per
@@ -39,3 +51,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> Path:
+    "A fast experiment `tiny` on the experiments search path, and runs going to tmp_path/runs."
+    d = tmp_path / "exps"
+    make_notebook(d / "tiny.ipynb", TINY_PARAMS, *TINY_CELLS)
+    monkeypatch.setenv("TRADINGRL_EXPERIMENTS_DIR", str(d))
+    monkeypatch.setenv("TRADINGRL_RUNS_DIR", str(tmp_path / "runs"))
+    return d / "tiny.ipynb"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    "Run headless Debian chromium with the given arguments (installed on first use; the test is skipped without it)."
+    if not CHROMIUM.exists():
+        subprocess.run(["bash", str(ROOT / "scripts" / "install_chromium.sh")], timeout=900)
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium is not installed and scripts/install_chromium.sh could not install it "
+                    "(needs root and apt-get with access to Debian's packages)")
+
+    def run(*args):
+        with tempfile.TemporaryDirectory() as profile:
+            r = subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                               capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+    return run

@@ -2,19 +2,18 @@
 ordinary file mode under the umask, the folder fsynced after the rename, and a checksum of the tensor data and of the
 metadata verified on load, so that flipped bytes, edited hyperparameters, absurdly nested or truncated headers all
 raise a `ValueError` that names the file."""
-import hashlib
 import json
 import os
 import stat
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch as th
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tradingrl_nb.checkpoint as ck
-from tradingrl_nb.checkpoint import atomic_write_bytes, atomic_write_json, load_checkpoint, save_checkpoint
+from tradingrl_nb.checkpoint import load_checkpoint, save_checkpoint
+from tradingrl_nb.fileio import atomic_write_bytes, write_json
 from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
@@ -65,7 +64,7 @@ def rewrite_meta(src, dst, edit, rehash=False):
 def test_files_get_the_ordinary_mode_under_the_umask(tmp_path, files, umask):
     old = os.umask(umask)
     try:
-        paths = [atomic_write_bytes(tmp_path / "raw.bin", b"x"), atomic_write_json(tmp_path / "p.json", {"a": 1}),
+        paths = [atomic_write_bytes(tmp_path / "raw.bin", b"x"), write_json(tmp_path / "p.json", {"a": 1}),
                  save_checkpoint(tmp_path / "t.safetensors", {"w": th.ones(2)})]
         ck.write_checkpoint(tmp_path / "m", {"params": {}}); paths.append(tmp_path / "m.safetensors")
         files["model"].save(tmp_path / "model"); paths.append(tmp_path / "model.safetensors")
@@ -91,7 +90,7 @@ def test_folder_is_fsynced_after_the_rename(tmp_path, files, monkeypatch):
 def test_no_other_writer_in_the_checkpoint_paths():
     "Both formats go through `atomic_write_bytes` (one writer for the package)."
     import inspect
-    for f in (ck.save_checkpoint, ck.write_checkpoint, ck.atomic_write_json):
+    for f in (ck.save_checkpoint, ck.write_checkpoint):
         src = inspect.getsource(f)
         assert "atomic_write_bytes(" in src and "mkstemp" not in src and "open(" not in src, f.__name__
 
@@ -216,10 +215,10 @@ def test_any_byte_flip_loads_identically_or_is_a_value_error(files, fmt, flips, 
     for pos, x in flips: raw[int(pos * len(raw))] ^= x
     bad = tmp_path_factory.mktemp("flip") / "flip.safetensors"; bad.write_bytes(bytes(raw))
     try:
-        got = load_checkpoint(bad) if fmt == "tree" else ck._read_checkpoint(bad)
+        got = load_checkpoint(bad) if fmt == "tree" else ck.read_checkpoint(bad)
     except ValueError as e:
         assert "flip.safetensors" in str(e); return
-    want = load_checkpoint(files[fmt]) if fmt == "tree" else ck._read_checkpoint(files[fmt])
+    want = load_checkpoint(files[fmt]) if fmt == "tree" else ck.read_checkpoint(files[fmt])
     assert json.dumps(ck._encode(got, {})) == json.dumps(ck._encode(want, {}))
     ta, tb = {}, {}; ck._encode(got, ta); ck._encode(want, tb)
     assert all(th.equal(ta[k], tb[k]) for k in tb)

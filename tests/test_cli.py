@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from test_experiments import TINY_CELLS, TINY_PARAMS, make_notebook
+from tradingrl_nb.testing import TINY_CELLS, TINY_PARAMS, make_notebook
 
 _SCRIPT = Path(sys.executable).parent / "tradingrl"
 CMD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", "import sys; from tradingrl_nb.cli import main; sys.exit(main())"]

@@ -22,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from functools import partial
 from html.parser import HTMLParser
@@ -34,12 +33,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars",
-                  # the site must render offline: every host but the local server fails at once
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 
 
 def run_build(root: Path, out: Path, stage: Path) -> subprocess.CompletedProcess:
@@ -259,23 +252,6 @@ def server(site):
     yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.requests
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        subprocess.run(["bash", str(ROOT / "scripts" / "install_chromium.sh")], timeout=900)
-    if not CHROMIUM.exists():
-        pytest.skip("Debian chromium is not installed and scripts/install_chromium.sh could not install it "
-                    "(needs root and apt-get with access to Debian's packages)")
-
-    def run(*args):
-        with tempfile.TemporaryDirectory() as profile:
-            r = subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                               capture_output=True, text=True, timeout=180)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return r
-    return run
 
 
 def _probe(chromium, base, page) -> dict:

@@ -9,39 +9,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb import fileio
 from tradingrl_nb import rundir
 from tradingrl_nb import params as P
 from tradingrl_nb.sweep import sweep
-
-
-def make_notebook(path: Path, params: str, *cells: str, tag: bool = True) -> Path:
-    "A small experiment notebook: a `parameters` cell then code cells."
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    p = nbformat.v4.new_code_cell(params)
-    if tag: p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# tiny"), p, *[nbformat.v4.new_code_cell(c) for c in cells]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
-TINY_PARAMS = 'x = 2            # a number\nscale: float = 1.5\nlabel = "a"\nfail_at = -1\noutput_dir = None\n'
-TINY_CELLS = (
-    "from tradingrl_nb.experiments import save_metrics, save_figure\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
-    "y = x * scale\nif x == fail_at:\n    raise RuntimeError(f'boom at x={x}')\nz = y + 1",
-    "save_metrics({'y': y, 'nested': {'z': z, 'label': label}}, output_dir)\nfig, ax = plt.subplots(); ax.plot([0, 1], [0, y])\nsave_figure(fig, 'line', output_dir)",
-)
-
-
-@pytest.fixture
-def tiny(tmp_path, monkeypatch) -> Path:
-    "A fast experiment `tiny` on the experiments search path, and runs going to tmp_path/runs."
-    d = tmp_path / "exps"
-    make_notebook(d / "tiny.ipynb", TINY_PARAMS, *TINY_CELLS)
-    monkeypatch.setenv("TRADINGRL_EXPERIMENTS_DIR", str(d))
-    monkeypatch.setenv("TRADINGRL_RUNS_DIR", str(tmp_path / "runs"))
-    return d / "tiny.ipynb"
+from tradingrl_nb.testing import TINY_PARAMS, make_notebook
 
 
 # ---------------------------------------------------------------- parameters
@@ -252,7 +224,7 @@ def test_each_experiment_runs_with_tiny_defaults(name, tmp_path):
     r = ex.run_experiment(name, output_dir=tmp_path / name, device="cpu", progress=False)
     assert r.ok, r.error
     # the file holds non-finite values as "nan"/"inf" strings; r.metrics holds them as floats (nan != nan)
-    assert r.metrics and json.loads((r.output_dir / "metrics.json").read_text()) == ex.to_jsonable(r.metrics)
+    assert r.metrics and json.loads((r.output_dir / "metrics.json").read_text()) == fileio.to_jsonable(r.metrics)
     assert list((r.output_dir / "figures").glob("*.png")), "each experiment saves at least one figure"
     assert (r.output_dir / f"{name}.html").stat().st_size > 10_000
     assert json.loads((r.output_dir / "params.json").read_text())["device"] == "cpu"
@@ -327,7 +299,7 @@ def test_save_metrics_is_strict_json(tmp_path):
     ex.save_metrics({"up": float("inf"), "down": np.float32("-inf")}, tmp_path)
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored["up"] == "inf" and stored["down"] == "-inf"
-    back = ex.from_jsonable(stored)
+    back = fileio.from_jsonable(stored)
     assert back["up"] == float("inf") and back["down"] == float("-inf") and back["a"] != back["a"]
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="metrics.json: holds a list, not an object"): ex.save_metrics({"x": 1}, tmp_path)

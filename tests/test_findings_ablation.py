@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb import fileio
 from tradingrl_nb.upgd import AdaptiveUPGD
 
 ABLATION_IDS = ["fixed_noise_nsr_under_vgs", "adaptive_noise_value_loss_variance", "adaptive_noise_sample_efficiency",
@@ -29,7 +30,7 @@ def expected_verdict(f: dict) -> str:
 
 
 def check_findings(path, ids, n_seeds, steps):
-    stored = ex.from_jsonable(json.loads(path.read_text()))
+    stored = fileio.from_jsonable(json.loads(path.read_text()))
     fs = stored["findings"]
     assert [f["id"] for f in fs] == ids
     for f in fs:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb import fileio
 
 CASES = {"return_snapshot_timing": "return_snapshot_value_bias",
          "lstm_reset_after_exploit": "lstm_reset_value_loss_spike"}
@@ -25,7 +26,7 @@ def test_mechanism_experiment_records_its_finding(name, tmp_path):
     seeds = specs["seeds"].default
     r = ex.run_experiment(name, output_dir=tmp_path / name, device="cpu", progress=False, report=False)
     assert r.ok, r.error
-    assert json.loads((r.output_dir / "metrics.json").read_text()) == ex.to_jsonable(r.metrics)
+    assert json.loads((r.output_dir / "metrics.json").read_text()) == fileio.to_jsonable(r.metrics)
     assert list((r.output_dir / "figures").glob("*.png"))
     fs = r.metrics["findings"]
     assert [f["id"] for f in fs] == [CASES[name]]

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from tradingrl_nb.pbt import PBTScheduler, ToyMember
+from tradingrl_nb.pbt import PBTScheduler
+from tradingrl_nb.testing import ToyMember
 from tradingrl_nb.pbt_runner import run_population
 
 MUT = {"learning_rate": (1e-4, 3e-2, "log"), "vgs_alpha": (0.0, 1.0)}

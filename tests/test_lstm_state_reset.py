@@ -5,18 +5,15 @@ import pytest
 import torch as th
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
-from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
+from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 
-DF = synthetic_market(1500, seed=3)
+DF = tiny_market()
 
 
 def make(seed=0, n_envs=4, **kw):
-    env = TradingVecEnv(DF, n_envs=n_envs, seed=seed, window=1, episode_length=60)
-    kw = dict(dict(n_steps=32, batch_size=64, n_epochs=1, sequence_length=16, seed=seed, device="cpu",
-                   policy_kwargs=dict(lstm_hidden_size=16)), **kw)
-    return DistributionalPPO("MlpLstmPolicy", env, **kw)
+    return tiny_ppo(tiny_env(n_envs, seed), **{"n_epochs": 1, "seed": seed, **kw})
 
 
 def rollout(model):
@@ -129,7 +126,7 @@ def test_episode_boundaries_reset_per_env_during_rollouts():
     rollout(m)
     buf = m.rollout_buffer
     assert buf.episode_starts[1:].any(), "the test needs episode boundaries inside the rollout"
-    T, E, L = buf.n_steps, buf.n_envs, buf.L
+    T, L = buf.n_steps, buf.L
     cut = buf.episode_starts.copy(); cut[::L] = True
     starts_t = np.flatnonzero(cut.T.reshape(-1)) % T
     starts_e = np.flatnonzero(cut.T.reshape(-1)) // T

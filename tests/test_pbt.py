@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 
 from tradingrl_nb import pbt
-from tradingrl_nb.pbt import Hyperparam, PBTScheduler, ToyMember, load_checkpoint, load_exploit, save_checkpoint
+from tradingrl_nb.pbt import Hyperparam, PBTScheduler, load_checkpoint, load_exploit, save_checkpoint
+from tradingrl_nb.testing import ToyMember
 from tradingrl_nb.pbt_runner import run_population
 
 MUT = {"learning_rate": Hyperparam(1e-4, 5e-2, log=True), "vgs_alpha": Hyperparam(0.0, 1.0)}
@@ -32,7 +33,7 @@ def test_checkpoint_roundtrip_is_exact_and_pickle_free(tmp_path):
                                            3: [True, 2.5]}}
     path = save_checkpoint(tmp_path / "c.safetensors", tree, {"note": "x", "inf": float("inf")})
     got, meta = load_checkpoint(path)
-    assert meta == {"note": "x", "inf": None}
+    assert meta == {"note": "x", "inf": math.inf}          # one JSON rule (fileio): infinity comes back
     for k, v in tree["policy"].items(): assert torch.equal(got["policy"][k], v)
     opt = tree["policy.optimizer"]
     assert got["policy.optimizer"]["param_groups"] == opt["param_groups"]            # tuples, ints survive
@@ -327,7 +328,8 @@ def test_local_scheduler_imports_and_runs_without_ray(tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.modules['ray'] = None          # make `import ray` fail
         import torch; torch.set_num_threads(1)
-        from tradingrl_nb.pbt import PBTScheduler, ToyMember
+        from tradingrl_nb.pbt import PBTScheduler
+        from tradingrl_nb.testing import ToyMember
         from tradingrl_nb.pbt_runner import run_population
         from tradingrl_nb.pbt_ray import run_ray_tune, ray_available
         assert not ray_available()

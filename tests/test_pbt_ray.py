@@ -6,7 +6,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray[tune] is not installed (optional extra: pip install 'tradingrl_nb[ray]')")
 pytest.importorskip("ray.tune", reason="ray is installed without the tune extra (pip install 'ray[tune]')")
 
-from tradingrl_nb.pbt import Hyperparam, ToyMember, load_checkpoint, CHECKPOINT_FORMAT  # noqa: E402
+from tradingrl_nb.pbt import Hyperparam, load_checkpoint  # noqa: E402
+from tradingrl_nb.testing import ToyMember  # noqa: E402
 from tradingrl_nb.pbt_ray import run_ray_tune  # noqa: E402
 
 

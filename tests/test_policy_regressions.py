@@ -4,14 +4,13 @@ import pickle
 import numpy as np
 import pytest
 import torch as th
-from gymnasium import spaces
 
 from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.policy import RecurrentQuantilePolicy
 from tradingrl_nb.ppo import DistributionalPPO
 
-from test_policy import ACT, OBS, make as make_policy   # the same small policy as test_policy.py
+from test_policy import make as make_policy   # the same small policy as test_policy.py
 
 
 def assert_rollout_matches(p, n_obs=None, seed=1):

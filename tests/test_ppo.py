@@ -8,23 +8,19 @@ import torch as th
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
-import tradingrl_nb.ppo as ppo_mod
-from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.env import TradingVecEnv
-from tradingrl_nb.ppo import DistributionalPPO, SequenceRolloutBuffer, gae
+from tradingrl_nb.ppo import SequenceRolloutBuffer, gae
 from tradingrl_nb.upgd import AdaptiveUPGD
+from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 
-DF = synthetic_market(1500, seed=3)
+DF = tiny_market()
 
 
 def env(n=4, seed=0, **kw):
-    return TradingVecEnv(DF, n_envs=n, seed=seed, window=1, episode_length=kw.pop("episode_length", 60), **kw)
+    return tiny_env(n, seed, **kw)
 
 
 def make(e=None, **kw):
-    kw = dict(dict(n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0, device="cpu",
-                   policy_kwargs=dict(lstm_hidden_size=16)), **kw)
-    return DistributionalPPO("MlpLstmPolicy", e if e is not None else env(), **kw)
+    return tiny_ppo(e, **kw)
 
 
 class Capture(KVWriter):

@@ -12,21 +12,19 @@ import safetensors.torch
 import torch as th
 
 import tradingrl_nb.checkpoint as ck
-from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
+from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 
-DF = synthetic_market(1500, seed=3)
+DF = tiny_market()
 
 
 def env(seed=0):
-    return TradingVecEnv(DF, n_envs=4, seed=seed, window=1, episode_length=60)
+    return tiny_env(seed=seed)
 
 
 def make(**kw):
-    kw = dict(dict(n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0, device="cpu",
-                   policy_kwargs=dict(lstm_hidden_size=16)), **kw)
-    return DistributionalPPO("MlpLstmPolicy", env(), **kw)
+    return tiny_ppo(**kw)
 
 
 def same_state(a, b) -> bool:

@@ -3,7 +3,6 @@ volatility / volume features, a fixed-seed run (about 45k env steps, well under 
 20,000 days beats buy-and-hold and flat on the 1,500 held-out days that follow."""
 import time
 
-import numpy as np
 import pytest
 import torch as th
 

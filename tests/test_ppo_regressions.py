@@ -5,22 +5,19 @@ import torch as th
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
-from tradingrl_nb.data import synthetic_market
 from tradingrl_nb.distributional import cvar_from_quantiles
-from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
+from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 
-DF = synthetic_market(1500, seed=3)
+DF = tiny_market()
 
 
 def env(n=4, seed=0, episode_length=60):
-    return TradingVecEnv(DF, n_envs=n, seed=seed, window=1, episode_length=episode_length)
+    return tiny_env(n, seed, episode_length)
 
 
 def make(e=None, **kw):
-    kw = dict(dict(n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0, device="cpu",
-                   policy_kwargs=dict(lstm_hidden_size=16)), **kw)
-    return DistributionalPPO("MlpLstmPolicy", e if e is not None else env(), **kw)
+    return tiny_ppo(e, **kw)
 
 
 def rollout(model):
@@ -151,8 +148,8 @@ def test_checkpoint_cuda_rng_plumbing_without_a_gpu(tmp_path, monkeypatch):
     m.save(tmp_path / "ck")
     monkeypatch.undo()
     loaded = DistributionalPPO.load(tmp_path / "ck", env=env())          # CPU-only: the CUDA states are ignored
-    from tradingrl_nb.checkpoint import _read_checkpoint
-    stored = _read_checkpoint(tmp_path / "ck.safetensors")["state"]
+    from tradingrl_nb.checkpoint import read_checkpoint
+    stored = read_checkpoint(tmp_path / "ck.safetensors")["state"]
     restored = {}
     monkeypatch.setattr(th.cuda, "is_available", lambda: True)
     monkeypatch.setattr(th.cuda, "device_count", lambda: 2)

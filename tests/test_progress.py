@@ -8,7 +8,7 @@ import pytest
 from tradingrl_nb import experiments as ex
 from tradingrl_nb.progress import ProgressFile, follow_progress, format_progress, read_progress
 from test_cli import CMD
-from test_experiments import make_notebook
+from tradingrl_nb.testing import make_notebook
 
 
 def tiny_model(cls=None, **kw):

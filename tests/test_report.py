@@ -3,13 +3,11 @@ import json, os, re, subprocess
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from tradingrl_nb import experiments as ex
 from test_cli import CMD
-from test_experiments import TINY_CELLS, TINY_PARAMS, make_notebook, tiny  # noqa: F401 (fixture)
-from test_docs import chromium  # noqa: F401 (fixture)
+from tradingrl_nb.testing import make_notebook
 
 
 def test_report_opens_with_verdict_metrics_and_figures(tiny, tmp_path):

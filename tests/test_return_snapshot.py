@@ -5,18 +5,15 @@ import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
-from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.checkpoint import hparam_names
+from tradingrl_nb.testing import tiny_market, tiny_ppo
 
-DF = synthetic_market(1500, seed=3)
+DF = tiny_market()
 
 
 def make(**kw):
-    kw = dict(dict(n_steps=32, batch_size=64, n_epochs=1, sequence_length=16, seed=0, device="cpu",
-                   policy_kwargs=dict(lstm_hidden_size=8)), **kw)
-    return DistributionalPPO("MlpLstmPolicy", TradingVecEnv(DF, n_envs=4, seed=0, window=1, episode_length=60), **kw)
+    return tiny_ppo(lstm_hidden_size=8, **{"n_epochs": 1, **kw})
 
 
 def stats(m):

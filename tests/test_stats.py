@@ -1,10 +1,8 @@
 """Tests of tradingrl_nb.stats: PSR, DSR and MinTRL against the published formulas and the paper's worked example,
 bootstrap Sharpe intervals against Lo's (2002) analytic width, and the multi-seed interval."""
-import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.stats
 from hypothesis import given, settings, strategies as st

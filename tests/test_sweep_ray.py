@@ -7,7 +7,6 @@ ray = pytest.importorskip("ray")
 
 from tradingrl_nb import experiments as ex
 from tradingrl_nb.sweep import sweep
-from test_experiments import tiny  # noqa: F401 (fixture)
 
 
 @pytest.mark.slow

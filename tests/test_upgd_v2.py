@@ -1,6 +1,5 @@
 """UPGD / AdaptiveUPGD v2 (issue 14): non-finite gradients skip the step, float32 state for low-precision parameters,
 per-parameter step counts, flat buffers that survive a changing set of gradients."""
-import warnings
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """VarianceGradientScaler v2 (issue 14): scale-invariant noise measure, frozen statistics for tensors without
 gradients, overflow-proof statistics, the step-mode contract with DistributionalPPO, low-precision parameters."""
-import math
 
 import pytest
 import torch

@@ -3,11 +3,17 @@
 Modules:
 
 - `tradingrl_nb.backtest`: Run any policy (a baseline, a function, or a stable-baselines3 model, recurrent ones included) over held-out dates in `TradingEnv`, deterministically, and report honest metrics next to buy-and-hold.
+- `tradingrl_nb.checkpoint`: Pickle-free files for models and populations: tensors as safetensors, everything else as JSON, written atomically.
+- `tradingrl_nb.cli`: `tradingrl list | run | sweep | results | compare | findings`: the experiments runner on the command line.
+- `tradingrl_nb.compare`: `tradingrl compare RUN_A RUN_B`: the parameters and metrics in which two run folders differ, one aligned row each, fitted to the terminal. Light: it reads JSON files and imports neither pandas nor torch.
+- `tradingrl_nb.config`: `settings.ini` (the researcher's settings), `TRADINGRL_*` overrides, and the `"auto"` device rule.
 - `tradingrl_nb.controls`: Does the agent find an edge that is known to be there, and nothing where there is none? The library-default agent on planted-signal markets against their oracles, peers and buy-and-hold, and on a market with no signal.
 - `tradingrl_nb.data`: Real daily index data shipped with the package's dependencies, a strict loader for your own CSV files, causal features, date splits, and synthetic regime-switching markets.
 - `tradingrl_nb.distributional`: The quantile Huber loss, CVaR from quantiles, the twin-critic rules, and a DSAC-T variance adjustment that keeps the critic's gradient the same size in calm and crash markets.
 - `tradingrl_nb.env`: `TradingEnv`, a gymnasium environment for one instrument with honest timing and costs, and `TradingVecEnv`, the same market stepped for thousands of agents at once as array operations, plus the baseline policies every backtest is compared with.
 - `tradingrl_nb.experiments`: Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs, the results table, and the `tradingrl` command. Sweeps over a grid are in [sweeps](10d_sweep.ipynb).
+- `tradingrl_nb.fileio`: Atomic writes, our one JSON rule for NaN and infinity, and the small text helpers every module shares. Torch-free.
+- `tradingrl_nb.findings`: The seeds' claims, each measured at size over several seeds: one record per claim with the per-seed values, an interval, and a verdict computed from the interval. `tradingrl findings` writes them to `results/findings.json` from the stored runs; the docs' findings page is drawn from that file.
 - `tradingrl_nb.health`: Did the run train? Update size, KL, clipping, explained variance, action spread and the VGS factor, summarized per run, with one stated rule for "the policy did not move".
 - `tradingrl_nb.params`: Finding experiment notebooks, and reading, typing and checking their parameters before a kernel starts: ranges, choices, dates, presets and parameter files. Light: `tradingrl list` imports no torch.
 - `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: ranges, the member contract and the scheduler (`PBTScheduler`); runners on one machine and on Ray Tune.
@@ -17,8 +23,12 @@ Modules:
 - `tradingrl_nb.policy`: An LSTM actor-critic for `DistributionalPPO`: a Gaussian actor for the target position and two quantile critics, built to be run on whole padded sequences (one LSTM call per minibatch).
 - `tradingrl_nb.ppo`: PPO on stable-baselines3 with an LSTM actor, twin quantile critics, CVaR-aware advantages, return normalization, VGS and AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 - `tradingrl_nb.progress`: What a long run is doing, while it runs: steps done of the total, steps per second, time left, and the last validation metrics.
+- `tradingrl_nb.resume`: A training loop's checkpoint at each evaluation (the model, its optimizer and normalizers, the environments, the LSTM states, every random generator, the curves and the loop's own state) so that `tradingrl run --resume DIR` continues an interrupted run where its last evaluation left it, to the same result on CPU.
 - `tradingrl_nb.rundir`: A run's folder: locked while the run writes there, never silently reused, its status honest when the process is gone; and the HTML report a reader opens first.
 - `tradingrl_nb.sappo`: Observation attacks that work through the LSTM over whole sequences (SGLD, PGD, random noise, MAD), the robust KL regularizer of SA-PPO with its epsilon ramp, and an attacked policy for backtests.
+- `tradingrl_nb.stats`: Is a backtest's Sharpe ratio skill or luck? The probabilistic and deflated Sharpe ratios, the minimum track record length, and bootstrap intervals that resample the market (and the training seeds).
+- `tradingrl_nb.sweep`: A grid of parameter values, one run of an experiment per combination: local worker processes or Ray tasks, each in its own run folder, failures recorded and not fatal.
+- `tradingrl_nb.testing`: Small, fast stand-ins the test suite and the demos share: a tiny market and env, a tiny `DistributionalPPO`, a toy PBT member, and a tiny experiment notebook.
 - `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
 - `tradingrl_nb.upgd_kernel`: An opt-in two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per user into a private cache: the utility, its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
 - `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters."""

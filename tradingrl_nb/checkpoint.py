@@ -1,4 +1,5 @@
-"""Pickle-free files for models and populations: tensors as safetensors, everything else as JSON, written atomically.
+"""Pickle-free files for models and populations: tensors as
+safetensors, everything else as JSON, written atomically.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/checkpoint.html.md"""
 
@@ -6,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/checkpoint.html.md"""
 
 # %% ../nbs/06a_checkpoint.ipynb #761724c3
 from __future__ import annotations
-import dataclasses, hashlib, inspect, json, math, os, pathlib, uuid, warnings
+import dataclasses, hashlib, inspect, json, math, pathlib, warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -20,45 +21,14 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.utils import FloatSchedule
 import safetensors.torch
 
+from .fileio import atomic_write_bytes, from_jsonable, to_jsonable
 from .upgd import UPGD, AdaptiveUPGD
 
 # %% auto #0
-__all__ = ['TREE_FORMAT', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'LIVE_HPARAMS', 'SCHEDULABLE', 'atomic_write_bytes',
-           'atomic_write_json', 'flatten_state', 'unflatten_state', 'save_checkpoint', 'load_checkpoint',
-           'register_checkpoint_class', 'write_checkpoint', 'hparam_names', 'checked_hyperparams', 'Checkpointing']
-
-# %% ../nbs/06a_checkpoint.ipynb #52ebc11b
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try: os.fsync(fd)
-        finally: os.close(fd)
-    except OSError: pass  # not supported on every platform/filesystem
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    "Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-def atomic_write_json(path: str | Path, obj) -> Path:
-    "Write `obj` as JSON atomically (non-finite floats become `null`)."
-    return atomic_write_bytes(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False).encode())
-
-def _json_safe(obj):
-    if isinstance(obj, Mapping): return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic): obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj): return None
-    return obj
-
+__all__ = ['TREE_FORMAT', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'LIVE_HPARAMS', 'SCHEDULABLE', 'flatten_state',
+           'unflatten_state', 'save_checkpoint', 'load_checkpoint', 'register_checkpoint_class', 'space_to_dict',
+           'space_from_dict', 'write_checkpoint', 'read_checkpoint', 'hparam_names', 'checked_hyperparams',
+           'Checkpointing']
 
 # %% ../nbs/06a_checkpoint.ipynb #c3d2f1a2
 _DATA_SUM, _META_SUM = "sha256_tensors", "sha256_metadata"
@@ -176,7 +146,7 @@ def save_checkpoint(path: str | Path, parameters: Mapping, meta: Mapping | None 
     "Save a state tree (plus JSON-able `meta`) as one safetensors file with checksums, atomically. No pickle."
     tensors, skeleton = flatten_state(dict(parameters))
     header = {"format": TREE_FORMAT, "tree": json.dumps(skeleton, allow_nan=False),
-              "meta": json.dumps(_json_safe(dict(meta or {})), allow_nan=False)}
+              "meta": json.dumps(to_jsonable(dict(meta or {})), allow_nan=False)}
     return atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=_seal(tensors, header)))
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
@@ -189,7 +159,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise ValueError(f"{name}: not a {TREE_FORMAT} checkpoint (format {header.get('format')!r})")
     tensors = _verified_tensors(raw, header, name, bad)
     try:
-        params, meta = unflatten_state(tensors, json.loads(header["tree"])), json.loads(header["meta"])
+        params, meta = unflatten_state(tensors, json.loads(header["tree"])), from_jsonable(json.loads(header["meta"]))
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
         raise bad(f"malformed content: {type(e).__name__}: {str(e)[:120]}") from None
     if not isinstance(params, dict) or not isinstance(meta, dict): raise bad("the state or its meta is not a dict")
@@ -248,11 +218,11 @@ def _to_device(obj: Any, device: th.device) -> Any:
     if isinstance(obj, (list, tuple)): return type(obj)(_to_device(v, device) for v in obj)
     return obj
 
-def _space_to_dict(space: spaces.Space) -> dict:
+def space_to_dict(space: spaces.Space) -> dict:
     if not isinstance(space, spaces.Box): raise TypeError(f"checkpoints support Box spaces, got {space}")
     return dict(low=space.low, high=space.high, dtype=str(space.dtype))
 
-def _space_from_dict(d: dict) -> spaces.Box:
+def space_from_dict(d: dict) -> spaces.Box:
     return spaces.Box(low=d["low"], high=d["high"], dtype=np.dtype(d["dtype"]))
 
 def _checkpoint_path(path: str | pathlib.Path) -> pathlib.Path:
@@ -269,7 +239,7 @@ def write_checkpoint(path, content: dict) -> None:
     if hasattr(path, "write"): path.write(data); return
     atomic_write_bytes(_checkpoint_path(path), data)
 
-def _read_checkpoint(path, required: tuple[str, ...] = _CONTENT_KEYS) -> dict:
+def read_checkpoint(path, required: tuple[str, ...] = _CONTENT_KEYS) -> dict:
     """Parse and verify a checkpoint; anything that is not one (pickle, zip, corrupt, edited, foreign safetensors)
     raises `ValueError` naming the file. `required`: the top-level keys its content must have (a model's by default)."""
     if not hasattr(path, "read"):
@@ -360,7 +330,7 @@ class Checkpointing:
                        device: th.device | str = "auto") -> None:
         """Load parameters (a `get_parameters` dict or a checkpoint file) in place, relink the optimizer and VGS
         to the live parameters, keep this model's learning rate, and reset the LSTM states."""
-        params = load_path_or_dict if isinstance(load_path_or_dict, dict) else _read_checkpoint(load_path_or_dict)["params"]
+        params = load_path_or_dict if isinstance(load_path_or_dict, dict) else read_checkpoint(load_path_or_dict)["params"]
         known = {"policy", "policy.optimizer", "vgs", "return_normalizer", "critic_adjuster"}
         if set(params) - known: raise ValueError(f"unknown parameter group(s) {sorted(set(params) - known)}; expected some of {sorted(known)}")
         if exact_match and "policy" not in params: raise ValueError("parameters have no 'policy' entry (exact_match=True)")
@@ -451,7 +421,7 @@ class Checkpointing:
         """Write a checkpoint: tensors as safetensors, everything else as JSON in its metadata; no pickle.
         The write is atomic (temporary file + `os.replace`). A path without suffix gets `.safetensors`."""
         content = dict(hparams=self.hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
-                       observation_space=_space_to_dict(self.observation_space), action_space=_space_to_dict(self.action_space),
+                       observation_space=space_to_dict(self.observation_space), action_space=space_to_dict(self.action_space),
                        params=self.get_parameters(include_optimizer=True),
                        state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
                                   np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
@@ -477,7 +447,7 @@ class Checkpointing:
         code from the file); classes named in it must be registered (`register_checkpoint_class`). Restores the
         optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states. A file that passes its
         checksums but lacks what a model needs (a forgery, a foreign writer) is a ValueError naming the file."""
-        ck = _read_checkpoint(path)
+        ck = read_checkpoint(path)
         try: return cls._from_checkpoint(ck, env, device, kwargs)
         except (KeyError, IndexError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: not a usable DistributionalPPO checkpoint ({type(e).__name__}: {_short_repr(e)})") from None
@@ -488,7 +458,7 @@ class Checkpointing:
         if "policy_kwargs" in kwargs and kwargs["policy_kwargs"] != h["policy_kwargs"]:
             raise ValueError(f"policy_kwargs differ from the stored ones: stored {h['policy_kwargs']}, given {kwargs['policy_kwargs']}")
         h.update(kwargs)
-        obs_space, act_space = _space_from_dict(ck["observation_space"]), _space_from_dict(ck["action_space"])
+        obs_space, act_space = space_from_dict(ck["observation_space"]), space_from_dict(ck["action_space"])
         model = cls(ck["policy_class"], env=env, device=device, _init_setup_model=False, **h)
         if env is None: model.observation_space, model.action_space, model.n_envs = obs_space, act_space, int(ck["n_envs"])
         elif model.observation_space != obs_space or model.action_space != act_space:

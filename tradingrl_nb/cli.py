@@ -1,4 +1,5 @@
-"""`tradingrl list | run | sweep | results | compare | findings`: the experiments runner on the command line.
+"""`tradingrl list | run | sweep | results | compare | findings`:
+the experiments runner on the command line.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/cli.html.md"""
 
@@ -10,6 +11,8 @@ import argparse, os, sys
 from pathlib import Path
 
 from . import params as P
+from .config import load_settings
+from .fileio import atomic_write_text, flatten_dict, shorten, slug
 
 class _Lazy:
     "A module imported on first use: `tradingrl list` and `--help` need neither pandas nor torch."
@@ -44,8 +47,7 @@ def _cmd_findings(a) -> int:
             return 1
         print(f"{out}: up to date ({len(found)} findings)")
         return 0
-    from tradingrl_nb.checkpoint import atomic_write_bytes
-    atomic_write_bytes(out, text.encode("utf-8"))
+    atomic_write_text(out, text)
     _print_table(fd.findings_table(found).reset_index()[["id", "ours (95% CI)", "no effect", "claimed", "seeds x steps", "verdict"]])
     missing = fd.missing_findings(found)
     if missing: print(f"not measured yet: {', '.join(missing)}")
@@ -133,7 +135,7 @@ def _list_one(name: str) -> int:
     w[2] = min(w[2], 24)
     print("  " + "  ".join(h.ljust(w[i]) for i, h in enumerate(("parameter", "type", "default", "range"))) + "  help")
     for r in rows:
-        left = "  " + "  ".join((ex._short(v, w[i]) if i == 2 else v).ljust(w[i]) for i, v in enumerate(r[:4])) + "  "
+        left = "  " + "  ".join((shorten(v, w[i]) if i == 2 else v).ljust(w[i]) for i, v in enumerate(r[:4])) + "  "
         lines = textwrap.wrap(r[4], max(30, width - len(left))) or [""]
         print(left + lines[0] if lines[0] else left.rstrip())
         for l in lines[1:]: print(" " * len(left) + l)
@@ -145,7 +147,7 @@ def _list_one(name: str) -> int:
 
 def _cut(v, n: int = 60):
     "Long text cut to `n` characters: one long value must not widen every row of a table."
-    return ex._short(v, n) if isinstance(v, str) else v
+    return shorten(v, n) if isinstance(v, str) else v
 
 def _table_text(df: pd.DataFrame, cols=None) -> str:
     df = (df[cols] if cols else df)
@@ -191,7 +193,7 @@ def results_view(table: pd.DataFrame, width: int = 120) -> pd.DataFrame:
 def _error(cmd: str, e: BaseException) -> int:
     "An ordinary error as one line on stderr (exit 2: bad input)."
     msg = " ".join(str(e).split()) if isinstance(e, ValueError) else f"{type(e).__name__}: {' '.join(str(e).split())}"
-    print(f"tradingrl {cmd}: error: {ex._short(msg, 600)}", file=sys.stderr)
+    print(f"tradingrl {cmd}: error: {shorten(msg, 600)}", file=sys.stderr)
     return 2
 
 def _interrupted(cmd: str, e: BaseException) -> int:
@@ -224,7 +226,7 @@ def print_metrics(metrics: dict) -> None:
             _print_table(pd.DataFrame(v).rename_axis("metric").reset_index())
         else: rest[k] = v
     if rest:
-        flat = ex._flatten(rest)
+        flat = flatten_dict(rest)
         print()
         _print_table(pd.DataFrame({"metric": list(flat), "value": [str(v) if isinstance(v, list) else v for v in flat.values()]}))
 
@@ -241,7 +243,7 @@ def _cmd_run(a) -> int:
     except ex.RunInterrupted as e: return _interrupted("run", e)
     except (ValueError, OSError) as e: return _error("run", e)
     if not r.ok:
-        print(f"tradingrl run: {r.name} FAILED after {r.wall_s:.1f}s: {ex._short(r.error, 3000)}", file=sys.stderr)
+        print(f"tradingrl run: {r.name} FAILED after {r.wall_s:.1f}s: {shorten(r.error, 3000)}", file=sys.stderr)
         if r.report: print(f"report: {r.report}", file=sys.stderr)
         return 1
     print(f"{r.name} finished in {r.wall_s:.1f}s")
@@ -284,7 +286,7 @@ def _cmd_sweep(a) -> int:
     return 1 if n_bad else 0
 
 def _cmd_results(a) -> int:
-    warn = lambda m: print(f"tradingrl results: warning: {ex._short(m, 600)}", file=sys.stderr)
+    warn = lambda m: print(f"tradingrl results: warning: {shorten(m, 600)}", file=sys.stderr)
     try: table = ex.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn,
                             statistics=not a.no_stats, family=a.family.split(",") if a.family else None)
     except (ValueError, OSError) as e: return _error("results", e)
@@ -325,7 +327,7 @@ def _plot(a, table: pd.DataFrame) -> int:
         by = varying[0]
     try: fig, summary = ex.plot_comparison(table, a.plot, by)
     except ValueError as e: return _error("results", e)
-    out = Path(a.out or Path(a.dir or ex._config().load_settings().runs_dir) / f"compare-{ex._slug(a.plot)}-by-{ex._slug(by)}.png")
+    out = Path(a.out or Path(a.dir or load_settings().runs_dir) / f"compare-{slug(a.plot)}-by-{slug(by)}.png")
     try: fig.savefig(out, dpi=110, bbox_inches="tight")
     except OSError as e: return _error("results", e)
     _print_table(summary)

@@ -1,4 +1,5 @@
-"""`tradingrl compare RUN_A RUN_B`: the parameters and metrics in which two run folders differ, one aligned row each, fitted to the terminal. Light: it reads JSON files and imports neither pandas nor torch.
+"""`tradingrl compare RUN_A RUN_B`: the parameters and metrics in which two run folders differ, one aligned row
+each, fitted to the terminal. Light: it reads JSON files and imports neither pandas nor torch.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/compare.html.md"""
 
@@ -10,7 +11,8 @@ import json, math, numbers
 from pathlib import Path
 from typing import Any
 
-from .rundir import _flatten, run_status
+from .fileio import flatten_dict
+from .rundir import run_status
 
 # %% auto #0
 __all__ = ['MISSING', 'read_run', 'differences', 'format_value', 'change', 'compare_text']
@@ -35,7 +37,7 @@ def read_run(folder: str | Path) -> dict:
     metrics = _json_object(d / "metrics.json") if (d / "metrics.json").is_file() else {}
     exp = info.get("experiment") or next((p.stem for p in sorted(d.glob("*.ipynb"))), None)
     return dict(folder=d, experiment=exp, status=run_status(d, info), wall_s=info.get("wall_s"),
-                parameters=_json_object(d / "params.json"), metrics=_flatten(metrics))
+                parameters=_json_object(d / "params.json"), metrics=flatten_dict(metrics))
 
 def _same(x, y) -> bool:
     if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y): return True

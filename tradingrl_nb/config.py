@@ -1,4 +1,5 @@
-"""`settings.ini` (the researcher's settings), `TRADINGRL_*` overrides, and the `"auto"` device rule.
+"""`settings.ini` (the researcher's settings), `TRADINGRL_*`
+overrides, and the `"auto"` device rule.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/config.html.md"""
 

@@ -11,7 +11,6 @@ import contextlib, json, math, os, re, sys, time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,54 +21,19 @@ def _config():
     from tradingrl_nb import config
     return config
 
-from .rundir import (RUN_MARKER, RunInterrupted, StopSignals, claim_run_dir, folder_files,
+from tradingrl_nb.rundir import (RUN_MARKER, RunInterrupted, StopSignals, claim_run_dir, folder_files,
                                  reuse_problem, run_status, signal_name, write_report,
-                                 _flatten, _short)
+)
 from .params import (RESERVED, experiment_parameters, find_experiment, git_commit, preset_parameters,
                                  resolve_parameters, results_dir)
 from .resume import latest_checkpoint
+from .fileio import flatten_dict, from_jsonable, read_json, shorten, slug, to_jsonable, write_json
 
 # %% auto #0
-__all__ = ['to_jsonable', 'from_jsonable', 'save_metrics', 'save_figure', 'TrainingLog', 'ExperimentFailed', 'RunResult',
-           'prepare_run', 'run_experiment', 'results', 'compare_runs', 'plot_comparison']
+__all__ = ['save_metrics', 'save_figure', 'TrainingLog', 'ExperimentFailed', 'RunResult', 'new_run_dir', 'prepare_run',
+           'run_experiment', 'results', 'compare_runs', 'plot_comparison']
 
 # %% ../nbs/10_experiments.ipynb #984f2524
-def to_jsonable(x: Any) -> Any:
-    "`x` as plain JSON data: numpy/pandas scalars to numbers, timestamps to ISO strings, NaN/inf to the strings 'nan'/'inf'/'-inf'."
-    if isinstance(x, dict): return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [to_jsonable(v) for v in x]
-    if isinstance(x, pd.Series): return to_jsonable(x.to_dict())
-    if isinstance(x, np.ndarray): return to_jsonable(x.tolist())
-    if isinstance(x, (np.bool_, bool)): return bool(x)
-    if isinstance(x, (np.integer, int)): return int(x)
-    if isinstance(x, (np.floating, float)):
-        f = float(x)
-        return f if math.isfinite(f) else "nan" if math.isnan(f) else "inf" if f > 0 else "-inf"
-    if isinstance(x, (pd.Timestamp, datetime)): return x.isoformat()
-    if isinstance(x, Path): return str(x)
-    if x is None or isinstance(x, str): return x
-    if hasattr(x, "item"):
-        try: return to_jsonable(x.item())
-        except (TypeError, ValueError): pass
-    raise TypeError(f"cannot store a {type(x).__name__} in metrics.json: {x!r:.80}")
-
-_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
-
-def from_jsonable(x: Any) -> Any:
-    "Inverse of `to_jsonable` for numbers: the strings 'nan', 'inf', '-inf' back to floats (in dicts and lists too)."
-    if isinstance(x, dict): return {k: from_jsonable(v) for k, v in x.items()}
-    if isinstance(x, list): return [from_jsonable(v) for v in x]
-    return _NONFINITE.get(x, x) if isinstance(x, str) else x
-
-def _slug(v) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", str(v))[:40]
-
-def _write_json(path: Path, data) -> None:
-    "Write `data` as indented JSON atomically (a temp file, then rename)."
-    path = Path(path); tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
 def save_metrics(metrics: dict, output_dir: str | Path | None = None) -> dict:
     "Merge `metrics` into `output_dir/metrics.json` (nothing is written when `output_dir` is None); returns the stored dict."
     if not isinstance(metrics, dict): raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
@@ -81,7 +45,7 @@ def save_metrics(metrics: dict, output_dir: str | Path | None = None) -> dict:
         except ValueError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(old, dict): raise ValueError(f"{path}: holds a {type(old).__name__}, not an object of metrics")
         data = {**old, **data}
-    _write_json(path, data)
+    write_json(path, data)
     return data
 
 def save_figure(fig, name: str, output_dir: str | Path | None = None, dpi: int = 110) -> Path | None:
@@ -114,7 +78,7 @@ class TrainingLog:
         progress = progress or os.environ.get(PROGRESS_ENV)
         self.progress = ProgressFile(progress, self.total) if progress else None
         tb = tensorboard or os.environ.get(TENSORBOARD_ENV)
-        self.tensorboard = Path(tb) / _slug(self.name) if tb else None
+        self.tensorboard = Path(tb) / slug(self.name) if tb else None
         self._writer = None
         log = self
         class _Callback(BaseCallback):
@@ -189,7 +153,7 @@ class RunResult:
     @property
     def ok(self) -> bool: return self.status == "ok"
 
-def _new_run_dir(name: str) -> Path:
+def new_run_dir(name: str) -> Path:
     "A fresh `runs/<timestamp>-<name>` under the settings' runs dir."
     root = _config().load_settings().runs_dir
     base = root / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
@@ -219,7 +183,7 @@ def _failure_message(e, nb_path: Path) -> str:
 def _check_device(device: str) -> str:
     d = str(device).strip().lower()
     if d not in ("auto", "cpu") and not d.startswith("cuda"):
-        raise ValueError(f"device {_short(str(device))!r}: use auto, cpu or cuda")
+        raise ValueError(f"device {shorten(str(device))!r}: use auto, cpu or cuda")
     _config().resolve_device(d)  # ValueError when cuda is asked for without a GPU
     return d
 
@@ -239,7 +203,7 @@ def prepare_run(name: str | Path, parameters: dict | None = None, device: str | 
             if explicit and str(device).strip().lower() != "auto":
                 raise ValueError(f"experiment {path.stem!r} has no 'device' parameter")
         elif "device" in given and str(given["device"]) != str(device):
-            if explicit: raise ValueError(f"device given twice: -p device {_short(str(given['device']))} and --device {device}")
+            if explicit: raise ValueError(f"device given twice: -p device {shorten(str(given['device']))} and --device {device}")
         else: given["device"] = device
     values = resolve_parameters(specs, given, where=f"experiment {path.stem!r}")
     if "device" in values and values["device"] is not None: values["device"] = _check_device(values["device"])
@@ -319,7 +283,7 @@ def _resume_plan(name, parameters, preset, output_dir) -> tuple[str, dict, str |
     info, params = _read_object(out / "run.json"), _read_object(out / "params.json")
     exp = str(info.get("experiment"))
     if name is not None and find_experiment(name).stem != exp:
-        raise ValueError(f"--resume {out}: the run there is experiment {_short(exp)!r}, not {_short(str(name))!r}")
+        raise ValueError(f"--resume {out}: the run there is experiment {shorten(exp)!r}, not {shorten(str(name))!r}")
     ck = latest_checkpoint(out)
     if ck is None: raise ValueError(f"--resume {out}: the run left no checkpoint to resume from (it stopped before its "
                                     f"first evaluation); start it again with --overwrite")
@@ -339,7 +303,7 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         if output_dir is None and preset is not None: output_dir = results_dir(path) / path.stem
         if tensorboard is None: tensorboard = preset is None and os.environ.get(TENSORBOARD_ENV) != ""   # "": off upstream
         commit = git_commit(path)
-    out = Path(output_dir) if output_dir is not None else _new_run_dir(path.stem)
+    out = Path(output_dir) if output_dir is not None else new_run_dir(path.stem)
     lock = claim_run_dir(out, overwrite=overwrite, resume=resume)
     out = out.resolve()
     nb_path = out / f"{path.stem}.ipynb"
@@ -354,8 +318,8 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
                       dict(at=started, from_timesteps=ck["timesteps"], **commit)])
     try:
         (out / "figures").mkdir(exist_ok=True)
-        _write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
-        _write_json(out / "run.json", dict(record, status="running"))
+        write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
+        write_json(out / "run.json", dict(record, status="running"))
     except OSError as e:
         lock.release(); raise ValueError(f"run folder {out}: cannot write there ({e.strerror})") from None
     prog = out / ".progress.json"
@@ -377,7 +341,7 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
     except PapermillExecutionError as e:
         status, error = "failed", _failure_message(e, nb_path)
     except Exception as e:  # kernel died, missing kernel, ...: still leave a record
-        status, error = "failed", f"{type(e).__name__}: {_short(str(e), 2000)}"
+        status, error = "failed", f"{type(e).__name__}: {shorten(str(e), 2000)}"
     finally:
         for k, v in saved_env.items():
             if v is None: os.environ.pop(k, None)
@@ -392,7 +356,7 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         metrics = {}
         if (out / "metrics.json").exists():
             try:
-                metrics = from_jsonable(json.loads((out / "metrics.json").read_text()))
+                metrics = read_json(out / "metrics.json")
                 if not isinstance(metrics, dict): raise ValueError(f"holds a {type(metrics).__name__}, not an object")
             except ValueError as e:
                 metrics = {}
@@ -400,15 +364,15 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         stopped_meanwhile()
         if status == "interrupted" and nb_path.exists(): _mark_notebook(nb_path, status, error)
         info = dict(record, status=status, wall_s=round(wall, 3), error=error)
-        _write_json(out / "run.json", info)
+        write_json(out / "run.json", info)
         rep = None
         if report and nb_path.exists():
             try: rep = write_report(nb_path, out / f"{path.stem}.html", status=status, error=error, wall_s=wall)
             except Exception as e:
-                error = (error or "") + f"\n(HTML report failed: {type(e).__name__}: {_short(str(e), 300)})"
+                error = (error or "") + f"\n(HTML report failed: {type(e).__name__}: {shorten(str(e), 300)})"
         if stopped_meanwhile() and nb_path.exists(): _mark_notebook(nb_path, status, error)
         info = dict(info, status=status, error=error)
-        _write_json(out / "run.json", dict(info, files=folder_files(out)))   # what --overwrite may delete later
+        write_json(out / "run.json", dict(info, files=folder_files(out)))   # what --overwrite may delete later
     finally:
         lock.release()
     res = RunResult(path.stem, out, nb_path, rep, {k: v for k, v in values.items() if k not in RESERVED},
@@ -424,7 +388,7 @@ def _read_object(path: Path, required: bool = True) -> dict:
         if required: raise ValueError(f"{path}: missing")
         return {}
     try: data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable ({_short(str(e), 120)})") from None
+    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable ({shorten(str(e), 120)})") from None
     if not isinstance(data, dict): raise ValueError(f"{path}: holds a {type(data).__name__}, not a JSON object")
     return from_jsonable(data)
 
@@ -432,7 +396,7 @@ def _run_row(d: Path, root: Path) -> dict:
     "One run folder as a row of the results table: folder, experiment, status, wall time, parameters, metrics, error."
     info = _read_object(d / "run.json", required=False)
     params = _read_object(d / "params.json")
-    metrics = _flatten(_read_object(d / "metrics.json", required=False))
+    metrics = flatten_dict(_read_object(d / "metrics.json", required=False))
     exp = info.get("experiment") or next((p.stem for p in d.glob("*.ipynb")), None)
     row = dict(run=str(d.relative_to(root)) if d != root else d.name, experiment=exp,
                status=run_status(d, info), started=info.get("started"), wall_s=info.get("wall_s"))
@@ -447,13 +411,13 @@ def _run_row(d: Path, root: Path) -> dict:
 def _returns_problem(path: Path) -> str | None:
     "Why a run's `returns.csv` cannot give statistics (None: it can): unreadable, a column missing, a value not a number, too short."
     try: r = pd.read_csv(path, index_col=0)
-    except Exception as e: return f"unreadable ({type(e).__name__}: {_short(str(e), 120)})"
+    except Exception as e: return f"unreadable ({type(e).__name__}: {shorten(str(e), 120)})"
     missing = sorted({"agent", "buy_and_hold"} - set(r.columns))
     if missing: return f"needs the columns agent and buy_and_hold, missing {missing}"
     for col in ("agent", "buy_and_hold"):
         v = pd.to_numeric(r[col], errors="coerce")
         bad = np.flatnonzero(~np.isfinite(v.to_numpy(dtype=float)))
-        if len(bad): return f"column {col!r}, row {bad[0] + 2}: {_short(str(r[col].iloc[bad[0]]), 40)!r} is not a finite number"
+        if len(bad): return f"column {col!r}, row {bad[0] + 2}: {shorten(str(r[col].iloc[bad[0]]), 40)!r} is not a finite number"
     if len(r) < 3: return f"needs at least 3 daily returns, has {len(r)}"
     return None
 
@@ -485,8 +449,8 @@ def results(runs_dir: str | Path | None = None, experiment: str | None = None, s
     interval, PSR, DSR (trials: the runs of the same experiment here, split further by the `family` parameters)."""
     import warnings
     root = Path(runs_dir) if runs_dir is not None else _config().load_settings().runs_dir
-    if not root.exists(): raise ValueError(f"no runs folder {_short(str(root), 200)}")
-    if not root.is_dir(): raise ValueError(f"{_short(str(root), 200)}: is a file, not a runs folder")
+    if not root.exists(): raise ValueError(f"no runs folder {shorten(str(root), 200)}")
+    if not root.is_dir(): raise ValueError(f"{shorten(str(root), 200)}: is a file, not a runs folder")
     on_skip = on_skip or (lambda m: warnings.warn(m, stacklevel=3))
     rows = []
     for pj in sorted(root.rglob("params.json")):
@@ -497,7 +461,7 @@ def results(runs_dir: str | Path | None = None, experiment: str | None = None, s
     table = pd.DataFrame(rows)
     if statistics and not table.empty: table = _with_statistics(table, root, family, reps, on_skip)
     if sort is not None and not table.empty:
-        if sort not in table: raise ValueError(f"cannot sort by {_short(sort)!r}; columns: {_short(', '.join(map(str, table.columns)), 400)}")
+        if sort not in table: raise ValueError(f"cannot sort by {shorten(sort)!r}; columns: {shorten(', '.join(map(str, table.columns)), 400)}")
         table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
     table = table.reset_index(drop=True)
     table.attrs["parameters"] = sorted({k for row in rows for k in row.get("_params", ())})
@@ -509,7 +473,7 @@ def compare_runs(table: pd.DataFrame, metric: str, by: str, level: float = 0.95)
     the mean and a Student-t interval of the mean at `level` (no interval from a single run); failed runs are left out."""
     from scipy import stats
     for c in (metric, by):
-        if c not in table: raise ValueError(f"no column {_short(c)!r}; columns: {_short(', '.join(map(str, table.columns)), 400)}")
+        if c not in table: raise ValueError(f"no column {shorten(c)!r}; columns: {shorten(', '.join(map(str, table.columns)), 400)}")
     t = table[table["status"] == "ok"] if "status" in table else table
     y = pd.to_numeric(t[metric], errors="coerce")
     rows = []
@@ -530,7 +494,7 @@ def plot_comparison(table: pd.DataFrame, metric: str, by: str, level: float = 0.
     x = s[by] if numeric else np.arange(len(s))
     err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]])
     ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), fmt="o-" if numeric else "o", capsize=4)
-    if not numeric: ax.set_xticks(x, [_short(str(v), 20) for v in s[by]])
+    if not numeric: ax.set_xticks(x, [shorten(str(v), 20) for v in s[by]])
     for xi, (m, n) in zip(x, zip(s["mean"], s["n"])): ax.annotate(f"n={n}", (xi, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel(by); ax.set_ylabel(metric)
     ax.set_title(f"{metric} by {by} (mean, {level:.0%} interval over runs)", fontsize=10)

@@ -1,4 +1,5 @@
-"""The seeds' claims, each measured at size over several seeds: one record per claim with the per-seed values, an interval, and a verdict computed from the interval. `tradingrl findings` writes them to `results/findings.json` from the stored runs; the docs' findings page is drawn from that file.
+"""The seeds' claims, each measured at size over several seeds: one record per claim with the per-seed values, an interval, and a verdict computed from the
+interval. `tradingrl findings` writes them to `results/findings.json` from the stored runs; the docs' findings page is drawn from that file.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/findings.html.md"""
 
@@ -181,8 +182,8 @@ def write_findings(results: str | Path = "results", out: str | Path | None = Non
     "Collect the stored findings and write them to `out` (default `results/findings.json`); returns (path, findings)."
     findings = collect_findings(results)
     path = Path(out) if out is not None else Path(results) / "findings.json"
-    from tradingrl_nb.checkpoint import atomic_write_bytes
-    atomic_write_bytes(path, findings_json(findings).encode("utf-8"))
+    from tradingrl_nb.fileio import atomic_write_text
+    atomic_write_text(path, findings_json(findings))
     return path, findings
 
 # %% ../nbs/12_findings.ipynb #9b6802d8

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import find_settings_file
-from .rundir import _short
+from .fileio import shorten
 
 def _is_bool(x) -> bool: return isinstance(x, bool) or type(x).__name__ == "bool_"   # numpy's too
 
@@ -50,14 +50,14 @@ def find_experiment(name: str | Path) -> Path:
     p = Path(name)
     if p.suffix == ".ipynb":
         if p.is_file(): return p.resolve()
-        raise ValueError(f"no such notebook: {_short(str(p), 200)}")
+        raise ValueError(f"no such notebook: {shorten(str(p), 200)}")
     if p.suffix or os.sep in str(name) or (os.altsep and os.altsep in str(name)):
         what = "a file that is not a notebook" if p.is_file() else "no such notebook" if not p.exists() else "a folder, not a notebook"
-        raise ValueError(f"{_short(str(p), 200)}: {what} (an experiment is a .ipynb notebook or the name of one)")
+        raise ValueError(f"{shorten(str(p), 200)}: {what} (an experiment is a .ipynb notebook or the name of one)")
     known = list_experiments()
     if str(name) in known: return known[str(name)]
     where = ", ".join(str(d) for d in experiment_dirs()) or "(no experiments folder found)"
-    raise ValueError(f"unknown experiment {_short(str(name))!r}; known experiments: {', '.join(known) or '(none)'} (searched {where})")
+    raise ValueError(f"unknown experiment {shorten(str(name))!r}; known experiments: {', '.join(known) or '(none)'} (searched {where})")
 
 # %% ../nbs/10e_params.ipynb #35a28d0d
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple, "dict": dict, "date": str,
@@ -88,9 +88,9 @@ class ParamSpec:
             lo, hi, lc, hc = self.bounds
             v = float(value)
             if not ((v > lo or (lc and v == lo)) and (v < hi or (hc and v == hi))):
-                raise ValueError(f"parameter {self.name!r}: {_short(repr(value))} is outside its range {self.domain()}")
+                raise ValueError(f"parameter {self.name!r}: {shorten(repr(value))} is outside its range {self.domain()}")
         if self.choices and value not in self.choices and str(value) not in map(str, self.choices):
-            raise ValueError(f"parameter {self.name!r}: {_short(repr(value))} is not one of {self.domain()}")
+            raise ValueError(f"parameter {self.name!r}: {shorten(repr(value))} is not one of {self.domain()}")
         return value
 
 def _literal_or_str(s: str):
@@ -165,7 +165,7 @@ def _read_notebook(path: Path) -> dict:
     "A notebook's JSON (read directly: listing the experiments must not wait for nbformat's schema checks)."
     try: nb = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable notebook ({type(e).__name__}: {_short(str(e).splitlines()[0] if str(e) else '', 120)})") from None
+        raise ValueError(f"{path}: not a readable notebook ({type(e).__name__}: {shorten(str(e).splitlines()[0] if str(e) else '', 120)})") from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise ValueError(f"{path}: not a readable notebook (no list of cells)")
     return nb
@@ -208,8 +208,8 @@ def _existing_file(spec: ParamSpec, value: Any, bad) -> str:
     there); ValueError naming the path when there is no such file."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip(): raise bad(" (give the path of a file)")
     p = os.path.abspath(os.path.expanduser(str(value).strip()))
-    if os.path.isdir(p): raise ValueError(f"parameter {spec.name!r}: {_short(p, 300)} is a folder, not a file")
-    if not os.path.isfile(p): raise ValueError(f"parameter {spec.name!r}: no such file: {_short(p, 300)}")
+    if os.path.isdir(p): raise ValueError(f"parameter {spec.name!r}: {shorten(p, 300)} is a folder, not a file")
+    if not os.path.isfile(p): raise ValueError(f"parameter {spec.name!r}: no such file: {shorten(p, 300)}")
     return p
 
 def coerce_value(spec: ParamSpec, value: Any) -> Any:
@@ -217,7 +217,7 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
     return spec.check(_coerce(spec, value))
 
 def _coerce(spec: ParamSpec, value: Any) -> Any:
-    bad = lambda why="": ValueError(f"parameter {spec.name!r}: {_short(repr(value))} is not a valid {spec.type}"
+    bad = lambda why="": ValueError(f"parameter {spec.name!r}: {shorten(repr(value))} is not a valid {spec.type}"
                                     f"{' or None' if spec.optional and spec.type != 'any' else ''}{why}")
     if value is None or (isinstance(value, str) and spec.type != "str" and value.strip().lower() in ("none", "null")):
         if spec.optional: return None
@@ -265,7 +265,7 @@ def resolve_parameters(specs: dict[str, ParamSpec], given: dict[str, Any] | None
     unknown = [k for k in given if k not in specs]
     if unknown:
         known = ", ".join(f"{s.name} ({s.type})" for s in specs.values() if s.name not in RESERVED)
-        raise ValueError(f"unknown parameter(s) {', '.join(repr(_short(k, 40)) for k in unknown)}{' for ' + where if where else ''}; "
+        raise ValueError(f"unknown parameter(s) {', '.join(repr(shorten(k, 40)) for k in unknown)}{' for ' + where if where else ''}; "
                          f"known parameters: {known}")
     out = {}
     for name, s in specs.items():
@@ -281,7 +281,7 @@ def _preset_value(node, where: str):
     if isinstance(node, ast.Dict):
         return {_preset_value(k, where): _preset_value(v, where) for k, v in zip(node.keys, node.values)}
     try: return ast.literal_eval(node)
-    except ValueError: raise ValueError(f"{where}: presets must be literal values, not `{_short(ast.unparse(node))}`") from None
+    except ValueError: raise ValueError(f"{where}: presets must be literal values, not `{shorten(ast.unparse(node))}`") from None
 
 def experiment_presets(name: str | Path) -> dict[str, dict]:
     """The named parameter sets of an experiment: the `presets = {...}` of its code cell tagged `presets` ({} if none).
@@ -312,7 +312,7 @@ def preset_parameters(name: str | Path, preset: str | None, parameters: dict | N
     presets = experiment_presets(name)
     if preset not in presets:
         have = ", ".join(sorted(presets)) or "none"
-        raise ValueError(f"experiment {find_experiment(name).stem!r} has no preset {_short(str(preset))!r} (its presets: {have})")
+        raise ValueError(f"experiment {find_experiment(name).stem!r} has no preset {shorten(str(preset))!r} (its presets: {have})")
     return {**presets[preset], **given}
 
 def results_dir(name: str | Path | None = None) -> Path:
@@ -342,7 +342,7 @@ def git_commit(path: str | Path) -> dict:
 def read_params_file(path: str | Path) -> dict[str, Any]:
     "The parameters in a JSON or YAML file (one mapping of names to values); ValueError naming the file and the line."
     p = Path(path)
-    where = f"--params-file {_short(str(p), 200)}"
+    where = f"--params-file {shorten(str(p), 200)}"
     if not p.is_file(): raise ValueError(f"{where}: no such file")
     try: text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e: raise ValueError(f"{where}: cannot read it ({e})") from None
@@ -354,7 +354,7 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ValueError(f"{where}: not valid YAML{at} ({_short(str(getattr(e, 'problem', '') or e), 120)})") from None
+            raise ValueError(f"{where}: not valid YAML{at} ({shorten(str(getattr(e, 'problem', '') or e), 120)})") from None
     elif suffix == ".json":
         try: data = json.loads(text)
         except ValueError as e: raise ValueError(f"{where}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None

@@ -8,7 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/pbt.html.md"""
 # %% ../nbs/08_pbt.ipynb #bd6cc877
 from __future__ import annotations
 
-import logging, math, os, time
+import logging, math, time
 from collections.abc import Mapping
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -16,17 +16,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 _logger = logging.getLogger("tradingrl_nb.pbt")
 
-from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, checked_hyperparams, flatten_state,
+from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, flatten_state,
     unflatten_state, save_checkpoint, load_checkpoint)
 
 # %% auto #0
 __all__ = ['PPO_MUTATIONS', 'CLOCK', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component', 'load_exploit',
-           'plan_run_length', 'ToyGradScaler', 'toy_series', 'ToyMember', 'MemberRecord', 'PBTScheduler']
+           'plan_run_length', 'MemberRecord', 'rank_value', 'PBTScheduler']
 
 # %% ../nbs/08_pbt.ipynb #353ee529
 @dataclass(frozen=True)
@@ -121,145 +119,6 @@ def plan_run_length(member, n_intervals: int, steps_per_interval: int) -> None:
     f = getattr(member, "set_run_length", None)
     if callable(f): f(int(n_intervals), int(steps_per_interval))
 
-# %% ../nbs/08_pbt.ipynb #f1fb4189
-class ToyGradScaler:
-    "Element-wise gradient-variance scaler (a stand-in for VGS): EMA of g and g^2, scale = 1/(1+alpha*normalized variance)."
-    def __init__(self, parameters, alpha: float = 0.1, beta: float = 0.9, eps: float = 1e-8):
-        self.alpha, self.beta, self.eps = float(alpha), float(beta), eps
-        self.update_parameters(parameters); self.step_count = 0
-        self.mean = [torch.zeros_like(p) for p in self._params]; self.sq = [torch.zeros_like(p) for p in self._params]
-
-    def update_parameters(self, parameters) -> None:
-        "Track these (live) parameter tensors."
-        self._params = [p for p in parameters]
-
-    def scale_gradients(self) -> float:
-        self.step_count += 1
-        b = self.beta; c = 1 - b ** self.step_count
-        var_sum, sq_sum = 0.0, 0.0
-        for p, m, s in zip(self._params, self.mean, self.sq):
-            if p.grad is None: continue
-            m.mul_(b).add_(p.grad, alpha=1 - b); s.mul_(b).addcmul_(p.grad, p.grad, value=1 - b)
-            var_sum += float((s / c - (m / c) ** 2).clamp_min(0).sum()); sq_sum += float((s / c).sum())
-        scale = 1.0 / (1.0 + self.alpha * var_sum / (sq_sum + self.eps))
-        for p in self._params:
-            if p.grad is not None: p.grad.mul_(scale)
-        return scale
-
-    def state_dict(self) -> dict:
-        return {"alpha": self.alpha, "beta": self.beta, "step_count": self.step_count,
-                "mean": [m.clone() for m in self.mean], "sq": [s.clone() for s in self.sq]}
-
-    def load_state_dict(self, d: Mapping) -> None:
-        self.alpha, self.beta, self.step_count = float(d["alpha"]), float(d["beta"]), int(d["step_count"])
-        self.mean = [m.clone() for m in d["mean"]]; self.sq = [s.clone() for s in d["sq"]]
-
-class _ToyNet(nn.Module):
-    def __init__(self, hidden: int):
-        super().__init__(); self.lstm = nn.LSTM(1, hidden, batch_first=True); self.head = nn.Linear(hidden, 1)
-    def forward(self, x, state=None):
-        y, state = self.lstm(x, state); return self.head(y), state
-
-def toy_series(n: int = 3000, seed: int = 0) -> np.ndarray:
-    "A noisy quasi-periodic series (two incommensurate sines plus AR(1) noise)."
-    rng = np.random.default_rng(seed); t = np.arange(n)
-    noise = np.zeros(n)
-    for i in range(1, n): noise[i] = 0.8 * noise[i - 1] + 0.1 * rng.standard_normal()
-    return (np.sin(2 * np.pi * t / 37) + 0.5 * np.sin(2 * np.pi * t / 11.3) + noise).astype("float32")
-
-class ToyMember:
-    "A tiny recurrent regressor that implements `PBTMember` (LSTM state, Adam, gradient scaler, target normalization)."
-    def __init__(self, member_id: int = 0, seed: int = 0, hidden: int = 8, seq_len: int = 16, batch: int = 8,
-                 data_seed: int = 0, fail_at_step: int | None = None, fail_flag: str | None = None, sleep: float = 0.0):
-        """`fail_at_step`: raise once when training reaches that step (once per object; with `fail_flag`, only while
-        that file does not exist, so once across processes). `sleep`: seconds per step (a slow member)."""
-        self.member_id, self.seq_len, self.batch = member_id, seq_len, batch
-        self.fail_at_step, self.fail_flag, self.sleep = fail_at_step, fail_flag, sleep
-        with torch.random.fork_rng():
-            torch.manual_seed(1000 * seed + member_id); self.net = _ToyNet(hidden)
-        s = toy_series(3000, data_seed); self.train_x, self.val_x = torch.from_numpy(s[:2400]), torch.from_numpy(s[2400:])
-        self.hyperparams = {"learning_rate": 3e-3, "vgs_alpha": 0.1}
-        self.optimizer = self._new_optimizer()
-        self.vgs = ToyGradScaler(self.net.parameters(), alpha=self.hyperparams["vgs_alpha"])
-        self.target_stats = {"mean": torch.zeros(()), "var": torch.ones(()), "count": torch.tensor(1e-4, dtype=torch.float64)}
-        self.lstm_states = None           # carried across train() calls, like a recurrent PPO's rollout state
-        self.num_timesteps, self._cursor = 0, 0
-
-    def _new_optimizer(self): return torch.optim.Adam(self.net.parameters(), lr=self.hyperparams["learning_rate"])
-
-    # --- PBTMember -------------------------------------------------------------------------
-    def get_parameters(self, include_optimizer: bool = True) -> dict:
-        p = {"policy": self.net.state_dict(), "vgs": self.vgs.state_dict(),
-             "target_stats": dict(self.target_stats), CLOCK: {"num_timesteps": self.num_timesteps, "cursor": self._cursor}}
-        if include_optimizer: p["policy.optimizer"] = self.optimizer.state_dict()
-        return p
-
-    def set_parameters(self, parameters: Mapping, reset_optimizer: bool = False) -> None:
-        self.net.load_state_dict(parameters["policy"])
-        if "vgs" in parameters: self.vgs.load_state_dict(parameters["vgs"])
-        self.vgs.update_parameters(self.net.parameters())              # relink to the live tensors
-        if "target_stats" in parameters: self.target_stats = {k: v.clone() for k, v in parameters["target_stats"].items()}
-        if CLOCK in parameters:
-            self.num_timesteps, self._cursor = int(parameters[CLOCK]["num_timesteps"]), int(parameters[CLOCK]["cursor"])
-        self.optimizer = self._new_optimizer()                          # bound to the live parameters
-        if not reset_optimizer and "policy.optimizer" in parameters: self.optimizer.load_state_dict(parameters["policy.optimizer"])
-        self.reset_lstm_states_to_initial()
-
-    def reset_lstm_states_to_initial(self) -> None:
-        if self.lstm_states is not None: self.lstm_states = tuple(torch.zeros_like(s) for s in self.lstm_states)
-
-    def apply_hyperparams(self, hyperparams: Mapping) -> None:
-        self.hyperparams.update(checked_hyperparams("ToyMember", hyperparams, ("learning_rate", "vgs_alpha")))
-        for g in self.optimizer.param_groups: g["lr"] = self.hyperparams["learning_rate"]
-        self.vgs.alpha = self.hyperparams["vgs_alpha"]
-
-    def _normalize(self, y):
-        return (y - self.target_stats["mean"]) / self.target_stats["var"].sqrt().clamp_min(1e-6)
-
-    def _update_stats(self, y):
-        s, n = self.target_stats, float(y.numel()); m, v = y.mean().double(), y.var(unbiased=False).double()
-        tot = s["count"] + n; d = m - s["mean"].double()
-        new_mean = s["mean"].double() + d * n / tot
-        new_var = (s["var"].double() * s["count"] + v * n + d ** 2 * s["count"] * n / tot) / tot
-        self.target_stats = {"mean": new_mean.float(), "var": new_var.float(), "count": tot}
-
-    def train(self, n_steps: int) -> dict:
-        L, B = self.seq_len, self.batch; span = len(self.train_x) // B
-        losses = []
-        for _ in range(int(n_steps)):
-            if self.fail_at_step is not None and self.num_timesteps >= self.fail_at_step:
-                self.fail_at_step = None   # fails once per object ...
-                if self.fail_flag is None or not os.path.exists(self.fail_flag):
-                    if self.fail_flag is not None: Path(self.fail_flag).touch()   # ... or once across processes
-                    raise RuntimeError(f"ToyMember {self.member_id}: simulated failure at step {self.num_timesteps}")
-            if self.sleep: time.sleep(self.sleep)
-            if self._cursor + L + 1 > span: self._cursor, self.lstm_states = 0, None
-            idx = torch.arange(B)[:, None] * span + self._cursor + torch.arange(L + 1)[None]
-            chunk = self.train_x[idx]; x, y = chunk[:, :-1, None], chunk[:, 1:, None]
-            self._update_stats(y)
-            pred, state = self.net(x, self.lstm_states)
-            loss = ((pred - self._normalize(y)) ** 2).mean()
-            self.optimizer.zero_grad(); loss.backward(); self.vgs.scale_gradients(); self.optimizer.step()
-            self.lstm_states = tuple(s.detach() for s in state)
-            self._cursor += L; self.num_timesteps += 1; losses.append(float(loss.detach()))
-        return {"loss": float(np.mean(losses)) if losses else float("nan")}
-
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, state=None):
-        "Normalized one-step predictions for `x` `[B, T]` from `state` (default: the carried training state)."
-        pred, state = self.net(x[..., None], self.lstm_states if state is None else state)
-        return pred[..., 0], state
-
-    def live_hyperparams(self) -> dict:
-        "The values in force in the live objects (read back, not from `self.hyperparams`)."
-        return {"learning_rate": self.optimizer.param_groups[0]["lr"], "vgs_alpha": self.vgs.alpha}
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        x, y = self.val_x[None, :-1, None], self.val_x[None, 1:, None]
-        pred, _ = self.net(x)
-        return -float(((pred - self._normalize(y)) ** 2).mean())
-
 # %% ../nbs/08_pbt.ipynb #b2e07cf6
 @dataclass
 class MemberRecord:
@@ -276,7 +135,7 @@ class MemberRecord:
     checkpoint: str | None = None       # path of the latest checkpoint (when the scheduler has a checkpoint_dir)
     parent: int | None = None           # whose weights it carries since its last exploit
 
-def _rank_value(fitness, mode):
+def rank_value(fitness, mode):
     if fitness is None or not math.isfinite(fitness): return -math.inf
     return fitness if mode == "max" else -fitness
 
@@ -396,7 +255,7 @@ class PBTScheduler:
 
     def quantiles(self, ranked: list[MemberRecord]) -> tuple[list[MemberRecord], list[MemberRecord]]:
         "(bottom, top) quantiles of `ranked` (any order)."
-        rs = sorted(ranked, key=lambda r: (_rank_value(r.fitness, self.mode), -r.member_id))
+        rs = sorted(ranked, key=lambda r: (rank_value(r.fitness, self.mode), -r.member_id))
         if len(rs) < 2: return [], []
         k = min(int(math.ceil(len(rs) * self.quantile_fraction)), len(rs) // 2)
         return rs[:k], rs[len(rs) - k:]
@@ -471,7 +330,7 @@ class PBTScheduler:
             rec.fitness, rec.checkpoint, rec.report_count, rec.parent = None, None, 0, None
             self._log("restart", rec, rec, None, old, rec.hyperparams, {k: "resample" for k in self.mutations})
             return None, dict(rec.hyperparams), None
-        donor = max(donors, key=lambda r: (_rank_value(r.fitness, self.mode), -r.member_id))
+        donor = max(donors, key=lambda r: (rank_value(r.fitness, self.mode), -r.member_id))
         out = self._copy_from(rec, donor, "replace_failed", None)
         rec.fitness, rec.step = donor.fitness, donor.step
         return out

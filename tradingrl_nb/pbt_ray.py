@@ -19,7 +19,7 @@ import pandas as pd
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .pbt import PPO_MUTATIONS, Hyperparam, as_hyperparam, load_exploit, plan_run_length
-from .pbt_runner import _default_fitness
+from .pbt_runner import default_fitness
 
 # %% auto #0
 __all__ = ['ray_available', 'tune_mutations', 'make_tune_trainable', 'TuneRun', 'run_ray_tune']
@@ -73,7 +73,7 @@ def make_tune_trainable(member_factory: Callable[[int], Any], hyperparam_names, 
     member's seeds; `run_ray_tune`'s scheduler keeps it through exploits) and the hyperparameters. `n_iterations`: the
     run's length, for members with schedules (`set_run_length`)."""
     from ray import tune
-    names, fitness_fn = list(hyperparam_names), fitness_fn or _default_fitness
+    names, fitness_fn = list(hyperparam_names), fitness_fn or default_fitness
     if optimizer_exploit_strategy not in ("copy", "reset"):
         raise ValueError(f"optimizer_exploit_strategy must be 'copy' or 'reset', got {optimizer_exploit_strategy!r}")
 

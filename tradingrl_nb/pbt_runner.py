@@ -8,7 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/pbt_runner.html.md"""
 # %% ../nbs/08a_pbt_runner.ipynb #ce32052f
 from __future__ import annotations
 
-import json, logging, math, pickle, tempfile, time, traceback, uuid
+import logging, math, pickle, tempfile, time, traceback, uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,13 +18,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .checkpoint import atomic_write_json, load_checkpoint
-from .pbt import CHECKPOINT_FORMAT, CLOCK, PBTScheduler, _rank_value, load_exploit, plan_run_length
+from .checkpoint import load_checkpoint
+from .fileio import read_json, write_json
+from .pbt import CHECKPOINT_FORMAT, CLOCK, PBTScheduler, rank_value, load_exploit, plan_run_length
 
 _logger = logging.getLogger("tradingrl_nb.pbt")
 
 # %% auto #0
-__all__ = ['PopulationResult', 'run_population', 'lineage', 'plot_population']
+__all__ = ['PopulationResult', 'default_fitness', 'run_population', 'lineage', 'plot_population']
 
 # %% ../nbs/08a_pbt_runner.ipynb #ede00cac
 @dataclass
@@ -42,13 +43,13 @@ class PopulationResult:
     @property
     def best_member_id(self) -> int:
         alive = [r for r in self.scheduler.records.values() if r.status == "alive" and r.fitness is not None]
-        return max(alive, key=lambda r: _rank_value(r.fitness, self.scheduler.mode)).member_id
+        return max(alive, key=lambda r: rank_value(r.fitness, self.scheduler.mode)).member_id
     def best_parameters(self) -> dict:
         return self.scheduler.load(self.best_member_id)
     def failures_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.failures, columns=["round", "member_id", "step", "error", "traceback", "time"])
 
-def _default_fitness(member) -> float: return float(member.evaluate())
+def default_fitness(member) -> float: return float(member.evaluate())
 
 def _interval(member, n_steps: int, fitness_fn) -> tuple[float, dict]:
     info = member.train(n_steps)
@@ -88,7 +89,7 @@ def _worker_interval(factory, member_id: int, expect: str | None, token: str, ch
 
 # %% ../nbs/08a_pbt_runner.ipynb #7fd69c4c
 def _save_population(run_dir: Path, scheduler: PBTScheduler, extra: dict) -> None:
-    atomic_write_json(run_dir / "population.json", {"format": CHECKPOINT_FORMAT, "scheduler": scheduler.state_dict(), **extra})
+    write_json(run_dir / "population.json", {"format": CHECKPOINT_FORMAT, "scheduler": scheduler.state_dict(), **extra})
     scheduler.prune_checkpoints()
 
 def _failure(scheduler, failures, rec, exc) -> None:
@@ -125,10 +126,10 @@ def run_population(member_factory: Callable[[int], Any], scheduler: PBTScheduler
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="pbt_"))
     run_dir.mkdir(parents=True, exist_ok=True)
     scheduler.checkpoint_dir = run_dir / "checkpoints"
-    fitness_fn = fitness_fn or _default_fitness
+    fitness_fn = fitness_fn or default_fitness
     state_file, failures, rounds_done = run_dir / "population.json", [], {}
     if resume and state_file.exists():
-        state = json.loads(state_file.read_text())
+        state = read_json(state_file)
         scheduler.load_state_dict(state["scheduler"])
         failures, rounds_done = state.get("failures", []), {int(k): v for k, v in state.get("rounds_done", {}).items()}
         if sorted(scheduler.records) != list(range(n_members)):

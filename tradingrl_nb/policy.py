@@ -21,7 +21,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor, BaseFeatures
 from stable_baselines3.common.type_aliases import Schedule
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
-from .checkpoint import register_checkpoint_class, write_checkpoint, _read_checkpoint, _space_from_dict, _space_to_dict
+from .checkpoint import register_checkpoint_class, write_checkpoint, read_checkpoint, space_from_dict, space_to_dict
 
 # %% auto #0
 __all__ = ['MlpLstmPolicy', 'mlp', 'zero_states', 'mask_states', 'TwinMLP', 'RecurrentQuantilePolicy']
@@ -325,7 +325,7 @@ class RecurrentQuantilePolicy(BasePolicy):
         "Write the policy alone (constructor arguments and weights) as a pickle-free checkpoint: safetensors + JSON."
         data = self._get_constructor_parameters()
         data.pop("lr_schedule", None)
-        for k in ("observation_space", "action_space"): data[k] = _space_to_dict(data[k])
+        for k in ("observation_space", "action_space"): data[k] = space_to_dict(data[k])
         write_checkpoint(path, dict(policy_only=True, policy_class=type(self), data=data, state_dict=self.state_dict()))
 
     @classmethod
@@ -333,7 +333,7 @@ class RecurrentQuantilePolicy(BasePolicy):
         """Re-create a policy written by `save`. Reads only safetensors and JSON: unlike SB3's `BaseModel.load` it
         never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
         from stable_baselines3.common.utils import get_device
-        try: ck = _read_checkpoint(path, required=())
+        try: ck = read_checkpoint(path, required=())
         except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
         if not (isinstance(ck, dict) and ck.get("policy_only")):
             raise ValueError(f"{path} is a model checkpoint, not a policy file: use DistributionalPPO.load(...).policy")
@@ -343,7 +343,7 @@ class RecurrentQuantilePolicy(BasePolicy):
         if not (isinstance(klass, type) and issubclass(klass, cls)):
             raise ValueError(f"{path} holds a {getattr(klass, '__name__', klass)}, not a {cls.__name__}")
         data = dict(ck["data"])
-        for k in ("observation_space", "action_space"): data[k] = _space_from_dict(data[k])
+        for k in ("observation_space", "action_space"): data[k] = space_from_dict(data[k])
         policy = klass(lr_schedule=lambda _: 0.0, **data)
         policy.load_state_dict(ck["state_dict"])
         return policy.to(get_device(device))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json, math, os, sys, threading, time
 from pathlib import Path
 
+from .fileio import write_json
+
 # %% auto #0
 __all__ = ['PROGRESS_ENV', 'TOTAL_ENV', 'TENSORBOARD_ENV', 'ProgressFile', 'read_progress', 'format_duration', 'format_progress',
            'follow_progress', 'aggregate_progress', 'relay_progress']
@@ -37,9 +39,7 @@ class ProgressFile:
         eta = (self.total - int(steps)) / rate if rate and self.total else None
         data = dict(steps=int(steps), total=self.total, steps_per_s=rate, eta_s=eta, time=now,
                     metrics={k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()})
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json(self.path, data, indent=None)
         self._last = now
         return data
 

@@ -1,4 +1,5 @@
-"""A training loop's checkpoint at each evaluation (the model, its optimizer and normalizers, the environments, the LSTM states, every random generator, the curves and the loop's own state) so that `tradingrl run --resume DIR` continues an interrupted run where its last evaluation left it, to the same result on CPU.
+"""A training loop's checkpoint at each evaluation (the model, its optimizer and normalizers, the environments, the LSTM states, every random generator, the curves and
+the loop's own state) so that `tradingrl run --resume DIR` continues an interrupted run where its last evaluation left it, to the same result on CPU.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/resume.html.md"""
 
@@ -105,7 +106,8 @@ def save_training(output_dir: str | Path | None, model, env, log, **loop) -> Pat
     """Write a checkpoint of a training loop into `output_dir/checkpoint/` (see above); returns its folder
     (None when `output_dir` is None). `log`: the loop's `TrainingLog`; `loop`: its own state."""
     if output_dir is None: return None
-    from tradingrl_nb.checkpoint import atomic_write_json, save_checkpoint
+    from tradingrl_nb.checkpoint import save_checkpoint
+    from tradingrl_nb.fileio import write_json
     if getattr(log, "_pending", None) is not None: raise ValueError("save_training: call it between learn() calls")
     root, step = Path(output_dir) / CHECKPOINT_DIR, int(model.num_timesteps)
     d = root / f"step-{step}"
@@ -115,7 +117,7 @@ def save_training(output_dir: str | Path | None, model, env, log, **loop) -> Pat
     tree = dict(loop=loop, log=dict(name=log.name, rows=log.rows, validation=log.validation),
                 env=env_state(env), model=_model_state(model), rng=_rng_state())
     save_checkpoint(d / "state.safetensors", tree, meta=dict(timesteps=step))
-    atomic_write_json(root / _LATEST, {"timesteps": step, "dir": d.name})       # now it is the one to resume from
+    write_json(root / _LATEST, {"timesteps": step, "dir": d.name})       # now it is the one to resume from
     for old in root.glob("step-*"):
         if old != d and old.is_dir(): shutil.rmtree(old, ignore_errors=True)
     return d

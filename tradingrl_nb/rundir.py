@@ -10,7 +10,6 @@ from __future__ import annotations
 import json, os, re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'RUN_MARKER', 'RESUMABLE', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files',
@@ -18,10 +17,7 @@ __all__ = ['LOCK_NAME', 'RUN_MARKER', 'RESUMABLE', 'RunLock', 'lock_held', 'run_
            'StopSignals', 'verdicts', 'report_cells', 'report_text', 'write_report', 'tearsheet_figure']
 
 # %% ../nbs/10b_rundir.ipynb #fcf203fd
-def _short(x: Any, n: int = 80) -> str:
-    "`repr`-like text of `x`, cut to `n` characters (long values must not flood errors and tables)."
-    s = x if isinstance(x, str) else repr(x)
-    return s if len(s) <= n else s[:n - 15] + f"...({len(s):,} chars)"
+from .fileio import flatten_dict, shorten
 
 # %% ../nbs/10b_rundir.ipynb #bdc8713d
 LOCK_NAME = ".tradingrl.lock"
@@ -127,7 +123,7 @@ def foreign_files(folder: str | Path, owned: set[str]) -> list[str]:
     return out
 
 def _names(entries: list[str], n: int = 12) -> str:
-    return ", ".join(_short(e, 80) for e in entries[:n]) + (f" and {len(entries) - n} more" if len(entries) > n else "")
+    return ", ".join(shorten(e, 80) for e in entries[:n]) + (f" and {len(entries) - n} more" if len(entries) > n else "")
 
 RESUMABLE = ("interrupted", "died", "failed")   # a run in one of these states may be resumed
 
@@ -175,9 +171,9 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False
     and nothing is deleted."""
     out = Path(out)
     if resume and not (out / "run.json").is_file(): raise ValueError(reuse_problem(out, resume=True))
-    if out.exists() and not out.is_dir(): raise ValueError(f"--output-dir {_short(str(out), 200)}: is a file, not a folder")
+    if out.exists() and not out.is_dir(): raise ValueError(f"--output-dir {shorten(str(out), 200)}: is a file, not a folder")
     try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise ValueError(f"--output-dir {_short(str(out), 200)}: cannot create the folder ({e.strerror})") from None
+    except OSError as e: raise ValueError(f"--output-dir {shorten(str(out), 200)}: cannot create the folder ({e.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK): raise ValueError(f"--output-dir {out}: the folder is not writable")
     had_lock = (out / LOCK_NAME).exists()
     lock = RunLock(out).acquire()
@@ -237,14 +233,6 @@ class StopSignals:
         return ctx()
 
 # %% ../nbs/10b_rundir.ipynb #9b4c4f36
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict): out.update(_flatten(v, key + "."))
-        else: out[key] = v
-    return out
-
 def _is_num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def verdicts(metrics: dict, path: str = "") -> list[tuple[str, str, bool]]:
@@ -317,11 +305,11 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
     info, metrics, params = read("run.json"), read("metrics.json"), read("params.json")
     status = status or info.get("status", "ok"); error = error if error is not None else info.get("error")
     wall_s = wall_s if wall_s is not None else info.get("wall_s")
-    flat = _flatten(metrics) if isinstance(metrics, dict) else {}
+    flat = flatten_dict(metrics) if isinstance(metrics, dict) else {}
     name = nb_path.stem
     head = {"ok": f"finished{f' in {wall_s:.1f} s' if wall_s is not None else ''}", "failed": "FAILED",
             "interrupted": "interrupted", "died": "died"}.get(status, status)
-    esc = lambda v: H.escape(_short(v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else
+    esc = lambda v: H.escape(shorten(v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else
                                     f"{v:.6g}" if isinstance(v, float) else str(v), 200))
     cell = lambda v: f'<td class="num">{esc(v)}</td>' if _is_num(v) else f"<td>{esc(v)}</td>"
     said = verdicts(metrics)
@@ -329,7 +317,7 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
              f"<style>{_REPORT_CSS}</style></head><body>",
              f"<h1>{H.escape(name)}</h1>",
              f'<div class="verdict {H.escape(status)}" id="verdict"><b>{H.escape(head)}</b>'
-             + (f"<pre>{H.escape(_short(error, 2000))}</pre>" if error else "")
+             + (f"<pre>{H.escape(shorten(error, 2000))}</pre>" if error else "")
              + ("<ul>" + "".join(f"<li>{H.escape(t)}</li>" if w else f"<li><b>{esc(k)}</b>: {esc(t)}</li>"
                                  for k, t, w in said) + "</ul>" if said else "")
              + "</div>",

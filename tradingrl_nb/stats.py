@@ -1,4 +1,5 @@
-"""Is a backtest's Sharpe ratio skill or luck? The probabilistic and deflated Sharpe ratios, the minimum track record length, and bootstrap intervals that resample the market (and the training seeds).
+"""Is a backtest's Sharpe ratio skill or luck? The probabilistic and deflated Sharpe ratios, the minimum track
+record length, and bootstrap intervals that resample the market (and the training seeds).
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/stats.html.md"""
 

@@ -1,4 +1,5 @@
-"""A grid of parameter values, one run of an experiment per combination: local worker processes or Ray tasks, each in its own run folder, failures recorded and not fatal.
+"""A grid of parameter values, one run of an experiment per combination: local worker processes
+or Ray tasks, each in its own run folder, failures recorded and not fatal.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/sweep.html.md"""
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import (run_experiment, prepare_run, find_experiment, RunInterrupted, _new_run_dir, _slug)
-from .rundir import LOCK_NAME, reuse_problem, _short
+from .experiments import run_experiment, prepare_run, find_experiment, RunInterrupted, new_run_dir
+from .fileio import shorten, slug
+from .rundir import LOCK_NAME, reuse_problem
 
 # %% auto #0
 __all__ = ['expand_grid', 'sweep']
@@ -32,7 +34,7 @@ def _sweep_worker(name, values, device, out, progress, threads, overwrite=False)
         return dict(status="interrupted", wall_s=time.perf_counter() - t0, run=str(out), error=str(e), metrics={})
     except Exception as e:
         return dict(status="failed", wall_s=time.perf_counter() - t0, run=str(out),
-                    error=f"{type(e).__name__}: {_short(str(e), 500)}", metrics={})
+                    error=f"{type(e).__name__}: {shorten(str(e), 500)}", metrics={})
 
 def expand_grid(grid: dict[str, list]) -> list[dict]:
     "Every combination of the grid's values, in order (the last key varies fastest)."
@@ -62,7 +64,7 @@ def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done, ec
                 try: row = ray.get(r)
                 except Exception as e:  # the task's worker died
                     row = dict(status="failed", wall_s=float("nan"), run=str(tasks[refs[r]][3]),
-                               error=f"Ray task failed: {_short(str(e).splitlines()[0], 300)}", metrics={})
+                               error=f"Ray task failed: {shorten(str(e).splitlines()[0], 300)}", metrics={})
                 done(refs[r], row)
     except KeyboardInterrupt:
         for r in pending: ray.cancel(r, force=True)
@@ -77,16 +79,16 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
     """Run experiment `name` for every combination of `grid`; returns the summary (one row per run, failures included).
     `backend="process"` runs `jobs` local processes; `backend="ray"` runs each combination as a Ray task of
     `num_cpus` CPUs on the Ray cluster at `address` (default: the running Ray, else a local one)."""
-    if backend not in ("process", "ray"): raise ValueError(f"backend {_short(backend)!r}: use process or ray")
+    if backend not in ("process", "ray"): raise ValueError(f"backend {shorten(backend)!r}: use process or ray")
     path = find_experiment(name)
     base = dict(parameters or {})
     both = set(base) & set(grid)
     if both: raise ValueError(f"parameter(s) {sorted(both)} given both fixed and in the grid")
     combos = expand_grid(grid)
     for c in combos: prepare_run(path, {**base, **c}, device)  # validate all before running any
-    root = Path(output_dir) if output_dir is not None else _new_run_dir(f"{path.stem}-sweep")
+    root = Path(output_dir) if output_dir is not None else new_run_dir(f"{path.stem}-sweep")
     if root.exists() and not root.is_dir(): raise ValueError(f"--output-dir {root}: is a file, not a folder")
-    outs = [root / (f"{i:03d}" + "".join(f"-{k}={_slug(v)}" for k, v in c.items())) for i, c in enumerate(combos)]
+    outs = [root / (f"{i:03d}" + "".join(f"-{k}={slug(v)}" for k, v in c.items())) for i, c in enumerate(combos)]
     taken = [o for o in outs if o.is_dir() and any(p.name != LOCK_NAME for p in o.iterdir())]
     if taken and not overwrite:
         raise ValueError(f"--output-dir {root}: {len(taken)} of the sweep's run folders already hold runs "
@@ -103,7 +105,7 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
         el = time.perf_counter() - t0
         eta = f"  ETA {el / n * (len(combos) - n):.0f}s" if n < len(combos) else ""
         if echo: echo(f"[{n}/{len(combos)} runs done, {el:.0f}s{eta}] {row['status']:6s} {row['wall_s']:7.1f}s  "
-                      f"{Path(row['run']).name}" + (f"  ({_short(row['error'].splitlines()[0], 120)})" if row["error"] else ""))
+                      f"{Path(row['run']).name}" + (f"  ({shorten(row['error'].splitlines()[0], 120)})" if row["error"] else ""))
     args = lambda i, c, prog, threads: (path, {**base, **c}, device, outs[i], prog, threads, overwrite)
     if backend == "ray":
         _ray_runs([args(i, c, False, max(1, int(num_cpus))) for i, c in enumerate(combos)], num_cpus, address, done, echo)
