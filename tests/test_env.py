@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from tradingrl_nb.data import synthetic_market, load_market_data
-from tradingrl_nb.env import (ENV_ID, BuyAndHold, Flat, Momentum, RandomPolicy, TradingEnv, TradingVecEnv,
-                              make_baseline, prepare_market)
+from tradingrl_nb.env import ENV_ID, BuyAndHold, Flat, Momentum, RandomPolicy, TradingEnv, TradingVecEnv, make_baseline
+from tradingrl_nb.market import prepare_market
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SMALL = dict(window=8, windows=(5, 21))

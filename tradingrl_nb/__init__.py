@@ -15,6 +15,7 @@ Modules:
 - `tradingrl_nb.fileio`: Atomic writes, our one JSON rule for NaN and infinity, and the small text helpers every module shares. Torch-free.
 - `tradingrl_nb.findings`: The seeds' claims, each measured at size over several seeds: one record per claim with the per-seed values, an interval, and a verdict computed from the interval. `tradingrl findings` writes them to `results/findings.json` from the stored runs; the docs' findings page is drawn from that file.
 - `tradingrl_nb.health`: Did the run train? Update size, KL, clipping, explained variance, action spread and the VGS factor, summarized per run, with one stated rule for "the policy did not move".
+- `tradingrl_nb.market`: A price frame validated once and laid out as the observation matrix both environments read: scaled causal features, every window as one float32 row, the evaluation span, fills, carry and total-return series.
 - `tradingrl_nb.params`: Finding experiment notebooks, and reading, typing and checking their parameters before a kernel starts: ranges, choices, dates, presets and parameter files. Light: `tradingrl list` imports no torch.
 - `tradingrl_nb.pbt`: A population of agents that train, compare, copy the best and perturb their hyperparameters: ranges, the member contract and the scheduler (`PBTScheduler`); runners on one machine and on Ray Tune.
 - `tradingrl_nb.pbt_ppo`: `PPOMember`: the distributional PPO agent as a population member, with its hyperparameters applied wherever they live, its schedules spanning the whole run, and a backtest fitness.

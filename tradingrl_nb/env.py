@@ -9,7 +9,6 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/env.html.md"""
 # %% ../nbs/01_env.ipynb #81e694d5
 from __future__ import annotations
 import math
-from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
@@ -19,144 +18,12 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from .data import add_features, OHLCV
+from .market import (N_BOOK, EXECUTIONS, STALE_OPEN_LIMIT, MarketData, daily_rates, prepare_market,
+                                 stale_open_fraction, total_return_index)
 
 # %% auto #0
-__all__ = ['FEATURE_SCALE', 'N_BOOK', 'EXECUTIONS', 'STALE_OPEN_LIMIT', 'ENV_ID', 'BASELINES', 'feature_scale', 'MarketData',
-           'prepare_market', 'stale_open_fraction', 'daily_rates', 'total_return_index', 'TradingEnv', 'render_episode',
-           'TradingVecEnv', 'Baseline', 'BuyAndHold', 'Flat', 'RandomPolicy', 'Momentum', 'make_baseline']
-
-# %% ../nbs/01_env.ipynb #13dae28b
-FEATURE_SCALE = {"ret_1": 100.0, "range": 100.0, "volume_z": 1.0, "vix": 5.0, "vix_chg": 20.0}
-N_BOOK = 3  # position, unrealized P&L, drawdown
-
-def feature_scale(name: str) -> float:
-    "Fixed multiplier that brings feature `name` (from `add_features`) to order one; 1.0 for unknown names."
-    if name in FEATURE_SCALE: return FEATURE_SCALE[name]
-    kind, _, w = name.partition("_")
-    if w.isdigit():
-        if kind == "ret": return 1.0 / (0.01 * math.sqrt(int(w)))  # w-day log return, daily vol ~ 1%
-        if kind == "vol": return 5.0                                  # annualized vol / 20%
-    return 1.0
-
-@dataclass
-class MarketData:
-    "Arrays shared by `TradingEnv` and `TradingVecEnv`: prices, dates and the observation-window matrix."
-    dates: pd.DatetimeIndex  # every bar of the frame
-    close: np.ndarray        # float64 [T]
-    obs_rows: np.ndarray     # float32 [T, window * n_features + N_BOOK]: window of bar t, book slots zero
-    feature_names: list
-    window: int
-    t_first: int             # first bar with a full window of valid features
-    t_lo: int                # first decision bar of the span
-    t_hi: int                # last bar of the span (the final mark)
-    open: np.ndarray | None = None  # float64 [T] opens, when the frame has them (for execution="next_open")
-
-    @property
-    def n_features(self) -> int: return len(self.feature_names)
-
-def _validate_frame(df) -> None:
-    if not isinstance(df, pd.DataFrame): raise ValueError(f"df must be a pandas DataFrame, got {type(df).__name__}")
-    if "close" not in df: raise ValueError(f"df needs a 'close' column (OHLCV bars); got columns {list(df.columns)}")
-    if not isinstance(df.index, pd.DatetimeIndex): raise ValueError("df needs a DatetimeIndex (see load_market_data / load_csv)")
-    if len(df) and not df.index.is_monotonic_increasing or df.index.has_duplicates:
-        raise ValueError("df's dates must be strictly increasing")
-    close = df["close"].to_numpy(dtype="float64")
-    bad = ~np.isfinite(close) | (close <= 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"close must be finite and positive; row {i} ({df.index[i].date()}) has {close[i]}")
-
-def prepare_market(df: pd.DataFrame, window: int = 32, start=None, end=None, windows: tuple = (5, 21, 63), vix=None,
-                   features: pd.DataFrame | None = None, scale: dict | None = None, obs_clip: float = 10.0) -> MarketData:
-    "Validate `df`, compute scaled causal features and the observation-window matrix, and locate the span `[start, end]`."
-    _validate_frame(df)
-    if int(window) != window or window < 1: raise ValueError(f"window must be a positive integer, got {window!r}")
-    window = int(window)
-    join_vix = vix is not None and features is None and len(vix) > 0
-    if features is None:
-        features = add_features(df[[c for c in OHLCV if c in df]], windows=tuple(windows), vix=vix, dropna=False)
-    elif not features.index.equals(df.index):
-        raise ValueError("features must have exactly the same index as df (compute them from df with causal windows)")
-    names = list(features.columns)
-    if not names: raise ValueError("no features to observe")
-    F = features.to_numpy(dtype="float64")
-    valid = np.isfinite(F).all(axis=1)
-    if not valid.any():
-        raise ValueError(f"df is too short: its {len(df)} bars do not cover the feature warm-up (windows {tuple(windows)}), "
-                         f"let alone window={window} more bars")
-    f0 = int(np.argmax(valid))
-    if not valid[f0:].all():
-        i = f0 + int(np.argmin(valid[f0:])); col = names[int(np.flatnonzero(~np.isfinite(F[i]))[0])]
-        raise ValueError(f"feature {col!r} is missing or non-finite at {df.index[i].date()} (row {i}), after the warm-up")
-    t_first = f0 + window - 1
-    T = len(df)
-    dates = df.index
-    lo = 0 if start is None else int(dates.searchsorted(pd.Timestamp(start), side="left"))
-    hi = T - 1 if end is None else int(dates.searchsorted(pd.Timestamp(end), side="right")) - 1
-    span = f"[{start if start is not None else dates[0].date()}, {end if end is not None else dates[-1].date()}]"
-    if T == 0 or lo > hi: raise ValueError(f"empty span {span}: no bars of df fall inside it")
-    if join_vix:
-        v0, v1 = vix.index[0], vix.index[-1]
-        if dates[lo] < v0 or dates[hi] > v1 + pd.Timedelta(days=5):
-            where = f"starts at {dates[lo].date()}" if dates[lo] < v0 else f"ends at {dates[hi].date()}"
-            raise ValueError(f"the VIX series covers {v0.date()} to {v1.date()} but the span {span} {where}: VIX would be "
-                             f"missing or stale there; pass start/end inside the VIX span (after its feature warm-up) "
-                             f"or leave vix out")
-    need = f"the features need {f0} warm-up bars and the window {window} more"
-    if t_first > hi - 1:
-        raise ValueError(f"span {span} is too short for window={window}: {need}, so the first decision bar is row "
-                         f"{t_first} but the span's last bar is row {hi} (df has {T} bars)")
-    if start is not None and lo < t_first:
-        raise ValueError(f"start {pd.Timestamp(start).date()} leaves too little history: {need}; "
-                         f"the first possible decision date is {dates[t_first].date()}")
-    t_lo = max(lo, t_first)
-    s = np.array([feature_scale(n) for n in names]) if scale is None else np.array([scale.get(n, feature_scale(n)) for n in names])
-    Fs = np.clip(np.nan_to_num(F * s, nan=0.0), -obs_clip, obs_clip).astype(np.float32)
-    K = window * len(names)
-    rows = np.zeros((T, K + N_BOOK), dtype=np.float32)
-    # row t holds features of bars t-window+1 .. t (oldest first); only bars >= t_first are ever observed
-    view = np.lib.stride_tricks.sliding_window_view(Fs, window, axis=0)  # [T-window+1, n_features, window]
-    rows[window - 1:, :K] = view.transpose(0, 2, 1).reshape(len(view), K)
-    rows[:t_first] = 0.0
-    opens = df["open"].to_numpy(dtype="float64").copy() if "open" in df else None
-    return MarketData(dates, df["close"].to_numpy(dtype="float64").copy(), rows, names, window, t_first, t_lo, hi, opens)
-
-EXECUTIONS = ("next_close", "next_open", "same_close")
-STALE_OPEN_LIMIT = 0.05  # real opens equal the previous close on about 1% of days (NASDAQ 1999-2018); the S&P 500 file's on 96% before 2006
-
-def stale_open_fraction(market: MarketData) -> float:
-    "Fraction of the span's bars whose open equals the previous close (to 1e-6): opens that are not real prices."
-    o, c = market.open, market.close
-    if o is None: return 1.0
-    t = np.arange(market.t_lo + 1, market.t_hi + 1)
-    return float(np.mean(np.abs(o[t] - c[t - 1]) <= 1e-6 * c[t - 1]))
-
-def daily_rates(rate, dates: pd.DatetimeIndex, name: str, first: int = 0) -> np.ndarray:
-    "Per-bar rate (annual / 252) for the interval from each bar to the next, from an annual float or a dated series covering bars `first..`."
-    if isinstance(rate, pd.Series):
-        if not isinstance(rate.index, pd.DatetimeIndex):
-            raise ValueError(f"{name} as a series needs a DatetimeIndex, got {type(rate.index).__name__}")
-        s = rate.sort_index().astype("float64")
-        if len(s) == 0 or s.index[0] > dates[first]:
-            have = s.index[0].date() if len(s) else "nothing"
-            raise ValueError(f"{name} starts at {have} but the span's first decision bar is {dates[first].date()}: "
-                             f"give a rate for every bar from {dates[first].date()} to {dates[-1].date()}")
-        a = s.reindex(s.index.union(dates)).ffill().reindex(dates).to_numpy().copy()
-        a[:first] = np.nan_to_num(a[:first])  # bars before the span are never held
-    else:
-        try: a = np.full(len(dates), float(rate))
-        except (TypeError, ValueError): raise ValueError(f"{name} must be an annual rate (float) or a pd.Series, got {rate!r}") from None
-    bad = ~np.isfinite(a)
-    if bad.any():
-        raise ValueError(f"{name} must be finite; {dates[int(np.flatnonzero(bad)[0])].date()} has {a[bad][0]}")
-    return a / 252.0
-
-def total_return_index(close: np.ndarray, div: np.ndarray) -> np.ndarray:
-    "The close with dividends (`div`, per bar) reinvested: TR[t+1] = TR[t] (P[t+1] + P[t] div[t]) / P[t]; the close itself without dividends."
-    if not div.any(): return close
-    g = (close[1:] + close[:-1] * div[:-1]) / close[:-1]
-    return close[0] * np.r_[1.0, np.cumprod(g)]
+__all__ = ['ENV_ID', 'BASELINES', 'TradingEnv', 'render_episode', 'TradingVecEnv', 'Baseline', 'BuyAndHold', 'Flat',
+           'RandomPolicy', 'Momentum', 'make_baseline']
 
 # %% ../nbs/01_env.ipynb #0badc77a
 class TradingEnv(gym.Env):
