@@ -18,6 +18,9 @@ Null control: the default agent on i.i.d. returns (10 seeds, each its own traini
 verdict (agent minus buy-and-hold Sharpe, stationary-bootstrap 95% interval) per test path and per one-year window,
 and how often it reads "skill".
 
+Sweep (`--sweep gamma=0.99,0.7 --sweep-seeds 6`): the default agent with one argument changed, on the same markets and
+seeds, to `results/controls/sweep.csv` (how the default discount was chosen: nbs/09a_controls.ipynb).
+
 Each run is one process (one torch thread), two at a time. Tables go to stdout and to results/controls/ (CSV), which
 nbs/09a_controls.ipynb reads and shows.
 """
@@ -39,10 +42,13 @@ def _worker_setup(quick: bool) -> dict:
     return dict(n_steps=64, batch_size=128, n_epochs=1, policy_kwargs=dict(lstm_hidden_size=16, n_quantiles=8)) if quick else {}
 
 
-def _job(kind: str, market: str, seed: int, steps: int, quick: bool) -> dict:
+def _job(kind: str, market: str, seed: int, steps: int, quick: bool, overrides: dict | None = None) -> dict:
     small = _worker_setup(quick)
     from tradingrl_nb import controls
     if kind == "default": row = controls.train_and_test(market, seed, "default", steps, **small)
+    elif kind == "sweep":
+        label = ",".join(f"{k}={v}" for k, v in overrides.items())
+        row = {**controls.train_and_test(market, seed, "default", steps, **{**small, **overrides}), "agent": label}
     elif kind == "no_vgs": row = {**controls.train_and_test(market, seed, "default", steps, use_vgs=False, **small), "agent": "use_vgs=False"}
     elif kind == "seeds_vgs":                      # the factor before the recalibration: the health rule must flag it
         row = {**controls.train_and_test(market, seed, "default", steps, vgs_kwargs=dict(reference="absolute", alpha=0.1, min_factor=1e-4),
@@ -65,10 +71,13 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="processes at once (default 2)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the positive control (default 3)")
     p.add_argument("--null-seeds", type=int, default=10, help="seeds of the null control (default 10)")
+    p.add_argument("--sweep", action="append", default=[], metavar="ARG=V1,V2",
+                   help="the default agent with one argument at each value (repeatable; floats); writes sweep.csv")
+    p.add_argument("--sweep-seeds", type=int, default=6, help="seeds of a sweep (default 6: the control's 3 and 3 held out)")
     a = p.parse_args(argv)
     import pandas as pd
     from tradingrl_nb import controls
-    parts = set(a.only or ["positive", "peers", "null"])
+    parts = set(a.only or (["sweep"] if a.sweep else ["positive", "peers", "null"]))
     steps = 4096 if a.quick else controls.CONTROL_STEPS
     seeds = [0] if a.quick else list(range(a.seeds))
     jobs = []
@@ -78,11 +87,17 @@ def main(argv=None) -> int:
     if "peers" in parts:
         jobs += [("PPO", m, s, steps) for m in MARKETS for s in seeds]
         jobs += [("RecurrentPPO", m, s, max(2048, steps // 8)) for m in MARKETS for s in seeds]
+    sweep = []
+    for spec in a.sweep:
+        name, _, values = spec.partition("=")
+        if not name or not values: p.error(f"--sweep {spec!r}: use ARG=V1,V2")
+        sweep += [{name: float(v)} for v in values.split(",")]
+    if sweep: jobs += [("sweep", m, s, steps, o) for o in sweep for m in MARKETS for s in ([0] if a.quick else range(a.sweep_seeds))]
     null_seeds = [0] if a.quick else list(range(a.null_seeds))
     t0 = time.perf_counter()
     rows, null_rows, year_rows = [], [], []
     with ProcessPoolExecutor(max_workers=a.jobs) as ex:
-        futs = [ex.submit(_job, k, m, s, n, a.quick) for k, m, s, n in jobs]
+        futs = [ex.submit(_job, *job[:4], a.quick, *job[4:]) for job in jobs]
         nfuts = [ex.submit(_null_job, s, steps, a.quick) for s in null_seeds] if "null" in parts else []
         for i, f in enumerate(futs):
             r = f.result(); rows.append(r)
@@ -93,6 +108,23 @@ def main(argv=None) -> int:
             print(f"[{time.perf_counter() - t0:5.0f}s] null seed {ps[0]['seed']}: agent - buy-and-hold {ps[0]['diff']:+.2f} "
                   f"[{ps[0]['low']:+.2f}, {ps[0]['high']:+.2f}] {ps[0]['verdict']}", flush=True)
     pd.set_option("display.width", 200)
+    if rows and "sweep" in parts:
+        table = pd.DataFrame([r for r in rows if "=" in r["agent"]])
+        if len(table):
+            by = table.groupby(["agent", "market"])
+            summary = pd.DataFrame({"median_fraction": by["sharpe_fraction"].median(), "min_gap": by["gap"].min(),
+                                    "min_abs_position": by["abs_position"].min(), "seeds": by["seed"].count()})
+            print("\n== sweep: median Sharpe fraction of the oracle's, smallest gap and |position| over the seeds")
+            print(summary.round(3).to_string())
+            if not a.quick:
+                OUT.mkdir(parents=True, exist_ok=True)
+                f = OUT / "sweep.csv"
+                if f.exists():
+                    old = pd.read_csv(f)
+                    key = lambda d: d["market"] + "|" + d["agent"] + "|" + d["seed"].astype(str)
+                    table = pd.concat([old[~key(old).isin(set(key(table)))], table], ignore_index=True)
+                table.to_csv(f, index=False)
+        rows = [r for r in rows if "=" not in r["agent"]]
     if rows:
         table = pd.DataFrame(rows)
         cols = ["market", "agent", "seed", "steps", "sharpe", "oracle_sharpe", "bh_sharpe", "sharpe_fraction", "gap", "oracle_gap",

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tradingrl_nb.upgd import AdaptiveUPGD, UPGD, UPGDLoop          # noqa: E402
+from tradingrl_nb.upgd import AdaptiveUPGD, UPGD  # noqa: E402
+from tradingrl_nb.upgd_reference import UPGDLoop  # noqa: E402
 from tradingrl_nb.upgd_kernel import kernel_status, load_kernel     # noqa: E402
 from tradingrl_nb.vgs import VarianceGradientScaler                  # noqa: E402
 

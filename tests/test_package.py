@@ -52,3 +52,9 @@ def test_no_import_cycle():
 def test_only_tests_and_demos_use_the_test_doubles():
     users = [m for m in MODULES if m != "testing" and any(src == "tradingrl_nb.testing" for src, _ in imports_of(m))]
     assert users == []
+
+
+def test_no_module_over_600_lines():
+    "A module that grows past 600 lines is split by concept into its own notebook (the notebooks are the source)."
+    long = {m: n for m in MODULES if (n := len((PKG / f"{m}.py").read_text().splitlines())) > 600}
+    assert long == {}

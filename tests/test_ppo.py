@@ -8,7 +8,7 @@ import torch as th
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
-from tradingrl_nb.ppo import SequenceRolloutBuffer, gae
+from tradingrl_nb.rollout import SequenceRolloutBuffer, gae
 from tradingrl_nb.upgd import AdaptiveUPGD
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from tradingrl_nb.upgd import AdaptiveUPGD, AdaptiveUPGDLoop, UPGD, UPGDLoop
+from tradingrl_nb.upgd import AdaptiveUPGD, UPGD
+from tradingrl_nb.upgd_reference import AdaptiveUPGDLoop, UPGDLoop
 
 
 def mlp(seed=0, dtype=torch.float64):

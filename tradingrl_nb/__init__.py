@@ -25,6 +25,7 @@ Modules:
 - `tradingrl_nb.ppo`: PPO on stable-baselines3 with an LSTM actor, twin quantile critics, CVaR-aware advantages, return normalization, VGS and AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 - `tradingrl_nb.progress`: What a long run is doing, while it runs: steps done of the total, steps per second, time left, and the last validation metrics.
 - `tradingrl_nb.resume`: A training loop's checkpoint at each evaluation (the model, its optimizer and normalizers, the environments, the LSTM states, every random generator, the curves and the loop's own state) so that `tradingrl run --resume DIR` continues an interrupted run where its last evaluation left it, to the same result on CPU.
+- `tradingrl_nb.rollout`: Generalized advantage estimation over `[steps, envs]` arrays, and `SequenceRolloutBuffer`: a rollout stored once and cut into sequences, so that a minibatch runs the LSTM over whole padded sequences in one call.
 - `tradingrl_nb.rundir`: A run's folder: locked while the run writes there, never silently reused, its status honest when the process is gone; and the HTML report a reader opens first.
 - `tradingrl_nb.sappo`: Observation attacks that work through the LSTM over whole sequences (SGLD, PGD, random noise, MAD), the robust KL regularizer of SA-PPO with its epsilon ramp, and an attacked policy for backtests.
 - `tradingrl_nb.stats`: Is a backtest's Sharpe ratio skill or luck? The probabilistic and deflated Sharpe ratios, the minimum track record length, and bootstrap intervals that resample the market (and the training seeds).
@@ -32,6 +33,7 @@ Modules:
 - `tradingrl_nb.testing`: Small, fast stand-ins the test suite and the demos share: a tiny market and env, a tiny `DistributionalPPO`, a toy PBT member, and a tiny experiment notebook.
 - `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
 - `tradingrl_nb.upgd_kernel`: An opt-in two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per user into a private cache: the utility, its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
+- `tradingrl_nb.upgd_reference`: `UPGDLoop` and `AdaptiveUPGDLoop`: the update rules of `UPGD` and `AdaptiveUPGD` written loop-per-tensor, as the paper's public code does, kept as executable references that the fast optimizers are tested against.
 - `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters."""
 
 __version__ = "0.0.1"

@@ -27,104 +27,10 @@ from .upgd import AdaptiveUPGD, check_vgs_noise_compat
 from .sappo import SAPPOConfig, RobustKLRegularizer
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
 from .checkpoint import Checkpointing
+from .rollout import SequenceRolloutBuffer, gae
 
 # %% auto #0
-__all__ = ['CRITIC_PREFIXES', 'gae', 'SequenceRolloutBuffer', 'DistributionalPPO']
-
-# %% ../nbs/06_ppo.ipynb #d28b842a
-def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
-        last_dones: np.ndarray, gamma: float, gae_lambda: float) -> tuple[np.ndarray, np.ndarray]:
-    "Generalized advantage estimation over `[T, E]` arrays; returns `(advantages, returns)`."
-    adv = np.zeros_like(values, dtype=np.float64)
-    last = np.zeros(values.shape[1])
-    for t in reversed(range(len(rewards))):
-        nonterminal = 1.0 - (last_dones if t == len(rewards) - 1 else episode_starts[t + 1]).astype(np.float64)
-        next_v = last_values if t == len(rewards) - 1 else values[t + 1]
-        delta = rewards[t] + gamma * next_v * nonterminal - values[t]
-        last = delta + gamma * gae_lambda * nonterminal * last
-        adv[t] = last
-    return adv, adv + values
-
-# %% ../nbs/06_ppo.ipynb #a33d7971
-class SequenceRolloutBuffer:
-    """Rollout storage `[n_steps, n_envs, ...]` cut into sequences for whole-sequence minibatching.
-
-    A sequence starts where an episode starts (zero LSTM state) or every `sequence_length` steps
-    (the rollout's LSTM state there is stored), so no state is ever reset inside a sequence."""
-    def __init__(self, n_steps: int, n_envs: int, obs_shape: tuple[int, ...], action_dim: int, n_quantiles: int,
-                 lstm_shape: tuple[int, int], sequence_length: int, device: th.device):
-        self.n_steps, self.n_envs, self.L, self.device = n_steps, n_envs, min(sequence_length, n_steps), device
-        T, E = n_steps, n_envs
-        f = dict(dtype=th.float32, device=device)
-        self.obs = th.zeros(T, E, *obs_shape, **f)
-        self.actions = th.zeros(T, E, action_dim, **f)
-        self.log_probs = th.zeros(T, E, **f)
-        self.quantiles = th.zeros(T, E, 2, n_quantiles, **f)
-        layers, H = lstm_shape
-        self.chunk_states = th.zeros(math.ceil(T / self.L), 4, layers, E, H, **f)
-        self.rewards = np.zeros((T, E), np.float32)                # the env's own rewards
-        self.bootstrap = np.zeros((2, T, E))     # gamma * V(s_T) at truncations, [mean, risk] pass; zeroed per rollout
-        self.episode_starts = np.zeros((T, E), bool)
-        self.values = self.advantages = self.returns = None
-
-    def record_states(self, t: int, states: RNNStates) -> None:
-        "Store the LSTM state fed into step `t` (called at every chunk start, after per-env resets)."
-        c = self.chunk_states[t // self.L]
-        for i, s in enumerate((*states.pi, *states.vf)): c[i].copy_(s)
-
-    def add(self, t: int, obs: th.Tensor, actions: th.Tensor, log_probs: th.Tensor, quantiles: th.Tensor,
-            rewards: np.ndarray, episode_starts: np.ndarray) -> None:
-        self.obs[t].copy_(obs); self.actions[t].copy_(actions); self.log_probs[t].copy_(log_probs)
-        self.quantiles[t].copy_(quantiles); self.rewards[t] = rewards; self.episode_starts[t] = episode_starts
-
-    def build_sequences(self) -> None:
-        """Cut the rollout into sequences and lay them out padded: `data [L, S, D]` (every per-step field packed
-        into one tensor, so a minibatch is one `index_select`), `mask [L, S]` and initial states `[4, layers, S, H]`."""
-        T, E, L = self.n_steps, self.n_envs, self.L
-        cut = self.episode_starts.copy(); cut[::L] = True
-        flat = cut.T.reshape(-1)                                   # env-major: j = e * T + t
-        starts = np.flatnonzero(flat)
-        seq_id = np.cumsum(flat) - 1
-        pos = np.arange(E * T) - starts[seq_id]
-        e_idx, t_idx = np.divmod(np.arange(E * T), T)
-        index = np.full((L, len(starts)), -1, dtype=np.int64)
-        index[pos, seq_id] = t_idx * E + e_idx                     # time-major flat index, -1 = padding
-        self.seq_lengths = np.bincount(seq_id, minlength=len(starts))
-        idx = th.as_tensor(index, device=self.device)
-        self.seq_mask = idx >= 0
-        fields = dict(obs=self.obs, actions=self.actions, old_log_prob=self.log_probs, old_quantiles=self.quantiles,
-                      advantages=self.advantages, returns=self.returns)
-        flat_fields = [x.reshape(T * E, -1) for x in fields.values()]
-        self.layout, o = {}, 0
-        for (k, x), ff in zip(fields.items(), flat_fields):
-            self.layout[k] = (slice(o, o + ff.shape[1]), x.shape[2:]); o += ff.shape[1]
-        self.seq_data = th.cat(flat_fields, 1)[idx.clamp(min=0)] * self.seq_mask.unsqueeze(-1)
-        e0, t0 = np.divmod(starts, T)
-        init = th.zeros(4, self.chunk_states.shape[2], len(starts), self.chunk_states.shape[-1], device=self.device)
-        stored = np.flatnonzero(t0 % L == 0)                       # other sequences start an episode: zero state
-        if len(stored):
-            st = self.chunk_states[th.as_tensor(t0[stored] // L), :, :, th.as_tensor(e0[stored])]  # [n, 4, layers, H]
-            init[:, :, th.as_tensor(stored, device=self.device)] = st.permute(1, 2, 0, 3)
-        self.seq_init = init
-
-    @property
-    def n_sequences(self) -> int: return self.seq_mask.shape[1]
-
-    def minibatches(self, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-        "Random sets of whole sequences, about `batch_size` steps each."
-        n_mb = max(1, round(self.n_steps * self.n_envs / batch_size))
-        return [mb for mb in np.array_split(rng.permutation(self.n_sequences), min(n_mb, self.n_sequences)) if len(mb)]
-
-    def gather(self, seqs: np.ndarray) -> dict[str, Any]:
-        "Padded `[T_mb, B, ...]` fields, `mask` and initial `states` of sequences `seqs` (one gather for all fields)."
-        Tm = int(self.seq_lengths[seqs].max())
-        s = th.as_tensor(seqs, device=self.device)
-        data = self.seq_data[:Tm].index_select(1, s)
-        out = {k: data[..., sl].reshape(Tm, len(seqs), *shape) for k, (sl, shape) in self.layout.items()}
-        init = self.seq_init.index_select(2, s)
-        out["mask"] = self.seq_mask[:Tm].index_select(1, s)
-        out["states"] = RNNStates((init[0], init[1]), (init[2], init[3]))
-        return out
+__all__ = ['CRITIC_PREFIXES', 'DistributionalPPO']
 
 # %% ../nbs/06_ppo.ipynb #28be863a
 class _ReturnScale:

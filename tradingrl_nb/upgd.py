@@ -18,7 +18,7 @@ from .upgd_kernel import Kernel, KernelUnavailable, kernel_opted_in, kernel_stat
 _kernel_warned: list[bool] = []       # the unavailable-kernel warning (after opting in), once per process
 
 # %% auto #0
-__all__ = ['UPGD', 'UPGDLoop', 'AdaptiveUPGDLoop', 'AdaptiveUPGD', 'VGSNoiseWarning', 'check_vgs_noise_compat']
+__all__ = ['UPGD', 'AdaptiveUPGD', 'VGSNoiseWarning', 'check_vgs_noise_compat']
 
 # %% ../nbs/03_upgd.ipynb #94ebc0f7
 class _Bucket:
@@ -368,108 +368,6 @@ class UPGD(_FlatOptimizer):
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
                        "step": max(b.steps[j] for _, b, A in plans for j in A)}
         return loss
-
-# %% ../nbs/03_upgd.ipynb #6de55af0
-class UPGDLoop(torch.optim.Optimizer):
-    """The `UPGD` rule written loop-per-tensor, as the paper's code does it: two Python loops, a temporary per
-    operation, `randn_like` per tensor and one host sync per tensor for the running max. A readable reference for
-    the tests and the benchmark's baseline, not for training. `flat_noise=True` draws the noise as `UPGD` does (one
-    `normal_` per group over the parameters with gradients, in order) so the two can be compared number for number."""
-    def __init__(self, params, lr: float = 1e-5, weight_decay: float = 0.001, beta_utility: float = 0.999,
-                 sigma: float = 0.001, *, seed: int = 0, flat_noise: bool = False):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma))
-        self.generator, self.flat_noise, self._seed = None, flat_noise, seed
-
-    def _noise(self, group, ps):
-        if self.generator is None: self.generator = torch.Generator(device=ps[0].device).manual_seed(self._seed)
-        if not self.flat_noise: return [torch.randn(p.shape, generator=self.generator, device=p.device, dtype=p.dtype) for p in ps]
-        flat = torch.empty(sum(p.numel() for p in ps), device=ps[0].device, dtype=ps[0].dtype).normal_(generator=self.generator)
-        return [z.view(p.shape) for z, p in zip(flat.split([p.numel() for p in ps]), ps)]
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        global_max = -math.inf
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None: continue
-                state = self.state[p]
-                if len(state) == 0: state["step"], state["utility"] = 0, torch.zeros_like(p)
-                state["step"] += 1
-                bu = group["beta_utility"]
-                state["utility"].mul_(bu).add_(-p.grad * p, alpha=1 - bu)
-                current = (state["utility"].max() / (1 - bu ** state["step"])).item()   # host sync per tensor
-                if current > global_max: global_max = current
-        den = max(global_max, _tiny(torch.float64))
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            if not ps: continue
-            noise = self._noise(group, ps) if group["sigma"] > 0 else [torch.zeros_like(p) for p in ps]
-            for p, xi in zip(ps, noise):
-                state, bu = self.state[p], group["beta_utility"]
-                u_hat = state["utility"] / (1 - bu ** state["step"])
-                gate = 1 - torch.sigmoid(u_hat / max(den, _tiny(p.dtype)))
-                p.mul_(1 - group["lr"] * group["weight_decay"]).add_((p.grad + group["sigma"] * xi) * gate, alpha=-2 * group["lr"])
-
-class AdaptiveUPGDLoop(torch.optim.Optimizer):
-    """The `AdaptiveUPGD` rule written plainly, loop-per-tensor (reference for the tests and the notebook).
-    `track_terms=True` also keeps the EMAs of the gradient and of the noise apart (`m = m_g + m_xi`, exactly), so that
-    `last_terms` holds the norms of the update's gradient term and noise term: the noise-to-signal ratio *of the update*."""
-    def __init__(self, params, lr=1e-4, weight_decay=0.001, beta_utility=0.999, sigma=0.001, beta1=0.9, beta2=0.999,
-                 eps=1e-8, adaptive_noise=True, noise_beta=0.9, min_noise_std=1e-10, *, seed: int = 0,
-                 flat_noise: bool = True, track_terms: bool = False):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma, beta1=beta1,
-                                      beta2=beta2, eps=eps, adaptive_noise=adaptive_noise, noise_beta=noise_beta,
-                                      min_noise_std=min_noise_std))
-        self.generator, self._seed, self.flat_noise, self.track_terms = None, seed, flat_noise, track_terms
-        self.last_terms: dict[str, float] = {}
-
-    _noise = UPGDLoop._noise
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        lo, hi = math.inf, -math.inf
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            if not ps: continue
-            noise = self._noise(group, ps)
-            for p, xi in zip(ps, noise):
-                st = self.state[p]
-                if len(st) == 0:
-                    st.update(step=0, utility=torch.zeros_like(p), m=torch.zeros_like(p), v=torch.zeros_like(p), norm_ema=0.0)
-                    if self.track_terms: st.update(m_g=torch.zeros_like(p), m_xi=torch.zeros_like(p))
-                st["step"] += 1; t = st["step"]
-                g = p.grad
-                st["utility"].mul_(group["beta_utility"]).add_(-g * p, alpha=1 - group["beta_utility"])
-                u_hat = st["utility"] / (1 - group["beta_utility"] ** t)
-                lo, hi = min(lo, u_hat.min().item()), max(hi, u_hat.max().item())
-                if group["adaptive_noise"]:
-                    nb = group["noise_beta"]
-                    st["norm_ema"] = nb * st["norm_ema"] + (1 - nb) * (g.norm().item() / math.sqrt(max(g.numel(), 1)))
-                    std = max(group["sigma"] * st["norm_ema"] / (1 - nb ** t), group["min_noise_std"])
-                else: std = group["sigma"]
-                noisy = g + std * xi
-                st["m"].mul_(group["beta1"]).add_(noisy, alpha=1 - group["beta1"])
-                st["v"].mul_(group["beta2"]).add_(noisy * noisy, alpha=1 - group["beta2"])
-                if self.track_terms:
-                    st["m_g"].mul_(group["beta1"]).add_(g, alpha=1 - group["beta1"])
-                    st["m_xi"].mul_(group["beta1"]).add_(std * xi, alpha=1 - group["beta1"])
-        span = max(hi - lo, _tiny(torch.float64))
-        g_sq = z_sq = 0.0
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None: continue
-                st, t = self.state[p], self.state[p]["step"]
-                u_hat = st["utility"] / (1 - group["beta_utility"] ** t)
-                gate = torch.sigmoid(-(u_hat - lo) / span)
-                denom = (st["v"] / (1 - group["beta2"] ** t)).sqrt() + group["eps"]
-                bc1 = 1 - group["beta1"] ** t
-                if self.track_terms:
-                    g_sq += (gate * st["m_g"] / bc1 / denom).square().sum().item()
-                    z_sq += (gate * st["m_xi"] / bc1 / denom).square().sum().item()
-                p.mul_(1 - group["lr"] * group["weight_decay"]).add_(gate * (st["m"] / bc1) / denom, alpha=-2 * group["lr"])
-        if self.track_terms:
-            self.last_terms = {"grad_term": math.sqrt(g_sq), "noise_term": math.sqrt(z_sq),
-                               "noise_to_signal": math.sqrt(z_sq / g_sq) if g_sq > 0 else math.inf}
 
 # %% ../nbs/03_upgd.ipynb #7b5ad27b
 class AdaptiveUPGD(_FlatOptimizer):
