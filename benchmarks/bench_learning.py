@@ -64,6 +64,18 @@ def _null_job(seed: int, steps: int, quick: bool) -> tuple[list, list]:
     return per_seed.to_dict("records"), per_year.to_dict("records")
 
 
+def _store(table, name: str) -> None:
+    "Merge `table` into results/controls/NAME (a partial run replaces its own (market, agent, seed) rows, keeps the rest)."
+    import pandas as pd
+    OUT.mkdir(parents=True, exist_ok=True)
+    f = OUT / name
+    if f.exists():
+        old = pd.read_csv(f)
+        key = lambda d: d["market"] + "|" + d["agent"] + "|" + d["seed"].astype(str)
+        table = pd.concat([old[~key(old).isin(set(key(table)))], table], ignore_index=True)
+    table.to_csv(f, index=False)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 4,096 steps, seed 0, a small network, no files written")
@@ -116,14 +128,7 @@ def main(argv=None) -> int:
                                     "min_abs_position": by["abs_position"].min(), "seeds": by["seed"].count()})
             print("\n== sweep: median Sharpe fraction of the oracle's, smallest gap and |position| over the seeds")
             print(summary.round(3).to_string())
-            if not a.quick:
-                OUT.mkdir(parents=True, exist_ok=True)
-                f = OUT / "sweep.csv"
-                if f.exists():
-                    old = pd.read_csv(f)
-                    key = lambda d: d["market"] + "|" + d["agent"] + "|" + d["seed"].astype(str)
-                    table = pd.concat([old[~key(old).isin(set(key(table)))], table], ignore_index=True)
-                table.to_csv(f, index=False)
+            if not a.quick: _store(table, "sweep.csv")
         rows = [r for r in rows if "=" not in r["agent"]]
     if rows:
         table = pd.DataFrame(rows)
@@ -134,14 +139,7 @@ def main(argv=None) -> int:
         verdict = controls.positive_control_verdict(table)
         print("\n== per market and agent (passed: every seed's gap >= 0.3 and |position| >= 0.4, median fraction >= 0.3)")
         print(verdict.round(3).to_string())
-        if not a.quick:                                     # merged with stored rows: a partial run replaces its own
-            OUT.mkdir(parents=True, exist_ok=True)
-            f = OUT / "positive.csv"
-            if f.exists():
-                old = pd.read_csv(f)
-                key = lambda d: d["market"] + "|" + d["agent"] + "|" + d["seed"].astype(str)
-                table = pd.concat([old[~key(old).isin(set(key(table)))], table], ignore_index=True)
-            table.to_csv(f, index=False)
+        if not a.quick: _store(table, "positive.csv")
     if null_rows:
         ns, ny = pd.DataFrame(null_rows), pd.DataFrame(year_rows)
         print("\n== null control (i.i.d. returns): agent minus buy-and-hold Sharpe, 95% interval, per seed's 6,000-day test path")

@@ -25,6 +25,19 @@ def test_report_opens_with_verdict_metrics_and_figures(tiny, tmp_path):
     assert "save_metrics" in text and "raise RuntimeError" in text    # the full notebook is one click away
 
 
+def test_a_stored_run_links_to_its_docs_page_and_results_keeps_no_notebook_copies(tmp_path):
+    "A run under results/ links to its rendered page (its full-notebook HTML is not committed: it repeats the .ipynb)."
+    nb = make_notebook(tmp_path / "demo.ipynb", "output_dir = None\n", "x = 1")
+    stored = ex.run_experiment(nb, output_dir=tmp_path / "results" / "demo", progress=False).report.read_text()
+    assert 'href="https://tradingrl-nb.github.io/tradingrl_nb/results/demo.html"' in stored
+    local = ex.run_experiment(nb, output_dir=tmp_path / "runs" / "demo", progress=False).report.read_text()
+    assert 'id="docs-page"' not in local and 'href="demo.notebook.html"' in local
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=root, capture_output=True, text=True).stdout.split()
+    if not tracked: pytest.skip("not a git checkout")
+    assert [f for f in tracked if f.endswith(".notebook.html")] == []
+
+
 def test_report_of_a_failed_run_says_why_first(tiny, tmp_path):
     r = ex.run_experiment("tiny", {"fail_at": 2}, output_dir=tmp_path / "f", progress=False, raise_on_failure=False)
     html = r.report.read_text()

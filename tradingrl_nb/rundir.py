@@ -12,15 +12,16 @@ from datetime import datetime
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'RUN_MARKER', 'RESUMABLE', 'RunLock', 'lock_held', 'run_status', 'folder_files', 'run_owned_files',
-           'foreign_files', 'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'RunInterrupted', 'signal_name',
-           'StopSignals', 'verdicts', 'report_cells', 'report_text', 'write_report', 'tearsheet_figure']
+__all__ = ['LOCK_NAME', 'DOCS_URL', 'RUN_MARKER', 'RESUMABLE', 'RunLock', 'lock_held', 'run_status', 'folder_files',
+           'run_owned_files', 'foreign_files', 'reuse_problem', 'clear_run_dir', 'claim_run_dir', 'RunInterrupted',
+           'signal_name', 'StopSignals', 'verdicts', 'report_cells', 'report_text', 'write_report', 'tearsheet_figure']
 
 # %% ../nbs/10b_rundir.ipynb #fcf203fd
 from .fileio import flatten_dict, shorten
 
 # %% ../nbs/10b_rundir.ipynb #bdc8713d
 LOCK_NAME = ".tradingrl.lock"
+DOCS_URL = "https://tradingrl-nb.github.io/tradingrl_nb/"   # the rendered docs (pyproject: Documentation)
 
 class RunLock:
     "An exclusive `flock` on `folder/.tradingrl.lock` while a run writes there; the OS drops it when the process ends, however it ends."
@@ -293,7 +294,8 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
     """A reader's HTML report of a run, a tearsheet: the verdict (status, error, and the verdicts in words, see
     `verdicts`), then what the notebook's cells tagged `report` show (their text, tables and saved figures: the
     experiment's own result), the other figures, and every metric and parameter folded at the end. The whole executed
-    notebook, code included, is `<name>.notebook.html` beside it, one click away."""
+    notebook, code included, is `<name>.notebook.html` beside it, one click away. A run stored under `results/` (not
+    committed: results/ keeps what is needed to recompute and read) links to its page in the docs as well."""
     import html as H, nbformat
     from nbconvert import HTMLExporter
     nb_path = Path(nb_path); folder = nb_path.parent
@@ -321,7 +323,9 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
              + ("<ul>" + "".join(f"<li>{H.escape(t)}</li>" if w else f"<li><b>{esc(k)}</b>: {esc(t)}</li>"
                                  for k, t, w in said) + "</ul>" if said else "")
              + "</div>",
-             f'<p><a href="{H.escape(full.name)}" id="full-notebook">The full notebook: code and every output &rarr;</a></p>']
+             f'<p><a href="{H.escape(full.name)}" id="full-notebook">The full notebook: code and every output &rarr;</a>'
+             + (f' (stored runs: <a href="{DOCS_URL}results/{H.escape(name)}.html" id="docs-page">its page in the docs</a>)'
+                if folder.resolve().parent.name == "results" else "") + "</p>"]
     figs, shown = dict(_report_figures(nb, folder)), set()
     img = lambda n, b: (f'<figure><img alt="{H.escape(n)}" src="data:image/png;base64,{b}">'
                         f'<figcaption>{H.escape(n)}</figcaption></figure>')
