@@ -6,7 +6,7 @@
 
 Positive control (`tradingrl_nb.controls`): the library-default DistributionalPPO with the main job's env and network
 (window 32, 8 envs, n_steps 256, batch 512, 4 epochs, sequence 32, LSTM 64, 32 quantiles) trains 131,072 steps on
-a 4,000-day path of each planted market (regime, regime_slow, signal) and is tested on a held-out 6,000-day path,
+a 4,000-day path of each planted market (regime, regime_slow, signal, signal_fast, signal_slow) and is tested on a held-out 6,000-day path,
 for seeds 0-2. Beside it, in the same run: the same agent with `use_vgs=False`, SB3 PPO("MlpPolicy") at the same
 budget, sb3-contrib RecurrentPPO at an eighth of it (16,384 steps: it runs about 25x slower per step), the agent with the seeds'
 VGS factor (alpha 0.1 on the absolute noise measure, on the regime market: the run the health rule must flag),
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "controls"
-MARKETS = ("regime", "regime_slow", "signal")
+MARKETS = ("regime", "regime_slow", "signal", "signal_fast", "signal_slow")
 
 
 def _worker_setup(quick: bool) -> dict:
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="append", default=[], metavar="ARG=V1,V2",
                    help="the default agent with one argument at each value (repeatable; floats); writes sweep.csv")
     p.add_argument("--sweep-seeds", type=int, default=6, help="seeds of a sweep (default 6: the control's 3 and 3 held out)")
+    p.add_argument("--markets", nargs="+", choices=MARKETS, default=list(MARKETS), help="planted markets (default: all)")
     a = p.parse_args(argv)
     import pandas as pd
     from tradingrl_nb import controls
@@ -94,17 +95,17 @@ def main(argv=None) -> int:
     seeds = [0] if a.quick else list(range(a.seeds))
     jobs = []
     if "positive" in parts:
-        jobs += [(k, m, s, steps) for k in ("default", "no_vgs") for m in MARKETS for s in seeds]
+        jobs += [(k, m, s, steps) for k in ("default", "no_vgs") for m in a.markets for s in seeds]
         jobs += [("seeds_vgs", "regime", s, steps) for s in seeds]
     if "peers" in parts:
-        jobs += [("PPO", m, s, steps) for m in MARKETS for s in seeds]
-        jobs += [("RecurrentPPO", m, s, max(2048, steps // 8)) for m in MARKETS for s in seeds]
+        jobs += [("PPO", m, s, steps) for m in a.markets for s in seeds]
+        jobs += [("RecurrentPPO", m, s, max(2048, steps // 8)) for m in a.markets for s in seeds]
     sweep = []
     for spec in a.sweep:
         name, _, values = spec.partition("=")
         if not name or not values: p.error(f"--sweep {spec!r}: use ARG=V1,V2")
         sweep += [{name: float(v)} for v in values.split(",")]
-    if sweep: jobs += [("sweep", m, s, steps, o) for o in sweep for m in MARKETS for s in ([0] if a.quick else range(a.sweep_seeds))]
+    if sweep: jobs += [("sweep", m, s, steps, o) for o in sweep for m in a.markets for s in ([0] if a.quick else range(a.sweep_seeds))]
     null_seeds = [0] if a.quick else list(range(a.null_seeds))
     t0 = time.perf_counter()
     rows, null_rows, year_rows = [], [], []

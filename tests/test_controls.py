@@ -11,7 +11,7 @@ from tradingrl_nb.data import PLANTED_MARKETS, planted_market
 from tradingrl_nb.health import MIN_UPDATE_RATIO, training_health
 
 
-@pytest.mark.parametrize("name", ["regime", "regime_slow", "signal"])
+@pytest.mark.parametrize("name", ["regime", "regime_slow", "signal", "signal_fast", "signal_slow"])
 def test_the_planted_edge_predicts_the_held_day(name):
     "The edge of a decision at t is the expected return from the close of t+1 to t+2 (next-close fills): slope ~1."
     m = planted_market(name, 100_000, seed=7)

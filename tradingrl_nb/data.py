@@ -420,11 +420,13 @@ PLANTED_MARKETS = {
     "regime_slow": functools.partial(planted_regime_market, drift=(0.0004, -0.0015), vol=(0.010, 0.025), stay=(0.995, 0.98),
                                      name="regime_slow"),
     "signal": planted_signal_market,
+    "signal_fast": functools.partial(planted_signal_market, persistence=0.8, strength=0.002, name="signal_fast"),
+    "signal_slow": functools.partial(planted_signal_market, persistence=0.99, strength=0.0008, name="signal_slow"),
     "null": null_market,
 }
 
 def planted_market(name: str, n_days: int = 4000, seed: int = 0) -> PlantedMarket:
-    "A planted market by name (`PLANTED_MARKETS`): 'regime', 'regime_slow', 'signal' or 'null'."
+    "A planted market by name (`PLANTED_MARKETS`): 'regime', 'regime_slow', 'signal', 'signal_fast', 'signal_slow' or 'null'."
     if name not in PLANTED_MARKETS: raise ValueError(f"unknown planted market {name!r}; available: {sorted(PLANTED_MARKETS)}")
     return PLANTED_MARKETS[name](n_days=n_days, seed=seed)
 
