@@ -572,3 +572,26 @@ def test_resume_continues_an_interrupted_train_agent_run_to_the_same_result(env,
     assert "status ok" in one_line_error(tradingrl("run", "--resume", part, env=env))   # nothing left to resume
     line = one_line_error(tradingrl("run", "--resume", tmp_path / "nope", env=env))
     assert f"{tmp_path / 'nope'}: not a run folder" in line
+
+
+@pytest.mark.slow
+def test_interrupted_process_sweep_says_one_line_and_keeps_kernel_noise_in_kernel_logs(sleepy, tmp_path):
+    "Ctrl-C on a process-backend sweep: one line, exit 130, every run 'interrupted'; the kernels' ZMQ noise goes to kernel.log."
+    import time
+    out = tmp_path / "s"
+    p = subprocess.Popen([*CMD, "sweep", "sleepy", "-q", "--grid", "seconds=40,41", "--jobs", "2", "--output-dir", str(out)],
+                         env=sleepy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for _ in range(6000):                                   # both runs' cells are running
+        if len(list(out.glob("*/started"))) == 2: break
+        if p.poll() is not None: raise AssertionError(f"the sweep ended early: {p.communicate()}")
+        time.sleep(0.02)
+    else:
+        p.kill(); raise AssertionError("the sweep's runs did not start in 120 s")
+    os.killpg(p.pid, signal.SIGINT)                         # what Ctrl-C does: the whole foreground process group
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "ZMQError" not in stderr and "IPKernelApp" not in stderr, stderr
+    assert [l for l in stderr.splitlines() if l.strip()] == ["tradingrl sweep: interrupted by SIGINT"], stderr
+    runs = sorted(d for d in out.iterdir() if d.is_dir())
+    assert len(runs) == 2 and all(json.loads((d / "run.json").read_text())["status"] == "interrupted" for d in runs)
+    assert all((d / "kernel.log").exists() for d in runs)

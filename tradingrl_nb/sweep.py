@@ -28,7 +28,7 @@ def _sweep_worker(name, values, device, out, progress, threads, overwrite=False)
     t0 = time.perf_counter()
     try:
         r = run_experiment(name, values, device=device, output_dir=out, progress=progress, raise_on_failure=False,
-                           overwrite=overwrite)
+                           overwrite=overwrite, kernel_log=True)    # the kernels' own log and shutdown noise: kernel.log
         return dict(status=r.status, wall_s=r.wall_s, run=str(r.output_dir), error=r.error, metrics=r.metrics)
     except RunInterrupted as e:
         return dict(status="interrupted", wall_s=time.perf_counter() - t0, run=str(out), error=str(e), metrics={})
