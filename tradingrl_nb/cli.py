@@ -7,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/cli.html.md"""
 
 # %% ../nbs/10a_cli.ipynb #07fa2bfa
 from __future__ import annotations
-import argparse, os, sys
+import argparse, json, os, sys
 from pathlib import Path
 
 from . import params as P
@@ -30,7 +30,7 @@ def sweep(*args, **kwargs):
     return run_sweep(*args, **kwargs)
 
 # %% auto #0
-__all__ = ['ex', 'pd', 'sweep', 'results_view', 'print_metrics', 'build_parser', 'main']
+__all__ = ['ex', 'pd', 'sweep', 'row_verdicts', 'results_view', 'print_metrics', 'build_parser', 'main']
 
 # %% ../nbs/10a_cli.ipynb #1751cda2
 def _cmd_findings(a) -> int:
@@ -160,6 +160,24 @@ def _print_table(df: pd.DataFrame, cols=None) -> None: print(_table_text(df, col
 
 _KEY_METRICS = ("sharpe", "total_return", "max_drawdown", "cagr", "sortino")
 
+def row_verdicts(table: pd.DataFrame) -> pd.Series:
+    """Each run's verdict in one cell: a single run's (`stats.verdict`), else the experiment's own (`verdict`), else a
+    count of its findings' verdicts ("2 holds, 1 inconclusive"), else the first other `*verdict` column it fills."""
+    cols = [c for c in ("stats.verdict", "verdict") if c in table]
+    cols += [c for c in table.columns if "verdict" in str(c).split(".")[-1].lower() and c not in cols]
+    def one(row) -> str:
+        for c in cols[:2]:
+            if isinstance(row[c], str) and row[c]: return row[c]
+        f = row["findings"] if "findings" in row.index else None
+        if isinstance(f, str) and f.startswith("[{"):        # the results table keeps a list of findings as JSON text
+            try: f = json.loads(f)
+            except ValueError: f = None
+        if isinstance(f, list) and f and all(isinstance(x, dict) and "verdict" in x for x in f):
+            n = pd.Series([x["verdict"] for x in f]).value_counts()
+            return ", ".join(f"{k} {v}" if k.endswith("testable") else f"{v} {k}" for v, k in zip(n.values, n.index))
+        return next((row[c] for c in cols[2:] if isinstance(row[c], str) and row[c]), "")
+    return table.apply(one, axis=1).astype(str)
+
 def results_view(table: pd.DataFrame, width: int = 120) -> pd.DataFrame:
     """The default view of `results`: run, experiment, status, the parameters that vary among the runs, the Sharpe
     interval, its difference from buy-and-hold, DSR, key metrics (as many as fit in `width` characters) and the verdict."""
@@ -172,14 +190,13 @@ def results_view(table: pd.DataFrame, width: int = 120) -> pd.DataFrame:
         view["sharpe [95% CI]"] = [ci(*t) for t in zip(table["stats.sharpe"], table["stats.sharpe_low"], table["stats.sharpe_high"])]
         view["minus buy&hold"] = [ci(*t) for t in zip(table["stats.sharpe_diff"], table["stats.diff_low"], table["stats.diff_high"])]
         view["dsr"] = table["stats.dsr"]
-    verdict_col = "stats.verdict" if "stats.verdict" in table else next(
-        (c for c in table.columns if "verdict" in str(c).split(".")[-1].lower()), None)
+    verdict_cols = [c for c in table.columns if "verdict" in str(c).split(".")[-1].lower()]
     fixed = {"run", "experiment", "status", "started", "wall_s", "error", *params}
-    metrics = [c for c in table.columns if c not in fixed and not str(c).startswith("stats.") and c != verdict_col
+    metrics = [c for c in table.columns if c not in fixed and not str(c).startswith("stats.") and c not in verdict_cols
                and pd.api.types.is_numeric_dtype(table[c])]
     rank = lambda c: next((i for i, k in enumerate(_KEY_METRICS) if str(c).split(".")[-1] == k), len(_KEY_METRICS))
     metrics = sorted(metrics, key=lambda c: (rank(c), "buy_and_hold" in str(c)))
-    verdict = table[verdict_col].fillna("").astype(str) if verdict_col else None
+    verdict = row_verdicts(table) if verdict_cols or "findings" in table else None
     def fits(v):
         out = v.assign(verdict=verdict) if verdict is not None else v
         return max((len(l) for l in _table_text(out).splitlines()), default=0) <= width
