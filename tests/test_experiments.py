@@ -168,15 +168,14 @@ def _check_critic_variance_scaling(m):
 
 def _check_findings(name, m):
     "An experiment that measures claims records exactly those, each with one value per seed and a verdict from its interval."
-    from tradingrl_nb.findings import CLAIMS, claim_verdict
+    from tradingrl_nb.findings import CLAIMS, verdict_of
     expected = [c.id for c in CLAIMS.values() if c.experiment == name]
     if not expected: return
     found = m["findings"]
     assert [f["id"] for f in found] == expected
     for f in found:
         assert f["n_seeds"] == len(f["per_seed"]) >= 1 and f["steps_per_run"] > 0
-        untrained = f.get("untrained_runs", 0)          # runs whose policy did not move (tradingrl_nb.health) make it not testable
-        assert f["verdict"] == ("not testable" if untrained else claim_verdict(f["ci95"], f["null"], f["direction"]))
+        assert f["verdict"] == verdict_of(f)          # size rule; untrained runs or no spread: not testable
 
 
 def _check_pbt(m):

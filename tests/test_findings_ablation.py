@@ -21,12 +21,9 @@ CRITIC_IDS = ["variance_scaling_value_loss_std", "variance_scaling_sharpe"]
 
 
 def expected_verdict(f: dict) -> str:
-    "The verdict the contract prescribes for a finding's interval, null and direction."
-    if f.get("untrained_runs", 0): return "not testable"            # a run behind it did not train (tradingrl_nb.health)
-    lo, hi = f["ci95"]
-    above, below = lo > f["null"], hi < f["null"]
-    if f["direction"] == "higher": return "holds" if above else "refuted" if below else "inconclusive"
-    return "holds" if below else "refuted" if above else "inconclusive"
+    "The verdict the contract prescribes for a finding's interval against its claim's size (tradingrl_nb.findings)."
+    from tradingrl_nb.findings import verdict_of
+    return verdict_of(f)
 
 
 def check_findings(path, ids, n_seeds, steps):

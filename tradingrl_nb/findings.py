@@ -17,56 +17,117 @@ import pandas as pd
 from .stats import Interval
 
 # %% auto #0
-__all__ = ['CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'WEIGHT_SUFFIXES', 'MAX_RESULTS_BYTES', 'FIELDS', 'VERDICT_COLORS', 'Claim',
-           'claim_verdict', 'finding', 'findings_table', 'check_results', 'collect_findings', 'missing_findings',
-           'findings_json', 'write_findings', 'plot_findings', 'findings_markdown']
+__all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'WEIGHT_SUFFIXES',
+           'MAX_RESULTS_BYTES', 'FIELDS', 'REGISTRY_FIELDS', 'VERDICT_COLORS', 'Claim', 'claim_verdict', 'size_verdict',
+           'degenerate', 'verdict_of', 'finding', 'findings_table', 'seed_p_value', 'seed_t_interval',
+           'minimum_detectable_effect', 'holm_adjusted', 'holm_verdicts', 'check_results', 'with_family',
+           'collect_findings', 'missing_findings', 'findings_json', 'write_findings', 'plot_findings',
+           'findings_markdown']
 
 # %% ../nbs/12_findings.ipynb #beb766e0
 @dataclass(frozen=True)
 class Claim:
-    "A claim of the seeds, as tested here."
+    """A claim as tested here. `claimed` is the claimed effect on the metric's own scale, as `(near, far)`: the end nearest
+    to no effect and the farthest (equal for a point claim; None where the source gives no number). `sesoi` is the
+    smallest effect of interest: an interval inside `null +/- sesoi` (on the ratio's log scale for a ratio claim, null 1)
+    says "no effect worth having". `framing` is "as written" or "reframed: " and why we measure something else."""
     id: str
     claim: str           # one sentence
-    seeds_say: str       # the seeds' number, as they state it
+    seeds_say: str       # the source's number, as it states it
     direction: str       # "higher" or "lower": the side of `null` the claim predicts
     null: float          # the no-effect value of the metric (1 for a ratio, 0 for a difference)
-    experiment: str      # the experiment notebook that measures it
+    experiment: str      # the experiment notebook that measures it ("" where none does yet)
+    source: str = ""     # the seed file or the paper
+    quote: str = ""      # the source's sentence, as written
+    claimed: tuple[float, float] | None = None
+    sesoi: float = 0.0
+    framing: str = "as written"
+
+    @property
+    def ratio(self) -> bool: return self.null == 1.0
+
+S000, S001, S002, S004 = ("seed 000 (000_b12814daf2d01f9a.txt)", "seed 001 (001_9094ad05c7b373f2.txt)",
+                          "seed 002 (002_80f53dcb60f7eeb0.txt)", "seed 004 (004_9e7d63ed69e6b9d9.txt)")
+SAPPO_PAPER = "Zhang et al., Robust Deep RL against Adversarial Perturbations on State Observations (NeurIPS 2020)"
 
 CLAIMS: dict[str, Claim] = {c.id: c for c in [
     Claim("agent_vs_buy_and_hold", "The agent's walk-forward test Sharpe ratio beats buy-and-hold's (the main job, pooled over test years).",
-          "the premise of the workbench (no number given)", "higher", 0.0, "walk_forward"),
+          "the premise of the workbench (no number given)", "higher", 0.0, "walk_forward", "the workbench's premise", "",
+          None, 0.1, "reframed: no source states a size; 0.1 Sharpe is the smallest difference a researcher would act on"),
     Claim("fixed_noise_nsr_under_vgs", "With fixed UPGD noise, VGS raises the update's noise-to-signal ratio (it shrinks the gradient, not the noise).",
-          "noise-to-signal 100x larger (seed 000)", "higher", 1.0, "ablation_vgs_upgd"),
+          "noise-to-signal 100x larger (seed 000)", "higher", 1.0, "ablation_vgs_upgd", S000,
+          "Noise-to-signal ratio becomes **100x larger** than intended", (100.0, 100.0), math.log(1.1),
+          "reframed: the seeds' 100x is for k = 0.01; we measure the ratio at the k the run reaches"),
     Claim("adaptive_noise_value_loss_variance", "Under VGS, adaptive UPGD noise lowers the value-loss variance relative to fixed noise of matched noise-to-signal.",
-          "30-50% lower value-loss variance (seed 001)", "lower", 1.0, "ablation_vgs_upgd"),
+          "30-50% lower value-loss variance (seed 001)", "lower", 1.0, "ablation_vgs_upgd", S001,
+          "Training variance reduced by 30-50% when VGS scales aggressively", (0.7, 0.5), math.log(1.05)),
     Claim("adaptive_noise_sample_efficiency", "Under VGS, adaptive UPGD noise reaches the reward target in fewer steps than fixed noise of matched noise-to-signal.",
-          "5-10% better sample efficiency (seeds 000, 001)", "lower", 1.0, "ablation_vgs_upgd"),
+          "5-10% better sample efficiency (seeds 000, 001)", "lower", 1.0, "ablation_vgs_upgd", S000 + "; " + S001,
+          "**5-10% improvement** in sample efficiency (fewer timesteps to convergence)", (0.95, 0.9), math.log(1.02)),
     Claim("vgs_effect_value_loss_variance", "VGS (scaling the step, the default placement) lowers the value-loss variance.",
-          "training variance 30-50% lower when VGS scales (seed 001)", "lower", 1.0, "ablation_vgs_upgd"),
+          "no number of its own (seed 001's 30-50% is the adaptive-noise fix's)", "lower", 1.0, "ablation_vgs_upgd",
+          "our question", "", None, math.log(1.05),
+          "reframed: seed 001 gives 30-50% for the adaptive-noise fix, not for VGS itself; this asks whether VGS lowers it at all"),
     Claim("lstm_reset_value_loss_spike", "Resetting the LSTM states after a PBT exploit lowers the value-loss jump of the first update after it.",
-          "< 5% with the reset vs 5-15% without (seed 001)", "higher", 0.0, "lstm_reset_after_exploit"),
+          "< 5% with the reset vs 5-15% without (seed 001)", "higher", 0.0, "lstm_reset_after_exploit", S001,
+          "No value loss spike after PBT exploit (< 5% vs 5-15% before fix)", (0.05, 0.15), 0.01,
+          "reframed: the seeds give two levels; their difference, with the reset near 0, is 5-15 points"),
+    Claim("lstm_reset_convergence", "Resetting the LSTM states after a PBT exploit makes PBT converge faster.",
+          "5-10% faster PBT convergence (seed 001)", "lower", 1.0, "", S001,
+          "5-10% faster PBT convergence (no post-exploit adaptation period)", (0.95, 0.9), math.log(1.02)),
     Claim("return_snapshot_value_bias", "Refreshing the return-scale snapshot after the rollout, not before it, lowers the critic's value bias.",
-          "5-10% systematic value bias from the old timing (seed 002)", "higher", 0.0, "return_snapshot_timing"),
+          "5-10% systematic value bias from the old timing (seed 002)", "higher", 0.0, "return_snapshot_timing", S002,
+          "**5-10% systematic bias** in value learning for non-stationary reward distributions", (0.05, 0.10), 0.01,
+          "reframed: the bias is measured in standard deviations of the lambda-return targets"),
     Claim("variance_scaling_value_loss_std", "The DSAC-T variance adjustment of the critic loss lowers the value-loss standard deviation.",
-          "-31% value-loss std (seed 004)", "lower", 1.0, "critic_variance_scaling"),
+          "-31% value-loss std (seed 004)", "lower", 1.0, "critic_variance_scaling", S004,
+          "| Variance Scaling | 0.24 | **-31%** |", (0.69, 0.69), math.log(1.05)),
     Claim("variance_scaling_sharpe", "The DSAC-T variance adjustment of the critic loss raises the test Sharpe ratio.",
-          "+6.3% Sharpe, 1.42 to 1.51 (seed 004)", "higher", 0.0, "critic_variance_scaling"),
+          "+6.3% Sharpe, 1.42 to 1.51 (seed 004)", "higher", 0.0, "critic_variance_scaling", S004,
+          "| Variance Scaling | 1.51 | **+6.3%** |", (0.09, 0.09), 0.05,
+          "reframed: as a Sharpe difference, 1.51 - 1.42"),
     Claim("sappo_attacked_sharpe", "Under the strongest observation attack at the chosen radius, SA-PPO keeps a higher test Sharpe than PPO (median agent).",
-          "SA-PPO is more robust than PPO under attack (seed 003; the SA-PPO paper)", "higher", 0.0, "robustness_sappo"),
+          "SA-PPO is more robust than PPO under attack (the SA-PPO paper; seed 003 only checks the code)", "higher", 0.0,
+          "robustness_sappo", SAPPO_PAPER, "", None, 0.1,
+          "reframed: the paper's claim on control tasks, as a test Sharpe difference under attack; no size transfers"),
     Claim("pbt_vs_random_search", "PBT's best member beats random search's best member on test Sharpe at equal compute.",
-          "PBT converges 5-10% faster (seed 001)", "higher", 0.0, "pbt_population"),
+          "no number of its own (seed 001's 5-10% is the LSTM reset's)", "higher", 0.0, "pbt_population", "our question", "",
+          None, 0.1, "reframed: seed 001's 5-10% faster convergence belongs to the LSTM reset (lstm_reset_convergence)"),
 ]}
 MIN_SEEDS = 5
-VERDICTS = ("holds", "refuted", "inconclusive", "not testable")
+VERDICTS = ("holds", "smaller than claimed", "refuted", "inconclusive", "not testable")
 
 # %% ../nbs/12_findings.ipynb #dc729cb7
 def claim_verdict(ci95, null: float, direction: str) -> str:
-    "'holds' if the interval lies on the claimed side of `null`, 'refuted' if on the other side, else 'inconclusive'."
+    "The sign rule alone: 'holds' on the claimed side of `null`, 'refuted' on the other, else 'inconclusive'."
     lo, hi = (float(x) for x in ci95)
     if direction not in ("higher", "lower"): raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
     above, below = lo > null, hi < null
     if not (above or below): return "inconclusive"
     return "holds" if above == (direction == "higher") else "refuted"
+
+def _effect_scale(null: float, direction: str, ratio: bool):
+    "x -> the effect as 'claimed side is positive': log(x / null) for a ratio, x - null otherwise, negated for 'lower'."
+    if direction not in ("higher", "lower"): raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
+    s = 1.0 if direction == "higher" else -1.0
+    def f(x: float) -> float:
+        if not ratio: return s * (float(x) - null)
+        if x <= 0: raise ValueError(f"a ratio's interval must be positive, got {x}")
+        return s * math.log(float(x) / null)
+    return f
+
+def size_verdict(ci95, null: float, direction: str, claimed=None, sesoi: float = 0.0, ratio: bool = False) -> str:
+    """The verdict of an interval against a claim with a size (one rule, in this order):
+    'refuted' when it lies on the other side of no effect, or inside `null +/- sesoi` (equivalent to no effect);
+    'smaller than claimed' when it excludes the claimed size (`claimed[0]`, the end nearest no effect);
+    'holds' when it lies on the claimed side and reaches the claimed size; else 'inconclusive' (it holds both no effect
+    and the claimed size). Ratios (`ratio=True`) are judged on the log scale, so `sesoi` is a log-ratio there."""
+    f = _effect_scale(null, direction, ratio)
+    a, b = sorted(f(x) for x in ci95)
+    if b < 0: return "refuted"
+    if sesoi > 0 and -sesoi < a and b < sesoi: return "refuted"
+    if claimed is not None and b < f(claimed[0]): return "smaller than claimed"
+    return "holds" if a > 0 else "inconclusive"
 
 def _finite(x, what: str) -> float:
     try: v = float(x)
@@ -74,9 +135,19 @@ def _finite(x, what: str) -> float:
     if not math.isfinite(v): raise ValueError(f"{what} is not finite: {v}")
     return v
 
-def _verdict(ci95, c: Claim, untrained: int) -> str:
-    "The interval's verdict, or 'not testable' when a run behind it did not train (`tradingrl_nb.health`'s rule)."
-    return "not testable" if untrained else claim_verdict(ci95, c.null, c.direction)
+def degenerate(per_seed) -> bool:
+    "No spread across seeds (every seed gave the same value): the measure cannot tell one arm from the other."
+    v = np.asarray(per_seed, dtype=float)
+    return len(v) < 2 or bool(np.all(v == v[0]))
+
+def _verdict(ci95, c: Claim, untrained: int, per_seed=None) -> str:
+    "The size verdict, or 'not testable': a run behind it did not train (`tradingrl_nb.health`), or no spread across seeds."
+    if untrained or (per_seed is not None and degenerate(per_seed)): return "not testable"
+    return size_verdict(ci95, c.null, c.direction, c.claimed, c.sesoi, c.ratio)
+
+def verdict_of(f: dict) -> str:
+    "The verdict a finding record's interval gives under the current rule, with its claim's size and SESOI."
+    return _verdict(f["ci95"], CLAIMS[f["id"]], int(f.get("untrained_runs", 0)), f["per_seed"])
 
 def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail: str = "", health: list[dict] | None = None) -> dict:
     """The record of claim `id`: `per_seed` (one value per seed), `interval` (an `Interval` or `(estimate, low, high)`)
@@ -96,24 +167,80 @@ def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail
     untrained = sum(1 for h in (health or []) if h.get("moved") is False)
     return dict(id=id, claim=c.claim, seeds_say=c.seeds_say, metric=str(metric), n_seeds=len(values), steps_per_run=steps,
                 per_seed=values, estimate=est, ci95=[lo, hi], null=c.null, direction=c.direction,
-                verdict=_verdict((lo, hi), c, untrained), detail=str(detail), untrained_runs=untrained)
+                verdict=_verdict((lo, hi), c, untrained, values), detail=str(detail), untrained_runs=untrained)
 
 def _fmt(x: float) -> str: return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
 
+def _claimed_text(f: dict) -> str:
+    c = f.get("claimed")
+    if c is None: return "(no size)"
+    return _fmt(c[0]) if c[0] == c[1] else f"{_fmt(c[0])} to {_fmt(c[1])}"
+
 def findings_table(findings: list[dict]) -> pd.DataFrame:
-    "One row per finding: the claim, the seeds' number, ours with its interval, seeds x steps, the verdict."
-    rows = [{"id": f["id"], "claim": f["claim"], "seeds say": f["seeds_say"],
+    "One row per finding: the claim, the claimed size beside ours with its interval, the MDE, seeds x steps, both verdicts."
+    rows = [{"id": f["id"], "claim": f["claim"], "seeds say": f["seeds_say"], "claimed": _claimed_text(f),
              "ours (95% CI)": f"{_fmt(f['estimate'])} [{_fmt(f['ci95'][0])}, {_fmt(f['ci95'][1])}]",
-             "no effect": _fmt(f["null"]), "claimed": f["direction"],
-             "seeds x steps": f"{f['n_seeds']} x {f['steps_per_run']:,}", "verdict": f["verdict"]} for f in findings]
-    return pd.DataFrame(rows, columns=["id", "claim", "seeds say", "ours (95% CI)", "no effect", "claimed", "seeds x steps",
-                                       "verdict"]).set_index("id")
+             "no effect": _fmt(f["null"]), "mde": _fmt(f["mde"]) if f.get("mde") is not None else "",
+             "seeds x steps": f"{f['n_seeds']} x {f['steps_per_run']:,}", "verdict": f["verdict"],
+             "holm": f.get("holm_verdict", "")} for f in findings]
+    return pd.DataFrame(rows, columns=["id", "claim", "seeds say", "claimed", "ours (95% CI)", "no effect", "mde",
+                                       "seeds x steps", "verdict", "holm"]).set_index("id")
+
+# %% ../nbs/12_findings.ipynb #9e8fd858
+def _seed_scale(per_seed, c: Claim) -> np.ndarray:
+    v = np.asarray(per_seed, dtype=float)
+    return np.log(v / c.null) if c.ratio else v - c.null
+
+def seed_p_value(per_seed, c: Claim) -> float:
+    "Two-sided one-sample t-test of the per-seed effects against no effect (log scale for a ratio); 1.0 when they have no spread."
+    from scipy import stats as st
+    x = _seed_scale(per_seed, c)
+    if degenerate(x): return 1.0
+    return float(st.ttest_1samp(x, 0.0).pvalue)
+
+def seed_t_interval(per_seed, c: Claim, level: float = 0.95) -> tuple[float, float]:
+    "The t-interval of the mean per-seed effect at `level`, on the metric's own scale (a ratio: exp of the log-scale interval)."
+    from scipy import stats as st
+    x = _seed_scale(per_seed, c); n = len(x)
+    h = st.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    lo, hi = x.mean() - h, x.mean() + h
+    return (c.null * math.exp(lo), c.null * math.exp(hi)) if c.ratio else (c.null + lo, c.null + hi)
+
+def minimum_detectable_effect(per_seed, c: Claim, alpha: float = 0.05, power: float = 0.8) -> float:
+    "The smallest true effect a two-sided t-test over these seeds finds with `power`: a difference, or a ratio's factor (>= 1)."
+    from scipy import stats as st
+    x = _seed_scale(per_seed, c); n = len(x)
+    d = (st.t.ppf(1 - alpha / 2, n - 1) + st.t.ppf(power, n - 1)) * x.std(ddof=1) / math.sqrt(n)
+    return float(math.exp(d)) if c.ratio else float(d)
+
+def holm_adjusted(p: list[float]) -> list[float]:
+    "Holm's step-down adjusted p-values, in the input's order."
+    m, order = len(p), np.argsort(p, kind="stable")
+    adj, run = [0.0] * m, 0.0
+    for i, j in enumerate(order):
+        run = max(run, min(1.0, (m - i) * p[j]))
+        adj[j] = run
+    return adj
+
+def holm_verdicts(findings: list[dict], alpha: float = 0.05) -> list[str]:
+    "Each finding's verdict after Holm's correction over `findings` (see above); 'not testable' stays."
+    cs = [CLAIMS[f["id"]] for f in findings]
+    p = [seed_p_value(f["per_seed"], c) for f, c in zip(findings, cs)]
+    out = []
+    for f, c, pi, pa in zip(findings, cs, p, holm_adjusted(p)):
+        if f["verdict"] == "not testable": out.append("not testable"); continue
+        level = 1 - alpha * (pi / pa if pa > 0 else 1.0 / len(findings))
+        out.append(size_verdict(seed_t_interval(f["per_seed"], c, level), c.null, c.direction, c.claimed, c.sesoi, c.ratio))
+    return out
 
 # %% ../nbs/12_findings.ipynb #038fae47
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".zip", ".pkl")
 MAX_RESULTS_BYTES = 20 * 2 ** 20
 FIELDS = ("id", "claim", "seeds_say", "experiment", "metric", "n_seeds", "steps_per_run", "per_seed", "estimate", "ci95",
           "null", "direction", "verdict", "detail", "commit", "untrained_runs")
+#: What `collect_findings` adds from the registry and the family: the source and its sentence, the claimed size, our
+#: smallest effect of interest, the framing, the t-test's p-value over seeds, the MDE, and the Holm-adjusted verdict.
+REGISTRY_FIELDS = ("source", "quote", "claimed", "sesoi", "framing", "p_value", "mde", "holm_verdict")
 
 def check_results(results: str | Path = "results") -> int:
     "The stored runs' total size in bytes; ValueError naming the file if one holds model weights or the total is over 20 MB."
@@ -146,9 +273,26 @@ def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
                          f"{c.direction!r}, {c.null} (re-run the experiment)")
     if f["n_seeds"] != len(f["per_seed"]): raise ValueError(f"{where}: finding {c.id!r}: n_seeds {f['n_seeds']} but {len(f['per_seed'])} per-seed values")
     if f["n_seeds"] < MIN_SEEDS: raise ValueError(f"{where}: finding {c.id!r} rests on {f['n_seeds']} seeds; at least {MIN_SEEDS} are needed")
-    v = _verdict(f["ci95"], c, int(f.get("untrained_runs", 0)))
-    if f["verdict"] != v: raise ValueError(f"{where}: finding {c.id!r} says {f['verdict']!r} but its interval {f['ci95']} gives {v!r}")
-    return {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
+    untrained = int(f.get("untrained_runs", 0))
+    v = _verdict(f["ci95"], c, untrained, f["per_seed"])
+    legacy = "not testable" if untrained else claim_verdict(f["ci95"], c.null, c.direction)    # runs before sizes: the sign rule
+    if f["verdict"] not in (v, legacy):
+        raise ValueError(f"{where}: finding {c.id!r} says {f['verdict']!r} but its interval {f['ci95']} gives {v!r}")
+    rec = {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
+    rec["verdict"] = v
+    return {**rec, "source": c.source, "quote": c.quote, "claimed": None if c.claimed is None else list(c.claimed),
+            "sesoi": c.sesoi, "framing": c.framing}
+
+def with_family(findings: list[dict]) -> list[dict]:
+    "Each finding with its p-value over seeds, its MDE and its verdict after Holm's correction over all of them."
+    holm = holm_verdicts(findings)
+    out = []
+    for f, h in zip(findings, holm):
+        c = CLAIMS[f["id"]]
+        flat = degenerate(f["per_seed"])
+        out.append({**f, "p_value": seed_p_value(f["per_seed"], c), "mde": None if flat else minimum_detectable_effect(f["per_seed"], c),
+                    "holm_verdict": h})
+    return out
 
 def collect_findings(results: str | Path = "results") -> list[dict]:
     "Every finding of the stored runs under `results`, checked, with experiment path and commit, in the order of `CLAIMS`."
@@ -167,7 +311,7 @@ def collect_findings(results: str | Path = "results") -> list[dict]:
             rec = _checked(f, d / "metrics.json", f"{root.name}/{d.name}/{nb.name}", info["commit"])
             if rec["id"] in found: raise ValueError(f"{d / 'metrics.json'}: claim {rec['id']!r} is also measured in {found[rec['id']]['experiment']}")
             found[rec["id"]] = rec
-    return [found[i] for i in CLAIMS if i in found]
+    return with_family([found[i] for i in CLAIMS if i in found])
 
 def missing_findings(findings: list[dict]) -> list[str]:
     "The claim ids without a stored finding."
@@ -187,7 +331,8 @@ def write_findings(results: str | Path = "results", out: str | Path | None = Non
     return path, findings
 
 # %% ../nbs/12_findings.ipynb #9b6802d8
-VERDICT_COLORS = {"holds": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#6e7781", "not testable": "#9a6700"}
+VERDICT_COLORS = {"holds": "#1a7f37", "smaller than claimed": "#bc4c00", "refuted": "#cf222e", "inconclusive": "#6e7781",
+                  "not testable": "#9a6700"}
 
 def plot_findings(findings: list[dict], width: float = 8.0):
     "Forest plot of `findings`: one row (own axis) per claim; returns the figure."
@@ -225,26 +370,28 @@ def findings_markdown(findings: list[dict], figure: str | None = "findings.png",
     counts = {v: sum(f["verdict"] == v for f in findings) for v in VERDICTS}
     lines = ["# Findings: the claims of the seed reports, measured", "",
              "The seeds' claims, each measured at size over several training seeds, with a 95% interval and a verdict "
-             "computed from it: *holds* when the interval lies on the claimed side of no effect, *refuted* when it lies "
-             "on the other side, *inconclusive* otherwise. Generated from `results/findings.json` (`tradingrl findings`), "
-             "which is generated from the stored runs in `results/`.", "",
-             "A verdict tests the direction of an effect, not its size: a claim can hold with an effect far smaller than "
-             "the seeds' number, or be inconclusive with an interval that excludes it. Read the two columns side by side.", "",
+             "computed from it against the claimed size: *holds* (claimed side, the claimed size within reach), *smaller "
+             "than claimed* (the claimed size excluded), *refuted* (the other side of no effect, or within the smallest "
+             "effect of interest of it), *inconclusive* (both no effect and the claimed size inside), *not testable* (an "
+             "arm did not train, or no spread across seeds). The Holm column corrects for testing them all at once. "
+             "Generated from `results/findings.json` (`tradingrl findings`), which is generated from the stored runs in "
+             "`results/`.", "",
              f"{len(findings)} of {len(CLAIMS)} claims measured: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
     missing = missing_findings(findings)
     if missing: lines += ["Not measured yet: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
     if figure: lines += [f"![Forest plot: each claim's per-seed values, estimate and 95% interval against no effect]({figure})", ""]
-    lines += ["| claim | the seeds say | ours: estimate [95% CI] | no effect | seeds x steps | verdict | stored run |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| claim | the source says | claimed | ours: estimate [95% CI] | no effect | MDE | seeds x steps | verdict | Holm | stored run |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for f in findings:
         lo, hi = f["ci95"]
         lines.append("| " + " | ".join(_cell(x) for x in (
-            f"**{f['id']}**: {f['claim']}", f["seeds_say"], f"{_fmt(f['estimate'])} [{_fmt(lo)}, {_fmt(hi)}]",
-            _fmt(f["null"]), f"{f['n_seeds']} x {f['steps_per_run']:,}", f"**{f['verdict']}**",
-            f"[{Path(where(f)).stem}]({link(f)})")) + " |")
+            f"**{f['id']}**: {f['claim']}", f["seeds_say"], _claimed_text(f), f"{_fmt(f['estimate'])} [{_fmt(lo)}, {_fmt(hi)}]",
+            _fmt(f["null"]), _fmt(f["mde"]) if f.get("mde") is not None else "", f"{f['n_seeds']} x {f['steps_per_run']:,}",
+            f"**{f['verdict']}**", f.get("holm_verdict", ""), f"[{Path(where(f)).stem}]({link(f)})")) + " |")
     lines += ["", "## What each number is", ""]
     for f in findings:
-        lines += [f"**{f['id']}** ({f['verdict']}): {f['metric']}; claimed {f['direction']} than {_fmt(f['null'])}. "
+        src = f" Source: {f['source']}" + (f" (\"{f['quote']}\")" if f.get("quote") else "") + f"; {f['framing']}." if f.get("source") else ""
+        lines += [f"**{f['id']}** ({f['verdict']}): {f['metric']}; claimed {f['direction']} than {_fmt(f['null'])}.{src} "
                   f"Per seed: {', '.join(_fmt(v) for v in f['per_seed'])}." + (f" {f['detail']}" if f.get("detail") else "")
                   + (f" Commit `{f['commit'][:10]}`." if f.get("commit") else ""), ""]
     return "\n".join(lines)
