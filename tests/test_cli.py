@@ -151,7 +151,7 @@ def test_main_job_parameters_are_valid():
 # ---------------------------------------------------------------- robust runs (issue 16, item 7)
 SLEEPY_PARAMS = "seconds = 60\noutput_dir = None\n"
 SLEEPY_CELLS = ("import pathlib, time\npathlib.Path(output_dir, 'started').write_text('1')\ntime.sleep(seconds)",
-                "from tradingrl_nb.experiments import save_metrics\nsave_metrics({'slept': seconds}, output_dir)")
+                "from tradingrl_nb.record import save_metrics\nsave_metrics({'slept': seconds}, output_dir)")
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def test_null_market_has_no_edge_and_its_oracle_is_buy_and_hold():
 
 def test_unknown_market_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match="regime"): planted_market("trend")
-    assert set(PLANTED_MARKETS) == {"regime", "regime_slow", "signal", "null"}
+    assert set(PLANTED_MARKETS) == {"regime", "regime_slow", "signal", "signal_fast", "signal_slow", "null"}
 
 
 def test_the_oracle_holds_its_positions_through_the_env_and_beats_buy_and_hold():

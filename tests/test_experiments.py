@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb import runtable as rt
+from tradingrl_nb import record
 from tradingrl_nb import fileio
 from tradingrl_nb import rundir
 from tradingrl_nb import params as P
@@ -242,7 +244,7 @@ def test_sweep_continues_after_failure_and_results_table(tiny, tmp_path):
     runs = sorted(p.name for p in root.iterdir())
     assert runs == ["000-x=1", "001-x=2", "002-x=3"] and (root / "001-x=2" / "tiny.ipynb").exists()
 
-    res = ex.results(root, sort="y", ascending=False)
+    res = rt.results(root, sort="y", ascending=False)
     assert list(res["run"]) == ["002-x=3", "000-x=1", "001-x=2"]  # failed run (no y) last
     assert {"experiment", "status", "wall_s", "x", "scale", "y", "nested.z", "nested.label"} <= set(res.columns)
     assert list(res["status"]) == ["ok", "ok", "failed"] and "boom" in res["error"].iloc[2]
@@ -250,8 +252,8 @@ def test_sweep_continues_after_failure_and_results_table(tiny, tmp_path):
     res.to_csv(csv, index=False)
     back = pd.read_csv(csv)
     assert list(back["y"].iloc[:2]) == [6.0, 2.0] and list(back["x"]) == [3, 1, 2]
-    with pytest.raises(ValueError, match="cannot sort by 'nope'"): ex.results(root, sort="nope")
-    assert ex.results(root, experiment="other").empty
+    with pytest.raises(ValueError, match="cannot sort by 'nope'"): rt.results(root, sort="nope")
+    assert rt.results(root, experiment="other").empty
 
 
 def test_sweep_validates_every_combination_first(tiny, tmp_path):
@@ -266,7 +268,7 @@ def test_results_metric_name_colliding_with_parameter(tmp_path):
     d = tmp_path / "r1"; d.mkdir()
     (d / "params.json").write_text(json.dumps({"x": 1}))
     (d / "metrics.json").write_text(json.dumps({"x": 5, "s": [1, 2]}))
-    t = ex.results(tmp_path)
+    t = rt.results(tmp_path)
     assert t.loc[0, "x"] == 1 and t.loc[0, "metrics.x"] == 5 and t.loc[0, "s"] == "[1, 2]"
 
 
@@ -282,28 +284,28 @@ def test_results_add_bootstrap_psr_dsr_for_runs_with_returns(tmp_path):
         (d / "metrics.json").write_text(json.dumps({"x": i}))
         pd.DataFrame({"agent": bh + drift + rng.normal(0, 0.002, len(days)), "buy_and_hold": bh}, index=days).to_csv(d / "returns.csv")
     d = tmp_path / "no_returns"; d.mkdir(); (d / "params.json").write_text(json.dumps({"seed": 9}))
-    t = ex.results(tmp_path, reps=200).set_index("run")
+    t = rt.results(tmp_path, reps=200).set_index("run")
     assert t.loc["r0", "stats.n_trials"] == 3 and pd.isna(t.loc["no_returns", "stats.psr"])
     assert t.loc["r0", "stats.diff_low"] > 0 and t.loc["r0", "stats.verdict"] == "skill"      # +0.25 daily-bp*100 drift
     assert t.loc["r2", "stats.diff_high"] < 0 and t.loc["r2", "stats.verdict"] == "no skill"
     assert t.loc["r0", "stats.sharpe_low"] <= t.loc["r0", "stats.sharpe"] <= t.loc["r0", "stats.sharpe_high"]
     assert t.loc["r0", "stats.dsr"] <= t.loc["r0", "stats.psr"]
-    assert "stats.psr" not in ex.results(tmp_path, statistics=False)
+    assert "stats.psr" not in rt.results(tmp_path, statistics=False)
 
 
 def test_save_metrics_is_strict_json(tmp_path):
     import numpy as np
-    ex.save_metrics({"a": np.float64("nan"), "b": np.arange(3), "t": pd.Timestamp("2018-01-02")}, tmp_path)
+    record.save_metrics({"a": np.float64("nan"), "b": np.arange(3), "t": pd.Timestamp("2018-01-02")}, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": "nan", "b": [0, 1, 2], "t": "2018-01-02T00:00:00"}
-    ex.save_metrics({"up": float("inf"), "down": np.float32("-inf")}, tmp_path)
+    record.save_metrics({"up": float("inf"), "down": np.float32("-inf")}, tmp_path)
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored["up"] == "inf" and stored["down"] == "-inf"
     back = fileio.from_jsonable(stored)
     assert back["up"] == float("inf") and back["down"] == float("-inf") and back["a"] != back["a"]
     (tmp_path / "metrics.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="metrics.json: holds a list, not an object"): ex.save_metrics({"x": 1}, tmp_path)
-    with pytest.raises(TypeError, match="cannot store"): ex.save_metrics({"m": object()}, tmp_path)
-    assert ex.save_figure(None, "x", None) is None
+    with pytest.raises(ValueError, match="metrics.json: holds a list, not an object"): record.save_metrics({"x": 1}, tmp_path)
+    with pytest.raises(TypeError, match="cannot store"): record.save_metrics({"m": object()}, tmp_path)
+    assert record.save_figure(None, "x", None) is None
 
 
 def test_training_log_rows_per_iteration():
@@ -316,7 +318,7 @@ def test_training_log_rows_per_iteration():
     env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)
     model = DistributionalPPO("MlpLstmPolicy", env, n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0,
                               device="cpu", policy_kwargs=dict(lstm_hidden_size=8, n_quantiles=8))
-    log = ex.TrainingLog(model)
+    log = record.TrainingLog(model)
     log.learn(128); log.learn(64)
     f = log.frame()
     assert list(f.index) == [64, 128, 192]

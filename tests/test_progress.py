@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tradingrl_nb import experiments as ex
+from tradingrl_nb import record
 from tradingrl_nb.progress import ProgressFile, follow_progress, format_progress, read_progress
 from test_cli import CMD
 from tradingrl_nb.testing import make_notebook
@@ -34,7 +34,7 @@ def test_training_log_writes_progress_and_tensorboard_under_the_runner(tmp_path,
     monkeypatch.setenv("TRADINGRL_PROGRESS_TOTAL", "192")
     monkeypatch.setenv("TRADINGRL_TENSORBOARD_DIR", str(tmp_path / "tb"))
     model = tiny_model()
-    log = ex.TrainingLog(model, name="agent")
+    log = record.TrainingLog(model, name="agent")
     log.learn(128)
     log.record_validation(sharpe=0.25, total_return=-0.5)
     log.learn(64)
@@ -54,7 +54,7 @@ def test_training_log_writes_progress_and_tensorboard_under_the_runner(tmp_path,
 def test_sappo_metrics_reach_tensorboard(tmp_path):
     from tradingrl_nb.ppo import DistributionalPPO
     model = tiny_model(DistributionalPPO, sappo=dict(eps=0.05, kappa=0.1, steps=1))
-    log = ex.TrainingLog(model, name="sa", tensorboard=tmp_path)
+    log = record.TrainingLog(model, name="sa", tensorboard=tmp_path)
     log.learn(128)
     tags = set(tb_scalars(tmp_path / "sa"))
     assert "sappo/eps" in tags and tags == set(log.frame().columns)   # every logged value, SA-PPO's included
@@ -63,7 +63,7 @@ def test_sappo_metrics_reach_tensorboard(tmp_path):
 def test_no_files_outside_a_run(tmp_path, monkeypatch):
     for k in ("TRADINGRL_PROGRESS_FILE", "TRADINGRL_TENSORBOARD_DIR", "TRADINGRL_PROGRESS_TOTAL"): monkeypatch.delenv(k, raising=False)
     monkeypatch.chdir(tmp_path)
-    log = ex.TrainingLog(tiny_model())
+    log = record.TrainingLog(tiny_model())
     log.learn(64)
     assert log.progress is None and log.tensorboard is None and list(tmp_path.iterdir()) == []
 
@@ -80,7 +80,7 @@ def test_follower_prints_changes_and_the_final_state(tmp_path):
     assert f.lines[-1].endswith("val_sharpe 1.5") and out.getvalue().count("progress: steps") == 3
 
 
-TRAINING = ("from tradingrl_nb.experiments import TrainingLog, save_metrics\n"
+TRAINING = ("from tradingrl_nb.record import TrainingLog, save_metrics\n"
             "import torch\nfrom tradingrl_nb.data import synthetic_market\nfrom tradingrl_nb.env import TradingVecEnv\n"
             "from tradingrl_nb.ppo import DistributionalPPO\ntorch.set_num_threads(1)\n"
             "env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)\n"

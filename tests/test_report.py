@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tradingrl_nb import experiments as ex
+from tradingrl_nb import runtable as rt
 from test_cli import CMD
 from tradingrl_nb.testing import make_notebook
 
@@ -48,7 +49,7 @@ def test_report_of_a_failed_run_says_why_first(tiny, tmp_path):
 
 def test_verdict_metrics_are_listed_in_the_verdict(tmp_path):
     nb = make_notebook(tmp_path / "v.ipynb", "output_dir = None\n",
-                       "from tradingrl_nb.experiments import save_metrics\n"
+                       "from tradingrl_nb.record import save_metrics\n"
                        "save_metrics({'claims': {'vgs': {'verdict': 'holds', 'p': 0.01}}}, output_dir)")
     r = ex.run_experiment(nb, output_dir=tmp_path / "o", progress=False)
     verdict = r.report.read_text().split('id="verdict"')[1].split("</div>")[0]
@@ -66,7 +67,7 @@ def _fake_runs(root: Path, values: dict) -> None:
 def test_compare_runs_mean_and_t_interval(tmp_path):
     from scipy import stats
     _fake_runs(tmp_path, {0.001: [0.1, 0.3, 0.2], 0.01: [0.5, 0.9], 0.1: [1.0]})
-    s = ex.compare_runs(ex.results(tmp_path), "test.sharpe", "lr")
+    s = rt.compare_runs(rt.results(tmp_path), "test.sharpe", "lr")
     assert list(s["lr"]) == [0.001, 0.01, 0.1] and list(s["n"]) == [3, 2, 1]
     y = np.array([0.1, 0.3, 0.2]); h = stats.t.ppf(0.975, 2) * y.std(ddof=1) / np.sqrt(3)
     assert s["mean"].iloc[0] == pytest.approx(0.2) and s["hi"].iloc[0] == pytest.approx(0.2 + h)
@@ -98,7 +99,7 @@ def _report_notebook(path: Path) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     cells = [("output_dir = None", ["parameters"]),
              ("import pandas as pd\nimport matplotlib.pyplot as plt\n"
-              "from tradingrl_nb.experiments import save_metrics, save_figure\nprint('setting up: not the result')\n"
+              "from tradingrl_nb.record import save_metrics, save_figure\nprint('setting up: not the result')\n"
               "def draw(a, b): fig, ax = plt.subplots(); ax.plot([a, b]); return fig", []),
              ("save_metrics({'test_stats': {'sharpe_diff': -0.18, 'sharpe_diff_low': -0.53, 'sharpe_diff_high': 0.1, "
               "'verdict': 'inconclusive'}, 'windows': {'pooled': {'diff': 0.4, 'diff_low': 0.1, 'diff_high': 0.7, "

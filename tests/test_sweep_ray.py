@@ -5,7 +5,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from tradingrl_nb import experiments as ex
+from tradingrl_nb import runtable as rt
 from tradingrl_nb.sweep import sweep
 
 
@@ -29,7 +29,7 @@ def test_ray_sweep_2x1_grid_with_a_failing_run(tiny, tmp_path, monkeypatch):
     assert json.loads((root / "000-x=1-label=r" / "run.json").read_text())["status"] == "ok"
     assert len(lines) == 4 and "starting Ray" in lines[0] and "Ray is up" in lines[1], lines
     assert lines[-1].startswith("[2/2 runs done")
-    res = ex.results(root)
+    res = rt.results(root)
     assert list(res["status"]) == ["ok", "failed"] and list(res["x"]) == [1, 2]
 
 

@@ -23,14 +23,14 @@ class _Lazy:
             self._mod = importlib.import_module(self._name)
         return getattr(self._mod, k)
 
-ex, pd = _Lazy("tradingrl_nb.experiments"), _Lazy("pandas")
+ex, rt, pd = _Lazy("tradingrl_nb.experiments"), _Lazy("tradingrl_nb.runtable"), _Lazy("pandas")
 
 def sweep(*args, **kwargs):
     from tradingrl_nb.sweep import sweep as run_sweep
     return run_sweep(*args, **kwargs)
 
 # %% auto #0
-__all__ = ['ex', 'pd', 'sweep', 'row_verdicts', 'results_view', 'print_metrics', 'build_parser', 'main']
+__all__ = ['ex', 'rt', 'pd', 'sweep', 'row_verdicts', 'results_view', 'print_metrics', 'build_parser', 'main']
 
 # %% ../nbs/10a_cli.ipynb #1751cda2
 def _cmd_findings(a) -> int:
@@ -304,7 +304,7 @@ def _cmd_sweep(a) -> int:
 
 def _cmd_results(a) -> int:
     warn = lambda m: print(f"tradingrl results: warning: {shorten(m, 600)}", file=sys.stderr)
-    try: table = ex.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn,
+    try: table = rt.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn,
                             statistics=not a.no_stats, family=a.family.split(",") if a.family else None)
     except (ValueError, OSError) as e: return _error("results", e)
     if table.empty: print("no runs found"); return 0
@@ -342,7 +342,7 @@ def _plot(a, table: pd.DataFrame) -> int:
         if len(varying) != 1: return _error("results", ValueError(
             f"--plot: give --by PARAM (parameters that vary: {', '.join(varying) or 'none'})"))
         by = varying[0]
-    try: fig, summary = ex.plot_comparison(table, a.plot, by)
+    try: fig, summary = rt.plot_comparison(table, a.plot, by)
     except ValueError as e: return _error("results", e)
     out = Path(a.out or Path(a.dir or load_settings().runs_dir) / f"compare-{slug(a.plot)}-by-{slug(by)}.png")
     try: fig.savefig(out, dpi=110, bbox_inches="tight")

@@ -90,7 +90,7 @@ def train_and_test(market_name: str, seed: int, agent: str = "default", total_ti
     """Train `agent` ('default': `make_agent` with `overrides`; 'PPO' or 'RecurrentPPO': `make_peer`) on the market's
     training path and test it on the held-out path, beside the oracle. One row: Sharpe, oracle's, buy-and-hold's,
     fraction of the oracle's, behaviour, training health (DistributionalPPO) and seconds."""
-    from tradingrl_nb.experiments import TrainingLog
+    from tradingrl_nb.record import TrainingLog
     train, test = planted_market(market_name, *train_path), planted_market(market_name, *test_path)
     model = make_agent(train, seed, device, **overrides) if agent == "default" else make_peer(agent, train, seed, device)
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def null_control(seeds=range(10), total_timesteps: int = CONTROL_STEPS, days: in
                  device: str = "cpu", progress: Callable | None = None, **overrides) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The default agent on `null_market` paths (seed s trains on path 1000+s, tests on path 2000+s). Returns one row per
     seed (whole-path agent-minus-buy-and-hold Sharpe interval and verdict) and one per (seed, test year)."""
-    from tradingrl_nb.experiments import TrainingLog
+    from tradingrl_nb.record import TrainingLog
     rows, years = [], []
     for s in seeds:
         train, test = planted_market("null", TRAIN_PATH[0], 1000 + s), planted_market("null", days, 2000 + s)

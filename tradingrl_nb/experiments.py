@@ -1,5 +1,6 @@
-"""Parameterized experiment notebooks run with papermill: discovery, parameter validation, runs,
-the results table, and the `tradingrl` command. Sweeps over a grid are in [sweeps](10d_sweep.ipynb).
+"""The runner: an experiment notebook run with papermill in its own kernel and run folder, its parameters checked
+first, its failures and interrupts recorded. What a notebook records is in [record](10h_record.ipynb), the
+results table in [runtable](10i_runtable.ipynb), parameters in [params](10e_params.ipynb), sweeps in [sweeps](10d_sweep.ipynb).
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/experiments.html.md"""
 
@@ -7,13 +8,11 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/experiments.html.md"""
 
 # %% ../nbs/10_experiments.ipynb #a22b1dc9
 from __future__ import annotations
-import contextlib, json, math, os, re, sys, time
+import contextlib, os, re, sys, time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
 
 def _config():
@@ -22,115 +21,15 @@ def _config():
     return config
 
 from tradingrl_nb.rundir import (RUN_MARKER, RunInterrupted, StopSignals, claim_run_dir, folder_files,
-                                 reuse_problem, run_status, signal_name, write_report,
+                                 reuse_problem, signal_name, write_report,
 )
 from .params import (RESERVED, experiment_parameters, find_experiment, git_commit, preset_parameters,
                                  resolve_parameters, results_dir)
 from .resume import latest_checkpoint
-from .fileio import flatten_dict, from_jsonable, read_json, shorten, slug, to_jsonable, write_json
+from .fileio import read_json, read_json_object, shorten, write_json
 
 # %% auto #0
-__all__ = ['save_metrics', 'save_figure', 'TrainingLog', 'ExperimentFailed', 'RunResult', 'new_run_dir', 'prepare_run',
-           'run_experiment', 'results', 'compare_runs', 'plot_comparison']
-
-# %% ../nbs/10_experiments.ipynb #984f2524
-def save_metrics(metrics: dict, output_dir: str | Path | None = None) -> dict:
-    "Merge `metrics` into `output_dir/metrics.json` (nothing is written when `output_dir` is None); returns the stored dict."
-    if not isinstance(metrics, dict): raise TypeError(f"metrics must be a dict, got {type(metrics).__name__}")
-    data = to_jsonable(metrics)
-    if output_dir is None: return data
-    path = Path(output_dir) / "metrics.json"
-    if path.exists():
-        try: old = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(old, dict): raise ValueError(f"{path}: holds a {type(old).__name__}, not an object of metrics")
-        data = {**old, **data}
-    write_json(path, data)
-    return data
-
-def save_figure(fig, name: str, output_dir: str | Path | None = None, dpi: int = 110) -> Path | None:
-    "Save a matplotlib figure as `output_dir/figures/<name>.png` (nothing when `output_dir` is None)."
-    if output_dir is None: return None
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name): raise ValueError(f"figure name {name!r}: use letters, digits, '_', '-', '.'")
-    d = Path(output_dir) / "figures"; d.mkdir(parents=True, exist_ok=True)
-    path = d / (name if name.endswith(".png") else name + ".png")
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    return path
-
-# %% ../nbs/10_experiments.ipynb #ed32a17b
-class TrainingLog:
-    """Per-iteration training curves of an SB3 on-policy model: `learn(n)` trains, `frame()` has one row per iteration.
-    Under `tradingrl run` it also writes the run's live progress file and TensorBoard event files (see below)."""
-    _count = 0   # TrainingLogs made in this process: each gets its own TensorBoard folder
-
-    def __init__(self, model, total_timesteps: int | None = None, name: str | None = None,
-                 progress: str | Path | None = None, tensorboard: str | Path | None = None):
-        from stable_baselines3.common.callbacks import BaseCallback
-        from stable_baselines3.common.logger import Logger
-        from tradingrl_nb.progress import ProgressFile, PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV
-        self.model, self.rows, self.validation, self._pending = model, [], [], None
-        TrainingLog._count += 1
-        self.name = name or f"train{TrainingLog._count}"
-        model.set_logger(Logger(folder=None, output_formats=[]))
-        env_total = os.environ.get(TOTAL_ENV)
-        self.total = total_timesteps if total_timesteps is not None else \
-            (int(env_total) if env_total and env_total.isdigit() else None)
-        progress = progress or os.environ.get(PROGRESS_ENV)
-        self.progress = ProgressFile(progress, self.total) if progress else None
-        tb = tensorboard or os.environ.get(TENSORBOARD_ENV)
-        self.tensorboard = Path(tb) / slug(self.name) if tb else None
-        self._writer = None
-        log = self
-        class _Callback(BaseCallback):
-            def _on_rollout_start(self) -> None: log._emit()   # the previous update has logged by now
-            def _on_training_start(self) -> None: self._sum, self._n = 0.0, 0
-            def _on_step(self) -> bool:
-                r = np.asarray(self.locals.get("rewards", []), dtype=np.float64)
-                self._sum += float(r.sum()); self._n += r.size
-                return True
-            def _on_rollout_end(self) -> None:
-                log._pending = {"timesteps": int(self.model.num_timesteps),
-                                "rollout/reward_mean": self._sum / self._n if self._n else float("nan")}
-                self._sum, self._n = 0.0, 0
-                if log.progress: log.progress.update(self.model.num_timesteps)
-        self.callback = _Callback()
-
-    def _scalars(self, values: dict, step: int) -> None:
-        if self.tensorboard is None: return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(str(self.tensorboard))
-        for k, v in values.items(): self._writer.add_scalar(k, v, step)
-        self._writer.flush()
-
-    def _emit(self) -> None:
-        if self._pending is None: return
-        values = {k: float(v) for k, v in self.model.logger.name_to_value.items()
-                  if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
-        row = {**self._pending, **values}
-        self.rows.append(row)
-        self._pending = None
-        self.model.logger.name_to_value.clear()
-        self._scalars({k: v for k, v in row.items() if k != "timesteps"}, row["timesteps"])
-
-    def record_validation(self, **metrics) -> None:
-        "Validation metrics at the current step (e.g. `sharpe=0.41`): kept in `.validation`, shown in the live progress, logged as `val/*`."
-        step = int(self.model.num_timesteps)
-        self.validation.append({"timesteps": step, **{k: float(v) for k, v in metrics.items()}})
-        self._scalars({f"val/{k}": float(v) for k, v in metrics.items()}, step)
-        if self.progress: self.progress.update(step, force=True, **{f"val_{k}": v for k, v in metrics.items()})
-
-    def learn(self, total_timesteps: int, **kwargs):
-        "`model.learn` for `total_timesteps` more steps with the recording callback; returns the model."
-        first = self.model.num_timesteps == 0
-        self.model.learn(total_timesteps, callback=self.callback, reset_num_timesteps=first, log_interval=None, **kwargs)
-        self._emit()
-        if self.progress: self.progress.update(self.model.num_timesteps, force=True)
-        return self.model
-
-    def frame(self) -> pd.DataFrame:
-        "One row per iteration, indexed by timesteps."
-        return pd.DataFrame(self.rows).set_index("timesteps") if self.rows else pd.DataFrame()
+__all__ = ['ExperimentFailed', 'RunResult', 'new_run_dir', 'prepare_run', 'run_experiment']
 
 # %% ../nbs/10_experiments.ipynb #1bf4061d
 class ExperimentFailed(RuntimeError):
@@ -280,7 +179,7 @@ def _resume_plan(name, parameters, preset, output_dir) -> tuple[str, dict, str |
         raise ValueError(f"--resume continues the run with its own parameters ({out / 'params.json'}); -p, --params-file "
                          f"and --preset cannot change them (start a new run for other parameters)")
     if problem := reuse_problem(out, resume=True): raise ValueError(problem)
-    info, params = _read_object(out / "run.json"), _read_object(out / "params.json")
+    info, params = read_json_object(out / "run.json"), read_json_object(out / "params.json")
     exp = str(info.get("experiment"))
     if name is not None and find_experiment(name).stem != exp:
         raise ValueError(f"--resume {out}: the run there is experiment {shorten(exp)!r}, not {shorten(str(name))!r}")
@@ -380,123 +279,3 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
     if status == "interrupted": raise RunInterrupted(f"experiment {path.stem!r} {error}; recorded in {out / 'run.json'}", signum, res)
     if status != "ok" and raise_on_failure: raise ExperimentFailed(f"experiment {path.stem!r} failed: {error}", res)
     return res
-
-# %% ../nbs/10_experiments.ipynb #c1699b6d
-def _read_object(path: Path, required: bool = True) -> dict:
-    "The JSON object in `path` ({} when it is absent and not `required`); ValueError naming the file otherwise."
-    if not path.exists():
-        if required: raise ValueError(f"{path}: missing")
-        return {}
-    try: data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable ({shorten(str(e), 120)})") from None
-    if not isinstance(data, dict): raise ValueError(f"{path}: holds a {type(data).__name__}, not a JSON object")
-    return from_jsonable(data)
-
-def _run_row(d: Path, root: Path) -> dict:
-    "One run folder as a row of the results table: folder, experiment, status, wall time, parameters, metrics, error."
-    info = _read_object(d / "run.json", required=False)
-    params = _read_object(d / "params.json")
-    metrics = flatten_dict(_read_object(d / "metrics.json", required=False))
-    exp = info.get("experiment") or next((p.stem for p in d.glob("*.ipynb")), None)
-    row = dict(run=str(d.relative_to(root)) if d != root else d.name, experiment=exp,
-               status=run_status(d, info), started=info.get("started"), wall_s=info.get("wall_s"))
-    row.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in params.items()})
-    for k, v in metrics.items():
-        row[f"metrics.{k}" if k in row else k] = json.dumps(v) if isinstance(v, list) else v
-    row["_params"] = tuple(params)
-    err = info.get("error")
-    row["error"] = str(err).splitlines()[0] if err else None
-    return row
-
-def _returns_problem(path: Path) -> str | None:
-    "Why a run's `returns.csv` cannot give statistics (None: it can): unreadable, a column missing, a value not a number, too short."
-    try: r = pd.read_csv(path, index_col=0)
-    except Exception as e: return f"unreadable ({type(e).__name__}: {shorten(str(e), 120)})"
-    missing = sorted({"agent", "buy_and_hold"} - set(r.columns))
-    if missing: return f"needs the columns agent and buy_and_hold, missing {missing}"
-    for col in ("agent", "buy_and_hold"):
-        v = pd.to_numeric(r[col], errors="coerce")
-        bad = np.flatnonzero(~np.isfinite(v.to_numpy(dtype=float)))
-        if len(bad): return f"column {col!r}, row {bad[0] + 2}: {shorten(str(r[col].iloc[bad[0]]), 40)!r} is not a finite number"
-    if len(r) < 3: return f"needs at least 3 daily returns, has {len(r)}"
-    return None
-
-def _with_statistics(table: pd.DataFrame, root: Path, family, reps: int, on_skip=None) -> pd.DataFrame:
-    """Join `stats.run_statistics` of the runs that recorded `returns.csv` (each run's trials: its family here);
-    a `returns.csv` that cannot give them is left out with `on_skip(message)` naming the file."""
-    from tradingrl_nb.stats import run_statistics
-    dirs = [root / r if r != root.name else root for r in table["run"]]
-    have = []
-    for d in dirs:
-        if not (d / "returns.csv").is_file(): continue
-        why = _returns_problem(d / "returns.csv")
-        if why is None: have.append(d)
-        elif on_skip: on_skip(f"skipped the statistics of a run: {d / 'returns.csv'}: {why}")
-    if not have: return table
-    s = run_statistics(have, family=family, reps=reps)
-    s["run"] = [str(Path(r).relative_to(root)) if Path(r) != root else root.name for r in s["run"]]
-    keep = ["sharpe", "sharpe_low", "sharpe_high", "bh_sharpe", "sharpe_diff", "diff_low", "diff_high", "psr", "dsr",
-            "n_trials", "verdict"]
-    return table.merge(s[["run", *keep]].rename(columns={k: f"stats.{k}" for k in keep}), on="run", how="left")
-
-def results(runs_dir: str | Path | None = None, experiment: str | None = None, sort: str | None = None,
-            ascending: bool = True, on_skip=None, statistics: bool = True, family: str | list[str] | None = None,
-            reps: int = 1000) -> pd.DataFrame:
-    """One row per run found under `runs_dir` (default: the settings' runs dir): status, parameters, metrics.
-    A run whose files cannot be read is skipped: `on_skip(message)` (default: a warning) names the file.
-    With `statistics`, runs that recorded daily test returns (`returns.csv`) gain `stats.*` columns from
-    `tradingrl_nb.stats.run_statistics`: bootstrap Sharpe interval, Sharpe difference vs buy-and-hold with its
-    interval, PSR, DSR (trials: the runs of the same experiment here, split further by the `family` parameters)."""
-    import warnings
-    root = Path(runs_dir) if runs_dir is not None else _config().load_settings().runs_dir
-    if not root.exists(): raise ValueError(f"no runs folder {shorten(str(root), 200)}")
-    if not root.is_dir(): raise ValueError(f"{shorten(str(root), 200)}: is a file, not a runs folder")
-    on_skip = on_skip or (lambda m: warnings.warn(m, stacklevel=3))
-    rows = []
-    for pj in sorted(root.rglob("params.json")):
-        try: row = _run_row(pj.parent, root)
-        except ValueError as e: on_skip(f"skipped a run: {e}"); continue
-        if experiment is None or row["experiment"] == experiment: rows.append(row)
-    # the table is assembled here, once: add derived columns (e.g. statistics across runs) below this line
-    table = pd.DataFrame(rows)
-    if statistics and not table.empty: table = _with_statistics(table, root, family, reps, on_skip)
-    if sort is not None and not table.empty:
-        if sort not in table: raise ValueError(f"cannot sort by {shorten(sort)!r}; columns: {shorten(', '.join(map(str, table.columns)), 400)}")
-        table = table.sort_values(sort, ascending=ascending, na_position="last", kind="stable")
-    table = table.reset_index(drop=True)
-    table.attrs["parameters"] = sorted({k for row in rows for k in row.get("_params", ())})
-    return table.drop(columns=["_params"], errors="ignore")
-
-# %% ../nbs/10_experiments.ipynb #d675fbcb
-def compare_runs(table: pd.DataFrame, metric: str, by: str, level: float = 0.95) -> pd.DataFrame:
-    """`metric` of the runs in `table` (e.g. from `results`) per value of the parameter `by`: the number of runs,
-    the mean and a Student-t interval of the mean at `level` (no interval from a single run); failed runs are left out."""
-    from scipy import stats
-    for c in (metric, by):
-        if c not in table: raise ValueError(f"no column {shorten(c)!r}; columns: {shorten(', '.join(map(str, table.columns)), 400)}")
-    t = table[table["status"] == "ok"] if "status" in table else table
-    y = pd.to_numeric(t[metric], errors="coerce")
-    rows = []
-    for v, g in y.groupby(t[by], sort=True):
-        g = g[np.isfinite(g)]
-        n, m = len(g), float(g.mean()) if len(g) else float("nan")
-        h = float(stats.t.ppf(0.5 + level / 2, n - 1) * g.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        rows.append({by: v, "n": n, "mean": m, "lo": m - h, "hi": m + h})
-    return pd.DataFrame(rows, columns=[by, "n", "mean", "lo", "hi"])
-
-def plot_comparison(table: pd.DataFrame, metric: str, by: str, level: float = 0.95, ax=None):
-    "Figure of `compare_runs`: the mean of `metric` per value of `by`, with its interval; returns (figure, summary)."
-    import matplotlib.pyplot as plt
-    s = compare_runs(table, metric, by, level)
-    if ax is None: fig, ax = plt.subplots(figsize=(6, 3.5))
-    else: fig = ax.figure
-    numeric = pd.api.types.is_numeric_dtype(s[by])
-    x = s[by] if numeric else np.arange(len(s))
-    err = np.vstack([s["mean"] - s["lo"], s["hi"] - s["mean"]])
-    ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), fmt="o-" if numeric else "o", capsize=4)
-    if not numeric: ax.set_xticks(x, [shorten(str(v), 20) for v in s[by]])
-    for xi, (m, n) in zip(x, zip(s["mean"], s["n"])): ax.annotate(f"n={n}", (xi, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(by); ax.set_ylabel(metric)
-    ax.set_title(f"{metric} by {by} (mean, {level:.0%} interval over runs)", fontsize=10)
-    fig.tight_layout()
-    return fig, s

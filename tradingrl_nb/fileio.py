@@ -17,7 +17,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'to_jsonable', 'from_jsonable', 'json_text', 'write_json', 'read_json',
-           'shorten', 'flatten_dict', 'slug']
+           'read_json_object', 'shorten', 'flatten_dict', 'slug']
 
 # %% ../nbs/00b_fileio.ipynb #dd2a1d58
 def _fsync_dir(folder: Path) -> None:
@@ -85,6 +85,17 @@ def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
 def read_json(path: str | Path) -> Any:
     "Read a JSON file written by `write_json`: the strings 'nan', 'inf', '-inf' come back as floats."
     return from_jsonable(json.loads(Path(path).read_text(encoding="utf-8")))
+
+def read_json_object(path: str | Path, required: bool = True) -> dict:
+    "The JSON object in `path` (`read_json`); {} when the file is absent and not `required`; ValueError naming the file otherwise."
+    path = Path(path)
+    if not path.exists():
+        if required: raise ValueError(f"{path}: missing")
+        return {}
+    try: data = read_json(path)
+    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable ({shorten(str(e), 120)})") from None
+    if not isinstance(data, dict): raise ValueError(f"{path}: holds a {type(data).__name__}, not a JSON object")
+    return data
 
 # %% ../nbs/00b_fileio.ipynb #7918837d
 def shorten(x: Any, n: int = 80) -> str:

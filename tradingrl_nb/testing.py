@@ -200,7 +200,7 @@ def make_notebook(path: str | Path, params: str, *cells: str, tag: bool = True) 
 
 TINY_PARAMS = 'x = 2            # a number\nscale: float = 1.5\nlabel = "a"\nfail_at = -1\noutput_dir = None\n'
 TINY_CELLS = (
-    "from tradingrl_nb.experiments import save_metrics, save_figure\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
+    "from tradingrl_nb.record import save_metrics, save_figure\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
     "y = x * scale\nif x == fail_at:\n    raise RuntimeError(f'boom at x={x}')\nz = y + 1",
     "save_metrics({'y': y, 'nested': {'z': z, 'label': label}}, output_dir)\nfig, ax = plt.subplots(); ax.plot([0, 1], [0, y])\nsave_figure(fig, 'line', output_dir)",
 )
