@@ -145,6 +145,7 @@ def test_bad_input():
 # --- intervals of a finding: two arms over seeds ---
 from hypothesis import given, settings, strategies as st
 from tradingrl_nb.stats import mean_ci, ratio_ci, paired_sharpe_difference_ci
+from tradingrl_nb import stats
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=12))
@@ -190,8 +191,53 @@ def test_seed_and_market_interval_tails_are_the_replications_quantiles(confidenc
     def stat(days, seeds=None):
         if seeds is None: return float(days.mean())                # the point estimate on the data itself
         v = float(days[:, seeds].sum() + 0.1 * seeds.sum()); seen.append(v); return v
-    ci = _seeds_and_blocks(X, 4, stat, confidence, seed=3, reps=400, block=5.0)
+    ci = _seeds_and_blocks(X, 4, stat, confidence, seed=3, reps=400, block=5.0, method="percentile")
     assert len(seen) == 400 and len(set(seen)) > 300
     lo, hi = np.quantile(seen, tails)
     assert ci.low == pytest.approx(lo, rel=1e-12) and ci.high == pytest.approx(hi, rel=1e-12)
     assert ci.estimate == float(X.mean()) and ci.confidence == confidence
+
+
+def test_t_method_adds_the_seed_and_day_variances_and_reads_a_satterthwaite_t():
+    "The 't' interval: per-seed values' variance / k plus the day bootstrap's variance, t quantile at Welch-Satterthwaite df."
+    from tradingrl_nb.stats import _seeds_and_blocks
+    X = np.random.default_rng(2).standard_normal((150, 5))
+    days = []
+    def stat(x, seeds=None):
+        cols = x[:, range(5) if seeds is None else seeds]
+        v = float(cols.mean())
+        if seeds is None and x is not X: days.append(v)
+        return v
+    ci = _seeds_and_blocks(X, 5, stat, 0.95, seed=4, reps=300, block=5.0, method="t")
+    per_seed = X.mean(axis=0)
+    v_seed, v_days = per_seed.var(ddof=1) / 5, np.var(days, ddof=1)
+    df = 4 * (v_seed + v_days) ** 2 / v_seed ** 2
+    h = scipy.stats.t.ppf(0.975, df) * math.sqrt(v_seed + v_days)
+    assert len(days) == 300 and ci.estimate == pytest.approx(X.mean(), rel=1e-12)
+    assert ci.high - ci.estimate == pytest.approx(h, rel=1e-9) and ci.estimate - ci.low == pytest.approx(h, rel=1e-9)
+
+
+# ---- the seed x market interval's coverage (findings v2, item 5) ---------------------------------------------------
+def test_t_interval_covers_where_the_seed_percentile_interval_falls_short():
+    "With seeds that differ (tau 0.0006: Sharpe ratios about 1.5 sd apart), resampling 5 seeds under-covers; 't' does not."
+    t = stats.interval_coverage("t", 5, 0.0006, reps=80, boot=200)
+    pct = stats.interval_coverage("percentile", 5, 0.0006, reps=80, boot=200)
+    assert t >= 0.9 and t > pct, (t, pct)
+
+
+def test_interval_method_is_checked():
+    R = np.random.default_rng(0).normal(0.0005, 0.01, size=(3, 300))
+    with pytest.raises(ValueError, match="method must be 't' or 'percentile'"):
+        stats.multi_seed_sharpe_ci(R, reps=50, method="bca")
+    with pytest.raises(ValueError, match="median agent has no t-interval"):
+        stats.paired_sharpe_difference_ci(R, R[::-1], reduce="median", method="t", reps=50)
+    iv = stats.paired_sharpe_difference_ci(R, R[::-1], reduce="median", reps=50)        # the median keeps the percentile method
+    assert iv.low <= iv.estimate <= iv.high
+
+
+def test_t_interval_is_the_estimate_plus_minus_a_t_quantile_of_both_variances():
+    "One seed: no seed variance, the day bootstrap alone (infinite degrees of freedom: the normal quantile)."
+    r = np.random.default_rng(1).normal(0.0005, 0.01, size=(1, 500))
+    iv = stats.multi_seed_sharpe_ci(r, reps=300, seed=3)
+    assert iv.estimate == pytest.approx(stats.sharpe_ratio(r[0], 252), rel=1e-12)
+    assert (iv.high - iv.estimate) == pytest.approx(iv.estimate - iv.low, rel=1e-9)      # symmetric by construction

@@ -7,6 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/stats.html.md"""
 
 # %% ../nbs/11_stats.ipynb #b14a40fa
 from __future__ import annotations
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from arch.bootstrap import StationaryBootstrap, optimal_block_length
 # %% auto #0
 __all__ = ['EULER_GAMMA', 'sharpe_ratio', 'sharpe_moments', 'psr_from_moments', 'probabilistic_sharpe_ratio',
            'expected_max_sharpe', 'deflated_sharpe_ratio', 'min_track_record_length', 'lo_sharpe_se', 'Interval',
-           'verdict', 'block_length', 'sharpe_ci', 'sharpe_difference_ci', 'multi_seed_sharpe_ci', 'mean_ci',
-           'ratio_ci', 'paired_sharpe_difference_ci', 'run_statistics']
+           'verdict', 'block_length', 'sharpe_ci', 'sharpe_difference_ci', 'multi_seed_sharpe_ci', 'interval_coverage',
+           'mean_ci', 'ratio_ci', 'paired_sharpe_difference_ci', 'run_statistics']
 
 # %% ../nbs/11_stats.ipynb #05d1cf8e
 EULER_GAMMA = 0.5772156649015329
@@ -143,10 +144,11 @@ def sharpe_difference_ci(a, b, confidence: float = 0.95, seed: int = 0, reps: in
     return Interval(sharpe_ratio(ra, periods) - sharpe_ratio(rb, periods), float(lo), float(hi), confidence, bl)
 
 def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.95, seed: int = 0, reps: int = 2000,
-                         block: float | None = None, periods: int = 252) -> Interval:
+                         block: float | None = None, periods: int = 252, method: str = "t") -> Interval:
     """Mean annualized Sharpe over training seeds (rows of `returns_by_seed`, `[n_seeds, n_days]`, the same days), or its
     excess over `benchmark`'s Sharpe, with an interval that resamples seeds (with replacement) and stationary-bootstrap
-    blocks of market days together: it holds both the luck of the seed and the luck of the market path."""
+    blocks of market days together: it holds both the luck of the seed and the luck of the market path (`method`: see
+    `_seeds_and_blocks`)."""
     R = np.asarray(returns_by_seed.to_numpy() if isinstance(returns_by_seed, pd.DataFrame) else returns_by_seed, dtype=np.float64)
     if R.ndim != 2 or R.shape[0] < 1: raise ValueError(f"returns_by_seed must be [n_seeds, n_days], got shape {R.shape}")
     for i, row in enumerate(R): _returns(row, f"returns of seed {i}")
@@ -159,19 +161,52 @@ def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.
         s = _sharpe_cols(x, periods)
         m = np.mean(s[:k][seeds])
         return m - s[k] if benchmark is not None else m
-    return _seeds_and_blocks(X, k, stat, confidence, seed, reps, block)
+    return _seeds_and_blocks(X, k, stat, confidence, seed, reps, block, method)
 
-def _seeds_and_blocks(X: np.ndarray, k: int, stat, confidence: float, seed: int, reps: int, block: float | None) -> Interval:
-    """Percentile interval of `stat(days, seed_index)` over `reps` draws that resample the `k` seeds with replacement and
-    the days `X` `[n_days, columns]` in stationary-bootstrap blocks together (expected block length by Politis-White on
-    the mean column unless `block` is given)."""
+def _seeds_and_blocks(X: np.ndarray, k: int, stat, confidence: float, seed: int, reps: int, block: float | None,
+                      method: str = "t") -> Interval:
+    """Interval of `stat(days, seed_index)` that holds the luck of the `k` seeds and of the market days `X`
+    `[n_days, columns]` (stationary-bootstrap blocks, expected length by Politis-White on the mean column unless `block`).
+    `method="t"` (default): the estimate +/- a Student-t quantile times the combined standard error
+    $\\sqrt{s^2_{seeds}/k + v_{days}}$, where $s^2_{seeds}$ is the variance of the per-seed values and $v_{days}$ the
+    bootstrap variance over resampled days with the seeds fixed; degrees of freedom by Welch-Satterthwaite (the seed
+    part has $k-1$, the day part many). `method="percentile"`: percentiles of draws that resample seeds with replacement
+    and days together (it under-covers with few seeds: see the coverage simulation)."""
+    if method not in ("t", "percentile"): raise ValueError(f"method must be 't' or 'percentile', got {method!r}")
     bl = block_length(X.mean(axis=1)) if block is None else float(block)
     rng = np.random.default_rng(seed)
     bs = StationaryBootstrap(bl, X, seed=rng)
-    draws = np.array([stat(data[0], rng.integers(0, k, size=k)) for data, _ in bs.bootstrap(reps)])
-    a = (1 - confidence) / 2
-    lo, hi = np.quantile(draws, [a, 1 - a])
-    return Interval(float(stat(X)), float(lo), float(hi), confidence, bl)
+    est = float(stat(X))
+    if method == "percentile":
+        draws = np.array([stat(data[0], rng.integers(0, k, size=k)) for data, _ in bs.bootstrap(reps)])
+        a = (1 - confidence) / 2
+        lo, hi = np.quantile(draws, [a, 1 - a])
+        return Interval(est, float(lo), float(hi), confidence, bl)
+    days = np.array([stat(data[0]) for data, _ in bs.bootstrap(reps)])
+    v_days = float(np.var(days, ddof=1))
+    v_seed = float(np.var([stat(X, [i]) for i in range(k)], ddof=1) / k) if k > 1 else 0.0
+    se = float(np.sqrt(v_seed + v_days))
+    df = (k - 1) * (v_seed + v_days) ** 2 / v_seed ** 2 if v_seed > 0 else np.inf
+    h = float(scipy.stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return Interval(est, est - h, est + h, confidence, bl)
+
+# %% ../nbs/11_stats.ipynb #df1450bf
+def interval_coverage(method: str, n_seeds: int, tau: float, reps: int = 400, days: int = 1000, boot: int = 300,
+                      mu: float = 0.0004, vol: float = 0.01, beta: float = 0.5, noise: float = 0.004) -> float:
+    """Share of `reps` simulated experiments whose `multi_seed_sharpe_ci(..., method=method)` interval (agent minus
+    buy-and-hold) holds the truth: `n_seeds` seeds, each `beta` times a shared i.i.d. normal market (`mu`, `vol`) plus
+    an alpha drawn from N(0, `tau`^2) plus N(0, `noise`^2) daily noise, over `days` days. Deterministic given its arguments."""
+    s = math.sqrt(beta ** 2 * vol ** 2 + noise ** 2)
+    a = np.random.default_rng(7).normal(0.0, tau, size=200_000)
+    truth = float(np.mean((beta * mu + a) / s) - mu / vol) * math.sqrt(252)
+    hits = 0
+    for r in range(reps):
+        rng = np.random.default_rng(100_000 * n_seeds + r)
+        alpha, m = rng.normal(0.0, tau, size=n_seeds), rng.normal(mu, vol, size=days)
+        R = beta * m[None, :] + alpha[:, None] + rng.normal(0.0, noise, size=(n_seeds, days))
+        iv = multi_seed_sharpe_ci(R, m, reps=boot, seed=r, method=method)
+        hits += iv.low <= truth <= iv.high
+    return hits / reps
 
 # %% ../nbs/11_stats.ipynb #436e6655
 def _finite_values(x, name: str) -> np.ndarray:
@@ -201,10 +236,11 @@ def ratio_ci(a, b, confidence: float = 0.95) -> Interval:
     return Interval(float(np.exp(r.estimate)), float(np.exp(r.low)), float(np.exp(r.high)), confidence)
 
 def paired_sharpe_difference_ci(returns_a, returns_b, reduce: str = "mean", confidence: float = 0.95, seed: int = 0,
-                                reps: int = 2000, block: float | None = None, periods: int = 252) -> Interval:
+                                reps: int = 2000, block: float | None = None, periods: int = 252, method: str | None = None) -> Interval:
     """`reduce` over seeds of arm a's annualized Sharpe minus the same of arm b's, for daily returns `[n_seeds, n_days]`
     paired by seed (row i of both: seed i) over the same days; the interval resamples seeds (pairs kept) and
-    stationary-bootstrap market blocks together. `reduce`: "mean" or "median" (the median agent)."""
+    stationary-bootstrap market blocks together. `reduce`: "mean" or "median" (the median agent). `method`: "t" or
+    "percentile" (see `_seeds_and_blocks`); default "t" for the mean, "percentile" for the median (no t-interval)."""
     f = {"mean": np.mean, "median": np.median}.get(reduce)
     if f is None: raise ValueError(f"reduce must be 'mean' or 'median', got {reduce!r}")
     A, B = (np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x, dtype=np.float64) for x in (returns_a, returns_b))
@@ -216,7 +252,9 @@ def paired_sharpe_difference_ci(returns_a, returns_b, reduce: str = "mean", conf
     def stat(x, seeds=slice(None)):
         s = _sharpe_cols(x, periods)
         return float(f(s[:k][seeds]) - f(s[k:][seeds]))
-    return _seeds_and_blocks(np.column_stack([A.T, B.T]), k, stat, confidence, seed, reps, block)
+    method = method or ("t" if reduce == "mean" else "percentile")
+    if method == "t" and reduce != "mean": raise ValueError("method='t' needs reduce='mean' (the median agent has no t-interval)")
+    return _seeds_and_blocks(np.column_stack([A.T, B.T]), k, stat, confidence, seed, reps, block, method)
 
 # %% ../nbs/11_stats.ipynb #0a1abd09
 def _read_run(d: Path, returns_file: str) -> dict:
