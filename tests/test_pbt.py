@@ -11,6 +11,7 @@ from tradingrl_nb import pbt
 from tradingrl_nb.pbt import Hyperparam, PBTScheduler, load_checkpoint, load_exploit, save_checkpoint
 from tradingrl_nb.testing import ToyMember
 from tradingrl_nb.pbt_runner import run_population
+from tradingrl_nb import fileio
 
 MUT = {"learning_rate": Hyperparam(1e-4, 5e-2, log=True), "vgs_alpha": Hyperparam(0.0, 1.0)}
 
@@ -51,7 +52,7 @@ def test_checkpoint_refuses_objects_and_writes_atomically(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="vgs/obj"):
         save_checkpoint(path, {"w": torch.zeros(3), "vgs": {"obj": object()}})
     def boom(*a, **k): raise OSError("disk full")
-    monkeypatch.setattr(pbt.os, "replace", boom)
+    monkeypatch.setattr(fileio.os, "replace", boom)
     with pytest.raises(OSError): save_checkpoint(path, {"w": torch.zeros(3)})
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)[0]["w"], torch.ones(3))                     # old file intact

@@ -15,6 +15,7 @@ import tradingrl_nb.checkpoint as ck
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
+from tradingrl_nb import fileio
 
 DF = tiny_market()
 
@@ -158,7 +159,7 @@ def test_write_is_atomic(saved, tmp_path, monkeypatch):
     m.save(target)
     good = target.read_bytes()
     def fail(*a, **k): raise OSError("disk full")
-    monkeypatch.setattr(ck.os, "replace", fail)
+    monkeypatch.setattr(fileio.os, "replace", fail)
     m.learn(32 * 4)
     with pytest.raises(OSError, match="disk full"):
         m.save(target)

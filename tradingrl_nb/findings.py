@@ -380,18 +380,20 @@ def findings_markdown(findings: list[dict], figure: str | None = "findings.png",
     missing = missing_findings(findings)
     if missing: lines += ["Not measured yet: " + ", ".join(f"`{m}`" for m in missing) + ".", ""]
     if figure: lines += [f"![Forest plot: each claim's per-seed values, estimate and 95% interval against no effect]({figure})", ""]
-    lines += ["| claim | the source says | claimed | ours: estimate [95% CI] | no effect | MDE | seeds x steps | verdict | Holm | stored run |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| claim | claimed | ours: estimate [95% CI] | MDE | seeds x steps | verdict (Holm) | stored run |",
+              "|---|---|---|---|---|---|---|"]
     for f in findings:
         lo, hi = f["ci95"]
+        holm = f.get("holm_verdict", "")
         lines.append("| " + " | ".join(_cell(x) for x in (
-            f"**{f['id']}**: {f['claim']}", f["seeds_say"], _claimed_text(f), f"{_fmt(f['estimate'])} [{_fmt(lo)}, {_fmt(hi)}]",
-            _fmt(f["null"]), _fmt(f["mde"]) if f.get("mde") is not None else "", f"{f['n_seeds']} x {f['steps_per_run']:,}",
-            f"**{f['verdict']}**", f.get("holm_verdict", ""), f"[{Path(where(f)).stem}]({link(f)})")) + " |")
+            f"**{f['id']}**: {f['claim']}", _claimed_text(f), f"{_fmt(f['estimate'])} [{_fmt(lo)}, {_fmt(hi)}] (no effect: {_fmt(f['null'])})",
+            _fmt(f["mde"]) if f.get("mde") is not None else "", f"{f['n_seeds']} x {f['steps_per_run']:,}",
+            f"**{f['verdict']}**" + (f" ({holm})" if holm else ""), f"[{Path(where(f)).stem}]({link(f)})")) + " |")
     lines += ["", "## What each number is", ""]
     for f in findings:
         src = f" Source: {f['source']}" + (f" (\"{f['quote']}\")" if f.get("quote") else "") + f"; {f['framing']}." if f.get("source") else ""
-        lines += [f"**{f['id']}** ({f['verdict']}): {f['metric']}; claimed {f['direction']} than {_fmt(f['null'])}.{src} "
+        lines += [f"**{f['id']}** ({f['verdict']}): {f['metric']}; claimed {f['direction']} than {_fmt(f['null'])}; the source "
+                  f"says: {f['seeds_say']}.{src} "
                   f"Per seed: {', '.join(_fmt(v) for v in f['per_seed'])}." + (f" {f['detail']}" if f.get("detail") else "")
                   + (f" Commit `{f['commit'][:10]}`." if f.get("commit") else ""), ""]
     return "\n".join(lines)
