@@ -200,7 +200,7 @@ def test_gradient_order(monkeypatch):
     monkeypatch.setattr(th.autograd, "backward", lambda *a, **k: (calls.append("backward"), real_backward(*a, **k))[1])
     m.train()
     n_mb = len(m.rollout_buffer.minibatches(m.batch_size, np.random.default_rng(0)))
-    # the default vgs_mode="step" scales the step, not the gradient (the other order: test_ppo_regressions.py)
+    # the default vgs_mode="step" scales the step, not the gradient (the other order: test_ppo_training_details.py)
     one = ["zero_grad", "backward", "backward", "backward", "clip", "step", "vgs_step"]
     assert calls == one * n_mb
 

@@ -1,4 +1,5 @@
-"""Regressions of issue 12 in the policy: stale rollout caches (item 1), pickle-based `load` (item 8)."""
+"""The policy's rollout caches after its parameters change (fused Adam, data assignment, vector_to_parameters, in-place edits) and its pickle-free save and load."""
+
 import pickle
 
 import numpy as np

@@ -1,5 +1,4 @@
-"""UPGD / AdaptiveUPGD v2 (issue 14): non-finite gradients skip the step, float32 state for low-precision parameters,
-per-parameter step counts, flat buffers that survive a changing set of gradients."""
+"""UPGD / AdaptiveUPGD robustness: non-finite gradients skip the step, float32 state for low-precision parameters, per-parameter step counts, flat buffers that survive a changing set of gradients."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Regressions of issue 12 (items 2, 3, 7, 11) and issue 14 (VGS placement) in DistributionalPPO."""
+"""DistributionalPPO's training details: GAE over truncations, the reward statistics, target_kl before the optimizer step, RNG states in checkpoints, where the VGS factor acts."""
+
 import numpy as np
 import pytest
 import torch as th

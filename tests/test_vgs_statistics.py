@@ -1,5 +1,4 @@
-"""VarianceGradientScaler v2 (issue 14): scale-invariant noise measure, frozen statistics for tensors without
-gradients, overflow-proof statistics, the step-mode contract with DistributionalPPO, low-precision parameters."""
+"""VarianceGradientScaler statistics: scale-invariant noise measure, frozen statistics for tensors without gradients, overflow-proof statistics, the step-mode contract with DistributionalPPO, low-precision parameters."""
 
 import pytest
 import torch
