@@ -42,6 +42,8 @@ class Claim:
     claimed: tuple[float, float] | None = None
     sesoi: float = 0.0
     framing: str = "as written"
+    primary: str = ""    # the one measurement the verdict reads, named before the run (where an experiment measures several)
+    forks: str = ""      # the other measurements the experiment makes of the same claim (shown, not tested)
 
     @property
     def ratio(self) -> bool: return self.null == 1.0
@@ -53,14 +55,16 @@ SAPPO_PAPER = "Zhang et al., Robust Deep RL against Adversarial Perturbations on
 CLAIMS: dict[str, Claim] = {c.id: c for c in [
     Claim("agent_vs_buy_and_hold", "The agent's walk-forward test Sharpe ratio beats buy-and-hold's (the main job, pooled over test years).",
           "the premise of the workbench (no number given)", "higher", 0.0, "walk_forward", "the workbench's premise", "",
-          None, 0.1, "reframed: no source states a size; 0.1 Sharpe is the smallest difference a researcher would act on"),
+          None, 0.1, "reframed: no source states a size; 0.1 Sharpe is the smallest difference a researcher would act on",
+          "the test years pooled", "each test year alone"),
     Claim("fixed_noise_nsr_under_vgs", "With fixed UPGD noise, VGS raises the update's noise-to-signal ratio (it shrinks the gradient, not the noise).",
           "noise-to-signal 100x larger (seed 000)", "higher", 1.0, "ablation_vgs_upgd", S000,
           "Noise-to-signal ratio becomes **100x larger** than intended", (100.0, 100.0), math.log(1.1),
           "reframed: the seeds' 100x is for k = 0.01; we measure the ratio at the k the run reaches"),
     Claim("adaptive_noise_value_loss_variance", "Under VGS, adaptive UPGD noise lowers the value-loss variance relative to fixed noise of matched noise-to-signal.",
           "30-50% lower value-loss variance (seed 001)", "lower", 1.0, "ablation_vgs_upgd", S001,
-          "Training variance reduced by 30-50% when VGS scales aggressively", (0.7, 0.5), math.log(1.05)),
+          "Training variance reduced by 30-50% when VGS scales aggressively", (0.7, 0.5), math.log(1.05), "as written",
+          "value-loss variance over the second half of training, as an interaction with VGS on / off", "the ratio with VGS on alone"),
     Claim("adaptive_noise_sample_efficiency", "Under VGS, adaptive UPGD noise reaches the reward target in fewer steps than fixed noise of matched noise-to-signal.",
           "5-10% better sample efficiency (seeds 000, 001)", "lower", 1.0, "ablation_vgs_upgd", S000 + "; " + S001,
           "**5-10% improvement** in sample efficiency (fewer timesteps to convergence)", (0.95, 0.9), math.log(1.02)),
@@ -81,7 +85,8 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "reframed: the bias is measured in standard deviations of the lambda-return targets"),
     Claim("variance_scaling_value_loss_std", "The DSAC-T variance adjustment of the critic loss lowers the value-loss standard deviation.",
           "-31% value-loss std (seed 004)", "lower", 1.0, "critic_variance_scaling", S004,
-          "| Variance Scaling | 0.24 | **-31%** |", (0.69, 0.69), math.log(1.05)),
+          "| Variance Scaling | 0.24 | **-31%** |", (0.69, 0.69), math.log(1.05), "as written",
+          "the plain quantile Huber loss's std over the second half of training", "the adjusted loss's own std"),
     Claim("variance_scaling_sharpe", "The DSAC-T variance adjustment of the critic loss raises the test Sharpe ratio.",
           "+6.3% Sharpe, 1.42 to 1.51 (seed 004)", "higher", 0.0, "critic_variance_scaling", S004,
           "| Variance Scaling | 1.51 | **+6.3%** |", (0.09, 0.09), 0.05,
@@ -89,7 +94,9 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
     Claim("sappo_attacked_sharpe", "Under the strongest observation attack at the chosen radius, SA-PPO keeps a higher test Sharpe than PPO (median agent).",
           "SA-PPO is more robust than PPO under attack (the SA-PPO paper; seed 003 only checks the code)", "higher", 0.0,
           "robustness_sappo", SAPPO_PAPER, "", None, 0.1,
-          "reframed: the paper's claim on control tasks, as a test Sharpe difference under attack; no size transfers"),
+          "reframed: the paper's claim on control tasks, as a test Sharpe difference under attack; no size transfers",
+          "each agent under its worst attack at the training radius (eps 0.1), median agent over seeds",
+          "every attack and radius apart; the clean (unattacked) difference"),
     Claim("pbt_vs_random_search", "PBT's best member beats random search's best member on test Sharpe at equal compute.",
           "no number of its own (seed 001's 5-10% is the LSTM reset's)", "higher", 0.0, "pbt_population", "our question", "",
           None, 0.1, "reframed: seed 001's 5-10% faster convergence belongs to the LSTM reset (lstm_reset_convergence)"),
@@ -240,7 +247,7 @@ FIELDS = ("id", "claim", "seeds_say", "experiment", "metric", "n_seeds", "steps_
           "null", "direction", "verdict", "detail", "commit", "untrained_runs")
 #: What `collect_findings` adds from the registry and the family: the source and its sentence, the claimed size, our
 #: smallest effect of interest, the framing, the t-test's p-value over seeds, the MDE, and the Holm-adjusted verdict.
-REGISTRY_FIELDS = ("source", "quote", "claimed", "sesoi", "framing", "p_value", "mde", "holm_verdict")
+REGISTRY_FIELDS = ("source", "quote", "claimed", "sesoi", "framing", "primary", "forks", "p_value", "mde", "holm_verdict")
 
 def check_results(results: str | Path = "results") -> int:
     "The stored runs' total size in bytes; ValueError naming the file if one holds model weights or the total is over 20 MB."
@@ -281,7 +288,7 @@ def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
     rec = {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
     rec["verdict"] = v
     return {**rec, "source": c.source, "quote": c.quote, "claimed": None if c.claimed is None else list(c.claimed),
-            "sesoi": c.sesoi, "framing": c.framing}
+            "sesoi": c.sesoi, "framing": c.framing, "primary": c.primary, "forks": c.forks}
 
 def with_family(findings: list[dict]) -> list[dict]:
     "Each finding with its p-value over seeds, its MDE and its verdict after Holm's correction over all of them."
@@ -392,6 +399,7 @@ def findings_markdown(findings: list[dict], figure: str | None = "findings.png",
     lines += ["", "## What each number is", ""]
     for f in findings:
         src = f" Source: {f['source']}" + (f" (\"{f['quote']}\")" if f.get("quote") else "") + f"; {f['framing']}." if f.get("source") else ""
+        if f.get("primary"): src += f" The verdict reads {f['primary']}" + (f"; also measured: {f['forks']}." if f.get("forks") else ".")
         lines += [f"**{f['id']}** ({f['verdict']}): {f['metric']}; claimed {f['direction']} than {_fmt(f['null'])}; the source "
                   f"says: {f['seeds_say']}.{src} "
                   f"Per seed: {', '.join(_fmt(v) for v in f['per_seed'])}." + (f" {f['detail']}" if f.get("detail") else "")
