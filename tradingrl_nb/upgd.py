@@ -122,6 +122,22 @@ class _FlatOptimizer(torch.optim.Optimizer):
         "float32 state for bfloat16/float16 parameters (bf16(0.999) == 1.0: their EMAs would barely move)."
         return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
 
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """One update of every group: the closure (if any), the gradients checked (a NaN or inf skips the whole step),
+        then the subclass's rule (`_update`)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        plans = self._prepare()
+        if not plans: return loss
+        checked = self._gradients(plans)                # None: a NaN/inf gradient, the step is skipped
+        if checked is None: return loss
+        self._update(plans, *checked)
+        return loss
+
+    def _update(self, plans, work, ok) -> None: raise NotImplementedError
+
     def _prepare(self) -> list[tuple[dict, _Bucket, list[int]]]:
         """(group, bucket, indices of the bucket's tensors that have a gradient now) for every bucket with one. The
         buckets hold all of a group's parameters and are built once (again only after `load_state_dict` or when the
@@ -316,16 +332,8 @@ class UPGD(_FlatOptimizer):
         _check_hparams(lr, weight_decay, beta_utility, sigma)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma), seed)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad(): loss = closure()
-        plans = self._prepare()
-        if not plans: return loss
-        checked = self._gradients(plans)                # None: a NaN/inf gradient, the step is skipped
-        if checked is None: return loss
-        work, ok = checked
+    def _update(self, plans, work, ok) -> None:
+        "The rule, on the gradients `_FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
         # pass 1: utility EMA, global max of the bias-corrected utility (on device), gradient norms for metrics
         hi, grad_sq, noise_sq, numel, steps = None, None, 0.0, 0, []
         for group, b, A, grads, params, norms in work:
@@ -367,7 +375,7 @@ class UPGD(_FlatOptimizer):
         self._finish(plans)
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
                        "step": max(b.steps[j] for _, b, A in plans for j in A)}
-        return loss
+
 
 # %% ../nbs/03_upgd.ipynb #7b5ad27b
 class AdaptiveUPGD(_FlatOptimizer):
@@ -434,16 +442,8 @@ class AdaptiveUPGD(_FlatOptimizer):
             st["exp_avg_sq"] = (st.pop("rms").to(b.dtype).square() - group["eps"] ** 2 * (1 - group["beta2"] ** t)).clamp_min(0)
         super()._link(b, j, group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad(): loss = closure()
-        plans = self._prepare()
-        if not plans: return loss
-        checked = self._gradients(plans)                # None: a NaN/inf gradient, the step is skipped
-        if checked is None: return loss
-        work, ok = checked
+    def _update(self, plans, work, ok) -> None:
+        "The rule, on the gradients `_FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
         lo = hi = grad_sq = noise_sq = None
         numel, steps = 0, []
         kern = self._cpu_kernel() if ok is None else None
@@ -560,7 +560,7 @@ class AdaptiveUPGD(_FlatOptimizer):
         self._finish(plans)
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
                        "step": max(b.steps[j] for _, b, A in plans for j in A)}
-        return loss
+
 
 # %% ../nbs/03_upgd.ipynb #95919d1d
 class VGSNoiseWarning(UserWarning):
