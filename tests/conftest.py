@@ -1,12 +1,20 @@
 """Shared pytest set-up and fixtures (the builders they use live in `tradingrl_nb.testing`)."""
+import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from tradingrl_nb.testing import TINY_CELLS, TINY_PARAMS, make_notebook
+
+# Property tests draw the same examples on every run and machine (derandomize): the suite's verdict must not depend on
+# the day's random seed. `HYPOTHESIS_PROFILE=explore pytest ...` draws fresh examples when hunting for new failures.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
