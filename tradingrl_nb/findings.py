@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .stats import Interval
+from .fileio import read_json_object
+from .stats import Interval, mean_ci
 
 # %% auto #0
 __all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'WEIGHT_SUFFIXES',
@@ -207,11 +208,8 @@ def seed_p_value(per_seed, c: Claim) -> float:
 
 def seed_t_interval(per_seed, c: Claim, level: float = 0.95) -> tuple[float, float]:
     "The t-interval of the mean per-seed effect at `level`, on the metric's own scale (a ratio: exp of the log-scale interval)."
-    from scipy import stats as st
-    x = _seed_scale(per_seed, c); n = len(x)
-    h = st.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    lo, hi = x.mean() - h, x.mean() + h
-    return (c.null * math.exp(lo), c.null * math.exp(hi)) if c.ratio else (c.null + lo, c.null + hi)
+    iv = mean_ci(_seed_scale(per_seed, c), level)
+    return (c.null * math.exp(iv.low), c.null * math.exp(iv.high)) if c.ratio else (c.null + iv.low, c.null + iv.high)
 
 def minimum_detectable_effect(per_seed, c: Claim, alpha: float = 0.05, power: float = 0.8) -> float:
     "The smallest true effect a two-sided t-test over these seeds finds with `power`: a difference, or a ratio's factor (>= 1)."
@@ -262,12 +260,6 @@ def check_results(results: str | Path = "results") -> int:
                          f"{big.stat().st_size / 2**20:.1f} MB)")
     return total
 
-def _read_json(path: Path) -> dict:
-    try: data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable ({e})") from None
-    if not isinstance(data, dict): raise ValueError(f"{path}: holds a {type(data).__name__}, not a JSON object")
-    return data
-
 def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
     "One stored finding, checked against its claim's definition, with its provenance; ValueError naming `where`."
     if not isinstance(f, dict) or f.get("id") not in CLAIMS:
@@ -308,7 +300,7 @@ def collect_findings(results: str | Path = "results") -> list[dict]:
     check_results(root)
     found: dict[str, dict] = {}
     for d in sorted(p for p in root.iterdir() if (p / "metrics.json").is_file()):
-        metrics, info = _read_json(d / "metrics.json"), _read_json(d / "run.json")
+        metrics, info = read_json_object(d / "metrics.json"), read_json_object(d / "run.json")
         if info.get("status") != "ok": raise ValueError(f"{d / 'run.json'}: the stored run's status is {info.get('status')!r}, not 'ok'")
         if not info.get("commit"): raise ValueError(f"{d / 'run.json'}: no commit recorded; re-run with `tradingrl run --preset`")
         if info.get("dirty"): raise ValueError(f"{d / 'run.json'}: the run's code differed from commit {info['commit'][:10]}; re-run it from a clean checkout")
