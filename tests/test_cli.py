@@ -600,10 +600,13 @@ def test_interrupted_process_sweep_says_one_line_and_keeps_kernel_noise_in_kerne
 def test_every_kind_of_run_shows_its_verdict_in_the_results_view():
     "A single run's stats.verdict, an experiment's own verdict (walk_forward), a findings experiment's verdict counts."
     import pandas as pd
-    from tradingrl_nb.cli import results_view
+    from tradingrl_nb.cli import results_view, row_verdicts
     findings = json.dumps([{"id": "a", "verdict": "holds"}, {"id": "b", "verdict": "inconclusive"}, {"id": "c", "verdict": "holds"}])
     t = pd.DataFrame({"run": ["one", "wf", "claims", "plain"], "experiment": ["train_agent", "walk_forward", "ablation", "x"],
                       "status": ["ok"] * 4, "stats.verdict": ["skill", None, None, None],
                       "verdict": [None, "inconclusive", None, None], "windows.pooled.verdict": [None, "inconclusive", None, None],
                       "findings": [None, None, findings, None]})
     assert results_view(t)["verdict"].tolist() == ["skill", "inconclusive", "2 holds, 1 inconclusive", ""]
+    # without a stats.verdict column, another *verdict column (a window's) still comes after the findings' counts
+    u = t.drop(columns="stats.verdict").assign(**{"windows.pooled.verdict": [None, "inconclusive", "no skill", None]})
+    assert row_verdicts(u).tolist() == ["", "inconclusive", "2 holds, 1 inconclusive", ""]

@@ -163,10 +163,10 @@ _KEY_METRICS = ("sharpe", "total_return", "max_drawdown", "cagr", "sortino")
 def row_verdicts(table: pd.DataFrame) -> pd.Series:
     """Each run's verdict in one cell: a single run's (`stats.verdict`), else the experiment's own (`verdict`), else a
     count of its findings' verdicts ("2 holds, 1 inconclusive"), else the first other `*verdict` column it fills."""
-    cols = [c for c in ("stats.verdict", "verdict") if c in table]
-    cols += [c for c in table.columns if "verdict" in str(c).split(".")[-1].lower() and c not in cols]
+    own = [c for c in ("stats.verdict", "verdict") if c in table]
+    others = [c for c in table.columns if "verdict" in str(c).split(".")[-1].lower() and c not in own]
     def one(row) -> str:
-        for c in cols[:2]:
+        for c in own:
             if isinstance(row[c], str) and row[c]: return row[c]
         f = row["findings"] if "findings" in row.index else None
         if isinstance(f, str) and f.startswith("[{"):        # the results table keeps a list of findings as JSON text
@@ -175,7 +175,7 @@ def row_verdicts(table: pd.DataFrame) -> pd.Series:
         if isinstance(f, list) and f and all(isinstance(x, dict) and "verdict" in x for x in f):
             n = pd.Series([x["verdict"] for x in f]).value_counts()
             return ", ".join(f"{k} {v}" if k.endswith("testable") else f"{v} {k}" for v, k in zip(n.values, n.index))
-        return next((row[c] for c in cols[2:] if isinstance(row[c], str) and row[c]), "")
+        return next((row[c] for c in others if isinstance(row[c], str) and row[c]), "")
     return table.apply(one, axis=1).astype(str)
 
 def results_view(table: pd.DataFrame, width: int = 120) -> pd.DataFrame:
