@@ -20,9 +20,8 @@ def _config():
     from tradingrl_nb import config
     return config
 
-from tradingrl_nb.rundir import (RUN_MARKER, RunInterrupted, StopSignals, claim_run_dir, folder_files,
-                                 reuse_problem, signal_name, write_report,
-)
+from .rundir import (RUN_MARKER, RunInterrupted, StopSignals, claim_run_dir, folder_files,
+                                 reuse_problem, signal_name, write_report)
 from .params import (RESERVED, experiment_parameters, find_experiment, git_commit, preset_parameters,
                                  resolve_parameters, results_dir)
 from .resume import latest_checkpoint
