@@ -22,6 +22,7 @@ Modules:
 - `tradingrl_nb.pbt_ray`: `run_ray_tune`: the same population members as Ray Tune trainables under Tune's population-based training, on one machine or a cluster.
 - `tradingrl_nb.pbt_runner`: `run_population`: a PBT population on one machine, its members in turn or in worker processes (with a per-interval timeout), resume after a crash, failure handling, and the population plots.
 - `tradingrl_nb.policy`: An LSTM actor-critic for `DistributionalPPO`: a Gaussian actor for the target position and two quantile critics, built to be run on whole padded sequences (one LSTM call per minibatch).
+- `tradingrl_nb.population`: K seeds, arms or PBT members of `DistributionalPPO` trained as one population in one process: one batched policy step for all members in each rollout step, each member's own update, its own random streams, freezing and exploit.
 - `tradingrl_nb.ppo`: PPO on stable-baselines3 with an LSTM actor, twin quantile critics, CVaR-aware advantages, return normalization, VGS and AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 - `tradingrl_nb.progress`: What a long run is doing, while it runs: steps done of the total, steps per second, time left, and the last validation metrics.
 - `tradingrl_nb.record`: `save_metrics`, `save_figure` and `TrainingLog`: the three calls an experiment notebook makes to leave its numbers, figures and learning curves in its run folder. Light: no torch until a model is trained.

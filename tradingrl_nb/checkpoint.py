@@ -378,6 +378,14 @@ class Checkpointing:
                 h[k] = float(h[k](self._current_progress_remaining))
         return h
 
+    def live_hparams(self) -> dict[str, Any]:
+        """The `LIVE_HPARAMS` as they stand (schedules as themselves): what `set_hparams` of another model takes to
+        train with these values (a population's exploit). `vgs_alpha` only with VGS, `upgd_sigma` only with a noisy optimizer."""
+        h = {k: getattr(self, k) for k in LIVE_HPARAMS if k not in ("vgs_alpha", "upgd_sigma")}
+        if self.vgs is not None: h["vgs_alpha"] = float(self.vgs.alpha)
+        if "sigma" in self.policy.optimizer.param_groups[0]: h["upgd_sigma"] = float(self.policy.optimizer.param_groups[0]["sigma"])
+        return h
+
     def set_hparams(self, **hparams) -> None:
         """Change hyperparameters between updates (`LIVE_HPARAMS`), in every place each one lives: the argument `save`
         stores, the schedule `train()` reads, the optimizer's param groups, the VGS. `learning_rate` and `clip_range` may

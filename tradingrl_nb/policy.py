@@ -8,6 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/policy.html.md"""
 # %% ../nbs/05_policy.ipynb #58d22e2b
 from __future__ import annotations
 import math, pathlib
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from gymnasium import spaces
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 import torch.nn.functional as F
+from fastcore.basics import patch
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor, BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import Schedule
@@ -207,9 +209,9 @@ class RecurrentQuantilePolicy(BasePolicy):
         "Twin quantiles `[..., 2, N]`."
         return self.q_net(latent_vf)
 
-    def _fused_cells(self, f: th.Tensor, states: RNNStates):
-        """One step of the actor and critic LSTMs together (rollout, no grad): per layer two batched matmuls
-        over the stacked weights instead of two `nn.LSTM` calls. Same maths as `nn.LSTM` (gates i, f, g, o)."""
+    def _cells(self) -> list[tuple[th.Tensor, th.Tensor, th.Tensor]]:
+        """The actor's and the critic's LSTM weights stacked per layer, `(w_ih^T [2, in, 4H], w_hh^T [2, H, 4H],
+        b [2, 1, 4H])` (actor first), rebuilt only when a weight changed (`_cache_key`)."""
         src = self._cell_src
         if src is None or src[0] is not self.lstm_actor.weight_ih_l0 or src[-1] is not self.lstm_critic.weight_hh_l0:
             src = self._cell_src = [*self.lstm_actor.parameters(), *self.lstm_critic.parameters()]
@@ -222,12 +224,26 @@ class RecurrentQuantilePolicy(BasePolicy):
                 w.append((g("weight_ih").transpose(1, 2).contiguous(), g("weight_hh").transpose(1, 2).contiguous(),
                           (g("bias_ih") + g("bias_hh")).unsqueeze(1)))
             self._cell_cache = (key, w, [p.data for p in src])     # the sources' storage stays alive: no address reuse
+        return self._cell_cache[1]
+
+    def _std_terms(self) -> tuple[th.Tensor, th.Tensor]:
+        "The actor's std and the log-density's constant `sum(log_std) + A/2 log(2 pi)`, rebuilt when `log_std` changed."
+        key = self._cache_key([self.log_std])
+        if self._std_cache is None or self._std_cache[0] != key:
+            ls = self.log_std.detach()                             # std and the log-density's constant, per update
+            self._std_cache = (key, ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel(), self.log_std.data)
+        return self._std_cache[1], self._std_cache[2]
+
+    def _fused_cells(self, f: th.Tensor, states: RNNStates):
+        """One step of the actor and critic LSTMs together (rollout, no grad): per layer two batched matmuls
+        over the stacked weights instead of two `nn.LSTM` calls. Same maths as `nn.LSTM` (gates i, f, g, o)."""
+        cells = self._cells()
         H = self.lstm_hidden_size
         x = f.unsqueeze(0).expand(2, -1, -1)
         base = states.pi[0]._base                                  # states from the previous fused step are views
         stacked = base is not None and base.dim() == 5 and states.vf[1]._base is base   # of one [2, 2, layers, B, H]
         hs, cs = [], []
-        for l, (w_ih, w_hh, b) in enumerate(self._cell_cache[1]):
+        for l, (w_ih, w_hh, b) in enumerate(cells):
             if stacked: h, c = base[:, 0, l], base[:, 1, l]
             else: h, c = th.stack([states.pi[0][l], states.vf[0][l]]), th.stack([states.pi[1][l], states.vf[1][l]])
             gates = th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh)
@@ -255,11 +271,7 @@ class RecurrentQuantilePolicy(BasePolicy):
         for m in self.pi_net:
             if isinstance(m, nn.Linear): x = act(F.linear(x, m.weight, m.bias))
         mean = F.linear(x, self.action_net.weight, self.action_net.bias)
-        key = self._cache_key([self.log_std])
-        if self._std_cache is None or self._std_cache[0] != key:
-            ls = self.log_std.detach()                             # std and the log-density's constant, per update
-            self._std_cache = (key, ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel(), self.log_std.data)
-        _, std, const, _ = self._std_cache
+        std, const = self._std_terms()
         if deterministic: return mean, (-const).expand(mean.shape[0]), self.q_net(lat_vf), states
         eps = th.randn_like(mean)
         return th.addcmul(mean, eps, std), eps.pow(2).sum(-1).mul_(-0.5).sub_(const), self.q_net(lat_vf), states
@@ -347,6 +359,22 @@ class RecurrentQuantilePolicy(BasePolicy):
         policy = klass(lr_schedule=lambda _: 0.0, **data)
         policy.load_state_dict(ck["state_dict"])
         return policy.to(get_device(device))
+
+# %% ../nbs/05_policy.ipynb #c11835ae
+@patch
+def step_weights(self: RecurrentQuantilePolicy) -> SimpleNamespace:
+    """The tensors of the rollout step (`_rollout_step`), detached: `cells` (per layer `(w_ih^T [2, in, 4H],
+    w_hh^T [2, H, 4H], b [2, 1, 4H])`, actor then critic), `pi` (the actor MLP's `(W^T, b)` per layer), `action`
+    (`(W^T, b)`), `std` and `const` (the log-density's constant), `q` (the twin heads' `(w [2, in, out], b [2, 1, out])`
+    per layer). None when the step cannot be batched: a features extractor other than flatten, no critic LSTM,
+    `lstm_kwargs`, or an activation other than tanh."""
+    if (self.lstm_critic is None or self.lstm_kwargs or type(self.features_extractor) is not FlattenExtractor
+            or self.activation_fn is not nn.Tanh): return None
+    lin = lambda m: (m.weight.detach().T, m.bias.detach())
+    std, const = self._std_terms()
+    return SimpleNamespace(cells=self._cells(), pi=[lin(m) for m in self.pi_net if isinstance(m, nn.Linear)],
+                           action=lin(self.action_net), std=std, const=const,
+                           q=[(w.detach(), b.detach()) for w, b in zip(self.q_net.weights, self.q_net.biases)])
 
 # %% ../nbs/05_policy.ipynb #6dea5946
 MlpLstmPolicy = RecurrentQuantilePolicy

@@ -8,29 +8,28 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/ppo.html.md"""
 # %% ../nbs/06_ppo.ipynb #f5776434
 from __future__ import annotations
 import math, warnings
+from types import SimpleNamespace
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
-from stable_baselines3.common.vec_env import VecEnv
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from .config import resolve_device
-from .policy import RecurrentQuantilePolicy, mask_states
+from .policy import RecurrentQuantilePolicy
 from .vgs import VarianceGradientScaler
 from .upgd import AdaptiveUPGD, check_vgs_noise_compat
 from .sappo import SAPPOConfig, RobustKLRegularizer
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
 from .checkpoint import Checkpointing
-from .rollout import SequenceRolloutBuffer, gae
+from .rollout import SequenceRolloutBuffer, RolloutCollector
 
 # %% auto #0
-__all__ = ['CRITIC_PREFIXES', 'DistributionalPPO']
+__all__ = ['CRITIC_PREFIXES', 'ppo_terms', 'DistributionalPPO']
 
 # %% ../nbs/06_ppo.ipynb #28be863a
 class _ReturnScale:
@@ -100,121 +99,33 @@ class _EntropySchedule:
             if self._ent_base() * self._ent_scale > self.ent_coef_min:
                 self._ent_scale *= self.ent_plateau_factor
 
-# %% ../nbs/06_ppo.ipynb #cb0646e0
-class _Rollout:
-    "Rollout collection: per-env LSTM resets, dones validation, VecNormalize freezing, snapshot refresh, GAE."
-
-    def _check_dones(self, dones) -> np.ndarray:
-        d = np.asarray(dones)
-        if d.shape != (self.n_envs,):
-            raise ValueError(f"env.step returned dones of shape {d.shape}, expected ({self.n_envs},): one flag per env. "
-                             "LSTM states are reset per env at episode boundaries, and a misshaped array would reset the wrong envs")
-        return d.astype(bool)
-
-    def _terminal_values(self, infos: list[dict], idx: list[int], states: RNNStates) -> tuple[np.ndarray, np.ndarray]:
-        """Raw mean and risk (CVaR at `cvar_alpha`) values of the terminal observations of truncated episodes,
-        continuing each env's LSTM state."""
-        obs = th.as_tensor(np.stack([infos[i]["terminal_observation"] for i in idx]), dtype=th.float32, device=self.device)
-        j = th.as_tensor(idx, device=self.device)
-        sub = RNNStates(tuple(s[:, j] for s in states.pi), tuple(s[:, j] for s in states.vf))
-        with th.no_grad():
-            q = self.policy.predict_quantiles(obs, sub)
-            return self._values(q).cpu().numpy(), self._values(q, risk=self.cvar_alpha < 1.0).cpu().numpy()
-
-    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
-                         n_rollout_steps: int) -> bool:
-        assert self._last_obs is not None, "No previous observation was provided"
-        self.policy.set_training_mode(False)
-        buf, dev, L = rollout_buffer, self.device, rollout_buffer.L
-        low, high = (th.as_tensor(b, dtype=th.float32, device=self.device) for b in (self.action_space.low, self.action_space.high))
-        buf.bootstrap[:] = 0.0
-        vn = self._vec_normalize_env if self.freeze_vecnormalize_obs else None
-        frozen = vn is not None and vn.training
-        if frozen: vn.training, raw_obs, raw_rew, raw_dones = False, [], [], []
-        acc_hist = np.zeros((n_rollout_steps, self.n_envs))
-        states = self._last_lstm_states
-        before = self.return_snapshot == "before"         # the seeds' timing: from the earlier rollouts' statistics
-        if before: self._refresh_return_snapshot()
-        callback.on_rollout_start()
-        for t in range(n_rollout_steps):
-            starts = self._last_episode_starts
-            if starts.any(): states = mask_states(states, th.as_tensor(starts, device=dev))   # per-env reset
-            if t % L == 0: buf.record_states(t, states)
-            obs_t = th.as_tensor(self._last_obs, dtype=th.float32, device=dev)
-            with th.no_grad(): actions_t, log_prob_t, q_t, states = self.policy.forward(obs_t, states)
-            actions = actions_t.cpu().numpy()
-            new_obs, rewards, dones, infos = env.step(th.clamp(actions_t, low, high).cpu().numpy())
-            dones = self._check_dones(dones)
-            self.num_timesteps += env.num_envs
-            callback.update_locals(locals())
-            if not callback.on_step():
-                if frozen: vn.training = True
-                return False
-            self._update_info_buffer(infos, dones)
-            if frozen: raw_obs.append(vn.get_original_obs()); raw_rew.append(vn.get_original_reward()); raw_dones.append(dones)
-            self._ret_acc = self._ret_acc * self.gamma + np.asarray(rewards, dtype=np.float64)
-            acc_hist[t] = self._ret_acc
-            self._ret_acc[dones] = 0.0
-            buf.add(t, obs_t, actions_t, log_prob_t, q_t, rewards, starts)   # the env's rewards, nothing added
-            trunc = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None
-                     and infos[i].get("TimeLimit.truncated", False)]
-            if trunc: buf.bootstrap[:, t, trunc] = self.gamma * np.stack(self._terminal_values(infos, trunc, states))
-            self._last_obs, self._last_episode_starts = new_obs, dones
-        self._last_lstm_states = states
-        with th.no_grad():
-            last_q = self.policy.predict_quantiles(th.as_tensor(new_obs, dtype=th.float32, device=dev),
-                                                   mask_states(states, th.as_tensor(dones, device=dev)))
-        if frozen: self._unfreeze_vecnormalize(vn, raw_obs, raw_rew, raw_dones)
-        # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seed 002 #3)
-        first = self._ret_rms.count <= 1                           # no statistics yet: the snapshot is still the prior
-        if self.normalize_returns: self._ret_rms.update(acc_hist.reshape(-1))
-        if not before: self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
-        self._compute_advantages(buf, last_q, dones)
-        self._update_ent_plateau(float(buf.rewards.mean()))
-        self._log_rollout(states)
-        callback.update_locals(locals())
-        callback.on_rollout_end()
-        return True
-
-    def _unfreeze_vecnormalize(self, vn, raw_obs, raw_rew, raw_dones) -> None:
-        "Statistics frozen during the rollout catch up on the rollout's raw data in one batch."
-        vn.training = True
-        if vn.norm_obs and raw_obs:
-            if isinstance(raw_obs[0], dict):
-                for k in vn.obs_rms: vn.obs_rms[k].update(np.concatenate([o[k] for o in raw_obs]))
-            else: vn.obs_rms.update(np.concatenate(raw_obs))
-        if vn.norm_reward:
-            for r, d in zip(raw_rew, raw_dones):
-                vn._update_reward(r); vn.returns[d] = 0
-
-    def _compute_advantages(self, buf: SequenceRolloutBuffer, last_q: th.Tensor, dones: np.ndarray) -> None:
-        """GAE on raw values; with `cvar_alpha < 1` the policy's advantages use CVaR values (critic targets stay
-        mean-based). Each pass bootstraps time-limit truncations with its own value: mean, or CVaR."""
-        with th.no_grad():
-            v = self._values(buf.quantiles).cpu().numpy().astype(np.float64)
-            v_last = self._values(last_q).cpu().numpy().astype(np.float64)
-            adv, ret = gae(buf.rewards + buf.bootstrap[0], v, buf.episode_starts, v_last, dones, self.gamma, self.gae_lambda)
-            if self.cvar_alpha < 1.0:
-                rv = self._values(buf.quantiles, risk=True).cpu().numpy().astype(np.float64)
-                rv_last = self._values(last_q, risk=True).cpu().numpy().astype(np.float64)
-                adv, _ = gae(buf.rewards + buf.bootstrap[1], rv, buf.episode_starts, rv_last, dones, self.gamma, self.gae_lambda)
-                self._rollout_cvar = float(rv.mean())
-            else:
-                self._rollout_cvar = float(self._raw(cvar_from_quantiles(self.twin_quantiles(buf.quantiles), 1.0)).mean())
-            sel = self.twin_quantiles(buf.quantiles)
-            self._rollout_value_var = float((sel.var(-1, unbiased=False) * self._ret_snapshot[1] ** 2).mean())
-        buf.values = v
-        buf.advantages = th.as_tensor(adv, dtype=th.float32, device=self.device)
-        buf.returns = th.as_tensor(ret, dtype=th.float32, device=self.device)
-        buf.build_sequences()
-
-    def _log_rollout(self, states: RNNStates) -> None:
-        self.logger.record("rollout/reward_mean", float(self.rollout_buffer.rewards.mean()))
-        h = states.pi[0]
-        for i in range(h.shape[0]):
-            self.logger.record(f"lstm/h_mean_layer{i}", float(h[i].mean()))
-            self.logger.record(f"lstm/h_std_layer{i}", float(h[i].std(unbiased=False)))
-            self.logger.record(f"lstm/h_norm_layer{i}", float(h[i].norm(dim=-1).mean()))
+# %% ../nbs/06_ppo.ipynb #c8f1b1ee
+def ppo_terms(logp: th.Tensor, ent: th.Tensor, q: th.Tensor, mb: dict, clip_range, ent_coef, vf_coef, mu, sigma,
+              critic_losses: Callable) -> tuple[th.Tensor, th.Tensor]:
+    """The PPO loss of padded sequences `[..., T, B]`, means over the valid steps written as sums with weights
+    `mask / n_valid` (no boolean indexing): clipped policy gradient, the twin critics' quantile losses on returns
+    normalized by `(mu, sigma)` (`critic_losses(q, old_q, target, mask) -> [..., T, B, 2]`), entropy. The
+    coefficients are numbers, or tensors over the leading dims (`clip_range` shaped to broadcast against `[..., T, B]`)
+    when a population evaluates K members at once. Returns the loss `[...]` and `[..., 8]` statistics: pg, value,
+    entropy, loss, approx_kl, clip fraction, each critic's loss."""
+    S = lambda x: x.sum((-2, -1))
+    w = mb["mask"].float()
+    w = w / w.sum((-2, -1), keepdim=True)
+    adv = mb["advantages"]
+    log_ratio = logp - mb["old_log_prob"]
+    ratio = th.exp(log_ratio)
+    pg = -S(th.min(adv * ratio, adv * ratio.clamp(1 - clip_range, 1 + clip_range)) * w)
+    target = (mb["returns"] - mu) / sigma                          # quantile regression on normalized targets
+    per = critic_losses(q, mb["old_quantiles"], target, mb["mask"])   # per-sample max(unclipped, clipped), [..., 2]
+    vl = (per * w.unsqueeze(-1)).sum((-3, -2))                     # [..., 2]: each critic's loss
+    value_loss = vl.mean(-1)
+    ent_loss = -S(ent * w)
+    loss = pg + vf_coef * value_loss + ent_coef * ent_loss
+    with th.no_grad():
+        kl = S(((ratio - 1) - log_ratio) * w)
+        clip_frac = S(((ratio - 1).abs() > clip_range).float() * w)
+        stats = th.stack([pg, value_loss, ent_loss, loss, kl, clip_frac, vl[..., 0], vl[..., 1]], -1).detach()
+    return loss, stats
 
 # %% ../nbs/06_ppo.ipynb #71fe2d24
 class _Update:
@@ -256,26 +167,11 @@ class _Update:
         return th.stack(out, -1)
 
     def _loss(self, mb: dict, clip_range: float, clip_vf: float | None, ent_coef: float):
-        """PPO loss of one (micro-)batch of padded sequences: one LSTM call per LSTM, then means over the valid
-        steps written as sums with weights `mask / n_valid` (no boolean indexing)."""
+        """PPO loss of one (micro-)batch of padded sequences: one LSTM call per LSTM, then `ppo_terms`."""
         logp, ent, q = self.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
-        w = mb["mask"].float()
-        w = w / w.sum()
-        adv, old_q = mb["advantages"], mb["old_quantiles"]
-        log_ratio = logp - mb["old_log_prob"]
-        ratio = th.exp(log_ratio)
-        pg = -(th.min(adv * ratio, adv * ratio.clamp(1 - clip_range, 1 + clip_range)) * w).sum()
         mu, sigma = self._ret_snapshot
-        target = (mb["returns"] - mu) / sigma                        # quantile regression on normalized targets
-        per = self._critic_losses(q, old_q, clip_vf, target, mb["mask"])   # per-sample max(unclipped, clipped), [..., 2]
-        vl = (per * w.unsqueeze(-1)).sum((0, 1))                   # [2]: each critic's loss
-        value_loss = vl.mean()
-        ent_loss = -(ent * w).sum()
-        loss = pg + self.vf_coef * value_loss + ent_coef * ent_loss
-        with th.no_grad():
-            kl = (((ratio - 1) - log_ratio) * w).sum()
-            clip_frac = (((ratio - 1).abs() > clip_range).float() * w).sum()
-            stats = th.stack([pg, value_loss, ent_loss, loss, kl, clip_frac, vl[0], vl[1]]).detach()
+        critic = lambda q, old_q, target, mask: self._critic_losses(q, old_q, clip_vf, target, mask)
+        loss, stats = ppo_terms(logp, ent, q, mb, clip_range, ent_coef, self.vf_coef, mu, sigma, critic)
         if self.sappo is not None and self.sappo_eps > 0 and self.sappo.kappa > 0:    # SA-PPO robust KL term
             term, m = self._sappo_reg.loss(self.policy, mb, self.sappo_eps)
             self._sappo_acc.append(th.stack([term.detach(), m["kl"]]))
@@ -304,21 +200,11 @@ class _Update:
 
     def _update(self, seqs: np.ndarray, clip_range: float, clip_vf: float | None, ent_coef: float) -> th.Tensor | None:
         """One optimizer update on a minibatch of whole sequences: zero_grad, backward over weighted micro-batches
-        (weights sum to 1), then with `vgs_mode="step"`: read the VGS factor k, clip, step with the learning rate
-        times k, VGS step; with `vgs_mode="gradient"`: clip, VGS scale, step, VGS step. Stops before the step when
-        approx_kl exceeds 1.5 * `target_kl` (as SB3). Returns the update's statistics (`_STATS`; the per-critic gradient
-        norms only on the updates `train()` marks in `_diagnostics`, NaN otherwise; `vgs_scale` and `grad_norm` NaN
-        when no step was taken), or None if it was skipped as non-finite."""
-        opt = self.policy.optimizer
-        opt.zero_grad(set_to_none=True)
-        mb = self.rollout_buffer.gather(seqs)
-        m = mb["mask"].float()
-        n_valid = m.sum()
-        if self.normalize_advantage and n_valid > 1:
-            a = mb["advantages"]
-            mean = (a * m).sum() / n_valid
-            std = (((a - mean) * m).pow(2).sum() / (n_valid - 1)).sqrt()
-            mb["advantages"] = (a - mean) / (std + 1e-8)
+        (weights sum to 1), then `apply_update`. Returns the update's statistics (`_STATS`), or None if it was
+        skipped as non-finite."""
+        self.policy.optimizer.zero_grad(set_to_none=True)
+        mb = self.minibatch(seqs)
+        n_valid = mb["mask"].sum()
         stats = None
         for cols in np.array_split(np.arange(len(seqs)), min(self.micro_batches, len(seqs))):
             micro = self._columns(mb, cols) if len(cols) < len(seqs) else mb
@@ -327,6 +213,27 @@ class _Update:
             if not th.isfinite(loss): return self._skip("loss", st, mb)
             (loss * weight).backward()
             stats = st * weight if stats is None else stats + st * weight
+        return self.apply_update(stats, mb)
+
+    def minibatch(self, seqs: np.ndarray) -> dict:
+        "The padded sequences `seqs` of the rollout (`SequenceRolloutBuffer.gather`), advantages normalized over the valid steps."
+        mb = self.rollout_buffer.gather(seqs)
+        m = mb["mask"].float()
+        n_valid = m.sum()
+        if self.normalize_advantage and n_valid > 1:
+            a = mb["advantages"]
+            mean = (a * m).sum() / n_valid
+            std = (((a - mean) * m).pow(2).sum() / (n_valid - 1)).sqrt()
+            mb["advantages"] = (a - mean) / (std + 1e-8)
+        return mb
+
+    def apply_update(self, stats: th.Tensor, mb: dict) -> th.Tensor | None:
+        """What follows the backward of a minibatch's loss: with `vgs_mode="step"`: read the VGS factor k, clip, step
+        with the learning rate times k, VGS step; with `vgs_mode="gradient"`: clip, VGS scale, step, VGS step. Stops
+        before the step when approx_kl exceeds 1.5 * `target_kl` (as SB3). Returns the update's statistics (`_STATS`;
+        the per-critic gradient norms only on the updates `train()` marks in `_diagnostics`, NaN otherwise;
+        `vgs_scale` and `grad_norm` NaN when no step was taken), or None if the gradient was non-finite."""
+        opt = self.policy.optimizer
         diag = getattr(self, "_diagnostics", True)
         q_norms = self.policy.q_net.member_grad_norms() if diag else stats.new_full((2,), float("nan"))
         if self._kl_exceeded(stats):                               # SB3: the offending update is not applied
@@ -377,33 +284,49 @@ class _Update:
         return {role: th.cat(ps).clone() for role, ps in roles.items() if ps}
 
     def train(self) -> None:
+        "One update: `n_epochs` passes over the rollout's minibatches, in the phases a `Population` interleaves."
+        tr = self.train_begin()
+        for epoch in range(self.n_epochs):
+            for i, seqs in enumerate(self.rollout_buffer.minibatches(self.batch_size, self._rng)):
+                self._diagnostics = i == 0                              # per-critic gradient norms once an epoch
+                if not self.train_record(tr, epoch, self._update(seqs, tr.clip_range, tr.clip_vf, tr.ent_coef)): break
+            if not self.train_epoch_end(tr): break
+        self.train_finish(tr)
+
+    def train_begin(self) -> SimpleNamespace:
+        "Start an update: SA-PPO's epsilon, the parameters before it, training mode, the learning rate and the schedules' values."
         if self.sappo is not None: self.sappo_eps, self._sappo_acc = self.eps_schedule()(self.current_update()), []
-        before = self._flat_roles()
+        tr = SimpleNamespace(before=self._flat_roles(), acc=[], empty_epochs=0, applied=0, go=True)
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         prog = self._current_progress_remaining
-        clip_range = self._clip_schedule(prog)
-        clip_vf = None if self._clip_vf_schedule is None else self._clip_vf_schedule(prog)
-        ent_coef = self.current_ent_coef()
-        acc: list[th.Tensor] = []
-        empty_epochs, continue_training = 0, True
-        for epoch in range(self.n_epochs):
-            applied = 0
-            for i, seqs in enumerate(self.rollout_buffer.minibatches(self.batch_size, self._rng)):
-                self._diagnostics = i == 0                              # per-critic gradient norms once an epoch
-                st = self._update(seqs, clip_range, clip_vf, ent_coef)
-                if st is None: continue
-                acc.append(st)
-                if self._kl_exceeded(st):                               # `_update` did not apply this one
-                    continue_training = False
-                    if self.verbose >= 1: print(f"Early stopping at epoch {epoch}: approx_kl {float(st[self._STATS.index('approx_kl')]):.3f}")
-                    break
-                applied += 1
-            if applied == 0 and continue_training: empty_epochs += 1
-            self._n_updates += 1
-            if not continue_training: break
-        self._log_train(acc, empty_epochs, clip_range, clip_vf, ent_coef)
-        self._log_health(acc, before)
+        tr.clip_range = self._clip_schedule(prog)
+        tr.clip_vf = None if self._clip_vf_schedule is None else self._clip_vf_schedule(prog)
+        tr.ent_coef = self.current_ent_coef()
+        return tr
+
+    def train_record(self, tr: SimpleNamespace, epoch: int, st: th.Tensor | None) -> bool:
+        "Keep one minibatch's statistics; False when its approx_kl stops the update (it was not applied)."
+        if st is None: return True
+        tr.acc.append(st)
+        if self._kl_exceeded(st):                                   # `apply_update` did not apply this one
+            tr.go = False
+            if self.verbose >= 1: print(f"Early stopping at epoch {epoch}: approx_kl {float(st[self._STATS.index('approx_kl')]):.3f}")
+            return False
+        tr.applied += 1
+        return True
+
+    def train_epoch_end(self, tr: SimpleNamespace) -> bool:
+        "Count the epoch (and an epoch that applied nothing); False when the update stops."
+        if tr.applied == 0 and tr.go: tr.empty_epochs += 1
+        tr.applied = 0
+        self._n_updates += 1
+        return tr.go
+
+    def train_finish(self, tr: SimpleNamespace) -> None:
+        "Log the update: training statistics, health, SA-PPO's terms."
+        self._log_train(tr.acc, tr.empty_epochs, tr.clip_range, tr.clip_vf, tr.ent_coef)
+        self._log_health(tr.acc, tr.before)
         if self.sappo is not None:
             if self._sappo_acc:
                 loss, kl = th.stack(self._sappo_acc).mean(0).tolist()
@@ -461,7 +384,7 @@ class _Update:
 # %% ../nbs/06_ppo.ipynb #8fde5ca8
 CRITIC_PREFIXES = ("lstm_critic", "critic_ff", "q_net")   # parameter names of the critics' side of the policy
 
-class DistributionalPPO(_ReturnScale, _EntropySchedule, _Rollout, _Update, Checkpointing, OnPolicyAlgorithm):
+class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Update, Checkpointing, OnPolicyAlgorithm):
     """PPO with a recurrent actor and twin quantile critics, CVaR-aware advantages, return normalization,
     VGS + AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 

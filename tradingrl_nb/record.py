@@ -109,9 +109,14 @@ class TrainingLog:
         "`model.learn` for `total_timesteps` more steps with the recording callback; returns the model."
         first = self.model.num_timesteps == 0
         self.model.learn(total_timesteps, callback=self.callback, reset_num_timesteps=first, log_interval=None, **kwargs)
+        self.flush()
+        return self.model
+
+    def flush(self) -> None:
+        """Record the last iteration's row and update the live progress: what `learn` does after training. Call it
+        after training with `callback` elsewhere (a `Population`'s `learn(callbacks=[log.callback, ...])`)."""
         self._emit()
         if self.progress: self.progress.update(self.model.num_timesteps, force=True)
-        return self.model
 
     def frame(self) -> pd.DataFrame:
         "One row per iteration, indexed by timesteps."
