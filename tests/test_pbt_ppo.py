@@ -5,6 +5,7 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch as th
 
@@ -226,15 +227,19 @@ SAPPO_KW = dict(PPO_KW, sappo=dict(eps=0.08, kappa=0.1, steps=1, ramp_fraction=1
 
 
 class EpsProbe(PPOMember):
-    "Records SA-PPO's eps at every update of an interval and the model's step counter after it."
-    def train(self, n_steps):
-        seen, orig = [], self.model.train
+    """Records SA-PPO's eps at every update of an interval and the model's step counter after it, however the member
+    trains: on its own (`train`) or inside the sequential runner's population (which calls the model's `train`)."""
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen, orig = [], self.model.train
         def spy():
-            orig(); seen.append(float(self.model.sappo_eps))
+            orig(); self.seen.append(float(self.model.sappo_eps))
         self.model.train = spy
-        try: info = super().train(n_steps)
-        finally: del self.model.train
-        return {**(info or {}), "eps": seen, "timesteps": int(self.model.num_timesteps)}
+
+    def train_info(self):
+        out = {**super().train_info(), "eps": self.seen, "timesteps": int(self.model.num_timesteps)}
+        self.seen = []
+        return out
 
 
 def eps_factory(member_id):
@@ -265,3 +270,31 @@ def test_sappo_eps_ramps_once_over_the_whole_population_run_in_both_runners(tmp_
             assert steps[mid] == [128, 256, 384, 512], (n_workers, mid, steps[mid])  # the model's own counter goes on
         runs[n_workers] = eps
     assert runs[0] == runs[2]
+
+
+def ppo_factory(member_id):
+    return PPOMemberFactory(TRAIN, VAL, n_envs=2, env_kwargs=ENV_KW, ppo_kwargs=PPO_KW, fitness_fn=weight_norm)(member_id)
+
+
+def test_sequential_runner_trains_ppo_members_as_one_population(tmp_path, monkeypatch):
+    "One Population.learn per round for all alive members; the same run twice gives the same fitness log (CPU)."
+    from tradingrl_nb import population
+    calls = []
+    real = population.Population.learn
+    def counting(self, *a, **kw):
+        calls.append(len(self)); return real(self, *a, **kw)
+    monkeypatch.setattr(population.Population, "learn", counting)
+    logs = []
+    for i in range(2):
+        s = PBTScheduler({"learning_rate": PPO_MUTATIONS["learning_rate"]}, seed=0, perturbation_interval=128)
+        res = run_population(ppo_factory, s, n_members=3, n_rounds=3, steps_per_round=128, run_dir=tmp_path / f"r{i}", progress=False)
+        logs.append(res.log.sort_values(["member_id", "round"]).reset_index(drop=True))
+    assert calls == [3, 3, 3] * 2
+    assert (logs[0].train_num_timesteps.to_numpy() == np.tile([128, 256, 384], 3)).all()
+    keep = ["round", "member_id", "step", "fitness", "train_num_timesteps", "train_lr"]
+    pd.testing.assert_frame_equal(logs[0][keep], logs[1][keep])
+    s = PBTScheduler({"learning_rate": PPO_MUTATIONS["learning_rate"]}, seed=0, perturbation_interval=128)
+    calls.clear()
+    run_population(ppo_factory, s, n_members=3, n_rounds=1, steps_per_round=128, run_dir=tmp_path / "alone", progress=False,
+                   together=False)
+    assert calls == [], "together=False: each member trains on its own"

@@ -61,3 +61,29 @@ def test_run_statistics_counts_the_family(two_runs):
     assert row["sharpe"] == pytest.approx(a.metrics["test_stats"]["sharpe"], rel=1e-9)
     assert 0 <= row["dsr"] <= 1 and 0 <= row["psr"] <= 1
     assert row["verdict"] in {"skill", "no skill", "inconclusive"}
+
+
+@pytest.mark.slow
+def test_a_window_population_trains_as_train_agent_runs(two_runs, tmp_path):
+    """walk_forward's window population (tradingrl_nb.walkforward.train_window) runs train_agent's loop: a seed in a
+    two-seed window reaches the same checks, early stop, best step and test metrics as that seed's train_agent run
+    (to float32 rounding of the batched rollout step: 1e-6 on the test Sharpe ratio)."""
+    from tradingrl_nb.data import load_market_data
+    from tradingrl_nb.walkforward import agent_kwargs, train_window
+    _, (a, _) = two_runs
+    assert a.ok, a.error
+    span = dict(train_start=None, train_end="2012-12-31", val_start="2013-01-01", val_end="2014-12-31",
+                test_start="2015-01-01", test_end="2016-12-31")
+    runs = train_window(load_market_data("sp500"), span, [3, 4], total_timesteps=1024, eval_every=256, patience=1, n_envs=2,
+                        episode_length=64, env_kwargs=dict(window=8, cost_bps=2.0, execution="next_close"),
+                        ppo_kwargs=agent_kwargs(n_steps=32, batch_size=64, n_epochs=1, sequence_length=8, lstm_hidden_size=8,
+                                                n_quantiles=8), bootstrap_reps=200, output_dirs={3: tmp_path / "s3", 4: tmp_path / "s4"})
+    ours, theirs = runs[3].metrics, a.metrics
+    for k in ("timesteps", "best_step", "trials", "stopped_early"): assert ours["training"][k] == theirs["training"][k], k
+    for k in ("sharpe", "total_return", "max_drawdown"):
+        assert ours["test"]["agent"][k] == pytest.approx(theirs["test"]["agent"][k], abs=1e-6), k
+    assert ours["test"]["buy_and_hold"] == theirs["test"]["buy_and_hold"]
+    r = pd.read_csv(tmp_path / "s3" / "returns.csv", index_col="date", parse_dates=True)
+    theirs_r = pd.read_csv(a.output_dir / "returns.csv", index_col="date", parse_dates=True)
+    assert list(r.columns) == list(theirs_r.columns) and r.index.equals(theirs_r.index)
+    assert runs[4].metrics["training"]["timesteps"] >= 256 and (tmp_path / "s4" / "metrics.json").exists()

@@ -37,6 +37,7 @@ Modules:
 - `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
 - `tradingrl_nb.upgd_kernel`: An opt-in two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per user into a private cache: the utility, its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
 - `tradingrl_nb.upgd_reference`: `UPGDLoop` and `AdaptiveUPGDLoop`: the update rules of `UPGD` and `AdaptiveUPGD` written loop-per-tensor, as the paper's public code does, kept as executable references that the fast optimizers are tested against.
-- `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters."""
+- `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters.
+- `tradingrl_nb.walkforward`: One walk-forward window's seeds trained as one `Population` in one process: each seed validated, stopped early and frozen on its own, its best checkpoint tested against buy-and-hold, its run folder written as `train_agent` writes it."""
 
 __version__ = "0.0.1"

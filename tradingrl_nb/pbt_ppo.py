@@ -76,8 +76,12 @@ class PPOMember:
 
     def train(self, n_steps: int) -> dict:
         "Train `n_steps` env steps (whole rollouts); returns the clock and the schedules' values at the end."
+        self.model.learn(total_timesteps=int(n_steps), reset_num_timesteps=False, progress_bar=False)
+        return self.train_info()
+
+    def train_info(self) -> dict:
+        "The clock and the schedules' values now (what `train` returns; after a population trained the model)."
         m = self.model
-        m.learn(total_timesteps=int(n_steps), reset_num_timesteps=False, progress_bar=False)
         prog = m._current_progress_remaining
         out = {"num_timesteps": int(m.num_timesteps), "progress_remaining": float(prog),
                "lr": float(m.policy.optimizer.param_groups[0]["lr"]), "clip": float(m._clip_schedule(prog)),

@@ -20,6 +20,8 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .fileio import read_json, write_json
+from .population import MemberRNG, Population
+from .ppo import DistributionalPPO
 from .pbt import CHECKPOINT_FORMAT, CLOCK, PBTScheduler, rank_value, load_exploit, plan_run_length
 
 _logger = logging.getLogger("tradingrl_nb.pbt")
@@ -51,8 +53,10 @@ class PopulationResult:
 
 def default_fitness(member) -> float: return float(member.evaluate())
 
-def _interval(member, n_steps: int, fitness_fn) -> tuple[float, dict]:
-    info = member.train(n_steps)
+def _interval(member, n_steps: int, fitness_fn, trained: Any = None) -> tuple[float, dict]:
+    "Train `member` for `n_steps` (unless `trained` holds what its population's training returned for it) and evaluate it."
+    if isinstance(trained, BaseException): raise trained
+    info = member.train(n_steps) if trained is None else trained
     return float(fitness_fn(member)), (info if isinstance(info, dict) else {})
 
 def _member_steps(member, counted: int) -> int:
@@ -103,7 +107,7 @@ def run_population(member_factory: Callable[[int], Any], scheduler: PBTScheduler
                    steps_per_round: int | None = None, run_dir: str | Path | None = None, *,
                    fitness_fn: Callable[[Any], float] | None = None, initial_hyperparams: list[dict] | None = None,
                    n_workers: int = 0, threads_per_worker: int = 1, member_timeout: float | None = None,
-                   max_failures: int = 3, resume: bool = True, progress: bool = True,
+                   max_failures: int = 3, resume: bool = True, progress: bool = True, together: bool = True,
                    callback: Callable[[int, PBTScheduler], None] | None = None) -> PopulationResult:
     """Train a population of `n_members` for `n_rounds` perturbation intervals of `steps_per_round` steps each.
     `member_factory(member_id)` builds a fresh member; `fitness_fn(member)` defaults to `member.evaluate()`.
@@ -111,6 +115,8 @@ def run_population(member_factory: Callable[[int], Any], scheduler: PBTScheduler
     be picklable, i.e. defined at module level), each with `threads_per_worker` torch threads; `member_timeout`
     (seconds, workers only) bounds one interval: a worker that takes longer is killed and its member marked failed.
     Members with a `set_run_length` method are told the run's length (`n_rounds` x `steps_per_round`).
+    Without workers, `PPOMember`s of one shape train each round as one `Population` (`together=True`: one process,
+    one batched policy step for all in each rollout step, each member's own random stream) and are then evaluated.
     Re-running with the same `run_dir` resumes after a crash."""
     if n_members < 2: raise ValueError(f"n_members must be >= 2, got {n_members}")
     if n_rounds < 1: raise ValueError(f"n_rounds must be >= 1, got {n_rounds}")
@@ -141,7 +147,7 @@ def run_population(member_factory: Callable[[int], Any], scheduler: PBTScheduler
         rounds_done = {i: 0 for i in range(n_members)}
     args = dict(scheduler=scheduler, n_rounds=n_rounds, steps=steps_per_round, run_dir=run_dir, fitness_fn=fitness_fn,
                 max_failures=max_failures, failures=failures, rounds_done=rounds_done, progress=progress, callback=callback)
-    members = (_run_sequential(member_factory, **args) if n_workers <= 0
+    members = (_run_sequential(member_factory, together=together, **args) if n_workers <= 0
                else _run_workers(member_factory, n_workers=n_workers, threads_per_worker=threads_per_worker,
                                  member_timeout=member_timeout, **args))
     return PopulationResult(scheduler, run_dir, members, failures)
@@ -162,15 +168,33 @@ def _revive_or_drop(scheduler, rec, max_failures):
         scheduler.drop(rec.member_id); return None
     return scheduler.replace_failed(rec.member_id)
 
-def _new_member(factory, mid, n_rounds, steps):
-    m = factory(mid); plan_run_length(m, n_rounds, steps); return m
+def _new_member(factory, mid, n_rounds, steps, rngs: dict | None = None):
+    "A fresh member, told the run's length; a PPO member's own random stream goes to `rngs[mid]` (taken as it is built)."
+    m = factory(mid)
+    if rngs is not None and isinstance(getattr(m, "model", None), DistributionalPPO): rngs[mid] = MemberRNG(m.model.device)
+    plan_run_length(m, n_rounds, steps)
+    return m
+
+def _train_together(members: dict, scheduler, steps: int, rngs: dict) -> dict:
+    """Train the round's alive PPO members as one `Population` (one process, one batched policy step for all in each
+    rollout step). Returns each one's `train_info()`, or the exception that stopped the population (each member then
+    counts it as its own failure); `{}` when fewer than two can train together (each then trains on its own)."""
+    mids = [mid for mid, m in members.items() if scheduler.records[mid].status == "alive" and mid in rngs
+            and isinstance(getattr(m, "model", None), DistributionalPPO)]
+    if len(mids) < 2: return {}
+    try: pop = Population([members[mid].model for mid in mids], [rngs[mid] for mid in mids])
+    except ValueError: return {}                                  # members of different shapes: each trains on its own
+    try: pop.learn(steps, reset_num_timesteps=False)
+    except Exception as e: return {mid: e for mid in mids}
+    return {mid: members[mid].train_info() for mid in mids}
 
 def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
-                    progress, callback):
+                    progress, callback, together=True):
     members: dict[int, Any] = {}
+    rngs: dict[int, MemberRNG] | None = {} if together else None
     for mid, rec in scheduler.records.items():
         if rec.status == "dropped": continue
-        m = _new_member(factory, mid, n_rounds, steps)
+        m = _new_member(factory, mid, n_rounds, steps, rngs)
         if rec.checkpoint is not None and Path(rec.checkpoint).exists():
             load_exploit(m, load_checkpoint(rec.checkpoint)[0], rec.hyperparams)   # resume: its own optimizer and clock too
         else: m.apply_hyperparams(rec.hyperparams)
@@ -181,11 +205,12 @@ def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, ma
     try:
         for rnd in range(start, n_rounds):
             scheduler.round = rnd
+            trained = _train_together(members, scheduler, steps, rngs) if together else {}
             for mid in list(members):
                 rec = scheduler.records[mid]
                 if rec.status != "alive": bar.update(1); continue
                 try:
-                    fitness, info = _interval(members[mid], steps, fitness_fn)
+                    fitness, info = _interval(members[mid], steps, fitness_fn, trained.get(mid))
                     scheduler.report(mid, fitness, _member_steps(members[mid], rec.step + steps),
                                      members[mid].get_parameters(include_optimizer=True),
                                      **{f"train_{k}": v for k, v in info.items()})
@@ -198,7 +223,9 @@ def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, ma
                     out = _revive_or_drop(scheduler, rec, max_failures)
                     if out is None: members.pop(mid); continue
                     params, hp, _ = out
-                    if params is None: members[mid] = _new_member(factory, mid, n_rounds, steps); members[mid].apply_hyperparams(hp)
+                    if params is None:
+                        members[mid] = _new_member(factory, mid, n_rounds, steps, rngs)
+                        members[mid].apply_hyperparams(hp)
                     else:   # the donor's state and clock (its record took the donor's step); stored, as the worker runner does
                         load_exploit(members[mid], params, hp, reset)
                         scheduler.store(mid, members[mid].get_parameters(include_optimizer=True))

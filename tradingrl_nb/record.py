@@ -60,9 +60,9 @@ class TrainingLog:
         env_total = os.environ.get(TOTAL_ENV)
         self.total = total_timesteps if total_timesteps is not None else \
             (int(env_total) if env_total and env_total.isdigit() else None)
-        progress = progress or os.environ.get(PROGRESS_ENV)
+        progress = os.environ.get(PROGRESS_ENV) if progress is None else progress   # False: none, even under the runner
         self.progress = ProgressFile(progress, self.total) if progress else None
-        tb = tensorboard or os.environ.get(TENSORBOARD_ENV)
+        tb = os.environ.get(TENSORBOARD_ENV) if tensorboard is None else tensorboard
         self.tensorboard = Path(tb) / slug(self.name) if tb else None
         self._writer = None
         log = self
