@@ -6,12 +6,16 @@ sequences of 32, a 32-day window, LSTM 64, 32 quantiles; S&P 500 up to 2007):
 1. env steps/s for K = 1, 2, 5, 10, 20 members in one process (one torch thread), per member and in total, and the
    total as a fraction of the bound of 16.6k env steps/s per core (4.8 MFLOP an env step at 80 GFLOPS);
 2. K = 1 against one DistributionalPPO in the same process;
-3. K = 5 members in one fresh process (two torch threads) against 5 separate runs, each a fresh process with one
-   torch thread, two at a time on the same 2 cores (as the runner ran a walk-forward window's seeds), equal total
-   steps, wall-clock from launch to the last result (imports, data and model set-up included: what a run costs);
-   and the same 5 runs one after another in one process (training alone).
+3. K = 5 members in one fresh process against 5 separate runs, each a fresh process with one torch thread, two at a
+   time on the same 2 cores, equal total steps, wall-clock from launch to the last result (imports, data and model
+   set-up included); the population with one and with two torch threads; and the 5 runs one after another in one
+   process (training alone);
+4. the main job's unit of work, one walk-forward window with 5 seeds: 5 `train_agent` notebook runs through the
+   runner, two at a time (what `walk_forward` did before populations) against `walkforward.train_window` in one
+   process (what it does now): validation, early stopping, test backtests and files included.
 
-The last line reads `K=5 vs 5 runs: <ratio>x`. `--quick` finishes within 10 minutes on 2 cores."""
+The last line reads `K=5 vs 5 runs: <ratio>x` (3., the population's better thread count). `--quick` finishes within
+10 minutes on 2 cores."""
 import argparse
 import json
 import subprocess
@@ -71,6 +75,49 @@ def one_population(k: int, steps: int, threads: int = 2) -> float:
     return time.perf_counter() - t
 
 
+WINDOW = dict(train_start="2003-01-01", train_end="2006-12-31", val_start="2007-01-01", val_end="2007-12-31",
+              test_start="2008-01-01", test_end="2008-12-31")
+
+
+def window_old(steps: int, out: str) -> float:
+    "Wall seconds of 5 train_agent runs (one per seed) through the runner, two at a time, as walk_forward ran them."
+    from concurrent.futures import ProcessPoolExecutor
+    import functools, multiprocessing as mp
+    from tradingrl_nb.experiments import run_experiment
+    params = dict(total_timesteps=steps, eval_every=steps // 4, patience=3, n_envs=CONFIG["n_envs"], n_steps=CONFIG["n_steps"],
+                  batch_size=CONFIG["batch_size"], n_epochs=CONFIG["n_epochs"], sequence_length=CONFIG["sequence_length"],
+                  episode_length=256, window=CONFIG["window"], lstm_hidden_size=CONFIG["lstm"], n_quantiles=CONFIG["quantiles"],
+                  bootstrap_reps=1000, baselines=[], threads=1, **WINDOW)
+    run = functools.partial(run_experiment, "train_agent", device="cpu", progress=False, report=False, raise_on_failure=True,
+                            kernel_log=True)
+    t = time.perf_counter()
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
+        futures = [ex.submit(run, dict(params, seed=k), output_dir=f"{out}/old-{k}") for k in range(5)]
+        for f in futures: f.result()
+    return time.perf_counter() - t
+
+
+def window_new(steps: int, out: str) -> float:
+    "Wall seconds of train_window for the same 5 seeds in one fresh process (one torch thread)."
+    t = time.perf_counter()
+    finish(subprocess.Popen([sys.executable, __file__, "--window", str(steps), out], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True))
+    return time.perf_counter() - t
+
+
+def window_worker(steps: int, out: str) -> dict:
+    import torch
+    from tradingrl_nb.data import load_market_data
+    from tradingrl_nb.walkforward import agent_kwargs, train_window
+    torch.set_num_threads(1)
+    kw = agent_kwargs(n_steps=CONFIG["n_steps"], batch_size=CONFIG["batch_size"], n_epochs=CONFIG["n_epochs"],
+                      sequence_length=CONFIG["sequence_length"], lstm_hidden_size=CONFIG["lstm"], n_quantiles=CONFIG["quantiles"])
+    runs = train_window(load_market_data("sp500"), WINDOW, range(5), total_timesteps=steps, eval_every=steps // 4, patience=3,
+                        n_envs=CONFIG["n_envs"], episode_length=256, env_kwargs=dict(window=CONFIG["window"]), ppo_kwargs=kw,
+                        bootstrap_reps=1000, output_dirs={k: f"{out}/new-{k}" for k in range(5)})
+    return dict(steps=[r.metrics["training"]["timesteps"] for r in runs.values()])
+
+
 def throughput(ks, iters: int) -> list[dict]:
     "Env steps/s in this process (one thread) for one model and for populations of each size in `ks`."
     import torch
@@ -94,11 +141,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer steps (within 10 minutes on 2 cores)")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--window", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--ks", default="1,2,5,10,20", help="population sizes of the throughput table")
     a = p.parse_args()
     if a.worker:
         kind, k, steps, threads = a.worker
         print(json.dumps(worker(kind, int(k), int(steps), int(threads)))); return
+    if a.window:
+        print(json.dumps(window_worker(int(a.window[0]), a.window[1]))); return
     iters = 2 if a.quick else 6
     per_run = 8 * 2048 if a.quick else 40 * 2048                  # env steps per member in the K=5 comparison
     print(f"configuration: {CONFIG}; torch threads: 1 in the table, 2 for the population against 2 runs at a time")
@@ -110,14 +160,22 @@ def main() -> None:
     k1 = next(r for r in rows if r["K"] == 1)
     print(f"K=1 vs DistributionalPPO: {k1['vs_single']:.2f}x")
     sep = separate_runs(5, per_run)
-    pop = one_population(5, per_run)
+    pops = {n: one_population(5, per_run, n) for n in (1, 2)}
     t = time.perf_counter()
-    worker_in_process = [worker("single", s, per_run, 1) for s in range(5)]
+    for seed in range(5): worker("single", seed, per_run, 1)
     seq_s = time.perf_counter() - t
-    print(f"\n5 x {per_run} env steps: 5 separate processes, 2 at a time: {sep:.1f} s; one population process (2 threads): "
-          f"{pop:.1f} s; the 5 runs one after another in this process: {seq_s:.1f} s "
-          f"(population vs in-process runs: {seq_s / pop:.2f}x; {len(worker_in_process)} runs)")
-    print(f"K=5 vs 5 runs: {sep / pop:.2f}x")
+    print(f"\n5 x {per_run} env steps: 5 separate processes, 2 at a time: {sep:.1f} s; one population process: "
+          f"{pops[1]:.1f} s with 1 thread, {pops[2]:.1f} s with 2; the 5 runs one after another in this warm process "
+          f"(no start-up): {seq_s:.1f} s")
+    print(f"population process (1 thread, start-up included) vs the same runs one after another in a warm process: "
+          f"{seq_s / pops[1]:.2f}x")
+    import tempfile
+    out = tempfile.mkdtemp(prefix="bench_population-")
+    w_steps = 4 * 2048 if a.quick else 24 * 2048
+    old, new = window_old(w_steps, out), window_new(w_steps, out)
+    print(f"\none walk-forward window, 5 seeds, at most {w_steps} steps each (validation every {w_steps // 4}): 5 train_agent "
+          f"runs, 2 at a time: {old:.1f} s; train_window in one process: {new:.1f} s -> {old / new:.2f}x")
+    print(f"K=5 vs 5 runs: {sep / min(pops.values()):.2f}x")
 
 
 if __name__ == "__main__":

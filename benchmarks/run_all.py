@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_env.py", "bench_optim.py", "bench_ppo.py", "bench_sappo.py", "bench_learning.py"]
+BENCHMARKS = ["bench_env.py", "bench_optim.py", "bench_ppo.py", "bench_sappo.py", "bench_population.py", "bench_learning.py"]
 
 
 def main(argv=None) -> int:

@@ -145,7 +145,9 @@ def test_main_job_parameters_are_valid():
     specs = ex.experiment_parameters(path)
     assert values["total_timesteps"] > 100 * specs["total_timesteps"].default  # full size, not the tiny default
     assert values["dataset"] == "sp500" and values["execution"] == "next_close"
-    assert len(values["test_years"]) >= 3 and len(values["seeds"]) >= 5 and values["jobs"] == 2  # issues 13 (item 9), 15
+    # every test year the data allows (2004-2018), 3 seeds each, the rules beside the agent, two windows at a time
+    assert values["test_years"] == list(range(2004, 2019)) and len(values["seeds"]) >= 3 and values["jobs"] == 2
+    assert set(values["baselines"]) == {"momentum", "flat", "random"}
 
 
 # ---------------------------------------------------------------- robust runs (issue 16, item 7)

@@ -204,7 +204,7 @@ def _check_walk_forward(m):
     assert set(w) == {"test 2008", "test 2018", "pooled"}
     for r in w.values():
         assert r["diff_low"] <= r["diff"] <= r["diff_high"] and r["agent_low"] <= r["agent_sharpe"] <= r["agent_high"]
-        assert r["verdict"] in {"skill", "no skill", "inconclusive"} and 0 <= r["psr"] <= 1 and 0 <= r["dsr"] <= 1
+        assert r["verdict"] in {"skill", "worse than buy-and-hold", "inconclusive"} and 0 <= r["psr"] <= 1 and 0 <= r["dsr"] <= 1
     assert w["pooled"]["days"] == w["test 2008"]["days"] + w["test 2018"]["days"]
     assert m["verdict"] == w["pooled"]["verdict"] and m["setup"]["execution"] == "next_close"
 
@@ -287,7 +287,7 @@ def test_results_add_bootstrap_psr_dsr_for_runs_with_returns(tmp_path):
     t = rt.results(tmp_path, reps=200).set_index("run")
     assert t.loc["r0", "stats.n_trials"] == 3 and pd.isna(t.loc["no_returns", "stats.psr"])
     assert t.loc["r0", "stats.diff_low"] > 0 and t.loc["r0", "stats.verdict"] == "skill"      # +0.25 daily-bp*100 drift
-    assert t.loc["r2", "stats.diff_high"] < 0 and t.loc["r2", "stats.verdict"] == "no skill"
+    assert t.loc["r2", "stats.diff_high"] < 0 and t.loc["r2", "stats.verdict"] == "worse than buy-and-hold"
     assert t.loc["r0", "stats.sharpe_low"] <= t.loc["r0", "stats.sharpe"] <= t.loc["r0", "stats.sharpe_high"]
     assert t.loc["r0", "stats.dsr"] <= t.loc["r0", "stats.psr"]
     assert "stats.psr" not in rt.results(tmp_path, statistics=False)
@@ -436,3 +436,13 @@ def test_a_kernel_that_dies_while_starting_is_started_again(tiny, monkeypatch):
     calls.clear()
     r = ex.run_experiment("tiny", progress=False, raise_on_failure=False)
     assert r.status == "failed" and "Kernel died" in r.error and len(calls) == 3
+
+
+def test_experiment_failed_crosses_a_process_boundary():
+    "A run failing in a worker process (raise_on_failure=True) reaches the parent as itself, not as a broken pool."
+    import pickle
+    from pathlib import Path as P
+    from tradingrl_nb.experiments import ExperimentFailed, RunResult
+    r = RunResult("train_agent", P("/tmp/x"), P("/tmp/x/train_agent.ipynb"), None, {"seed": 1}, {}, "failed", 1.5, "boom")
+    e = pickle.loads(pickle.dumps(ExperimentFailed("train_agent failed: boom", r)))
+    assert str(e) == "train_agent failed: boom" and e.result == r

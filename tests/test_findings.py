@@ -1,6 +1,8 @@
 """results/findings.json: records from stored runs, verdicts from intervals, bit-identical regeneration, refusals."""
 import json
 import math
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,7 @@ def test_findings_json_is_regenerated_bit_identically(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(n=4), "rests on 4 seeds; at least 5"),
+    (dict(n=2), "rests on 2 seeds; at least 3"),
     (dict(verdict="holds", interval=(0.9, 0.8, 1.2)), "says 'holds' but its interval [0.8, 1.2] gives 'inconclusive'"),
     (dict(direction="higher"), "the claim is 'lower', 1.0"),
     (dict(id="no_such_claim"), "is not a known claim id"),
@@ -198,3 +200,44 @@ def test_holm_adjusted_p_values_and_verdicts_never_claim_more_than_the_raw_ones(
     holm = fd.holm_verdicts(fs)
     assert holm[0] == "holds"                                   # p about 1e-9: survives twelve tests
     assert fs[1]["verdict"] == "smaller than claimed" and holm[1] in ("smaller than claimed", "inconclusive")
+
+
+def test_a_bootstrapped_interval_is_recomputed_from_its_stored_returns(tmp_path):
+    "The check recomputes a finding's interval from the inputs it stored; an edited daily return makes it fail, naming the run."
+    import numpy as np
+    from tradingrl_nb.stats import paired_sharpe_difference_ci
+    rng = np.random.default_rng(1)
+    A, B = rng.normal(5e-4, 0.01, (5, 250)), rng.normal(0.0, 0.01, (5, 250))
+    ci = paired_sharpe_difference_ci(A, B, reduce="mean", reps=300)
+    inputs = fd.interval_inputs("paired_sharpe_difference_ci", returns_a=A, returns_b=B, reduce="mean", reps=300)
+    per_seed = [0.1, 0.2, 0.15, 0.05, 0.12]
+    store(tmp_path, "exp", fd.finding("variance_scaling_sharpe", per_seed, ci, 1000, "Sharpe difference", inputs=inputs))
+    [f] = fd.collect_findings(tmp_path)
+    assert f["recomputed"] == "paired_sharpe_difference_ci" and "inputs" not in f
+    m = json.loads((tmp_path / "exp" / "metrics.json").read_text())
+    m["findings"][0]["inputs"]["args"]["returns_a"][2][7] += 0.05
+    (tmp_path / "exp" / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"exp.metrics\.json: finding 'variance_scaling_sharpe': the stored inputs give"):
+        fd.collect_findings(tmp_path)
+    with pytest.raises(ValueError, match="is not one of"): fd.interval_inputs("eval", x=[1.0])
+    with pytest.raises(ValueError, match="non-finite"): fd.interval_inputs("mean_ci", values=[1.0, float("nan")])
+
+
+def test_seeds_needed_reaches_the_claimed_size_and_no_fewer():
+    from scipy import stats as st
+    c = fd.CLAIMS["variance_scaling_sharpe"]
+    per_seed = [0.3, -0.1, 0.2, 0.0, 0.4]
+    n = fd.seeds_needed(per_seed, c)
+    target, s = fd.target_effect(c), float(np.std(per_seed, ddof=1))
+    mde = lambda k: (st.t.ppf(0.975, k - 1) + st.t.ppf(0.8, k - 1)) * s / math.sqrt(k)
+    assert n is not None and mde(n) <= target < mde(n - 1)
+    assert fd.seeds_needed([1.0] * 5 + [1.0 + 1e-9], c) == 3           # almost no spread: the minimum
+    other = dict(id="variance_scaling_value_loss_std", experiment="results/x/critic_variance_scaling.ipynb", n_seeds=5,
+                 per_seed=[0.9, 1.0, 0.95, 1.02, 0.97])
+    mine = dict(id=c.id, experiment="results/x/critic_variance_scaling.ipynb", n_seeds=5, per_seed=per_seed)
+    plan = fd.power_plan([mine, other], {"critic_variance_scaling": 7200.0}, budget_s=3600)
+    assert (plan.planned == fd.MIN_SEEDS).all(), "2 h a seed in a 1 h budget: the minimum, for both claims of the experiment"
+    assert bool(plan.loc[c.id, "underpowered"]) == (n > fd.MIN_SEEDS) and plan.loc[c.id, "needed"] == n
+    plan = fd.power_plan([mine, other], {"critic_variance_scaling": 1.0}, budget_s=3600)
+    assert (plan.planned == max(n, fd.seeds_needed(other["per_seed"], fd.CLAIMS[other["id"]]), fd.MIN_SEEDS)).all()
+    assert not plan.underpowered.any()

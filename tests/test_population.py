@@ -182,3 +182,21 @@ def test_member_rng_continues_where_it_was_taken():
     outside = th.get_rng_state()
     with g.active(): th.randn(2)
     assert th.equal(th.get_rng_state(), outside), "the process's own stream is left where it was"
+
+
+def test_stacked_updates_are_the_default_on_cuda_only():
+    pop = Population.build(make, SEEDS[:2])
+    assert pop.batch_updates is False, "on the CPU each member's own update is faster (benchmarks/bench_population.py)"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_population_matches_standalone_models_and_batches_updates():
+    mk = lambda s: tiny_ppo(tiny_env(seed=s), seed=s, n_steps=32, batch_size=64, device="cuda")
+    pop = Population.build(mk, SEEDS)
+    assert pop.batch_updates is True and pop[0].device.type == "cuda"
+    pop.learn(128)
+    for k, s in enumerate(SEEDS):
+        solo = mk(s)
+        solo.learn(128)
+        assert max_gap(solo, pop[k]) < pop[0].learning_rate        # stacked update: see test_members_match_standalone_models

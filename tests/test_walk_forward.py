@@ -60,7 +60,7 @@ def test_run_statistics_counts_the_family(two_runs):
     assert row["diff_low"] <= row["sharpe_diff"] <= row["diff_high"]
     assert row["sharpe"] == pytest.approx(a.metrics["test_stats"]["sharpe"], rel=1e-9)
     assert 0 <= row["dsr"] <= 1 and 0 <= row["psr"] <= 1
-    assert row["verdict"] in {"skill", "no skill", "inconclusive"}
+    assert row["verdict"] in {"skill", "worse than buy-and-hold", "inconclusive"}
 
 
 @pytest.mark.slow

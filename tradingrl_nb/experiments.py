@@ -34,7 +34,11 @@ __all__ = ['ExperimentFailed', 'RunResult', 'new_run_dir', 'prepare_run', 'run_e
 class ExperimentFailed(RuntimeError):
     "A run whose notebook raised; `.result` is the `RunResult` (the executed notebook is kept)."
     def __init__(self, message: str, result: "RunResult"):
-        super().__init__(message); self.result = result
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self):                                          # picklable: a worker process can raise it
+        return (type(self), (self.args[0], self.result))
 
 @dataclass
 class RunResult:

@@ -8,6 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/findings.html.md"""
 # %% ../nbs/12_findings.ipynb #055980f3
 from __future__ import annotations
 import json, math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,11 @@ from .fileio import read_json_object
 from .stats import Interval, mean_ci
 
 # %% auto #0
-__all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'WEIGHT_SUFFIXES',
-           'MAX_RESULTS_BYTES', 'FIELDS', 'REGISTRY_FIELDS', 'VERDICT_COLORS', 'Claim', 'claim_verdict', 'size_verdict',
-           'degenerate', 'verdict_of', 'finding', 'findings_table', 'seed_p_value', 'seed_t_interval',
-           'minimum_detectable_effect', 'holm_adjusted', 'holm_verdicts', 'check_results', 'with_family',
+__all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'RECOMPUTABLE', 'WEIGHT_SUFFIXES',
+           'MAX_RESULTS_BYTES', 'FIELDS', 'REGISTRY_FIELDS', 'VERDICT_COLORS', 'Claim', 'interval_inputs',
+           'recompute_interval', 'check_inputs', 'claim_verdict', 'size_verdict', 'degenerate', 'verdict_of', 'finding',
+           'findings_table', 'seed_p_value', 'seed_t_interval', 'minimum_detectable_effect', 'holm_adjusted',
+           'holm_verdicts', 'target_effect', 'seeds_needed', 'power_plan', 'check_results', 'with_family',
            'collect_findings', 'missing_findings', 'findings_json', 'write_findings', 'plot_findings',
            'findings_markdown']
 
@@ -102,8 +104,41 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
           "no number of its own (seed 001's 5-10% is the LSTM reset's)", "higher", 0.0, "pbt_population", "our question", "",
           None, 0.1, "reframed: seed 001's 5-10% faster convergence belongs to the LSTM reset (lstm_reset_convergence)"),
 ]}
-MIN_SEEDS = 5
+MIN_SEEDS = 3   # the main job has 3 seeds a test year; a t-interval over 3 seeds is valid (2 degrees of freedom), only wide
 VERDICTS = ("holds", "smaller than claimed", "refuted", "inconclusive", "not testable")
+
+# %% ../nbs/12_findings.ipynb #164b53d7
+RECOMPUTABLE = ("mean_ci", "ratio_ci", "paired_sharpe_difference_ci", "multi_seed_sharpe_ci")   # tradingrl_nb.stats
+
+def interval_inputs(function: str, **args) -> dict:
+    """What recomputes a finding's interval: a `tradingrl_nb.stats` function in `RECOMPUTABLE` and its arguments,
+    arrays (per-seed values, `[seeds, days]` daily returns) stored as lists of floats, options as they are."""
+    if function not in RECOMPUTABLE: raise ValueError(f"interval_inputs: {function!r} is not one of {RECOMPUTABLE}")
+    def stored(v):
+        if isinstance(v, (pd.DataFrame, pd.Series)): v = v.to_numpy()
+        if isinstance(v, (np.ndarray, list, tuple)):
+            a = np.asarray(v, dtype=np.float64)
+            if not np.isfinite(a).all(): raise ValueError(f"interval_inputs: {function}'s inputs hold a non-finite value")
+            return a.tolist()
+        return v
+    return {"function": function, "args": {k: stored(v) for k, v in args.items()}}
+
+def recompute_interval(inputs: dict) -> Interval:
+    "The interval `interval_inputs` describes, computed again from its stored numbers."
+    from tradingrl_nb import stats
+    if inputs.get("function") not in RECOMPUTABLE: raise ValueError(f"cannot recompute with {inputs.get('function')!r}")
+    args = {k: np.asarray(v, dtype=np.float64) if isinstance(v, list) else v for k, v in inputs["args"].items()}
+    return getattr(stats, inputs["function"])(**args)
+
+def check_inputs(inputs: dict, interval, where: str, rtol: float = 1e-9) -> None:
+    """ValueError naming `where` unless the inputs give `interval` `(estimate, low, high)` again. The tolerance: the same
+    seeded bootstrap on the same numbers; sums of thousands of floats may round differently on another machine's
+    numpy (1e-13 relative), far inside 1e-9."""
+    got = recompute_interval(inputs)
+    want = [float(x) for x in interval]
+    if not np.allclose([got.estimate, got.low, got.high], want, rtol=rtol, atol=1e-12):
+        raise ValueError(f"{where}: the stored inputs give {got.estimate:.6g} [{got.low:.6g}, {got.high:.6g}] with "
+                         f"{inputs['function']}, but the finding says {want[0]:.6g} [{want[1]:.6g}, {want[2]:.6g}]")
 
 # %% ../nbs/12_findings.ipynb #dc729cb7
 def claim_verdict(ci95, null: float, direction: str) -> str:
@@ -157,12 +192,15 @@ def verdict_of(f: dict) -> str:
     "The verdict a finding record's interval gives under the current rule, with its claim's size and SESOI."
     return _verdict(f["ci95"], CLAIMS[f["id"]], int(f.get("untrained_runs", 0)), f["per_seed"])
 
-def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail: str = "", health: list[dict] | None = None) -> dict:
+def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail: str = "", health: list[dict] | None = None,
+            inputs: dict | None = None) -> dict:
     """The record of claim `id`: `per_seed` (one value per seed), `interval` (an `Interval` or `(estimate, low, high)`)
     for the effect, the training steps of one run, what the metric is (with units), and a sentence of secondary
     numbers. Definition (claim, direction, null) and verdict are filled in here. `health`: the `training_health` of
     each trained run behind the finding (`tradingrl_nb.health`); if any run's policy did not move, the verdict is "not
-    testable" (the measurement is not evidence about training) and `untrained_runs` counts them."""
+    testable" (the measurement is not evidence about training) and `untrained_runs` counts them. `inputs`
+    (`interval_inputs(...)`): the statistics call that gave `interval`, kept with the record so that `tradingrl findings
+    --check` recomputes the interval from the stored numbers; it must give `interval` now."""
     if id not in CLAIMS: raise ValueError(f"unknown claim id {id!r}; known: {', '.join(CLAIMS)}")
     c = CLAIMS[id]
     est, lo, hi = (interval.estimate, interval.low, interval.high) if isinstance(interval, Interval) else interval
@@ -173,7 +211,8 @@ def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail
     if steps <= 0: raise ValueError(f"{id}: steps_per_run must be > 0, got {steps_per_run}")
     if not str(metric).strip(): raise ValueError(f"{id}: say what the metric is")
     untrained = sum(1 for h in (health or []) if h.get("moved") is False)
-    return dict(id=id, claim=c.claim, seeds_say=c.seeds_say, metric=str(metric), n_seeds=len(values), steps_per_run=steps,
+    if inputs is not None: check_inputs(inputs, (est, lo, hi), id)
+    return dict(**({"inputs": inputs} if inputs is not None else {}), id=id, claim=c.claim, seeds_say=c.seeds_say, metric=str(metric), n_seeds=len(values), steps_per_run=steps,
                 per_seed=values, estimate=est, ci95=[lo, hi], null=c.null, direction=c.direction,
                 verdict=_verdict((lo, hi), c, untrained, values), detail=str(detail), untrained_runs=untrained)
 
@@ -238,14 +277,49 @@ def holm_verdicts(findings: list[dict], alpha: float = 0.05) -> list[str]:
         out.append(size_verdict(seed_t_interval(f["per_seed"], c, level), c.null, c.direction, c.claimed, c.sesoi, c.ratio))
     return out
 
+# %% ../nbs/12_findings.ipynb #0158fa8c
+def target_effect(c: Claim) -> float | None:
+    """The effect a run must be able to see, on the t-test's scale (a log for a ratio): the claimed size nearest to no
+    effect, or the smallest effect of interest when the claim gives no size."""
+    if c.claimed is None: return float(c.sesoi) if c.sesoi else None
+    near = min(c.claimed, key=lambda v: abs(math.log(v / c.null)) if c.ratio else abs(v - c.null))
+    return abs(math.log(near / c.null)) if c.ratio else abs(near - c.null)
+
+def seeds_needed(per_seed, c: Claim, alpha: float = 0.05, power: float = 0.8, most: int = 200) -> int | None:
+    """Seeds a run needs for its MDE (two-sided t-test at `alpha`, `power`; the spread of the pilot's `per_seed`
+    values) to be at or below `target_effect(c)`: the smallest n >= 3 with (t(1 - alpha/2, n-1) + t(power, n-1)) s / sqrt(n)
+    <= target. None when the claim has no size to aim at or more than `most` seeds would be needed."""
+    from scipy import stats as st
+    target, s = target_effect(c), float(np.std(_seed_scale(per_seed, c), ddof=1))
+    if target is None: return None
+    for n in range(3, most + 1):
+        if (st.t.ppf(1 - alpha / 2, n - 1) + st.t.ppf(power, n - 1)) * s / math.sqrt(n) <= target: return n
+    return None
+
+def power_plan(findings: list[dict], seconds_per_seed: Mapping[str, float], budget_s: float = 1800.0) -> pd.DataFrame:
+    """Per claim, from a pilot's stored finding: the seeds its MDE needs to reach the claimed size (`seeds_needed`) and
+    the seeds its experiment's full run uses. An experiment measures several claims on the same seeds: it takes the
+    most any of its claims needs, as far as they fit `budget_s` at its measured `seconds_per_seed` (the experiments
+    train one seed after another on one core), and never fewer than `MIN_SEEDS`. A claim whose need is over that (or
+    that has no size to aim at) is underpowered: its MDE stays above the claimed size."""
+    need = {f["id"]: seeds_needed(f["per_seed"], CLAIMS[f["id"]]) for f in findings}
+    exp = {f["id"]: Path(f["experiment"]).stem for f in findings}
+    fit = {e: max(MIN_SEEDS, int(budget_s // float(seconds_per_seed[e]))) for e in set(exp.values())}
+    planned = {e: min(fit[e], max([need[i] or fit[e] for i in need if exp[i] == e] + [MIN_SEEDS])) for e in fit}
+    rows = [dict(id=f["id"], experiment=exp[f["id"]], pilot_seeds=f["n_seeds"], target=target_effect(CLAIMS[f["id"]]),
+                 needed=need[f["id"]], seconds_per_seed=float(seconds_per_seed[exp[f["id"]]]), planned=planned[exp[f["id"]]],
+                 underpowered=need[f["id"]] is None or need[f["id"]] > planned[exp[f["id"]]]) for f in findings]
+    return pd.DataFrame(rows).set_index("id")
+
 # %% ../nbs/12_findings.ipynb #038fae47
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".zip", ".pkl")
 MAX_RESULTS_BYTES = 20 * 2 ** 20
 FIELDS = ("id", "claim", "seeds_say", "experiment", "metric", "n_seeds", "steps_per_run", "per_seed", "estimate", "ci95",
           "null", "direction", "verdict", "detail", "commit", "untrained_runs")
-#: What `collect_findings` adds from the registry and the family: the source and its sentence, the claimed size, our
+#: What `collect_findings` adds: the stats function that recomputed the interval from the stored inputs (None: the
+#: run kept none), and from the registry and the family: the source and its sentence, the claimed size, our
 #: smallest effect of interest, the framing, the t-test's p-value over seeds, the MDE, and the Holm-adjusted verdict.
-REGISTRY_FIELDS = ("source", "quote", "claimed", "sesoi", "framing", "primary", "forks", "p_value", "mde", "holm_verdict")
+REGISTRY_FIELDS = ("recomputed", "source", "quote", "claimed", "sesoi", "framing", "primary", "forks", "p_value", "mde", "holm_verdict")
 
 def check_results(results: str | Path = "results") -> int:
     "The stored runs' total size in bytes; ValueError naming the file if one holds model weights or the total is over 20 MB."
@@ -277,8 +351,9 @@ def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
     legacy = "not testable" if untrained else claim_verdict(f["ci95"], c.null, c.direction)    # runs before sizes: the sign rule
     if f["verdict"] not in (v, legacy):
         raise ValueError(f"{where}: finding {c.id!r} says {f['verdict']!r} but its interval {f['ci95']} gives {v!r}")
+    if "inputs" in f: check_inputs(f["inputs"], (f["estimate"], *f["ci95"]), f"{where}: finding {c.id!r}")
     rec = {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
-    rec["verdict"] = v
+    rec["verdict"], rec["recomputed"] = v, f["inputs"]["function"] if "inputs" in f else None
     return {**rec, "source": c.source, "quote": c.quote, "claimed": None if c.claimed is None else list(c.claimed),
             "sesoi": c.sesoi, "framing": c.framing, "primary": c.primary, "forks": c.forks}
 

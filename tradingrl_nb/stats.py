@@ -98,16 +98,17 @@ class Interval:
     confidence: float = 0.95
     block_length: float = float("nan")
 
-    def verdict(self, null: float = 0.0) -> str:
-        "'skill' if the interval lies above `null`, 'no skill' if below it, else 'inconclusive'."
-        return verdict(self.low, self.high, null)
+    def verdict(self, null: float = 0.0, below: str = "no skill") -> str:
+        "'skill' if the interval lies above `null`, `below` if below it, else 'inconclusive'."
+        return verdict(self.low, self.high, null, below)
 
     def __str__(self): return f"{self.estimate:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
 
-def verdict(low: float, high: float, null: float = 0.0) -> str:
-    "One word from an interval, never from a point estimate: 'skill' above `null`, 'no skill' below it, else 'inconclusive'."
+def verdict(low: float, high: float, null: float = 0.0, below: str = "no skill") -> str:
+    """One word from an interval, never from a point estimate: 'skill' above `null`, `below` under it (for a difference
+    from a benchmark say so: `below="worse than buy-and-hold"`), else 'inconclusive'."""
     if low > null: return "skill"
-    if high < null: return "no skill"
+    if high < null: return below
     return "inconclusive"
 
 def block_length(*series) -> float:
@@ -297,5 +298,5 @@ def run_statistics(runs, family: str | list[str] | None = None, confidence: floa
                          sharpe=ci.estimate, sharpe_low=ci.low, sharpe_high=ci.high, bh_sharpe=sharpe_ratio(b, periods),
                          sharpe_diff=d.estimate, diff_low=d.low, diff_high=d.high,
                          psr=probabilistic_sharpe_ratio(a), dsr=deflated_sharpe_ratio(a, trials), n_trials=len(trials),
-                         verdict=d.verdict()))
+                         verdict=d.verdict(below="worse than buy-and-hold")))
     return pd.DataFrame(rows)

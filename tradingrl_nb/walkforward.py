@@ -56,7 +56,8 @@ def agent_kwargs(n_steps: int = 64, batch_size: int = 128, n_epochs: int = 2, se
 # %% ../nbs/09b_walkforward.ipynb #a169dfe5
 def train_window(df: pd.DataFrame, span: Mapping[str, str], seeds: Sequence[int], *, total_timesteps: int,
                  eval_every: int, patience: int = 3, n_envs: int = 4, episode_length: int = 128, env_kwargs: Mapping | None = None,
-                 ppo_kwargs: Mapping | None = None, selection_metric: str = "sharpe", bootstrap_reps: int = 1000,
+                 ppo_kwargs: Mapping | None = None, selection_metric: str = "sharpe", baselines: Sequence[str] = (),
+                 bootstrap_reps: int = 1000,
                  device: str = "cpu", output_dirs: Mapping[int, str | Path] | None = None,
                  threads: int | None = None) -> dict[int, WindowRun]:
     """Train the seeds of one walk-forward window as one `Population` and test each seed's best checkpoint.
@@ -65,7 +66,7 @@ def train_window(df: pd.DataFrame, span: Mapping[str, str], seeds: Sequence[int]
     training span with `n_envs` envs, is validated every `eval_every` steps on the validation span (a deterministic
     backtest; `selection_metric` picks the best checkpoint), and stops after `patience` checks without improvement
     (0: never early): a stopped member is frozen and costs nothing while the others go on. Each seed's best checkpoint
-    is then backtested on the test span against buy-and-hold. `output_dirs[seed]` receives that run's `metrics.json`,
+    is then backtested on the test span against buy-and-hold and the `baselines` (rule names of `tradingrl_nb.env`). `output_dirs[seed]` receives that run's `metrics.json`,
     `returns.csv` (daily agent, buy-and-hold and held position), `params.json`, `timing.json`, its live
     `.progress.json` and, once it is done, `run.json`, as a `train_agent` run leaves them. `threads`: torch threads of this process (a worker's)."""
     if threads: th.set_num_threads(int(threads))
@@ -107,13 +108,15 @@ def train_window(df: pd.DataFrame, span: Mapping[str, str], seeds: Sequence[int]
     for k, s in enumerate(seeds):
         m, st, d = pop[k], loop[k], dirs[s]
         m.set_parameters(st["best"][2])
-        res = backtest(m, df, start=span["test_start"], end=span["test_end"], name="agent", seed=s, **env_kw)
+        res = {"agent": backtest(m, df, start=span["test_start"], end=span["test_end"], name="agent", seed=s, **env_kw)}
+        for b in baselines: res[b] = backtest(b, df, start=span["test_start"], end=span["test_end"], seed=s, **env_kw)
         out[s] = WindowRun(s, d, *run_metrics(res, validate(k), logs[k].frame(), st, m, bootstrap_reps, s))
         if d is not None:
             save_metrics(out[s].metrics, d)
             out[s].returns.to_csv(d / "returns.csv", index_label="date")
             write_json(d / "params.json", dict(seed=s, **span, total_timesteps=total_timesteps, eval_every=eval_every,
                                                patience=patience, n_envs=n_envs, episode_length=episode_length,
+                                               baselines=list(baselines),
                                                **env_kw, **flatten_dict(kw)))
             write_json(d / "timing.json", dict(train_s=train_s, window_seeds=len(seeds), steps_per_s=m.num_timesteps / train_s))
             write_json(d / "run.json", dict(created_by=RUN_MARKER, experiment="train_window", status="ok", started=started,
@@ -122,22 +125,25 @@ def train_window(df: pd.DataFrame, span: Mapping[str, str], seeds: Sequence[int]
 
 
 # %% ../nbs/09b_walkforward.ipynb #07567b38
-def run_metrics(res, val, curves: pd.DataFrame, st: dict, model, reps: int, seed: int) -> tuple[dict, pd.DataFrame]:
-    """A run's `metrics.json` content and daily returns from its test backtest `res` and validation backtest `val`
-    (the fields `train_agent` writes), its training curves and early-stopping state `st`."""
+def run_metrics(results: Mapping, val, curves: pd.DataFrame, st: dict, model, reps: int, seed: int) -> tuple[dict, pd.DataFrame]:
+    """A run's `metrics.json` content and daily returns from its test backtests `results` (the agent's under "agent",
+    then any baselines') and validation backtest `val` (the fields `train_agent` writes), its training curves and
+    early-stopping state `st`. The daily returns: agent, buy-and-hold, the held position, each baseline."""
+    res = results["agent"]
     keys = ["total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "ann_vol", "cvar_5", "turnover", "costs_paid"]
     agent_r, bh_r = res.returns, res.equity["benchmark"].pct_change().iloc[1:]
-    returns = pd.DataFrame({"agent": agent_r, "buy_and_hold": bh_r, "agent_position": res.equity["position"].shift(1).iloc[1:]})
+    returns = pd.DataFrame({"agent": agent_r, "buy_and_hold": bh_r, "agent_position": res.equity["position"].shift(1).iloc[1:],
+                            **{b: r.returns for b, r in results.items() if b != "agent"}})
     ci, bh_ci = stats.sharpe_ci(agent_r, reps=reps, seed=seed), stats.sharpe_ci(bh_r, reps=reps, seed=seed)
     diff = stats.sharpe_difference_ci(agent_r, bh_r, reps=reps, seed=seed)
-    table, val_table = compare({"agent": res}), compare({"agent": val})
+    table, val_table = compare(results), compare({"agent": val})
     metrics = {
         "test": {name: {k: row[k] for k in keys} for name, row in table.iterrows()},
         "validation": {name: {k: row[k] for k in keys} for name, row in val_table.iterrows()},
         "test_stats": dict(sharpe=ci.estimate, sharpe_low=ci.low, sharpe_high=ci.high, bh_sharpe=bh_ci.estimate,
                            bh_sharpe_low=bh_ci.low, bh_sharpe_high=bh_ci.high, sharpe_diff=diff.estimate,
                            sharpe_diff_low=diff.low, sharpe_diff_high=diff.high, psr=stats.probabilistic_sharpe_ratio(agent_r),
-                           block_length=diff.block_length, verdict=diff.verdict()),
+                           block_length=diff.block_length, verdict=diff.verdict(below="worse than buy-and-hold")),
         "training_health": training_health(curves),
         "training": dict(timesteps=int(model.num_timesteps), best_step=int(st["best"][1]), best_val_metric=float(st["best"][0]),
                          n_evals=len(st["evals"]), trials=len(st["evals"]), stopped_early=st["stopped_early"],
