@@ -10,9 +10,10 @@ sequences of 32, a 32-day window, LSTM 64, 32 quantiles; S&P 500 up to 2007):
    time on the same 2 cores, equal total steps, wall-clock from launch to the last result (imports, data and model
    set-up included); the population with one and with two torch threads; and the 5 runs one after another in one
    process (training alone);
-4. the main job's unit of work, one walk-forward window with 5 seeds: 5 `train_agent` notebook runs through the
-   runner, two at a time (what `walk_forward` did before populations) against `walkforward.train_window` in one
-   process (what it does now): validation, early stopping, test backtests and files included.
+4. the main job's work on the same 2 cores: two walk-forward windows (2008, 2018) with 5 seeds each, as 10
+   `train_agent` notebook runs through the runner, two at a time (what `walk_forward` did before populations),
+   against two `walkforward.train_window` processes side by side, one per window (what it does now): validation,
+   early stopping, test backtests and files included.
 
 The last line reads `K=5 vs 5 runs: <ratio>x` (3., the population's better thread count). `--quick` finishes within
 10 minutes on 2 cores."""
@@ -75,46 +76,50 @@ def one_population(k: int, steps: int, threads: int = 2) -> float:
     return time.perf_counter() - t
 
 
-WINDOW = dict(train_start="2003-01-01", train_end="2006-12-31", val_start="2007-01-01", val_end="2007-12-31",
-              test_start="2008-01-01", test_end="2008-12-31")
+WINDOWS = {2008: dict(train_start="2003-01-01", train_end="2006-12-31", val_start="2007-01-01", val_end="2007-12-31",
+                     test_start="2008-01-01", test_end="2008-12-31"),
+           2018: dict(train_start="2013-01-01", train_end="2016-12-31", val_start="2017-01-01", val_end="2017-12-31",
+                      test_start="2018-01-01", test_end="2018-12-31")}
 
 
-def window_old(steps: int, out: str) -> float:
-    "Wall seconds of 5 train_agent runs (one per seed) through the runner, two at a time, as walk_forward ran them."
+def windows_old(steps: int, out: str) -> float:
+    "Wall seconds of 10 train_agent runs (2 windows x 5 seeds) through the runner, two at a time, as walk_forward ran them."
     from concurrent.futures import ProcessPoolExecutor
     import functools, multiprocessing as mp
     from tradingrl_nb.experiments import run_experiment
     params = dict(total_timesteps=steps, eval_every=steps // 4, patience=3, n_envs=CONFIG["n_envs"], n_steps=CONFIG["n_steps"],
                   batch_size=CONFIG["batch_size"], n_epochs=CONFIG["n_epochs"], sequence_length=CONFIG["sequence_length"],
                   episode_length=256, window=CONFIG["window"], lstm_hidden_size=CONFIG["lstm"], n_quantiles=CONFIG["quantiles"],
-                  bootstrap_reps=1000, baselines=[], threads=1, **WINDOW)
+                  bootstrap_reps=1000, baselines=[], threads=1)
     run = functools.partial(run_experiment, "train_agent", device="cpu", progress=False, report=False, raise_on_failure=True,
                             kernel_log=True)
     t = time.perf_counter()
     with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
-        futures = [ex.submit(run, dict(params, seed=k), output_dir=f"{out}/old-{k}") for k in range(5)]
+        futures = [ex.submit(run, dict(params, seed=k, **span), output_dir=f"{out}/old-{y}-{k}")
+                   for y, span in WINDOWS.items() for k in range(5)]
         for f in futures: f.result()
     return time.perf_counter() - t
 
 
-def window_new(steps: int, out: str) -> float:
-    "Wall seconds of train_window for the same 5 seeds in one fresh process (one torch thread)."
+def windows_new(steps: int, out: str) -> float:
+    "Wall seconds of train_window for the same 2 windows x 5 seeds: one fresh process per window, both at once."
     t = time.perf_counter()
-    finish(subprocess.Popen([sys.executable, __file__, "--window", str(steps), out], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True))
+    procs = [subprocess.Popen([sys.executable, __file__, "--window", str(y), str(steps), out], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for y in WINDOWS]
+    for p in procs: finish(p)
     return time.perf_counter() - t
 
 
-def window_worker(steps: int, out: str) -> dict:
+def window_worker(year: int, steps: int, out: str) -> dict:
     import torch
     from tradingrl_nb.data import load_market_data
     from tradingrl_nb.walkforward import agent_kwargs, train_window
     torch.set_num_threads(1)
     kw = agent_kwargs(n_steps=CONFIG["n_steps"], batch_size=CONFIG["batch_size"], n_epochs=CONFIG["n_epochs"],
                       sequence_length=CONFIG["sequence_length"], lstm_hidden_size=CONFIG["lstm"], n_quantiles=CONFIG["quantiles"])
-    runs = train_window(load_market_data("sp500"), WINDOW, range(5), total_timesteps=steps, eval_every=steps // 4, patience=3,
-                        n_envs=CONFIG["n_envs"], episode_length=256, env_kwargs=dict(window=CONFIG["window"]), ppo_kwargs=kw,
-                        bootstrap_reps=1000, output_dirs={k: f"{out}/new-{k}" for k in range(5)})
+    runs = train_window(load_market_data("sp500"), WINDOWS[year], range(5), total_timesteps=steps, eval_every=steps // 4,
+                        patience=3, n_envs=CONFIG["n_envs"], episode_length=256, env_kwargs=dict(window=CONFIG["window"]),
+                        ppo_kwargs=kw, bootstrap_reps=1000, output_dirs={k: f"{out}/new-{year}-{k}" for k in range(5)})
     return dict(steps=[r.metrics["training"]["timesteps"] for r in runs.values()])
 
 
@@ -141,14 +146,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer steps (within 10 minutes on 2 cores)")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
-    p.add_argument("--window", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--window", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--ks", default="1,2,5,10,20", help="population sizes of the throughput table")
     a = p.parse_args()
     if a.worker:
         kind, k, steps, threads = a.worker
         print(json.dumps(worker(kind, int(k), int(steps), int(threads)))); return
     if a.window:
-        print(json.dumps(window_worker(int(a.window[0]), a.window[1]))); return
+        print(json.dumps(window_worker(int(a.window[0]), int(a.window[1]), a.window[2]))); return
     iters = 2 if a.quick else 6
     per_run = 8 * 2048 if a.quick else 40 * 2048                  # env steps per member in the K=5 comparison
     print(f"configuration: {CONFIG}; torch threads: 1 in the table, 2 for the population against 2 runs at a time")
@@ -172,9 +177,9 @@ def main() -> None:
     import tempfile
     out = tempfile.mkdtemp(prefix="bench_population-")
     w_steps = 4 * 2048 if a.quick else 24 * 2048
-    old, new = window_old(w_steps, out), window_new(w_steps, out)
-    print(f"\none walk-forward window, 5 seeds, at most {w_steps} steps each (validation every {w_steps // 4}): 5 train_agent "
-          f"runs, 2 at a time: {old:.1f} s; train_window in one process: {new:.1f} s -> {old / new:.2f}x")
+    old, new = windows_old(w_steps, out), windows_new(w_steps, out)
+    print(f"\ntwo walk-forward windows x 5 seeds, at most {w_steps} steps each (validation every {w_steps // 4}), 2 cores: "
+          f"10 train_agent runs, 2 at a time: {old:.1f} s; 2 train_window processes side by side: {new:.1f} s -> {old / new:.2f}x")
     print(f"K=5 vs 5 runs: {sep / min(pops.values()):.2f}x")
 
 

@@ -1,12 +1,28 @@
 """Generate README.md from nbs/index.ipynb (markdown cells verbatim, code cells as fenced blocks;
-outputs and `#| hide` cells left out). `--check` exits 1 when README.md is stale."""
+outputs and `#| hide` cells left out; the line `<!-- findings-summary -->` becomes the verdict counts of
+results/findings.json). `--check` exits 1 when README.md is stale."""
+import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = "<!-- Generated from nbs/index.ipynb by `make readme`: edit the notebook, not this file. -->\n\n"
+
+
+SUMMARY_MARK = "<!-- findings-summary -->"
+VERDICT_ORDER = ("holds", "smaller than claimed", "refuted", "inconclusive", "not testable")
+
+
+def findings_summary(path: Path = ROOT / "results" / "findings.json") -> str:
+    "One sentence of verdict counts from the stored findings, raw and after Holm's correction."
+    if not path.exists(): return "No findings are stored yet (`tradingrl findings` writes them)."
+    found = json.loads(path.read_text(encoding="utf-8"))
+    count = lambda key: ", ".join(f"{n} {v}" for v in VERDICT_ORDER if (n := Counter(f.get(key) for f in found)[v]))
+    return (f"**Today ({len(found)} claims measured, from `results/findings.json`):** {count('verdict')}; after Holm's "
+            f"correction over all of them: {count('holm_verdict')}.")
 
 
 def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
@@ -16,7 +32,7 @@ def render(nb_path: Path = ROOT / "nbs" / "index.ipynb") -> str:
         src = cell.source.strip()
         if not src: continue
         if cell.cell_type == "markdown":
-            parts.append(src)
+            parts.append(src.replace(SUMMARY_MARK, findings_summary()))
         elif cell.cell_type == "code":
             lines = src.splitlines()
             if any(l.strip().replace(" ", "") in ("#|hide", "#|export") for l in lines if l.startswith("#|")): continue
