@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tradingrl_nb.data import load_market_data, walk_forward_splits
+from tradingrl_nb.market import prepare_market
 from tradingrl_nb.testing import TINY_CELLS, TINY_PARAMS, make_notebook
 
 _SCRIPT = Path(sys.executable).parent / "tradingrl"
@@ -145,8 +147,14 @@ def test_main_job_parameters_are_valid():
     specs = ex.experiment_parameters(path)
     assert values["total_timesteps"] > 100 * specs["total_timesteps"].default  # full size, not the tiny default
     assert values["dataset"] == "sp500" and values["execution"] == "next_close"
-    # every test year the data allows (2004-2018), 3 seeds each, the rules beside the agent, two windows at a time
-    assert values["test_years"] == list(range(2004, 2019)) and len(values["seeds"]) >= 3 and values["jobs"] == 2
+    df = load_market_data(values["dataset"])
+    splits = {s.test_start.year: s for s in walk_forward_splits(df, train=values["train"], val=values["val"], test="1Y",
+                                                              step="1Y", embargo=values["embargo"], mode=values["mode"])}
+    for y in values["test_years"]:   # each window's training span can be built (no window fails after minutes of work)
+        prepare_market(df, window=values["window"], start=splits[y].train_start, end=splits[y].train_end)
+    # every test year the data allows (2005-2018: 2004's training would start on the data's first day, before the
+    # features' warm-up), 3 seeds each, the rules beside the agent, two windows at a time
+    assert values["test_years"] == list(range(2005, 2019)) and len(values["seeds"]) >= 3 and values["jobs"] == 2
     assert set(values["baselines"]) == {"momentum", "flat", "random"}
 
 
