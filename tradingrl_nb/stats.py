@@ -144,12 +144,13 @@ def sharpe_difference_ci(a, b, confidence: float = 0.95, seed: int = 0, reps: in
     lo, hi = bs.conf_int(diff, reps=reps, method="percentile", size=confidence)[:, 0]
     return Interval(sharpe_ratio(ra, periods) - sharpe_ratio(rb, periods), float(lo), float(hi), confidence, bl)
 
+
+# %% ../nbs/11_stats.ipynb #4885e200
 def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.95, seed: int = 0, reps: int = 2000,
                          block: float | None = None, periods: int = 252, method: str = "t") -> Interval:
     """Mean annualized Sharpe over training seeds (rows of `returns_by_seed`, `[n_seeds, n_days]`, the same days), or its
-    excess over `benchmark`'s Sharpe, with an interval that resamples seeds (with replacement) and stationary-bootstrap
-    blocks of market days together: it holds both the luck of the seed and the luck of the market path (`method`: see
-    `_seeds_and_blocks`)."""
+    excess over `benchmark`'s Sharpe, with an interval that holds both the luck of the seed and the luck of the market
+    path (`method`: see `_seeds_and_blocks`)."""
     R = np.asarray(returns_by_seed.to_numpy() if isinstance(returns_by_seed, pd.DataFrame) else returns_by_seed, dtype=np.float64)
     if R.ndim != 2 or R.shape[0] < 1: raise ValueError(f"returns_by_seed must be [n_seeds, n_days], got shape {R.shape}")
     for i, row in enumerate(R): _returns(row, f"returns of seed {i}")
@@ -158,38 +159,46 @@ def multi_seed_sharpe_ci(returns_by_seed, benchmark=None, confidence: float = 0.
         raise ValueError(f"benchmark has {cols[1].shape[0]} returns, the seeds {R.shape[1]}")
     X = np.column_stack(cols)  # [n_days, n_seeds (+1)]
     k = R.shape[0]
-    def stat(x, seeds=slice(None)):
+    def per_seed(x):
         s = _sharpe_cols(x, periods)
-        m = np.mean(s[:k][seeds])
-        return m - s[k] if benchmark is not None else m
-    return _seeds_and_blocks(X, k, stat, confidence, seed, reps, block, method)
+        return s[:k] - s[k] if benchmark is not None else s[:k]
+    stat = lambda x, seeds=slice(None): float(np.mean(per_seed(x)[seeds]))
+    return _seeds_and_blocks(X, k, stat, confidence, seed, reps, block, method, per_seed)
 
 def _seeds_and_blocks(X: np.ndarray, k: int, stat, confidence: float, seed: int, reps: int, block: float | None,
-                      method: str = "t") -> Interval:
-    """Interval of `stat(days, seed_index)` that holds the luck of the `k` seeds and of the market days `X`
+                      method: str = "t", per_seed=None) -> Interval:
+    """Interval of an estimate over `k` seeds that holds the luck of the seeds and of the market days `X`
     `[n_days, columns]` (stationary-bootstrap blocks, expected length by Politis-White on the mean column unless `block`).
-    `method="t"` (default): the estimate +/- a Student-t quantile times the combined standard error
-    $\\sqrt{s^2_{seeds}/k + v_{days}}$, where $s^2_{seeds}$ is the variance of the per-seed values and $v_{days}$ the
-    bootstrap variance over resampled days with the seeds fixed; degrees of freedom by Welch-Satterthwaite (the seed
-    part has $k-1$, the day part many). `method="percentile"`: percentiles of draws that resample seeds with replacement
-    and days together (it under-covers with few seeds: see the coverage simulation)."""
+    `method="t"` (default; the estimate is the mean of `per_seed(days)`, the `k` per-seed values): a MOVER interval
+    (Zou and Donner 2008) joining two parts, each with its own quantile: the seeds' part $v_s$, the variance of the
+    per-seed values over $k$, with Student's t at $k-1$ degrees of freedom; the market's part $v_m$, the bootstrap
+    variance of the mean over resampled days with the seeds fixed, less each seed's own day noise over $k$ (read from
+    the covariance of the per-seed draws: that noise already makes the seeds differ, so $v_s$ holds it), with the
+    normal quantile. Half-width $\sqrt{t^2 v_s + z^2 v_m}$. With one seed there is no seed part: the day bootstrap
+    alone, normal quantile. `method="percentile"`: percentiles of `stat(days, seed_indices)` over draws that resample
+    seeds with replacement and days together (it under-covers with few seeds: see the coverage simulation)."""
     if method not in ("t", "percentile"): raise ValueError(f"method must be 't' or 'percentile', got {method!r}")
     bl = block_length(X.mean(axis=1)) if block is None else float(block)
     rng = np.random.default_rng(seed)
     bs = StationaryBootstrap(bl, X, seed=rng)
     est = float(stat(X))
+    a = (1 - confidence) / 2
     if method == "percentile":
         draws = np.array([stat(data[0], rng.integers(0, k, size=k)) for data, _ in bs.bootstrap(reps)])
-        a = (1 - confidence) / 2
         lo, hi = np.quantile(draws, [a, 1 - a])
         return Interval(est, float(lo), float(hi), confidence, bl)
-    days = np.array([stat(data[0]) for data, _ in bs.bootstrap(reps)])
-    v_days = float(np.var(days, ddof=1))
-    v_seed = float(np.var([stat(X, [i]) for i in range(k)], ddof=1) / k) if k > 1 else 0.0
-    se = float(np.sqrt(v_seed + v_days))
-    df = (k - 1) * (v_seed + v_days) ** 2 / v_seed ** 2 if v_seed > 0 else np.inf
-    h = float(scipy.stats.t.ppf(0.5 + confidence / 2, df)) * se
+    draws = np.array([per_seed(data[0]) for data, _ in bs.bootstrap(reps)]).reshape(reps, k)   # [reps, k]
+    v_days = float(np.var(draws.mean(axis=1), ddof=1))
+    if k == 1:   # no seed part: the day bootstrap alone
+        h = float(scipy.stats.norm.ppf(1 - a) * np.sqrt(v_days))
+        return Interval(est, est - h, est + h, confidence, bl)
+    C = np.cov(draws, rowvar=False)
+    own = max(float(np.trace(C) / k - (C.sum() - np.trace(C)) / (k * (k - 1))), 0.0)   # one seed's own day noise
+    v_seeds = float(np.var(per_seed(X), ddof=1) / k)
+    v_market = max(v_days - own / k, 0.0)
+    h = float(np.sqrt(scipy.stats.t.ppf(1 - a, k - 1) ** 2 * v_seeds + scipy.stats.norm.ppf(1 - a) ** 2 * v_market))
     return Interval(est, est - h, est + h, confidence, bl)
+
 
 # %% ../nbs/11_stats.ipynb #df1450bf
 def interval_coverage(method: str, n_seeds: int, tau: float, reps: int = 400, days: int = 1000, boot: int = 300,
@@ -255,7 +264,10 @@ def paired_sharpe_difference_ci(returns_a, returns_b, reduce: str = "mean", conf
         return float(f(s[:k][seeds]) - f(s[k:][seeds]))
     method = method or ("t" if reduce == "mean" else "percentile")
     if method == "t" and reduce != "mean": raise ValueError("method='t' needs reduce='mean' (the median agent has no t-interval)")
-    return _seeds_and_blocks(np.column_stack([A.T, B.T]), k, stat, confidence, seed, reps, block, method)
+    def per_seed(x):
+        s = _sharpe_cols(x, periods)
+        return s[:k] - s[k:]
+    return _seeds_and_blocks(np.column_stack([A.T, B.T]), k, stat, confidence, seed, reps, block, method, per_seed)
 
 # %% ../nbs/11_stats.ipynb #0a1abd09
 def _read_run(d: Path, returns_file: str) -> dict:
