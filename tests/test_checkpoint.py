@@ -3,10 +3,12 @@ ordinary file mode under the umask, the folder fsynced after the rename, and a c
 metadata verified on load, so that flipped bytes, edited hyperparameters, absurdly nested or truncated headers all
 raise a `ValueError` that names the file."""
 import json
+import math
 import os
 import stat
 
 import numpy as np
+import safetensors.torch
 import pytest
 import torch as th
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -88,11 +90,11 @@ def test_folder_is_fsynced_after_the_rename(tmp_path, files, monkeypatch):
 
 
 def test_no_other_writer_in_the_checkpoint_paths():
-    "Both formats go through `atomic_write_bytes` (one writer for the package)."
+    "Every checkpoint goes through `write_checkpoint` and so through `atomic_write_bytes` (one writer for the package)."
     import inspect
-    for f in (ck.save_checkpoint, ck.write_checkpoint):
+    for f, call in ((ck.save_checkpoint, "write_checkpoint("), (ck.write_checkpoint, "atomic_write_bytes(")):
         src = inspect.getsource(f)
-        assert "atomic_write_bytes(" in src and "mkstemp" not in src and "open(" not in src, f.__name__
+        assert call in src and "mkstemp" not in src and "open(" not in src, f.__name__
 
 
 # --- integrity ----------------------------------------------------------------------------------
@@ -124,11 +126,10 @@ def test_flipped_tensor_bytes_are_detected(files, tmp_path, fmt, seed):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_edited_hyperparameters_are_detected(files, tmp_path, fmt):
-    key = "meta" if fmt == "tree" else "content"
-    old = '{"lr": 0.0003}' if fmt == "tree" else '["learning_rate", 0.0003]'
+    old = '["lr", 0.0003]' if fmt == "tree" else '["learning_rate", 0.0003]'
     def edit(meta):
-        assert old in meta[key]
-        meta[key] = meta[key].replace(old, old.replace("0.0003", "0.9"))
+        assert old in meta["content"]
+        meta["content"] = meta["content"].replace(old, old.replace("0.0003", "0.9"))
     bad = rewrite_meta(files[fmt], tmp_path / "edited.safetensors", edit)
     with pytest.raises(ValueError, match=r"edited\.safetensors.*metadata"):
         load(fmt, bad)
@@ -142,8 +143,7 @@ def test_deeply_nested_header_is_a_value_error(files, tmp_path, fmt, where):
     if where == "header":
         bad.write_bytes(len(deep).to_bytes(8, "little") + deep.encode())
     else:
-        key = "tree" if fmt == "tree" else "content"
-        rewrite_meta(files[fmt], bad, lambda m: m.__setitem__(key, deep), rehash=where.endswith("rehashed"))
+        rewrite_meta(files[fmt], bad, lambda m: m.__setitem__("content", deep), rehash=where.endswith("rehashed"))
     with pytest.raises(ValueError, match=r"deep\.safetensors"):
         load(fmt, bad)
 
@@ -188,8 +188,7 @@ def test_truncated_or_corrupted_headers_are_value_errors(files, tmp_path, fmt, c
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_forged_but_well_hashed_content_without_required_parts_is_a_value_error(files, tmp_path, fmt):
     "A checksum is no signature: a rehashed file that lacks what a loader needs must still be a ValueError, not a KeyError."
-    key = "tree" if fmt == "tree" else "content"
-    bad = rewrite_meta(files[fmt], tmp_path / "forged.safetensors", lambda m: m.__setitem__(key, '{"__dict__": []}' if fmt == "ppo" else '{"__tensor__": "nope"}'),
+    bad = rewrite_meta(files[fmt], tmp_path / "forged.safetensors", lambda m: m.__setitem__("content", '{"__dict__": []}' if fmt == "ppo" else '{"__tensor__": "nope"}'),
                        rehash=True)
     with pytest.raises(ValueError, match=r"forged\.safetensors"):
         load(fmt, bad)
@@ -230,3 +229,29 @@ def test_checksum_covers_names_dtypes_and_shapes():
     digests = {ck._tensor_digest(t) for t in (a, {"v": a["w"]}, {"w": a["w"].view(th.float32)}, {"w": a["w"].view(2, 2)})}
     assert len(digests) == 4
     assert ck._tensor_digest(a) == ck._tensor_digest({"w": th.arange(4, dtype=th.int32).clone()})
+
+
+# --- one codec ----------------------------------------------------------------------------------
+def test_state_trees_and_model_checkpoints_share_one_codec_and_one_nan_rule(tmp_path, files):
+    "Both kinds carry one strict-JSON skeleton under 'content' (NaN and infinity as tagged nodes) and decode alike."
+    def no_constants(c): raise AssertionError(f"a bare {c} in the JSON")
+    tree = save_checkpoint(tmp_path / "t.safetensors", {"w": th.ones(2), "nan": float("nan")}, {"inf": float("inf")})
+    ck.write_checkpoint(tmp_path / "m", {"params": {"x": float("-inf")}})
+    for path in (tree, tmp_path / "m.safetensors", files["ppo"]):
+        _, header, _ = split(path.read_bytes())
+        meta = header["__metadata__"]
+        assert meta["format"] == ck.CHECKPOINT_FORMAT and meta["version"] == ck.CHECKPOINT_VERSION
+        json.loads(meta["content"], parse_constant=no_constants)
+    state, meta = load_checkpoint(tree)
+    assert math.isnan(state["nan"]) and meta == {"inf": math.inf} and th.equal(state["w"], th.ones(2))
+    assert ck.read_checkpoint(tmp_path / "m", required=("params",))["params"]["x"] == -math.inf
+    assert ck.read_checkpoint(tree, required=("state", "meta"))["meta"] == {"inf": math.inf}
+
+
+def test_a_state_tree_of_the_older_format_is_refused_by_name(tmp_path):
+    "A file of the retired 'tradingrl_nb.pbt/1' format is refused with a message that says what it is."
+    t = {"w": th.ones(2)}
+    raw = safetensors.torch.save(t, metadata=ck._seal(t, {"format": "tradingrl_nb.pbt/1", "tree": "{}", "meta": "{}"}))
+    (tmp_path / "old.safetensors").write_bytes(raw)
+    with pytest.raises(ValueError, match=r"old\.safetensors.*older format 'tradingrl_nb\.pbt/1'"):
+        load_checkpoint(tmp_path / "old.safetensors")

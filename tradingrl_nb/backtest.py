@@ -141,6 +141,7 @@ def _make_env(df, start, end, window, model, env_kwargs) -> TradingEnv:
                          f"settings the model was trained with")
     return env
 
+# %% ../nbs/09_backtest.ipynb #b86f0654
 def _build_env(df, start, end, window, model, obs_space, env_kwargs) -> TradingEnv:
     kw = _infer_env_kwargs(model, env_kwargs)
     if window is None:
@@ -152,6 +153,7 @@ def _build_env(df, start, end, window, model, obs_space, env_kwargs) -> TradingE
             if dim > 0 and dim % n_feat == 0: window = dim // n_feat
     return TradingEnv(df, window=window, start=start, end=end, episode_length=None, **kw)
 
+# %% ../nbs/09_backtest.ipynb #3c300686
 def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=None, *, window: int | None = None,
              name: str | None = None, deterministic: bool = True, vec_normalize=None, seed: int = 0,
              periods: int = ANNUALIZATION, attack: dict | None = None, burn_in: int | None = None, risk_free: float | None = None,
@@ -233,6 +235,7 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
                     burn_in=B)
     return BacktestResult(equity, metrics, label, settings)
 
+# %% ../nbs/09_backtest.ipynb #d10bd422
 def compare(results) -> pd.DataFrame:
     "One row per backtest (plus buy-and-hold once), one column per metric."
     results = list(results.values()) if isinstance(results, dict) else list(results)

@@ -21,14 +21,13 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.utils import FloatSchedule
 import safetensors.torch
 
-from .fileio import atomic_write_bytes, from_jsonable, to_jsonable
+from .fileio import atomic_write_bytes
 from .upgd import UPGD, AdaptiveUPGD
 
 # %% auto #0
-__all__ = ['TREE_FORMAT', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'LIVE_HPARAMS', 'SCHEDULABLE', 'flatten_state',
-           'unflatten_state', 'save_checkpoint', 'load_checkpoint', 'register_checkpoint_class', 'space_to_dict',
-           'space_from_dict', 'write_checkpoint', 'read_checkpoint', 'hparam_names', 'checked_hyperparams',
-           'Checkpointing']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'LIVE_HPARAMS', 'SCHEDULABLE', 'register_checkpoint_class', 'flatten_state',
+           'unflatten_state', 'space_to_dict', 'space_from_dict', 'write_checkpoint', 'read_checkpoint',
+           'save_checkpoint', 'load_checkpoint', 'hparam_names', 'checked_hyperparams', 'Checkpointing']
 
 # %% ../nbs/06a_checkpoint.ipynb #c3d2f1a2
 _DATA_SUM, _META_SUM = "sha256_tensors", "sha256_metadata"
@@ -91,84 +90,9 @@ def _read_bytes(path) -> tuple[bytes, str]:
 
 
 # %% ../nbs/06a_checkpoint.ipynb #8ebf7086
-TREE_FORMAT = "tradingrl_nb.pbt/1"
-
-def _encode_tree(obj, tensors: dict, path: str):
-    "JSON skeleton of `obj`; tensors and arrays are moved into `tensors` under unique keys."
-    def _key():
-        k = path or "root"
-        while k in tensors: k += "'"
-        return k
-    if isinstance(obj, torch.Tensor):
-        k = _key(); tensors[k] = obj.detach().to("cpu").contiguous().clone(); return {"__tensor__": k}
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object: raise ValueError(f"state at {path!r}: numpy object arrays cannot be saved without pickle")
-        k = _key(); tensors[k] = torch.from_numpy(np.ascontiguousarray(obj).copy()); return {"__ndarray__": k}
-    if isinstance(obj, np.generic): obj = obj.item()
-    if obj is None or isinstance(obj, (bool, str)): return obj
-    if isinstance(obj, int): return obj
-    if isinstance(obj, float): return obj if math.isfinite(obj) else {"__float__": repr(obj)}
-    if isinstance(obj, Mapping):
-        items = []
-        for k, v in obj.items():
-            if not (k is None or isinstance(k, (str, int, float, bool))):
-                raise ValueError(f"state at {path!r}: dict key {k!r} of type {type(k).__name__} is not a JSON scalar")
-            items.append([k, _encode_tree(v, tensors, f"{path}/{k}" if path else str(k))])
-        return {"__dict__": items}
-    if isinstance(obj, (list, tuple)):
-        enc = [_encode_tree(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]
-        return {"__tuple__": enc} if isinstance(obj, tuple) else enc
-    raise ValueError(f"state at {path!r}: cannot save a {type(obj).__name__} without pickle "
-                     "(allowed: tensors, numpy arrays, numbers, str, bool, None, dict, list, tuple)")
-
-def _decode_tree(obj, tensors: dict):
-    if isinstance(obj, list): return [_decode_tree(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if "__tensor__" in obj: return tensors[obj["__tensor__"]]
-        if "__ndarray__" in obj: return tensors[obj["__ndarray__"]].numpy()
-        if "__float__" in obj: return float(obj["__float__"])
-        if "__tuple__" in obj: return tuple(_decode_tree(v, tensors) for v in obj["__tuple__"])
-        if "__dict__" in obj: return {k: _decode_tree(v, tensors) for k, v in obj["__dict__"]}
-        raise ValueError(f"unknown node in checkpoint skeleton: {sorted(obj)}")
-    return obj
-
-def flatten_state(tree) -> tuple[dict[str, torch.Tensor], Any]:
-    "Split a state tree into `(tensors, json_skeleton)`; refuses anything that would need pickle."
-    tensors: dict[str, torch.Tensor] = {}
-    return tensors, _encode_tree(tree, tensors, "")
-
-def unflatten_state(tensors: Mapping[str, torch.Tensor], skeleton) -> Any:
-    "Inverse of `flatten_state`."
-    return _decode_tree(skeleton, dict(tensors))
-
-# %% ../nbs/06a_checkpoint.ipynb #ef0851b7
-def save_checkpoint(path: str | Path, parameters: Mapping, meta: Mapping | None = None) -> Path:
-    "Save a state tree (plus JSON-able `meta`) as one safetensors file with checksums, atomically. No pickle."
-    tensors, skeleton = flatten_state(dict(parameters))
-    header = {"format": TREE_FORMAT, "tree": json.dumps(skeleton, allow_nan=False),
-              "meta": json.dumps(to_jsonable(dict(meta or {})), allow_nan=False)}
-    return atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=_seal(tensors, header)))
-
-def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """Load `(parameters, meta)` written by `save_checkpoint`, after verifying its checksums; a file that is not one,
-    or is damaged or edited, raises `ValueError` naming it."""
-    raw, name = _read_bytes(path)
-    def bad(why: str) -> ValueError: return ValueError(f"{name}: not a valid {TREE_FORMAT} checkpoint ({why})")
-    header = _safetensors_header(raw, bad)
-    if header.get("format") != TREE_FORMAT:
-        raise ValueError(f"{name}: not a {TREE_FORMAT} checkpoint (format {header.get('format')!r})")
-    tensors = _verified_tensors(raw, header, name, bad)
-    try:
-        params, meta = unflatten_state(tensors, json.loads(header["tree"])), from_jsonable(json.loads(header["meta"]))
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
-        raise bad(f"malformed content: {type(e).__name__}: {str(e)[:120]}") from None
-    if not isinstance(params, dict) or not isinstance(meta, dict): raise bad("the state or its meta is not a dict")
-    return params, meta
-
-
-# %% ../nbs/06a_checkpoint.ipynb #df86546b
-CHECKPOINT_FORMAT = "tradingrl_nb.DistributionalPPO"
-CHECKPOINT_VERSION = "2"                # 2: with checksums (version 1 files are refused)
+CHECKPOINT_FORMAT = "tradingrl_nb.checkpoint"
+CHECKPOINT_VERSION = "3"                # 3: one codec for models and state trees (2: models only; 1: no checksums)
+_READABLE = {("tradingrl_nb.checkpoint", "3"), ("tradingrl_nb.DistributionalPPO", "2")}   # version 2 decodes the same
 _SAFE_CLASSES: dict[str, type] = {}
 
 def register_checkpoint_class(cls: type) -> type:
@@ -180,30 +104,38 @@ for _c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Identity
            th.optim.SGD, th.optim.RMSprop, AdaptiveUPGD, UPGD, FlattenExtractor):   # the policy registers itself in its own module
     register_checkpoint_class(_c)
 
-def _encode(obj: Any, tensors: dict[str, th.Tensor], where: str = "checkpoint") -> Any:
-    "JSON-able form of `obj`; tensors and arrays go to `tensors`, classes must be registered."
+def _encode(obj: Any, tensors: dict[str, th.Tensor], where: str = "state") -> Any:
+    """JSON skeleton of `obj` (strict JSON: no NaN tokens); tensors and arrays go to `tensors`, classes must be
+    registered, anything else is refused naming `where` (the path to it)."""
     if th.is_tensor(obj) or isinstance(obj, np.ndarray):
+        if isinstance(obj, np.ndarray) and obj.dtype == object:
+            raise ValueError(f"{where}: numpy object arrays cannot be saved without pickle")
         key = f"t{len(tensors)}"
         tensors[key] = (obj.detach().cpu() if th.is_tensor(obj) else th.from_numpy(np.array(obj))).contiguous().clone()
         return {"__tensor__" if th.is_tensor(obj) else "__ndarray__": key}
-    if obj is None or isinstance(obj, (bool, int, float, str)): return obj
-    if isinstance(obj, np.generic): return obj.item()
-    if isinstance(obj, dict): return {"__dict__": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, np.generic): obj = obj.item()
+    if obj is None or isinstance(obj, (bool, int, str)): return obj
+    if isinstance(obj, float): return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+    if isinstance(obj, Mapping):
+        return {"__dict__": [[_encode(k, tensors, where), _encode(v, tensors, f"{where}/{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [_encode(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_encode(v, tensors, f"{where}/{i}") for i, v in enumerate(obj)]}
     if isinstance(obj, type):
         name = f"{obj.__module__}.{obj.__qualname__}"
         if _SAFE_CLASSES.get(name) is not obj:
             raise TypeError(f"cannot store class {name} at {where} without pickle: register it with register_checkpoint_class")
         return {"__class__": name}
-    raise TypeError(f"cannot store a {type(obj).__name__} at {where} in a checkpoint (no pickle): use plain values")
+    raise ValueError(f"{where}: cannot save a {type(obj).__name__} without pickle "
+                     "(allowed: tensors, numpy arrays, numbers, str, bool, None, dict, list, tuple, registered classes)")
 
-def _decode(obj: Any, tensors: dict[str, th.Tensor]) -> Any:
+def _decode(obj: Any, tensors: Mapping[str, th.Tensor]) -> Any:
+    "Inverse of `_encode`; a malformed node is a `ValueError`."
     if obj is None or isinstance(obj, (bool, int, float, str)): return obj
     if not isinstance(obj, dict) or len(obj) != 1: raise ValueError(f"malformed entry {str(obj)[:80]!r}")
     (tag, v), = obj.items()
     if tag == "__tensor__": return tensors[v]
     if tag == "__ndarray__": return tensors[v].numpy()
+    if tag == "__float__": return float(v)
     if tag == "__dict__": return {_decode(k, tensors): _decode(x, tensors) for k, x in v}
     if tag == "__list__": return [_decode(x, tensors) for x in v]
     if tag == "__tuple__": return tuple(_decode(x, tensors) for x in v)
@@ -212,6 +144,17 @@ def _decode(obj: Any, tensors: dict[str, th.Tensor]) -> Any:
         return _SAFE_CLASSES[v]
     raise ValueError(f"unknown tag {tag!r}")
 
+def flatten_state(tree) -> tuple[dict[str, torch.Tensor], Any]:
+    "Split a state tree into `(tensors, json_skeleton)`; refuses anything that would need pickle."
+    tensors: dict[str, torch.Tensor] = {}
+    return tensors, _encode(tree, tensors)
+
+def unflatten_state(tensors: Mapping[str, torch.Tensor], skeleton) -> Any:
+    "Inverse of `flatten_state`."
+    return _decode(skeleton, dict(tensors))
+
+
+# %% ../nbs/06a_checkpoint.ipynb #df86546b
 def _to_device(obj: Any, device: th.device) -> Any:
     if th.is_tensor(obj): return obj.to(device)
     if isinstance(obj, dict): return {k: _to_device(v, device) for k, v in obj.items()}
@@ -234,28 +177,35 @@ _CONTENT_KEYS = ("hparams", "policy_class", "n_envs", "observation_space", "acti
 def write_checkpoint(path, content: dict) -> None:
     "Encode `content` (tensors to safetensors, the rest to JSON metadata), add checksums and write it atomically."
     tensors: dict[str, th.Tensor] = {}
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "content": json.dumps(_encode(content, tensors))}
+    skeleton = json.dumps(_encode(content, tensors, "checkpoint"), allow_nan=False)
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "content": skeleton}
     data = safetensors.torch.save(tensors, metadata=_seal(tensors, meta))
     if hasattr(path, "write"): path.write(data); return
     atomic_write_bytes(_checkpoint_path(path), data)
 
-def read_checkpoint(path, required: tuple[str, ...] = _CONTENT_KEYS) -> dict:
+# %% ../nbs/06a_checkpoint.ipynb #fa487c6c
+def read_checkpoint(path, required: tuple[str, ...] = _CONTENT_KEYS, kind: str = "DistributionalPPO checkpoint") -> dict:
     """Parse and verify a checkpoint; anything that is not one (pickle, zip, corrupt, edited, foreign safetensors)
-    raises `ValueError` naming the file. `required`: the top-level keys its content must have (a model's by default)."""
+    raises `ValueError` naming the file. `required`: the top-level keys its content must have (a model's by default);
+    `kind`: what the error messages call the expected file."""
     if not hasattr(path, "read"):
         p = pathlib.Path(path)
         path = p.with_suffix(".safetensors") if not p.exists() and not p.suffix else p
     raw, name = _read_bytes(path)
     def bad(why: str) -> ValueError:
-        return ValueError(f"{name} is not a DistributionalPPO checkpoint ({why}). Checkpoints are safetensors files with "
-                          "JSON metadata written by DistributionalPPO.save; pickle or zip files are never loaded")
+        return ValueError(f"{name} is not a {kind} ({why}). Checkpoints are safetensors files with JSON metadata "
+                          "written by tradingrl_nb; pickle or zip files are never loaded")
     meta = _safetensors_header(raw, bad)
-    if meta.get("format") != CHECKPOINT_FORMAT: raise bad("foreign safetensors file")
-    if meta.get("version") == "1":
+    fmt, version = meta.get("format"), meta.get("version")
+    if fmt == "tradingrl_nb.pbt/1":
+        raise ValueError(f"{name}: a state checkpoint of the older format 'tradingrl_nb.pbt/1'; this code reads "
+                         f"{CHECKPOINT_FORMAT} version {CHECKPOINT_VERSION}: re-create it with the current version")
+    if fmt not in ("tradingrl_nb.checkpoint", "tradingrl_nb.DistributionalPPO"): raise bad("foreign safetensors file")
+    if version == "1":
         raise ValueError(f"{name}: checkpoint version '1' has no checksum and is refused because its integrity cannot be "
                          f"verified; this code reads version {CHECKPOINT_VERSION} (save the model again with this version)")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{name}: checkpoint version {meta.get('version')!r}, this code reads version {CHECKPOINT_VERSION}")
+    if (fmt, version) not in _READABLE:
+        raise ValueError(f"{name}: checkpoint version {version!r}, this code reads version {CHECKPOINT_VERSION}")
     tensors = _verified_tensors(raw, meta, name, bad)
     try: content = _decode(json.loads(meta["content"]), tensors)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
@@ -263,6 +213,21 @@ def read_checkpoint(path, required: tuple[str, ...] = _CONTENT_KEYS) -> dict:
     missing = [k for k in required if not isinstance(content, dict) or k not in content]
     if missing: raise bad(f"its content lacks {missing}")
     return content
+
+# %% ../nbs/06a_checkpoint.ipynb #ef0851b7
+def save_checkpoint(path: str | Path, parameters: Mapping, meta: Mapping | None = None) -> Path:
+    "Save a state tree (plus `meta`) as a checkpoint file, atomically (`write_checkpoint`). No pickle."
+    p = _checkpoint_path(path)
+    write_checkpoint(p, {"state": dict(parameters), "meta": dict(meta or {})})
+    return p
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """Load `(parameters, meta)` written by `save_checkpoint`, after verifying its checksums; a file that is not one,
+    or is damaged or edited, raises `ValueError` naming it."""
+    c = read_checkpoint(path, required=("state", "meta"), kind="state checkpoint")
+    if not isinstance(c["state"], dict) or not isinstance(c["meta"], dict):
+        raise ValueError(f"{path}: not a valid state checkpoint (the state or its meta is not a dict)")
+    return c["state"], c["meta"]
 
 
 # %% ../nbs/06a_checkpoint.ipynb #5b8af287
@@ -313,6 +278,7 @@ def checked_hyperparams(owner: str, hyperparams: Mapping, known, limits: Mapping
         out[k] = x
     return out
 
+# %% ../nbs/06a_checkpoint.ipynb #0da46cb3
 class Checkpointing:
     """The model's own state as one owner keeps it: parameters (with VGS and optimizer state), hyperparameters
     (`hparams`, `set_hparams`), the training clock (`clock`, `set_clock`), and pickle-free save/load."""

@@ -116,6 +116,7 @@ def _cmd_list(a) -> int:
     print("\nan experiment's parameters, ranges and presets: tradingrl list NAME")
     return 0
 
+# %% ../nbs/10a_cli.ipynb #360ee24a
 def _list_one(name: str) -> int:
     "`tradingrl list NAME`: one experiment's parameters (type, default, declared range or choices, help) and presets."
     import shutil, textwrap
@@ -178,6 +179,7 @@ def row_verdicts(table: pd.DataFrame) -> pd.Series:
         return next((row[c] for c in others if isinstance(row[c], str) and row[c]), "")
     return table.apply(one, axis=1).astype(str)
 
+# %% ../nbs/10a_cli.ipynb #0d20da18
 def results_view(table: pd.DataFrame, width: int = 120) -> pd.DataFrame:
     """The default view of `results`: run, experiment, status, the parameters that vary among the runs, the Sharpe
     interval, its difference from buy-and-hold, DSR, key metrics (as many as fit in `width` characters) and the verdict."""
@@ -247,6 +249,7 @@ def print_metrics(metrics: dict) -> None:
         print()
         _print_table(pd.DataFrame({"metric": list(flat), "value": [str(v) if isinstance(v, list) else v for v in flat.values()]}))
 
+# %% ../nbs/10a_cli.ipynb #60399c7e
 def _cmd_run(a) -> int:
     if a.resume is not None:
         for flag, given in (("--output-dir", a.output_dir is not None), ("--overwrite", a.overwrite)):
@@ -322,6 +325,7 @@ def _cmd_results(a) -> int:
         table.to_csv(a.csv, index=False); print(f"written {a.csv}")
     return 0
 
+# %% ../nbs/10a_cli.ipynb #c7df1f52
 def _cmd_compare(a) -> int:
     "`tradingrl compare RUN_A RUN_B`: the parameters and metrics that differ, fitted to the terminal."
     import shutil
@@ -351,6 +355,7 @@ def _plot(a, table: pd.DataFrame) -> int:
     print(f"figure: {out}")
     return 0
 
+# %% ../nbs/10a_cli.ipynb #713b2e73
 def build_parser() -> argparse.ArgumentParser:
     "The `tradingrl` argument parser."
     p = argparse.ArgumentParser(prog="tradingrl", description="Run the workbench's experiment notebooks in batch (papermill).")

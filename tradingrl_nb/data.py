@@ -118,6 +118,7 @@ def _check_jumps(path, df, max_abs_return) -> list[tuple[int, str]]:
                     f"{max_abs_return}: {_where(path, 'close', df, i + 1)}; if the move is real, pass a larger "
                     f"max_abs_return or None")]
 
+# %% ../nbs/00_data.ipynb #87f9beda
 def _check_prices(path, df, price_cols) -> list[tuple[int, str]]:
     "Positive prices, non-negative volume, low <= open, close <= high (NaN compares False: reported elsewhere)."
     out = []
@@ -290,6 +291,7 @@ class WalkForwardSplit:
     def as_dict(self) -> dict:
         return {k: str(getattr(self, k).date()) for k in self.__dataclass_fields__}
 
+# %% ../nbs/00_data.ipynb #c2f5b972
 def walk_forward_splits(df: pd.DataFrame, train="4Y", val="1Y", test="1Y", step=None, embargo="5D",
                         mode: str = "rolling", start=None) -> list[WalkForwardSplit]:
     """Walk-forward (train, validation, test) windows over `df`'s dates, in calendar lengths ('4Y', '6M', '2W', '10D').
@@ -324,7 +326,6 @@ def walk_forward_splits(df: pd.DataFrame, train="4Y", val="1Y", test="1Y", step=
         raise ValueError(f"the data ({dates[0].date()} to {last.date()}) are too short for one window of train={train}, "
                          f"val={val}, test={test} with embargo={embargo}")
     return out
-
 
 # %% ../nbs/00_data.ipynb #d49b65a3
 def _ohlcv(r: np.ndarray, rng: np.random.Generator, vol: np.ndarray, start: str = "2000-01-03",

@@ -558,6 +558,7 @@ class Momentum(Baseline):
 
 BASELINES = {c.name: c for c in (BuyAndHold, Flat, RandomPolicy, Momentum)}
 
+# %% ../nbs/01_env.ipynb #9edf8b68
 def make_baseline(name: str, env=None, **kwargs) -> Baseline:
     "A baseline by name: 'buy_and_hold', 'flat', 'random', 'momentum'."
     if name not in BASELINES: raise ValueError(f"unknown baseline {name!r}; available: {sorted(BASELINES)}")

@@ -155,6 +155,7 @@ def _mark_notebook(nb_path: Path, status: str, error: str) -> None:
         nbformat.write(nb, nb_path)
     except Exception: pass
 
+# %% ../nbs/10_experiments.ipynb #6f434039
 def run_experiment(name: str | Path, parameters: dict | None = None, device: str | None = None,
                    output_dir: str | Path | None = None, progress: bool = True, report: bool = True,
                    kernel_name: str | None = None, raise_on_failure: bool = True,
@@ -191,6 +192,7 @@ def _resume_plan(name, parameters, preset, output_dir) -> tuple[str, dict, str |
                                     f"first evaluation); start it again with --overwrite")
     return exp, params, info.get("preset"), info, ck
 
+# %% ../nbs/10_experiments.ipynb #0351f829
 def _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
          start_timeout, overwrite, kernel_log, preset, tensorboard, resume=False) -> RunResult:
     import signal, socket, papermill as pm

@@ -218,6 +218,7 @@ def finding(id: str, per_seed, interval, steps_per_run: int, metric: str, detail
 
 def _fmt(x: float) -> str: return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
 
+# %% ../nbs/12_findings.ipynb #d6eceaee
 def _claimed_text(f: dict) -> str:
     c = f.get("claimed")
     if c is None: return "(no size)"
@@ -387,6 +388,7 @@ def collect_findings(results: str | Path = "results") -> list[dict]:
             found[rec["id"]] = rec
     return with_family([found[i] for i in CLAIMS if i in found])
 
+# %% ../nbs/12_findings.ipynb #5ef07cee
 def missing_findings(findings: list[dict]) -> list[str]:
     "The claim ids without a stored finding."
     have = {f["id"] for f in findings}

@@ -60,6 +60,7 @@ def _validate_frame(df) -> None:
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"close must be finite and positive; row {i} ({df.index[i].date()}) has {close[i]}")
 
+# %% ../nbs/01a_market.ipynb #6462eb20
 def prepare_market(df: pd.DataFrame, window: int = 32, start=None, end=None, windows: tuple = (5, 21, 63), vix=None,
                    features: pd.DataFrame | None = None, scale: dict | None = None, obs_clip: float = 10.0) -> MarketData:
     "Validate `df`, compute scaled causal features and the observation-window matrix, and locate the span `[start, end]`."
@@ -125,6 +126,7 @@ def stale_open_fraction(market: MarketData) -> float:
     t = np.arange(market.t_lo + 1, market.t_hi + 1)
     return float(np.mean(np.abs(o[t] - c[t - 1]) <= 1e-6 * c[t - 1]))
 
+# %% ../nbs/01a_market.ipynb #49cc11a2
 def daily_rates(rate, dates: pd.DatetimeIndex, name: str, first: int = 0) -> np.ndarray:
     "Per-bar rate (annual / 252) for the interval from each bar to the next, from an annual float or a dated series covering bars `first..`."
     if isinstance(rate, pd.Series):

@@ -130,6 +130,7 @@ def _annotation_type(node) -> tuple[str, bool] | None:
         return node.value.id, False  # list[int] -> list
     return None
 
+# %% ../nbs/10e_params.ipynb #02b1a103
 def parse_parameters(source: str) -> dict[str, ParamSpec]:
     "The parameters declared in the source of a `parameters` cell."
     try: tree = ast.parse(source)
@@ -257,6 +258,7 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
 _SET_BY_RUNNER = {"output_dir": "--output-dir / output_dir=", "resume": "tradingrl run --resume DIR / run_experiment(resume=True)"}
 RESERVED = tuple(_SET_BY_RUNNER)   # set by the runner, never by the user; not recorded in params.json
 
+# %% ../nbs/10e_params.ipynb #4d488653
 def resolve_parameters(specs: dict[str, ParamSpec], given: dict[str, Any] | None, where: str = "") -> dict[str, Any]:
     "All parameter values (defaults overridden by `given`), each checked; ValueError on unknown names or bad types."
     given = dict(given or {})

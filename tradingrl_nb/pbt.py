@@ -19,7 +19,7 @@ import pandas as pd
 
 _logger = logging.getLogger("tradingrl_nb.pbt")
 
-from .checkpoint import (TREE_FORMAT as CHECKPOINT_FORMAT, flatten_state,
+from .checkpoint import (CHECKPOINT_FORMAT, flatten_state,
     unflatten_state, save_checkpoint, load_checkpoint)
 
 # %% auto #0

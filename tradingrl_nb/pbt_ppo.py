@@ -94,6 +94,7 @@ class PPOMember:
         from tradingrl_nb.backtest import backtest
         return float(backtest(self.model, self.val_df, **self.backtest_kwargs).metrics[self.metric])
 
+# %% ../nbs/08b_pbt_ppo.ipynb #ffc8bfcd
 @dataclass
 class PPOMemberFactory:
     "Builds `PPOMember`s (one `TradingVecEnv` and one `DistributionalPPO` each); picklable, for workers and Ray."

@@ -66,6 +66,7 @@ def _member_pbt(**kwargs):
             return new_config, operations
     return MemberPBT(**kwargs)
 
+# %% ../nbs/08c_pbt_ray.ipynb #b5c5feff
 def make_tune_trainable(member_factory: Callable[[int], Any], hyperparam_names, steps_per_iteration: int,
                         fitness_fn: Callable[[Any], float] | None = None, optimizer_exploit_strategy: str = "copy",
                         n_iterations: int | None = None):

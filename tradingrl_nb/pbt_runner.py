@@ -188,6 +188,7 @@ def _train_together(members: dict, scheduler, steps: int, rngs: dict) -> dict:
     except Exception as e: return {mid: e for mid in mids}
     return {mid: members[mid].train_info() for mid in mids}
 
+# %% ../nbs/08a_pbt_runner.ipynb #f1d4d3f7
 def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
                     progress, callback, together=True):
     members: dict[int, Any] = {}
@@ -297,6 +298,7 @@ class _Worker:
         if self.proc.is_alive(): self.proc.kill(); self.proc.join()
         self.conn.close()
 
+# %% ../nbs/08a_pbt_runner.ipynb #c66545af
 def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
                  progress, callback, n_workers, threads_per_worker, member_timeout=None):
     import multiprocessing as mp

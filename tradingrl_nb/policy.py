@@ -91,6 +91,7 @@ _OPTIMIZER_STEPS = [0]                                             # steps of an
 def _count_optimizer_step(*_) -> None: _OPTIMIZER_STEPS[0] += 1
 register_optimizer_step_post_hook(_count_optimizer_step)
 
+# %% ../nbs/05_policy.ipynb #1819377f
 @register_checkpoint_class                                         # checkpoints may name it (no pickle)
 class RecurrentQuantilePolicy(BasePolicy):
     """LSTM actor-critic: Gaussian actor, twin quantile critics (`n_quantiles` atoms each).

@@ -384,6 +384,7 @@ class _Update:
 # %% ../nbs/06_ppo.ipynb #8fde5ca8
 CRITIC_PREFIXES = ("lstm_critic", "critic_ff", "q_net")   # parameter names of the critics' side of the policy
 
+# %% ../nbs/06_ppo.ipynb #6f928ba8
 class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Update, Checkpointing, OnPolicyAlgorithm):
     """PPO with a recurrent actor and twin quantile critics, CVaR-aware advantages, return normalization,
     VGS + AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.

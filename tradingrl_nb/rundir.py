@@ -91,6 +91,7 @@ def _read_info(folder: Path) -> dict | None:
     except (OSError, ValueError): return None
     return info if isinstance(info, dict) else None
 
+# %% ../nbs/10b_rundir.ipynb #f49e6514
 def run_owned_files(folder: str | Path, info: dict | None = None) -> set[str] | None:
     """The entries of `folder` that its run wrote, or None when no tradingrl run created the folder.
     A run lists them in `run.json` (`files`) when it ends; for a run that died before that, the entries changed
@@ -165,6 +166,7 @@ def clear_run_dir(out: str | Path) -> None:
         p = out / e
         if p.is_dir() and not p.is_symlink() and not any(p.iterdir()): p.rmdir()
 
+# %% ../nbs/10b_rundir.ipynb #ce6cc06d
 def claim_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> RunLock:
     """Create/lock the run folder `out`: refused (ValueError) when it is a file, not writable, in use, a run's folder
     (unless `overwrite`, which deletes what that run wrote, and only when nothing else is there), or a non-empty
@@ -289,6 +291,7 @@ _REPORT_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2
 td.num{text-align:right;font-variant-numeric:tabular-nums}figure{margin:1em 0}figure img{max-width:100%}pre{white-space:pre-wrap}
 .result{overflow-x:auto}.result table td{text-align:right;font-variant-numeric:tabular-nums}"""
 
+# %% ../nbs/10b_rundir.ipynb #a0b47eba
 def write_report(nb_path: Path, html_path: Path | None = None, status: str | None = None, error: str | None = None,
                  wall_s: float | None = None) -> Path:
     """A reader's HTML report of a run, a tearsheet: the verdict (status, error, and the verdicts in words, see

@@ -72,6 +72,7 @@ def _ray_runs(tasks: list[tuple], num_cpus: float, address: str | None, done, ec
     finally:
         if own: ray.shutdown()
 
+# %% ../nbs/10d_sweep.ipynb #71b3e4cc
 def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = None, jobs: int = 1,
           device: str | None = None, output_dir: str | Path | None = None, progress: bool = True,
           echo=print, backend: str = "process", address: str | None = None, num_cpus: float = 1,

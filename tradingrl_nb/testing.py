@@ -91,6 +91,7 @@ def toy_series(n: int = 3000, seed: int = 0) -> np.ndarray:
     for i in range(1, n): noise[i] = 0.8 * noise[i - 1] + 0.1 * rng.standard_normal()
     return (np.sin(2 * np.pi * t / 37) + 0.5 * np.sin(2 * np.pi * t / 11.3) + noise).astype("float32")
 
+# %% ../nbs/13_testing.ipynb #ab332aab
 class ToyMember:
     "A tiny recurrent regressor that implements `PBTMember` (LSTM state, Adam, gradient scaler, target normalization)."
     def __init__(self, member_id: int = 0, seed: int = 0, hidden: int = 8, seq_len: int = 16, batch: int = 8,

@@ -58,6 +58,7 @@ class UPGDLoop(torch.optim.Optimizer):
                 gate = 1 - torch.sigmoid(u_hat / max(den, _smallest(p.dtype)))
                 p.mul_(1 - group["lr"] * group["weight_decay"]).add_((p.grad + group["sigma"] * xi) * gate, alpha=-2 * group["lr"])
 
+# %% ../nbs/03b_upgd_reference.ipynb #d91a1131
 class AdaptiveUPGDLoop(torch.optim.Optimizer):
     """The `AdaptiveUPGD` rule written plainly, loop-per-tensor (reference for the tests and the notebook).
     `track_terms=True` also keeps the EMAs of the gradient and of the noise apart (`m = m_g + m_xi`, exactly), so that
