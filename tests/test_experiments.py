@@ -102,6 +102,23 @@ def test_run_writes_everything(tiny, tmp_path):
     assert html.lstrip().lower().startswith("<!doctype html") and "RuntimeError: boom" not in html and "data:image/png" in html
 
 
+def test_runner_injects_the_run_context_as_a_parameter_not_environment_variables(tiny, tmp_path):
+    """A notebook that declares `run_context` gets the progress file, total steps and TensorBoard folder as an injected
+    parameter; the kernel's environment carries none of them, and params.json does not record it."""
+    cell = ("import json, os, pathlib\n"
+            "pathlib.Path(output_dir, 'ctx.json').write_text(json.dumps(dict(ctx=run_context, env=sorted(\n"
+            "    k for k in os.environ if k.startswith('TRADINGRL_') and 'PROGRESS' in k or 'TENSORBOARD' in k))))")
+    make_notebook(tiny.parent / "ctx.ipynb", "total_timesteps = 96\noutput_dir = None\nrun_context = None\n", cell)
+    out = tmp_path / "ctx-run"
+    assert ex.run_experiment("ctx", output_dir=out, progress=False).ok
+    got = json.loads((out / "ctx.json").read_text())
+    assert got["ctx"] == dict(progress=str(out.resolve() / ".progress.json"), total=96,
+                              tensorboard=str(out.resolve() / "tensorboard"))
+    assert got["env"] == [] and "run_context" not in json.loads((out / "params.json").read_text())
+    with pytest.raises(ValueError, match="run_context"):
+        ex.run_experiment("ctx", {"run_context": "x"}, output_dir=tmp_path / "other", progress=False)
+
+
 def test_default_run_dir_is_under_settings_runs_dir(tiny, tmp_path):
     r = ex.run_experiment("tiny", progress=False, report=False)
     assert r.output_dir.parent == (tmp_path / "runs").resolve() and r.output_dir.name.endswith("-tiny")

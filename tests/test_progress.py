@@ -29,10 +29,16 @@ def tb_scalars(folder: Path) -> dict[str, list]:
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
-def test_training_log_writes_progress_and_tensorboard_under_the_runner(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRADINGRL_PROGRESS_FILE", str(tmp_path / "p.json"))
-    monkeypatch.setenv("TRADINGRL_PROGRESS_TOTAL", "192")
-    monkeypatch.setenv("TRADINGRL_TENSORBOARD_DIR", str(tmp_path / "tb"))
+@pytest.fixture
+def run_context():
+    "Attach a run context (what `tradingrl run` injects) for one test; detach after it."
+    from tradingrl_nb.progress import attach_run
+    yield attach_run
+    attach_run(None)
+
+
+def test_training_log_writes_progress_and_tensorboard_under_the_runner(tmp_path, run_context):
+    run_context(dict(progress=str(tmp_path / "p.json"), total=192, tensorboard=str(tmp_path / "tb")))
     model = tiny_model()
     log = record.TrainingLog(model, name="agent")
     log.learn(128)
@@ -60,8 +66,8 @@ def test_sappo_metrics_reach_tensorboard(tmp_path):
     assert "sappo/eps" in tags and tags == set(log.frame().columns)   # every logged value, SA-PPO's included
 
 
-def test_no_files_outside_a_run(tmp_path, monkeypatch):
-    for k in ("TRADINGRL_PROGRESS_FILE", "TRADINGRL_TENSORBOARD_DIR", "TRADINGRL_PROGRESS_TOTAL"): monkeypatch.delenv(k, raising=False)
+def test_no_files_outside_a_run(tmp_path, monkeypatch, run_context):
+    run_context(None)
     monkeypatch.chdir(tmp_path)
     log = record.TrainingLog(tiny_model())
     log.learn(64)
@@ -81,6 +87,7 @@ def test_follower_prints_changes_and_the_final_state(tmp_path):
 
 
 TRAINING = ("from tradingrl_nb.record import TrainingLog, save_metrics\n"
+            "from tradingrl_nb.progress import attach_run\nattach_run(run_context)\n"
             "import torch\nfrom tradingrl_nb.data import synthetic_market\nfrom tradingrl_nb.env import TradingVecEnv\n"
             "from tradingrl_nb.ppo import DistributionalPPO\ntorch.set_num_threads(1)\n"
             "env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)\n"
@@ -95,7 +102,7 @@ TRAINING = ("from tradingrl_nb.record import TrainingLog, save_metrics\n"
 
 @pytest.mark.slow
 def test_run_shows_live_progress_and_writes_tensorboard(tmp_path):
-    make_notebook(tmp_path / "exps" / "trainy.ipynb", "total_timesteps = 128  # in (0, inf)\noutput_dir = None\n", TRAINING)
+    make_notebook(tmp_path / "exps" / "trainy.ipynb", "total_timesteps = 128  # in (0, inf)\noutput_dir = None\nrun_context = None\n", TRAINING)
     env = {**os.environ, "TRADINGRL_EXPERIMENTS_DIR": str(tmp_path / "exps"), "TRADINGRL_PROGRESS_INTERVAL": "0"}
     out = tmp_path / "run"
     r = subprocess.run([*CMD, "run", "trainy", "-p", "total_timesteps", "192", "--output-dir", str(out)], env=env,
@@ -116,12 +123,12 @@ def _child(folder: Path, steps: int, total: int, status: str | None) -> Path:
     return folder
 
 
-def test_relay_progress_writes_the_sum_of_the_runs_it_started(tmp_path, monkeypatch):
-    from tradingrl_nb.progress import PROGRESS_ENV, relay_progress
+def test_relay_progress_writes_the_sum_of_the_runs_it_started(tmp_path, run_context):
+    from tradingrl_nb.progress import relay_progress
     dirs = [_child(tmp_path / "a", 300, 1000, "running"),
             _child(tmp_path / "b", 600, 1000, "ok"),            # stopped early: counts as its whole total
             tmp_path / "c"]                                    # not started yet
-    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "parent.json"))
+    run_context(dict(progress=str(tmp_path / "parent.json")))
     with relay_progress(dirs, total=3000, interval=0.05) as r:
         r.poll()
         p = read_progress(tmp_path / "parent.json")
@@ -132,18 +139,26 @@ def test_relay_progress_writes_the_sum_of_the_runs_it_started(tmp_path, monkeypa
     assert "runs_done 2" in format_progress(p)
 
 
-def test_relay_progress_outside_a_run_does_nothing(tmp_path, monkeypatch):
-    from tradingrl_nb.progress import PROGRESS_ENV, relay_progress
-    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+def test_relay_progress_outside_a_run_does_nothing(tmp_path, run_context):
+    from tradingrl_nb.progress import relay_progress
+    run_context(None)
     with relay_progress([_child(tmp_path / "a", 5, 10, "running")], interval=0.01) as r:
         assert r.poll() is None
     assert list(tmp_path.iterdir()) == [tmp_path / "a"]
 
 
-def test_relay_progress_writes_only_when_the_sum_changes(tmp_path, monkeypatch):
-    from tradingrl_nb.progress import PROGRESS_ENV, relay_progress
-    monkeypatch.setenv(PROGRESS_ENV, str(tmp_path / "parent.json"))
+def test_relay_progress_writes_only_when_the_sum_changes(tmp_path, run_context):
+    from tradingrl_nb.progress import relay_progress
+    run_context(dict(progress=str(tmp_path / "parent.json")))
     r = relay_progress([_child(tmp_path / "a", 5, 10, "running")])
     assert r.poll(force=False) is not None and r.poll(force=False) is None      # unchanged: no new line to print
     ProgressFile(tmp_path / "a" / ".progress.json", total=10, min_interval=0).update(7, force=True)
     assert r.poll(force=False)["steps"] == 7
+
+
+def test_run_context_is_checked():
+    from tradingrl_nb.progress import RunContext
+    assert RunContext.from_parameter(None) == RunContext()
+    assert RunContext.from_parameter({"progress": "p.json", "total": 5}) == RunContext("p.json", 5, None)
+    for bad in ({"progres": "p.json"}, {"total": "5"}, {"total": True}, "p.json"):
+        with pytest.raises(ValueError, match="run_context"): RunContext.from_parameter(bad)

@@ -197,7 +197,7 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
          start_timeout, overwrite, kernel_log, preset, tensorboard, resume=False) -> RunResult:
     import signal, socket, papermill as pm
     from papermill.exceptions import PapermillExecutionError
-    from tradingrl_nb.progress import PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV, follow_progress
+    from tradingrl_nb.progress import follow_progress
     with stop.stoppable():   # nothing written yet: a signal stops at once
         if resume: name, parameters, preset, prior, ck = _resume_plan(name, parameters, preset, output_dir)
         path, values = prepare_run(name, parameters, device, preset)
@@ -205,7 +205,7 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         if resume and "resume" not in specs:
             raise ValueError(f"experiment {path.stem!r} cannot resume: it declares no 'resume' parameter (it writes no checkpoints)")
         if output_dir is None and preset is not None: output_dir = results_dir(path) / path.stem
-        if tensorboard is None: tensorboard = preset is None and os.environ.get(TENSORBOARD_ENV) != ""   # "": off upstream
+        if tensorboard is None: tensorboard = preset is None
         commit = git_commit(path)
     out = Path(output_dir) if output_dir is not None else new_run_dir(path.stem)
     lock = claim_run_dir(out, overwrite=overwrite, resume=resume)
@@ -214,6 +214,11 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
     injected = {k: v for k, v in values.items() if k not in RESERVED}
     if "output_dir" in specs: injected["output_dir"] = str(out)
     if "resume" in specs: injected["resume"] = bool(resume)
+    prog = out / ".progress.json"
+    if "run_context" in specs:   # what the notebook hands to attach_run: no environment variables
+        total = values.get("total_timesteps")
+        injected["run_context"] = dict(progress=str(prog), total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+                                       tensorboard=str(out / "tensorboard") if tensorboard else None)
     started = datetime.now().isoformat(timespec="seconds")
     record = dict(created_by=RUN_MARKER, experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(),
                   host=socket.gethostname(), preset=preset, **commit)
@@ -226,11 +231,6 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         write_json(out / "run.json", dict(record, status="running"))
     except OSError as e:
         lock.release(); raise ValueError(f"run folder {out}: cannot write there ({e.strerror})") from None
-    prog = out / ".progress.json"
-    env = {PROGRESS_ENV: str(prog), TENSORBOARD_ENV: str(out / "tensorboard") if tensorboard else ""}  # runs it starts inherit
-    if isinstance(values.get("total_timesteps"), int): env[TOTAL_ENV] = str(values["total_timesteps"])
-    saved_env = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)   # the kernel inherits them
     t0, error, status, signum = time.perf_counter(), None, "ok", None
     try:
         with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
@@ -246,10 +246,6 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         status, error = "failed", _failure_message(e, nb_path)
     except Exception as e:  # kernel died, missing kernel, ...: still leave a record
         status, error = "failed", f"{type(e).__name__}: {shorten(str(e), 2000)}"
-    finally:
-        for k, v in saved_env.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
     def stopped_meanwhile():   # a signal while the results are written: recorded once they are
         nonlocal status, error, signum
         if stop.pending and status == "ok":

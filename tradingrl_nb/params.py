@@ -255,7 +255,8 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
     if t in ("bool", "str", "list", "tuple", "dict") and isinstance(value, _TYPES[t]): return value
     raise bad()
 
-_SET_BY_RUNNER = {"output_dir": "--output-dir / output_dir=", "resume": "tradingrl run --resume DIR / run_experiment(resume=True)"}
+_SET_BY_RUNNER = {"output_dir": "--output-dir / output_dir=", "resume": "tradingrl run --resume DIR / run_experiment(resume=True)",
+                  "run_context": "nothing: tradingrl run passes the run's progress file and TensorBoard folder"}
 RESERVED = tuple(_SET_BY_RUNNER)   # set by the runner, never by the user; not recorded in params.json
 
 # %% ../nbs/10e_params.ipynb #4d488653

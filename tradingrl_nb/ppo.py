@@ -487,7 +487,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Updat
         self._params = [q for q in p.parameters() if q.requires_grad]
         self.vgs = VarianceGradientScaler(self._params, **self.vgs_kwargs) if self.use_vgs else None
         self._critic_adjuster = self._make_critic_adjuster() if self.critic_adjustment else None
-        check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds 000, 001, 003)
+        check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds.ipynb#upgd-noise-under-vgs)
         self._last_lstm_states = p.initial_state(self.n_envs)
         self._ret_rms = RunningMeanStd(shape=())
         self._ret_acc = np.zeros(self.n_envs)

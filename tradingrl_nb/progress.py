@@ -8,18 +8,45 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/progress.html.md"""
 # %% ../nbs/10c_progress.ipynb #ac6f102b
 from __future__ import annotations
 import json, math, os, sys, threading, time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .fileio import write_json
 
 # %% auto #0
-__all__ = ['PROGRESS_ENV', 'TOTAL_ENV', 'TENSORBOARD_ENV', 'ProgressFile', 'read_progress', 'format_duration', 'format_progress',
+__all__ = ['RunContext', 'attach_run', 'current_run', 'ProgressFile', 'read_progress', 'format_duration', 'format_progress',
            'follow_progress', 'aggregate_progress', 'relay_progress']
 
 # %% ../nbs/10c_progress.ipynb #b0bc6181
-PROGRESS_ENV = "TRADINGRL_PROGRESS_FILE"        # where a run's training loop writes its progress
-TOTAL_ENV = "TRADINGRL_PROGRESS_TOTAL"          # the run's `total_timesteps`, when it has one
-TENSORBOARD_ENV = "TRADINGRL_TENSORBOARD_DIR"   # where `TrainingLog` writes TensorBoard event files
+@dataclass(frozen=True)
+class RunContext:
+    "What `tradingrl run` tells a notebook about its run: where to write progress, the run's total steps, TensorBoard's folder."
+    progress: str | None = None       # the progress file the runner follows
+    total: int | None = None          # the run's `total_timesteps`, when it has one
+    tensorboard: str | None = None    # where `TrainingLog` writes TensorBoard event files (None: none)
+
+    @classmethod
+    def from_parameter(cls, value) -> "RunContext":
+        "The injected `run_context` parameter (a dict, or None outside a run) as a `RunContext`; a clear error otherwise."
+        if value is None: return cls()
+        if isinstance(value, cls): return value
+        if not isinstance(value, dict) or set(value) - {"progress", "total", "tensorboard"}:
+            raise ValueError(f"run_context must be None or a dict with keys progress, total, tensorboard, got {value!r}")
+        total = value.get("total")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+            raise ValueError(f"run_context['total'] must be an int or None, got {total!r}")
+        return cls(value.get("progress") or None, total, value.get("tensorboard") or None)
+
+_CURRENT = [RunContext()]
+
+def attach_run(run_context) -> RunContext:
+    "Make the runner's injected `run_context` this process's current run (what `TrainingLog` and `relay_progress` use)."
+    _CURRENT[0] = RunContext.from_parameter(run_context)
+    return _CURRENT[0]
+
+def current_run() -> RunContext:
+    "This process's current run (empty outside `tradingrl run`, or before `attach_run`)."
+    return _CURRENT[0]
 
 class ProgressFile:
     "A run's progress as one small JSON file (steps done and total, rate, last metrics), replaced atomically."
@@ -44,12 +71,10 @@ class ProgressFile:
         return data
 
     @classmethod
-    def from_env(cls) -> "ProgressFile | None":
-        "The progress file the runner asked for (`TRADINGRL_PROGRESS_FILE`), or None outside a run."
-        p = os.environ.get(PROGRESS_ENV)
-        if not p: return None
-        t = os.environ.get(TOTAL_ENV)
-        return cls(p, int(t) if t and t.lstrip("-").isdigit() else None)
+    def for_run(cls) -> "ProgressFile | None":
+        "The progress file of the current run (`attach_run`), or None outside a run."
+        run = current_run()
+        return cls(run.progress, run.total) if run.progress else None
 
 def read_progress(path: str | Path) -> dict | None:
     "The last progress written to `path`, or None when there is none yet."
@@ -129,11 +154,11 @@ def aggregate_progress(run_dirs, total: int | None = None) -> dict:
 
 class relay_progress:
     """While open, a thread writes `aggregate_progress(run_dirs, total)` to this run's own progress file
-    (`TRADINGRL_PROGRESS_FILE`, which `tradingrl run` follows) when it has changed, checking every `interval` seconds,
+    (the current run's, which `tradingrl run` follows) when it has changed, checking every `interval` seconds,
     and once more on exit. A no-op outside a run."""
     def __init__(self, run_dirs, total: int | None = None, interval: float = 2.0):
         self.run_dirs, self.total, self.interval = [Path(d) for d in run_dirs], total, interval
-        self.file, self._stop, self._thread, self._last = ProgressFile.from_env(), threading.Event(), None, None
+        self.file, self._stop, self._thread, self._last = ProgressFile.for_run(), threading.Event(), None, None
         if self.file is not None: self.file.min_interval = 0.0
 
     def poll(self, force: bool = True) -> dict | None:

@@ -7,7 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/record.html.md"""
 
 # %% ../nbs/10h_record.ipynb #8439c418
 from __future__ import annotations
-import json, os, re
+import json, re
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +52,16 @@ class TrainingLog:
                  progress: str | Path | None = None, tensorboard: str | Path | None = None):
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.logger import Logger
-        from tradingrl_nb.progress import ProgressFile, PROGRESS_ENV, TOTAL_ENV, TENSORBOARD_ENV
+        from tradingrl_nb.progress import ProgressFile, current_run
         self.model, self.rows, self.validation, self._pending = model, [], [], None
         TrainingLog._count += 1
         self.name = name or f"train{TrainingLog._count}"
         model.set_logger(Logger(folder=None, output_formats=[]))
-        env_total = os.environ.get(TOTAL_ENV)
-        self.total = total_timesteps if total_timesteps is not None else \
-            (int(env_total) if env_total and env_total.isdigit() else None)
-        progress = os.environ.get(PROGRESS_ENV) if progress is None else progress   # False: none, even under the runner
+        run = current_run()   # what the runner injected (`attach_run`); empty outside a run
+        self.total = total_timesteps if total_timesteps is not None else run.total
+        progress = run.progress if progress is None else progress   # False: none, even under the runner
         self.progress = ProgressFile(progress, self.total) if progress else None
-        tb = os.environ.get(TENSORBOARD_ENV) if tensorboard is None else tensorboard
+        tb = run.tensorboard if tensorboard is None else tensorboard
         self.tensorboard = Path(tb) / slug(self.name) if tb else None
         self._writer = None
         log = self

@@ -209,7 +209,7 @@ class RolloutCollector:
             last_q = self.policy.predict_quantiles(th.as_tensor(ro.new_obs, dtype=th.float32, device=dev),
                                                    mask_states(ro.states, th.as_tensor(dones, device=dev)))
         if ro.frozen: self._unfreeze_vecnormalize(ro.vn, ro.raw_obs, ro.raw_rew, ro.raw_dones)
-        # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seed 002 #3)
+        # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seeds.ipynb#return-scale-snapshot)
         first = self._ret_rms.count <= 1                           # no statistics yet: the snapshot is still the prior
         if self.normalize_returns: self._ret_rms.update(ro.acc_hist.reshape(-1))
         if not ro.before: self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
