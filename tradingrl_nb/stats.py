@@ -174,7 +174,7 @@ def _seeds_and_blocks(X: np.ndarray, k: int, stat, confidence: float, seed: int,
     per-seed values over $k$, with Student's t at $k-1$ degrees of freedom; the market's part $v_m$, the bootstrap
     variance of the mean over resampled days with the seeds fixed, less each seed's own day noise over $k$ (read from
     the covariance of the per-seed draws: that noise already makes the seeds differ, so $v_s$ holds it), with the
-    normal quantile. Half-width $\sqrt{t^2 v_s + z^2 v_m}$. With one seed there is no seed part: the day bootstrap
+    normal quantile. Half-width $\\sqrt{t^2 v_s + z^2 v_m}$. With one seed there is no seed part: the day bootstrap
     alone, normal quantile. `method="percentile"`: percentiles of `stat(days, seed_indices)` over draws that resample
     seeds with replacement and days together (it under-covers with few seeds: see the coverage simulation)."""
     if method not in ("t", "percentile"): raise ValueError(f"method must be 't' or 'percentile', got {method!r}")
