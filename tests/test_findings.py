@@ -202,6 +202,26 @@ def test_holm_adjusted_p_values_and_verdicts_never_claim_more_than_the_raw_ones(
     assert fs[1]["verdict"] == "smaller than claimed" and holm[1] in ("smaller than claimed", "inconclusive")
 
 
+def test_holm_never_strengthens_a_verdict_whose_interval_holds_the_markets_luck():
+    """Seeds that agree closely (their t-test alone would call it) on one noisy market path: the finding's own interval,
+    which resamples market days, is inconclusive, and so must its Holm verdict be; its MDE is the interval's, not the seeds'."""
+    import numpy as np
+    from tradingrl_nb.stats import paired_sharpe_difference_ci
+    rng = np.random.default_rng(4)
+    market = rng.normal(0.0004, 0.01, 250)
+    A = market + rng.normal(0.0, 0.002, (5, 250))             # an index holder against a cash-like arm:
+    B = rng.normal(0.0002, 0.005, (5, 250))                   # the difference carries the path's luck
+    ci = paired_sharpe_difference_ci(A, B, reduce="mean", reps=300)
+    inputs = fd.interval_inputs("paired_sharpe_difference_ci", returns_a=A, returns_b=B, reduce="mean", reps=300)
+    per_seed = [0.98, 1.01, 1.0, 0.99, 1.02]                  # the seeds' own spread: tiny
+    f = fd.finding("variance_scaling_sharpe", per_seed, ci, 1000, "Sharpe difference", inputs=inputs)
+    filler = fd.finding("vgs_effect_value_loss_variance", [1.0, 1.02, 0.98, 1.01, 0.99], (1.0, 0.98, 1.02), 1000, "ratio")
+    assert f["verdict"] == "inconclusive" and fd.seed_p_value(per_seed, fd.CLAIMS[f["id"]]) < 1e-6
+    assert fd.holm_verdicts([f, filler])[0] == "inconclusive"
+    [g, _] = fd.with_family([f, filler])
+    assert g["mde"] > (ci.high - ci.low) / 2 and g["p_value"] > 0.05
+
+
 def test_a_bootstrapped_interval_is_recomputed_from_its_stored_returns(tmp_path):
     "The check recomputes a finding's interval from the inputs it stored; an edited daily return makes it fail, naming the run."
     import numpy as np

@@ -8,6 +8,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/findings.html.md"""
 # %% ../nbs/12_findings.ipynb #055980f3
 from __future__ import annotations
 import json, math
+from statistics import NormalDist
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,13 @@ from .fileio import read_json_object
 from .stats import Interval, mean_ci
 
 # %% auto #0
-__all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'RECOMPUTABLE', 'WEIGHT_SUFFIXES',
-           'MAX_RESULTS_BYTES', 'FIELDS', 'REGISTRY_FIELDS', 'VERDICT_COLORS', 'Claim', 'interval_inputs',
-           'recompute_interval', 'check_inputs', 'claim_verdict', 'size_verdict', 'degenerate', 'verdict_of', 'finding',
-           'findings_table', 'seed_p_value', 'seed_t_interval', 'minimum_detectable_effect', 'holm_adjusted',
-           'holm_verdicts', 'target_effect', 'seeds_needed', 'power_plan', 'check_results', 'with_family',
-           'collect_findings', 'missing_findings', 'findings_json', 'write_findings', 'plot_findings',
-           'findings_markdown']
+__all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'RECOMPUTABLE', 'SEEDS_AND_MARKET',
+           'WEIGHT_SUFFIXES', 'MAX_RESULTS_BYTES', 'FIELDS', 'REGISTRY_FIELDS', 'VERDICT_COLORS', 'Claim',
+           'interval_inputs', 'recompute_interval', 'check_inputs', 'claim_verdict', 'size_verdict', 'degenerate',
+           'verdict_of', 'finding', 'findings_table', 'seed_p_value', 'seed_t_interval', 'minimum_detectable_effect',
+           'holm_adjusted', 'holm_verdicts', 'interval_se', 'finding_p_value', 'finding_mde', 'target_effect',
+           'seeds_needed', 'power_plan', 'check_results', 'with_family', 'collect_findings', 'missing_findings',
+           'findings_json', 'write_findings', 'plot_findings', 'findings_markdown']
 
 # %% ../nbs/12_findings.ipynb #beb766e0
 @dataclass(frozen=True)
@@ -126,12 +127,12 @@ def interval_inputs(function: str, **args) -> dict:
         return v
     return {"function": function, "args": {k: stored(v) for k, v in args.items()}}
 
-def recompute_interval(inputs: dict) -> Interval:
-    "The interval `interval_inputs` describes, computed again from its stored numbers."
+def recompute_interval(inputs: dict, **override) -> Interval:
+    "The interval `interval_inputs` describes, computed again from its stored numbers (`override`: e.g. `confidence=0.99`)."
     from tradingrl_nb import stats
     if inputs.get("function") not in RECOMPUTABLE: raise ValueError(f"cannot recompute with {inputs.get('function')!r}")
     args = {k: np.asarray(v, dtype=np.float64) if isinstance(v, list) else v for k, v in inputs["args"].items()}
-    return getattr(stats, inputs["function"])(**args)
+    return getattr(stats, inputs["function"])(**{**args, **override})
 
 def check_inputs(inputs: dict, interval, where: str, rtol: float = 1e-9) -> None:
     """ValueError naming `where` unless the inputs give `interval` `(estimate, low, high)` again. The tolerance: the same
@@ -271,15 +272,54 @@ def holm_adjusted(p: list[float]) -> list[float]:
     return adj
 
 def holm_verdicts(findings: list[dict], alpha: float = 0.05) -> list[str]:
-    "Each finding's verdict after Holm's correction over `findings` (see above); 'not testable' stays."
+    """Each finding's verdict after Holm's correction over `findings` (see above), from its own kind of interval at the
+    adjusted level (never narrower than its 95% one); 'not testable' stays."""
     cs = [CLAIMS[f["id"]] for f in findings]
-    p = [seed_p_value(f["per_seed"], c) for f, c in zip(findings, cs)]
+    p = [finding_p_value(f, c) for f, c in zip(findings, cs)]
     out = []
     for f, c, pi, pa in zip(findings, cs, p, holm_adjusted(p)):
         if f["verdict"] == "not testable": out.append("not testable"); continue
         level = 1 - alpha * (pi / pa if pa > 0 else 1.0 / len(findings))
-        out.append(size_verdict(seed_t_interval(f["per_seed"], c, level), c.null, c.direction, c.claimed, c.sesoi, c.ratio))
+        out.append(size_verdict(_interval_at(f, c, level), c.null, c.direction, c.claimed, c.sesoi, c.ratio))
     return out
+
+# %% ../nbs/12_findings.ipynb #def9c63e
+SEEDS_AND_MARKET = ("multi_seed_sharpe_ci", "paired_sharpe_difference_ci")   # intervals that also resample market days
+
+def _inputs(f: dict) -> dict:
+    "The statistics call behind a finding: `inputs` as an experiment stores it, `_inputs` while findings are collected."
+    return f.get("inputs") or f.get("_inputs") or {}
+
+def _market_aware(f: dict) -> bool: return _inputs(f).get("function") in SEEDS_AND_MARKET
+
+def interval_se(f: dict, c: Claim) -> float:
+    """A finding's standard error on the test scale (a log for a ratio), read off its own 95% interval: the half on
+    the side of no effect, over the normal quantile."""
+    t = (lambda v: math.log(v / c.null)) if c.ratio else (lambda v: v - c.null)
+    e, (lo, hi) = t(f["estimate"]), (t(x) for x in f["ci95"])
+    return ((e - lo) if e > 0 else (hi - e)) / NormalDist().inv_cdf(0.975)
+
+def finding_p_value(f: dict, c: Claim) -> float:
+    """Two-sided p-value of a finding against no effect by the method of its own interval: the t-test over seeds
+    (`seed_p_value`), or, where the interval also resamples market days, the normal test read off that interval
+    (the seeds' t-test alone would ignore the market's luck)."""
+    if not _market_aware(f): return seed_p_value(f["per_seed"], c)
+    se, e = interval_se(f, c), float(_seed_scale([f["estimate"]], c)[0])
+    return 1.0 if not se > 0 else 2 * (1 - NormalDist().cdf(abs(e) / se))
+
+def finding_mde(f: dict, c: Claim, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    "The MDE by the method of the finding's own interval (see `finding_p_value`); None for seeds without spread."
+    if not _market_aware(f): return None if degenerate(f["per_seed"]) else minimum_detectable_effect(f["per_seed"], c, alpha, power)
+    d = (NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)) * interval_se(f, c)
+    return float(math.exp(d)) if c.ratio else float(d)
+
+def _interval_at(f: dict, c: Claim, level: float) -> tuple[float, float]:
+    "The finding's interval at confidence `level`: its own statistics call again, or the t-interval over seeds."
+    if _market_aware(f):
+        iv = recompute_interval(_inputs(f), confidence=level)
+        return iv.low, iv.high
+    return seed_t_interval(f["per_seed"], c, level)
+
 
 # %% ../nbs/12_findings.ipynb #0158fa8c
 def target_effect(c: Claim) -> float | None:
@@ -357,7 +397,7 @@ def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
         raise ValueError(f"{where}: finding {c.id!r} says {f['verdict']!r} but its interval {f['ci95']} gives {v!r}")
     if "inputs" in f: check_inputs(f["inputs"], (f["estimate"], *f["ci95"]), f"{where}: finding {c.id!r}")
     rec = {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
-    rec["verdict"], rec["recomputed"] = v, f["inputs"]["function"] if "inputs" in f else None
+    rec["verdict"], rec["recomputed"], rec["_inputs"] = v, f["inputs"]["function"] if "inputs" in f else None, f.get("inputs")
     return {**rec, "source": c.source, "quote": c.quote, "claimed": None if c.claimed is None else list(c.claimed),
             "sesoi": c.sesoi, "framing": c.framing, "primary": c.primary, "forks": c.forks}
 
@@ -367,9 +407,8 @@ def with_family(findings: list[dict]) -> list[dict]:
     out = []
     for f, h in zip(findings, holm):
         c = CLAIMS[f["id"]]
-        flat = degenerate(f["per_seed"])
-        out.append({**f, "p_value": seed_p_value(f["per_seed"], c), "mde": None if flat else minimum_detectable_effect(f["per_seed"], c),
-                    "holm_verdict": h})
+        rec = {k: v for k, v in f.items() if k != "_inputs"}   # the inputs stay in the experiment's metrics.json
+        out.append({**rec, "p_value": finding_p_value(f, c), "mde": finding_mde(f, c), "holm_verdict": h})
     return out
 
 def collect_findings(results: str | Path = "results") -> list[dict]:
