@@ -23,6 +23,7 @@ import safetensors.torch
 
 from .fileio import atomic_write_bytes
 from .upgd import UPGD, AdaptiveUPGD
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'LIVE_HPARAMS', 'SCHEDULABLE', 'register_checkpoint_class', 'flatten_state',
@@ -283,162 +284,177 @@ class Checkpointing:
     """The model's own state as one owner keeps it: parameters (with VGS and optimizer state), hyperparameters
     (`hparams`, `set_hparams`), the training clock (`clock`, `set_clock`), and pickle-free save/load."""
 
-    def get_parameters(self, include_optimizer: bool = False) -> dict[str, dict]:
-        """Policy weights, the return normalizer (it gives the critics' outputs their units), the VGS state and,
-        with `include_optimizer=True`, the optimizer state."""
-        params: dict[str, dict] = {"policy": self.policy.state_dict(), "return_normalizer": self._return_state()}
-        if self.vgs is not None: params["vgs"] = self.vgs.state_dict()
-        if self._critic_adjuster is not None: params["critic_adjuster"] = {str(k): a.state_dict() for k, a in enumerate(self._critic_adjuster)}
-        if include_optimizer: params["policy.optimizer"] = self.policy.optimizer.state_dict()
-        return params
+# %% ../nbs/06a_checkpoint.ipynb #53937528
+@patch
+def get_parameters(self: Checkpointing, include_optimizer: bool = False) -> dict[str, dict]:
+    """Policy weights, the return normalizer (it gives the critics' outputs their units), the VGS state and,
+    with `include_optimizer=True`, the optimizer state."""
+    params: dict[str, dict] = {"policy": self.policy.state_dict(), "return_normalizer": self._return_state()}
+    if self.vgs is not None: params["vgs"] = self.vgs.state_dict()
+    if self._critic_adjuster is not None: params["critic_adjuster"] = {str(k): a.state_dict() for k, a in enumerate(self._critic_adjuster)}
+    if include_optimizer: params["policy.optimizer"] = self.policy.optimizer.state_dict()
+    return params
 
-    def set_parameters(self, load_path_or_dict: str | pathlib.Path | dict, exact_match: bool = True,
-                       device: th.device | str = "auto") -> None:
-        """Load parameters (a `get_parameters` dict or a checkpoint file) in place, relink the optimizer and VGS
-        to the live parameters, keep this model's learning rate, and reset the LSTM states."""
-        params = load_path_or_dict if isinstance(load_path_or_dict, dict) else read_checkpoint(load_path_or_dict)["params"]
-        known = {"policy", "policy.optimizer", "vgs", "return_normalizer", "critic_adjuster"}
-        if set(params) - known: raise ValueError(f"unknown parameter group(s) {sorted(set(params) - known)}; expected some of {sorted(known)}")
-        if exact_match and "policy" not in params: raise ValueError("parameters have no 'policy' entry (exact_match=True)")
-        if "policy" in params: self.policy.load_state_dict(params["policy"], strict=exact_match)
-        if "return_normalizer" in params: self._load_return_state(params["return_normalizer"])
-        if "policy.optimizer" in params: self.policy.optimizer.load_state_dict(_to_device(params["policy.optimizer"], self.device))
-        self._relink()
-        if "vgs" in params and self.vgs is not None:
-            self.vgs.load_state_dict(_to_device(params["vgs"], self.device)); self.vgs.update_parameters(self._params)
-        if "critic_adjuster" in params and self._critic_adjuster is not None:
-            for k, a in enumerate(self._critic_adjuster): a.load_state_dict(params["critic_adjuster"][str(k)])
-        self.reset_lstm_states_to_initial()
+@patch
+def set_parameters(self: Checkpointing, load_path_or_dict: str | pathlib.Path | dict, exact_match: bool = True,
+                   device: th.device | str = "auto") -> None:
+    """Load parameters (a `get_parameters` dict or a checkpoint file) in place, relink the optimizer and VGS
+    to the live parameters, keep this model's learning rate, and reset the LSTM states."""
+    params = load_path_or_dict if isinstance(load_path_or_dict, dict) else read_checkpoint(load_path_or_dict)["params"]
+    known = {"policy", "policy.optimizer", "vgs", "return_normalizer", "critic_adjuster"}
+    if set(params) - known: raise ValueError(f"unknown parameter group(s) {sorted(set(params) - known)}; expected some of {sorted(known)}")
+    if exact_match and "policy" not in params: raise ValueError("parameters have no 'policy' entry (exact_match=True)")
+    if "policy" in params: self.policy.load_state_dict(params["policy"], strict=exact_match)
+    if "return_normalizer" in params: self._load_return_state(params["return_normalizer"])
+    if "policy.optimizer" in params: self.policy.optimizer.load_state_dict(_to_device(params["policy.optimizer"], self.device))
+    self._relink()
+    if "vgs" in params and self.vgs is not None:
+        self.vgs.load_state_dict(_to_device(params["vgs"], self.device)); self.vgs.update_parameters(self._params)
+    if "critic_adjuster" in params and self._critic_adjuster is not None:
+        for k, a in enumerate(self._critic_adjuster): a.load_state_dict(params["critic_adjuster"][str(k)])
+    self.reset_lstm_states_to_initial()
 
-    def _relink(self) -> None:
-        "Point the optimizer and VGS at the live policy parameters and re-apply this model's learning rate."
-        live = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = self.policy.optimizer
-        if [id(p) for g in opt.param_groups for p in g["params"]] != [id(p) for p in live]:
-            state = opt.state_dict()
-            opt = self.policy.optimizer = self.policy.optimizer_class(live, lr=self.lr_schedule(1), **self.policy.optimizer_kwargs)
-            opt.load_state_dict(state)
-        self._params = live
-        self._apply_lr()
-        if self.vgs is not None: self.vgs.update_parameters(live)
+@patch
+def _relink(self: Checkpointing) -> None:
+    "Point the optimizer and VGS at the live policy parameters and re-apply this model's learning rate."
+    live = [p for p in self.policy.parameters() if p.requires_grad]
+    opt = self.policy.optimizer
+    if [id(p) for g in opt.param_groups for p in g["params"]] != [id(p) for p in live]:
+        state = opt.state_dict()
+        opt = self.policy.optimizer = self.policy.optimizer_class(live, lr=self.lr_schedule(1), **self.policy.optimizer_kwargs)
+        opt.load_state_dict(state)
+    self._params = live
+    self._apply_lr()
+    if self.vgs is not None: self.vgs.update_parameters(live)
 
-    def _apply_lr(self) -> None:
-        "Write the scheduled learning rate at the current progress into the optimizer (the one place that does)."
-        lr = self.lr_schedule(self._current_progress_remaining)
-        for g in self.policy.optimizer.param_groups: g["lr"] = lr
+@patch
+def _apply_lr(self: Checkpointing) -> None:
+    "Write the scheduled learning rate at the current progress into the optimizer (the one place that does)."
+    lr = self.lr_schedule(self._current_progress_remaining)
+    for g in self.policy.optimizer.param_groups: g["lr"] = lr
 
-    def reset_optimizer(self) -> None:
-        "A fresh optimizer (no moments, no utilities) over the live parameters, at the current learning rate."
-        pol = self.policy
-        pol.optimizer = pol.optimizer_class([p for p in pol.parameters() if p.requires_grad], **{**pol.optimizer_kwargs, "lr": self.lr_schedule(1)})
-        self._relink()
+@patch
+def reset_optimizer(self: Checkpointing) -> None:
+    "A fresh optimizer (no moments, no utilities) over the live parameters, at the current learning rate."
+    pol = self.policy
+    pol.optimizer = pol.optimizer_class([p for p in pol.parameters() if p.requires_grad], **{**pol.optimizer_kwargs, "lr": self.lr_schedule(1)})
+    self._relink()
 
-    def hparams(self) -> dict[str, Any]:
-        """The constructor's arguments (`hparam_names`) as this model holds them now: what `save` stores and `load` passes
-        back. A schedule is stored as its current value (with a warning)."""
-        h = {k: getattr(self, "_stats_window_size" if k == "stats_window_size" else k) for k in hparam_names(type(self))}
-        if h["sappo"] is not None: h["sappo"] = dataclasses.asdict(h["sappo"])
-        for k in ("learning_rate", "clip_range", "clip_range_vf"):
-            if callable(h[k]):
-                warnings.warn(f"{k} is a schedule; the checkpoint stores its current value {h[k](self._current_progress_remaining)}")
-                h[k] = float(h[k](self._current_progress_remaining))
-        return h
+@patch
+def hparams(self: Checkpointing) -> dict[str, Any]:
+    """The constructor's arguments (`hparam_names`) as this model holds them now: what `save` stores and `load` passes
+    back. A schedule is stored as its current value (with a warning)."""
+    h = {k: getattr(self, "_stats_window_size" if k == "stats_window_size" else k) for k in hparam_names(type(self))}
+    if h["sappo"] is not None: h["sappo"] = dataclasses.asdict(h["sappo"])
+    for k in ("learning_rate", "clip_range", "clip_range_vf"):
+        if callable(h[k]):
+            warnings.warn(f"{k} is a schedule; the checkpoint stores its current value {h[k](self._current_progress_remaining)}")
+            h[k] = float(h[k](self._current_progress_remaining))
+    return h
 
-    def live_hparams(self) -> dict[str, Any]:
-        """The `LIVE_HPARAMS` as they stand (schedules as themselves): what `set_hparams` of another model takes to
-        train with these values (a population's exploit). `vgs_alpha` only with VGS, `upgd_sigma` only with a noisy optimizer."""
-        h = {k: getattr(self, k) for k in LIVE_HPARAMS if k not in ("vgs_alpha", "upgd_sigma")}
-        if self.vgs is not None: h["vgs_alpha"] = float(self.vgs.alpha)
-        if "sigma" in self.policy.optimizer.param_groups[0]: h["upgd_sigma"] = float(self.policy.optimizer.param_groups[0]["sigma"])
-        return h
+@patch
+def live_hparams(self: Checkpointing) -> dict[str, Any]:
+    """The `LIVE_HPARAMS` as they stand (schedules as themselves): what `set_hparams` of another model takes to
+    train with these values (a population's exploit). `vgs_alpha` only with VGS, `upgd_sigma` only with a noisy optimizer."""
+    h = {k: getattr(self, k) for k in LIVE_HPARAMS if k not in ("vgs_alpha", "upgd_sigma")}
+    if self.vgs is not None: h["vgs_alpha"] = float(self.vgs.alpha)
+    if "sigma" in self.policy.optimizer.param_groups[0]: h["upgd_sigma"] = float(self.policy.optimizer.param_groups[0]["sigma"])
+    return h
 
-    def set_hparams(self, **hparams) -> None:
-        """Change hyperparameters between updates (`LIVE_HPARAMS`), in every place each one lives: the argument `save`
-        stores, the schedule `train()` reads, the optimizer's param groups, the VGS. `learning_rate` and `clip_range` may
-        be schedules. `ent_coef` below `ent_coef_min` is raised to that floor. All values are checked first: a refused
-        call raises a `ValueError` naming the value and changes nothing."""
-        hp = checked_hyperparams(f"{type(self).__name__}.set_hparams", hparams, LIVE_HPARAMS)
-        groups = self.policy.optimizer.param_groups
-        if "vgs_alpha" in hp and self.vgs is None:
-            raise ValueError(f"{type(self).__name__}.set_hparams: vgs_alpha={hp['vgs_alpha']!r} given but the model has no VGS (use_vgs=False)")
-        if "upgd_sigma" in hp and "sigma" not in groups[0]:
-            raise ValueError(f"{type(self).__name__}.set_hparams: upgd_sigma={hp['upgd_sigma']!r} given but "
-                             f"{type(self.policy.optimizer).__name__} has no sigma")
-        for k, v in hp.items():
-            if k == "learning_rate":
-                self.learning_rate = v; self._setup_lr_schedule(); self._apply_lr()
-            elif k == "clip_range": self.clip_range, self._clip_schedule = v, FloatSchedule(v)
-            elif k == "ent_coef": self.ent_coef = max(v, float(self.ent_coef_min))
-            elif k == "vgs_alpha": self.vgs.alpha = v; self.vgs_kwargs["alpha"] = v
-            elif k == "upgd_sigma":
-                for g in groups: g["sigma"] = v
-                self.policy.optimizer_kwargs["sigma"] = v
-                self.policy_kwargs["optimizer_kwargs"] = {**self.policy_kwargs.get("optimizer_kwargs", {}), "sigma": v}
-            else: setattr(self, k, v)
+# %% ../nbs/06a_checkpoint.ipynb #ea353843
+@patch
+def set_hparams(self: Checkpointing, **hparams) -> None:
+    """Change hyperparameters between updates (`LIVE_HPARAMS`), in every place each one lives: the argument `save`
+    stores, the schedule `train()` reads, the optimizer's param groups, the VGS. `learning_rate` and `clip_range` may
+    be schedules. `ent_coef` below `ent_coef_min` is raised to that floor. All values are checked first: a refused
+    call raises a `ValueError` naming the value and changes nothing."""
+    hp = checked_hyperparams(f"{type(self).__name__}.set_hparams", hparams, LIVE_HPARAMS)
+    groups = self.policy.optimizer.param_groups
+    if "vgs_alpha" in hp and self.vgs is None:
+        raise ValueError(f"{type(self).__name__}.set_hparams: vgs_alpha={hp['vgs_alpha']!r} given but the model has no VGS (use_vgs=False)")
+    if "upgd_sigma" in hp and "sigma" not in groups[0]:
+        raise ValueError(f"{type(self).__name__}.set_hparams: upgd_sigma={hp['upgd_sigma']!r} given but "
+                         f"{type(self.policy.optimizer).__name__} has no sigma")
+    for k, v in hp.items():
+        if k == "learning_rate":
+            self.learning_rate = v; self._setup_lr_schedule(); self._apply_lr()
+        elif k == "clip_range": self.clip_range, self._clip_schedule = v, FloatSchedule(v)
+        elif k == "ent_coef": self.ent_coef = max(v, float(self.ent_coef_min))
+        elif k == "vgs_alpha": self.vgs.alpha = v; self.vgs_kwargs["alpha"] = v
+        elif k == "upgd_sigma":
+            for g in groups: g["sigma"] = v
+            self.policy.optimizer_kwargs["sigma"] = v
+            self.policy_kwargs["optimizer_kwargs"] = {**self.policy_kwargs.get("optimizer_kwargs", {}), "sigma": v}
+        else: setattr(self, k, v)
 
-    def clock(self) -> dict:
-        "The training clock: steps, updates and episodes so far, schedule progress, the entropy plateau detector's state."
-        return {"num_timesteps": int(self.num_timesteps), "total_timesteps": int(self._total_timesteps),
-                "n_updates": int(self._n_updates), "episode_num": int(self._episode_num),
-                "progress_remaining": float(self._current_progress_remaining),
-                "ent_plateau": [float(self._ent_scale), float(self._ent_best), int(self._ent_wait)]}
+@patch
+def clock(self: Checkpointing) -> dict:
+    "The training clock: steps, updates and episodes so far, schedule progress, the entropy plateau detector's state."
+    return {"num_timesteps": int(self.num_timesteps), "total_timesteps": int(self._total_timesteps),
+            "n_updates": int(self._n_updates), "episode_num": int(self._episode_num),
+            "progress_remaining": float(self._current_progress_remaining),
+            "ent_plateau": [float(self._ent_scale), float(self._ent_best), int(self._ent_wait)]}
 
-    def set_clock(self, c: Mapping) -> None:
-        "Set the training clock (a `clock()` dict) and the learning rate the schedule gives at its progress."
-        self.num_timesteps, self._total_timesteps = int(c["num_timesteps"]), int(c["total_timesteps"])
-        self._n_updates, self._episode_num = int(c["n_updates"]), int(c["episode_num"])
-        self._current_progress_remaining = float(c["progress_remaining"])
-        self._ent_scale, self._ent_best, self._ent_wait = float(c["ent_plateau"][0]), float(c["ent_plateau"][1]), int(c["ent_plateau"][2])
-        self._apply_lr()
+@patch
+def set_clock(self: Checkpointing, c: Mapping) -> None:
+    "Set the training clock (a `clock()` dict) and the learning rate the schedule gives at its progress."
+    self.num_timesteps, self._total_timesteps = int(c["num_timesteps"]), int(c["total_timesteps"])
+    self._n_updates, self._episode_num = int(c["n_updates"]), int(c["episode_num"])
+    self._current_progress_remaining = float(c["progress_remaining"])
+    self._ent_scale, self._ent_best, self._ent_wait = float(c["ent_plateau"][0]), float(c["ent_plateau"][1]), int(c["ent_plateau"][2])
+    self._apply_lr()
 
-    def save(self, path: str | pathlib.Path, exclude=None, include=None) -> None:
-        """Write a checkpoint: tensors as safetensors, everything else as JSON in its metadata; no pickle.
-        The write is atomic (temporary file + `os.replace`). A path without suffix gets `.safetensors`."""
-        content = dict(hparams=self.hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
-                       observation_space=space_to_dict(self.observation_space), action_space=space_to_dict(self.action_space),
-                       params=self.get_parameters(include_optimizer=True),
-                       state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
-                                  np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
-                                  cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
-        write_checkpoint(path, content)
+@patch
+def save(self: Checkpointing, path: str | pathlib.Path, exclude=None, include=None) -> None:
+    """Write a checkpoint: tensors as safetensors, everything else as JSON in its metadata; no pickle.
+    The write is atomic (temporary file + `os.replace`). A path without suffix gets `.safetensors`."""
+    content = dict(hparams=self.hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
+                   observation_space=space_to_dict(self.observation_space), action_space=space_to_dict(self.action_space),
+                   params=self.get_parameters(include_optimizer=True),
+                   state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
+                              np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
+                              cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
+    write_checkpoint(path, content)
 
-    def _restore_state(self, s: dict) -> None:
-        self.set_clock({**s, "ent_plateau": s["ent_plateau"] if "ent_plateau" in s else s["ent"]})   # "ent": files before the clock had its name
-        self._nonfinite_updates, self._nonfinite_streak = (int(x) for x in s["nonfinite"])
-        if np.shape(s["ret_acc"]) == self._ret_acc.shape: self._ret_acc = np.array(s["ret_acc"], dtype=np.float64)
-        st = s["np_rng"]
-        if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")
-        bg = np.random.PCG64(); bg.state = st; self._rng = np.random.Generator(bg)
-        th.set_rng_state(s["torch_rng"].to(th.uint8))
-        cuda = s.get("cuda_rng") or []                             # one state per GPU; absent in CPU-only runs
-        if cuda and th.cuda.is_available():
-            for i, st in enumerate(cuda[:th.cuda.device_count()]): th.cuda.set_rng_state(st.to(th.uint8), i)
+@patch
+def _restore_state(self: Checkpointing, s: dict) -> None:
+    self.set_clock({**s, "ent_plateau": s["ent_plateau"] if "ent_plateau" in s else s["ent"]})   # "ent": files before the clock had its name
+    self._nonfinite_updates, self._nonfinite_streak = (int(x) for x in s["nonfinite"])
+    if np.shape(s["ret_acc"]) == self._ret_acc.shape: self._ret_acc = np.array(s["ret_acc"], dtype=np.float64)
+    st = s["np_rng"]
+    if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")
+    bg = np.random.PCG64(); bg.state = st; self._rng = np.random.Generator(bg)
+    th.set_rng_state(s["torch_rng"].to(th.uint8))
+    cuda = s.get("cuda_rng") or []                             # one state per GPU; absent in CPU-only runs
+    if cuda and th.cuda.is_available():
+        for i, st in enumerate(cuda[:th.cuda.device_count()]): th.cuda.set_rng_state(st.to(th.uint8), i)
 
-    @classmethod
-    def load(cls, path: str | pathlib.Path, env=None, device: th.device | str = "auto", custom_objects=None,
-             print_system_info: bool = False, force_reset: bool = True, **kwargs) -> Self:
-        """Re-create a model from a checkpoint written by `save`. Reads only safetensors and JSON (never executes
-        code from the file); classes named in it must be registered (`register_checkpoint_class`). Restores the
-        optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states. A file that passes its
-        checksums but lacks what a model needs (a forgery, a foreign writer) is a ValueError naming the file."""
-        ck = read_checkpoint(path)
-        try: return cls._from_checkpoint(ck, env, device, kwargs)
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: not a usable DistributionalPPO checkpoint ({type(e).__name__}: {_short_repr(e)})") from None
+@patch(cls_method=True)
+def load(cls: Checkpointing, path: str | pathlib.Path, env=None, device: th.device | str = "auto", custom_objects=None,
+         print_system_info: bool = False, force_reset: bool = True, **kwargs) -> Self:
+    """Re-create a model from a checkpoint written by `save`. Reads only safetensors and JSON (never executes
+    code from the file); classes named in it must be registered (`register_checkpoint_class`). Restores the
+    optimizer, VGS, return normalizer, counters and RNG states, and resets the LSTM states. A file that passes its
+    checksums but lacks what a model needs (a forgery, a foreign writer) is a ValueError naming the file."""
+    ck = read_checkpoint(path)
+    try: return cls._from_checkpoint(ck, env, device, kwargs)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a usable DistributionalPPO checkpoint ({type(e).__name__}: {_short_repr(e)})") from None
 
-    @classmethod
-    def _from_checkpoint(cls, ck: dict, env, device, kwargs: dict) -> Self:
-        h = dict(ck["hparams"])
-        if "policy_kwargs" in kwargs and kwargs["policy_kwargs"] != h["policy_kwargs"]:
-            raise ValueError(f"policy_kwargs differ from the stored ones: stored {h['policy_kwargs']}, given {kwargs['policy_kwargs']}")
-        h.update(kwargs)
-        obs_space, act_space = space_from_dict(ck["observation_space"]), space_from_dict(ck["action_space"])
-        model = cls(ck["policy_class"], env=env, device=device, _init_setup_model=False, **h)
-        if env is None: model.observation_space, model.action_space, model.n_envs = obs_space, act_space, int(ck["n_envs"])
-        elif model.observation_space != obs_space or model.action_space != act_space:
-            raise ValueError(f"env spaces {model.observation_space}, {model.action_space} differ from the checkpoint's "
-                             f"{obs_space}, {act_space}")
-        model._setup_model()
-        model.set_parameters(ck["params"], exact_match=True)
-        model._restore_state(ck["state"])
-        return model
+# %% ../nbs/06a_checkpoint.ipynb #1c179cee
+@patch(cls_method=True)
+def _from_checkpoint(cls: Checkpointing, ck: dict, env, device, kwargs: dict) -> Self:
+    h = dict(ck["hparams"])
+    if "policy_kwargs" in kwargs and kwargs["policy_kwargs"] != h["policy_kwargs"]:
+        raise ValueError(f"policy_kwargs differ from the stored ones: stored {h['policy_kwargs']}, given {kwargs['policy_kwargs']}")
+    h.update(kwargs)
+    obs_space, act_space = space_from_dict(ck["observation_space"]), space_from_dict(ck["action_space"])
+    model = cls(ck["policy_class"], env=env, device=device, _init_setup_model=False, **h)
+    if env is None: model.observation_space, model.action_space, model.n_envs = obs_space, act_space, int(ck["n_envs"])
+    elif model.observation_space != obs_space or model.action_space != act_space:
+        raise ValueError(f"env spaces {model.observation_space}, {model.action_space} differ from the checkpoint's "
+                         f"{obs_space}, {act_space}")
+    model._setup_model()
+    model.set_parameters(ck["params"], exact_match=True)
+    model._restore_state(ck["state"])
+    return model

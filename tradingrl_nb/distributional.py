@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['quantile_levels', 'huber', 'quantile_huber_loss', 'cvar_weights', 'cvar_from_quantiles', 'twin_value',
@@ -151,78 +152,88 @@ class VarianceCriticAdjuster:
         if quantiles.ndim != 2: raise ValueError(f"quantiles must have shape [B, N], got {tuple(quantiles.shape)}")
         return quantiles.detach().var(dim=-1, unbiased=False).sqrt()
 
-    @property
-    def omega(self) -> float | None:
-        "The running average of the predicted variance (None before the first `update`)."
-        if self._mean_std is None: return None
-        v = float(self._mean_std)
-        return None if math.isnan(v) else v ** 2
-
-    def update(self, quantiles: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Fold the batch-mean predicted std of `quantiles` `[B, N]` (over the rows where `mask` `[B]` is true, if
-        given) into the EMA (the first batch initializes it); returns omega as a 0-d tensor. Nothing is read back to
-        the host: a batch with a non-finite mean leaves omega unchanged and is counted (`metrics()`)."""
-        sd = self.predicted_std(quantiles).float()                         # float32: fine on every device
-        if mask is None: m = sd.mean()
-        else:
-            w = mask.to(sd.device, sd.dtype).reshape(-1)
-            m = (sd * w).sum() / w.sum()                                   # an empty mask gives NaN: skipped
-        ok = torch.isfinite(m)
-        self._nonfinite = self._nonfinite + (~ok).to(torch.int64)
-        if self._mean_std is None: self._mean_std = torch.where(ok, m, math.nan)   # NaN until a finite batch
-        else:
-            prev = self._mean_std.to(m.device)
-            new = torch.where(prev.isnan(), m, (1 - self.tau) * prev + self.tau * m)
-            self._mean_std = torch.where(ok, new, prev)
-        self.n_updates += 1
-        return self._mean_std.square()
-
-    def metrics(self) -> dict[str, float]:
-        "`omega` and `nonfinite_updates` for logging (reads the device once)."
-        return {"omega": math.nan if self.omega is None else self.omega, "nonfinite_updates": int(self._nonfinite)}
-
-    def scale_ratio(self, quantiles: Tensor) -> Tensor:
-        "`r_b`: each sample's predicted std in units of the running std, clamped to `[1/max_weight, 1/min_weight]`; `[B]`."
-        if not self.enabled: return quantiles.new_ones(quantiles.shape[0])
-        if self._mean_std is None: raise RuntimeError("omega is not set: call update(quantiles) first (or pass omega=...)")
-        var = self.predicted_std(quantiles) ** 2
-        omega = (self._mean_std.to(var.device, var.dtype)) ** 2
-        return ((var + self.eps) / (omega + self.eps)).sqrt().clamp(1.0 / self.max_weight, 1.0 / self.min_weight)
-
-    def weights(self, quantiles: Tensor) -> Tensor:
-        "Per-sample loss weights `sqrt(omega / sigma_b^2)` clamped to `[min_weight, max_weight]`; `[B]`, detached."
-        return 1.0 / self.scale_ratio(quantiles)
-
-    def kappa(self, quantiles: Tensor, kappa: float = 1.0) -> Tensor:
-        "Per-sample Huber thresholds `kappa * r_b` `[B]`: kappa in units of the sample's std relative to the running std."
-        return kappa * self.scale_ratio(quantiles)
-
-    def loss(self, pred: Tensor, target: Tensor, kappa: float = 1.0, reduction: str = "mean", stats_from: Tensor | None = None) -> Tensor:
-        "Adjusted quantile Huber loss `w_b * L_{kappa r_b}(pred_b, target_b)`; `stats_from` (default `pred`) gives `sigma_b` (pass the unclipped quantiles when `pred` is clipped)."
-        _check_pair(pred, target)
-        if reduction not in _REDUCTIONS: raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        k = _kappa_like(float(kappa), pred)                               # a float: checked without a host read
-        r = self.scale_ratio(pred if stats_from is None else stats_from)
-        if r.shape != (pred.shape[0],): raise ValueError(f"stats_from must have pred's batch size {pred.shape[0]}, got {tuple(r.shape)}")
-        # k * r is positive and finite by construction (r is clamped): no per-call validation, no host sync
-        return _reduce(_quantile_huber(pred, target, (k * r).to(pred.dtype).reshape(-1, 1, 1), "none") / r, reduction)
-
-    def state_dict(self) -> dict:
-        "JSON-ready state: the running mean std, the update count and the configuration."
-        ms = None if self._mean_std is None else float(self._mean_std)
-        return dict(mean_std=None if ms is None or math.isnan(ms) else ms, n_updates=self.n_updates,
-                    **{k: getattr(self, k) for k in self._CONFIG})
-
-    def load_state_dict(self, state: dict) -> None:
-        "Restore what `state_dict` returned."
-        unknown = set(state) - {"mean_std", "n_updates", *self._CONFIG}
-        if unknown: raise ValueError(f"unknown keys in VarianceCriticAdjuster state: {sorted(unknown)}")
-        for k in self._CONFIG:
-            if k in state: setattr(self, k, type(getattr(self, k))(state[k]))
-        ms = state.get("mean_std")
-        self._mean_std = None if ms is None else torch.tensor(float(ms))
-        self.n_updates = int(state.get("n_updates", 0))
-
     def __repr__(self):
         return (f"VarianceCriticAdjuster(omega={self.omega}, tau={self.tau}, weights in [{self.min_weight}, {self.max_weight}], "
                 f"enabled={self.enabled}, n_updates={self.n_updates})")
+
+# %% ../nbs/04_distributional.ipynb #3068a987
+@patch(as_prop=True)
+def omega(self: VarianceCriticAdjuster) -> float | None:
+    "The running average of the predicted variance (None before the first `update`)."
+    if self._mean_std is None: return None
+    v = float(self._mean_std)
+    return None if math.isnan(v) else v ** 2
+
+@patch
+def update(self: VarianceCriticAdjuster, quantiles: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Fold the batch-mean predicted std of `quantiles` `[B, N]` (over the rows where `mask` `[B]` is true, if
+    given) into the EMA (the first batch initializes it); returns omega as a 0-d tensor. Nothing is read back to
+    the host: a batch with a non-finite mean leaves omega unchanged and is counted (`metrics()`)."""
+    sd = self.predicted_std(quantiles).float()                         # float32: fine on every device
+    if mask is None: m = sd.mean()
+    else:
+        w = mask.to(sd.device, sd.dtype).reshape(-1)
+        m = (sd * w).sum() / w.sum()                                   # an empty mask gives NaN: skipped
+    ok = torch.isfinite(m)
+    self._nonfinite = self._nonfinite + (~ok).to(torch.int64)
+    if self._mean_std is None: self._mean_std = torch.where(ok, m, math.nan)   # NaN until a finite batch
+    else:
+        prev = self._mean_std.to(m.device)
+        new = torch.where(prev.isnan(), m, (1 - self.tau) * prev + self.tau * m)
+        self._mean_std = torch.where(ok, new, prev)
+    self.n_updates += 1
+    return self._mean_std.square()
+
+@patch
+def metrics(self: VarianceCriticAdjuster) -> dict[str, float]:
+    "`omega` and `nonfinite_updates` for logging (reads the device once)."
+    return {"omega": math.nan if self.omega is None else self.omega, "nonfinite_updates": int(self._nonfinite)}
+
+@patch
+def scale_ratio(self: VarianceCriticAdjuster, quantiles: Tensor) -> Tensor:
+    "`r_b`: each sample's predicted std in units of the running std, clamped to `[1/max_weight, 1/min_weight]`; `[B]`."
+    if not self.enabled: return quantiles.new_ones(quantiles.shape[0])
+    if self._mean_std is None: raise RuntimeError("omega is not set: call update(quantiles) first (or pass omega=...)")
+    var = self.predicted_std(quantiles) ** 2
+    omega = (self._mean_std.to(var.device, var.dtype)) ** 2
+    return ((var + self.eps) / (omega + self.eps)).sqrt().clamp(1.0 / self.max_weight, 1.0 / self.min_weight)
+
+@patch
+def weights(self: VarianceCriticAdjuster, quantiles: Tensor) -> Tensor:
+    "Per-sample loss weights `sqrt(omega / sigma_b^2)` clamped to `[min_weight, max_weight]`; `[B]`, detached."
+    return 1.0 / self.scale_ratio(quantiles)
+
+@patch
+def kappa(self: VarianceCriticAdjuster, quantiles: Tensor, kappa: float = 1.0) -> Tensor:
+    "Per-sample Huber thresholds `kappa * r_b` `[B]`: kappa in units of the sample's std relative to the running std."
+    return kappa * self.scale_ratio(quantiles)
+
+@patch
+def loss(self: VarianceCriticAdjuster, pred: Tensor, target: Tensor, kappa: float = 1.0, reduction: str = "mean", stats_from: Tensor | None = None) -> Tensor:
+    "Adjusted quantile Huber loss `w_b * L_{kappa r_b}(pred_b, target_b)`; `stats_from` (default `pred`) gives `sigma_b` (pass the unclipped quantiles when `pred` is clipped)."
+    _check_pair(pred, target)
+    if reduction not in _REDUCTIONS: raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    k = _kappa_like(float(kappa), pred)                               # a float: checked without a host read
+    r = self.scale_ratio(pred if stats_from is None else stats_from)
+    if r.shape != (pred.shape[0],): raise ValueError(f"stats_from must have pred's batch size {pred.shape[0]}, got {tuple(r.shape)}")
+    # k * r is positive and finite by construction (r is clamped): no per-call validation, no host sync
+    return _reduce(_quantile_huber(pred, target, (k * r).to(pred.dtype).reshape(-1, 1, 1), "none") / r, reduction)
+
+@patch
+def state_dict(self: VarianceCriticAdjuster) -> dict:
+    "JSON-ready state: the running mean std, the update count and the configuration."
+    ms = None if self._mean_std is None else float(self._mean_std)
+    return dict(mean_std=None if ms is None or math.isnan(ms) else ms, n_updates=self.n_updates,
+                **{k: getattr(self, k) for k in self._CONFIG})
+
+# %% ../nbs/04_distributional.ipynb #c16a36b0
+@patch
+def load_state_dict(self: VarianceCriticAdjuster, state: dict) -> None:
+    "Restore what `state_dict` returned."
+    unknown = set(state) - {"mean_std", "n_updates", *self._CONFIG}
+    if unknown: raise ValueError(f"unknown keys in VarianceCriticAdjuster state: {sorted(unknown)}")
+    for k in self._CONFIG:
+        if k in state: setattr(self, k, type(getattr(self, k))(state[k]))
+    ms = state.get("mean_std")
+    self._mean_std = None if ms is None else torch.tensor(float(ms))
+    self.n_updates = int(state.get("n_updates", 0))

@@ -20,6 +20,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from .market import (N_BOOK, EXECUTIONS, STALE_OPEN_LIMIT, MarketData, daily_rates, prepare_market,
                                  stale_open_fraction, total_return_index)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ENV_ID', 'BASELINES', 'TradingEnv', 'render_episode', 'TradingVecEnv', 'Baseline', 'BuyAndHold', 'Flat',
@@ -91,145 +92,156 @@ class TradingEnv(gym.Env):
         self.render_mode = render_mode
         self._t = None
 
-    # -- helpers shared with TradingVecEnv and the baselines -------------------------------------
-    def obs_index(self, name: str, lag: int = 0) -> int:
-        "Position in the observation vector of feature `name` at `lag` bars ago (or of a book entry)."
-        key = name if name in ("position", "unrealized_pnl", "drawdown") else (f"{name}[t-{lag}]" if lag else f"{name}[t]")
-        try: return self.obs_names.index(key)
-        except ValueError: raise ValueError(f"{key!r} is not in the observation; features: {self.market.feature_names}, "
-                                            f"lags 0..{self.window - 1}") from None
+# %% ../nbs/01_env.ipynb #b793e747
+@patch
+# -- helpers shared with TradingVecEnv and the baselines -------------------------------------
+def obs_index(self: TradingEnv, name: str, lag: int = 0) -> int:
+    "Position in the observation vector of feature `name` at `lag` bars ago (or of a book entry)."
+    key = name if name in ("position", "unrealized_pnl", "drawdown") else (f"{name}[t-{lag}]" if lag else f"{name}[t]")
+    try: return self.obs_names.index(key)
+    except ValueError: raise ValueError(f"{key!r} is not in the observation; features: {self.market.feature_names}, "
+                                        f"lags 0..{self.window - 1}") from None
 
-    def action_to_position(self, action) -> float:
-        "Target position of one action; NaN/inf, wrong shape or a bad discrete index raise `ValueError`, a Box action is clipped."
-        a = np.asarray(action)
-        if a.shape not in ((), (1,)):
-            raise ValueError(f"action must be a scalar or have shape (1,), got shape {a.shape}")
-        if self.discrete:
-            v = a.reshape(()).item()
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
-            if not (ok and 0 <= v < len(self.levels)):
-                raise ValueError(f"discrete action must be an integer in [0, {len(self.levels) - 1}], got {v!r}")
-            return float(self.levels[int(v)])
-        try: v = float(a.reshape(()))
-        except (TypeError, ValueError): raise ValueError(f"action must be a number, got {action!r}") from None
-        if not math.isfinite(v): raise ValueError(f"action must be finite, got {v}")
-        return min(max(v, self.low), 1.0)
+@patch
+def action_to_position(self: TradingEnv, action) -> float:
+    "Target position of one action; NaN/inf, wrong shape or a bad discrete index raise `ValueError`, a Box action is clipped."
+    a = np.asarray(action)
+    if a.shape not in ((), (1,)):
+        raise ValueError(f"action must be a scalar or have shape (1,), got shape {a.shape}")
+    if self.discrete:
+        v = a.reshape(()).item()
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
+        if not (ok and 0 <= v < len(self.levels)):
+            raise ValueError(f"discrete action must be an integer in [0, {len(self.levels) - 1}], got {v!r}")
+        return float(self.levels[int(v)])
+    try: v = float(a.reshape(()))
+    except (TypeError, ValueError): raise ValueError(f"action must be a number, got {action!r}") from None
+    if not math.isfinite(v): raise ValueError(f"action must be finite, got {v}")
+    return min(max(v, self.low), 1.0)
 
-    def _start_bar(self) -> int:
-        m = self.market
-        if self.episode_length is None: return m.t_lo
-        return int(self.np_random.integers(m.t_lo, m.t_hi - self.episode_length + 1))
+@patch
+def _start_bar(self: TradingEnv) -> int:
+    m = self.market
+    if self.episode_length is None: return m.t_lo
+    return int(self.np_random.integers(m.t_lo, m.t_hi - self.episode_length + 1))
 
-    def _obs(self) -> np.ndarray:
-        obs = self.market.obs_rows[self._t].copy()
-        c = self.obs_clip
-        obs[-3] = min(max(self._pos_obs, -c), c)
-        obs[-2] = min(max(self._upnl, -c), c)
-        obs[-1] = min(max(self._dd, -c), c)
-        return obs
+@patch
+def _obs(self: TradingEnv) -> np.ndarray:
+    obs = self.market.obs_rows[self._t].copy()
+    c = self.obs_clip
+    obs[-3] = min(max(self._pos_obs, -c), c)
+    obs[-2] = min(max(self._upnl, -c), c)
+    obs[-1] = min(max(self._dd, -c), c)
+    return obs
 
-    # -- gymnasium API ---------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        t0 = self._start_bar()
-        self._t0 = self._t = t0
-        self._t_end = self.market.t_hi if self.episode_length is None else t0 + self.episode_length
-        V0 = self.initial_value
-        self._shares, self._cash, self._value = 0.0, V0, V0
-        self._peak, self._entry, self._sign = V0, V0, 0.0
-        self._pos_obs = self._upnl = self._dd = 0.0
-        self._bench_scale, self._t_fill = self._bench_start(t0)
-        self._hist = dict(t=[t0], value=[V0], position=[0.0], benchmark=[V0])
-        info = dict(date=self._dates[t0], portfolio_value=V0, position=0.0, cost=0.0, trade=0.0,
-                    benchmark=V0, shares=0.0, cash=V0, price=self._closes[t0])
-        return self._obs(), info
+@patch
+# -- gymnasium API ---------------------------------------------------------------------------
+def reset(self: TradingEnv, *, seed: int | None = None, options: dict | None = None):
+    super(TradingEnv, self).reset(seed=seed)
+    t0 = self._start_bar()
+    self._t0 = self._t = t0
+    self._t_end = self.market.t_hi if self.episode_length is None else t0 + self.episode_length
+    V0 = self.initial_value
+    self._shares, self._cash, self._value = 0.0, V0, V0
+    self._peak, self._entry, self._sign = V0, V0, 0.0
+    self._pos_obs = self._upnl = self._dd = 0.0
+    self._bench_scale, self._t_fill = self._bench_start(t0)
+    self._hist = dict(t=[t0], value=[V0], position=[0.0], benchmark=[V0])
+    info = dict(date=self._dates[t0], portfolio_value=V0, position=0.0, cost=0.0, trade=0.0,
+                benchmark=V0, shares=0.0, cash=V0, price=self._closes[t0])
+    return self._obs(), info
 
-    def _bench_start(self, t0: int) -> tuple[float, int]:
-        "Buy-and-hold from decision bar t0: value = scale * TR[t] from the fill bar on (the initial value before it)."
-        m, V0 = self.market, self.initial_value
-        t_f = t0 if self._mode == 2 else t0 + 1
-        F0 = m.close[t0] if self._mode == 2 else self._fill[t0 + 1]
-        return V0 / (1.0 + self.k) / F0 * m.close[t_f] / self._tr[t_f], t_f
+@patch
+def _bench_start(self: TradingEnv, t0: int) -> tuple[float, int]:
+    "Buy-and-hold from decision bar t0: value = scale * TR[t] from the fill bar on (the initial value before it)."
+    m, V0 = self.market, self.initial_value
+    t_f = t0 if self._mode == 2 else t0 + 1
+    F0 = m.close[t0] if self._mode == 2 else self._fill[t0 + 1]
+    return V0 / (1.0 + self.k) / F0 * m.close[t_f] / self._tr[t_f], t_f
 
-    def benchmark_values(self, t0: int, t_end: int) -> np.ndarray:
-        "Buy-and-hold (same entry cost, same fill, dividends reinvested) marked at bars t0..t_end, from decision bar t0."
-        scale, t_f = self._bench_start(t0)
-        t = np.arange(t0, t_end + 1)
-        return np.where(t < t_f, self.initial_value, scale * self._tr[t])
+@patch
+def benchmark_values(self: TradingEnv, t0: int, t_end: int) -> np.ndarray:
+    "Buy-and-hold (same entry cost, same fill, dividends reinvested) marked at bars t0..t_end, from decision bar t0."
+    scale, t_f = self._bench_start(t0)
+    t = np.arange(t0, t_end + 1)
+    return np.where(t < t_f, self.initial_value, scale * self._tr[t])
 
-    def step(self, action):
-        if self._t is None: raise RuntimeError("call reset() before step()")
-        if self._t >= self._t_end: raise RuntimeError("episode is over: call reset()")
-        w = self.action_to_position(action)
-        k, close = self.k, self._closes
-        t = self._t
-        P, P1 = close[t], close[t + 1]
-        shares, cash = self._shares, self._cash
-        V = cash + shares * P
-        same = self._mode == 2
-        carry = borrow = 0.0
-        if not same:  # the book held at the close of t earns the night's carry, then trades at the fill price
-            y = shares * P
-            borrow = self.borrow * max(-y, 0.0)
-            if self._carry: carry = cash * self._cash_d[t] + y * self._div_d[t]
-            cash = cash + carry - borrow
-        F = P if same else self._fill[t + 1]
-        y = shares * F
-        Vf = cash + y
-        diff = w * Vf - y                      # wanted change of exposure, before costs
-        tol = self.min_trade * Vf
-        s = 1.0 if diff > tol else (-1.0 if diff < -tol else 0.0)  # buy, sell, or no trade
-        x = w * (Vf + (s * k) * y) / (1.0 + s * (w * k))         # exposure after paying for the trade
-        dx = (x - y) * (s * s)
-        tcost = k * abs(dx)
-        shares = shares + dx / F
-        cash = cash - dx - tcost
-        if same:  # filled at the close of t: the new book earns the night's carry
-            yn = y + dx
-            borrow = self.borrow * max(-yn, 0.0)
-            if self._carry: carry = cash * self._cash_d[t] + yn * self._div_d[t]
-            cash = cash + carry - borrow
-        shP1 = shares * P1
-        V1 = cash + shP1
-        ruin = V1 <= self.ruin_value
-        Vc = max(V1, self.ruin_value)
-        reward = math.log(Vc / V) * self.reward_scale
-        s_new = float((w > 0) - (w < 0))
-        if s_new != self._sign: self._entry, self._sign = Vf - tcost, s_new
-        self._peak = max(self._peak, Vc)
-        self._t = t + 1
-        self._shares, self._cash, self._value = shares, cash, V1
-        self._pos_obs = shP1 / Vc
-        self._upnl = math.log(Vc / self._entry) * (abs(s_new) * 10.0)
-        self._dd = math.log(Vc / self._peak) * 10.0
-        bench = self._bench_scale * self._trl[t + 1] if t + 1 >= self._t_fill else self.initial_value
-        h = self._hist
-        h["t"].append(t + 1); h["value"].append(V1); h["position"].append(w); h["benchmark"].append(bench)
-        info = dict(date=self._dates[t], portfolio_value=V1, position=w, cost=tcost + borrow, trade=abs(dx) / Vf,
-                    benchmark=bench, shares=shares, cash=cash, price=P1, carry=carry)
-        truncated = (not ruin) and self._t >= self._t_end
-        return self._obs(), reward, bool(ruin), bool(truncated), info
+# %% ../nbs/01_env.ipynb #3532c5d7
+@patch
+def step(self: TradingEnv, action):
+    if self._t is None: raise RuntimeError("call reset() before step()")
+    if self._t >= self._t_end: raise RuntimeError("episode is over: call reset()")
+    w = self.action_to_position(action)
+    k, close = self.k, self._closes
+    t = self._t
+    P, P1 = close[t], close[t + 1]
+    shares, cash = self._shares, self._cash
+    V = cash + shares * P
+    same = self._mode == 2
+    carry = borrow = 0.0
+    if not same:  # the book held at the close of t earns the night's carry, then trades at the fill price
+        y = shares * P
+        borrow = self.borrow * max(-y, 0.0)
+        if self._carry: carry = cash * self._cash_d[t] + y * self._div_d[t]
+        cash = cash + carry - borrow
+    F = P if same else self._fill[t + 1]
+    y = shares * F
+    Vf = cash + y
+    diff = w * Vf - y                      # wanted change of exposure, before costs
+    tol = self.min_trade * Vf
+    s = 1.0 if diff > tol else (-1.0 if diff < -tol else 0.0)  # buy, sell, or no trade
+    x = w * (Vf + (s * k) * y) / (1.0 + s * (w * k))         # exposure after paying for the trade
+    dx = (x - y) * (s * s)
+    tcost = k * abs(dx)
+    shares = shares + dx / F
+    cash = cash - dx - tcost
+    if same:  # filled at the close of t: the new book earns the night's carry
+        yn = y + dx
+        borrow = self.borrow * max(-yn, 0.0)
+        if self._carry: carry = cash * self._cash_d[t] + yn * self._div_d[t]
+        cash = cash + carry - borrow
+    shP1 = shares * P1
+    V1 = cash + shP1
+    ruin = V1 <= self.ruin_value
+    Vc = max(V1, self.ruin_value)
+    reward = math.log(Vc / V) * self.reward_scale
+    s_new = float((w > 0) - (w < 0))
+    if s_new != self._sign: self._entry, self._sign = Vf - tcost, s_new
+    self._peak = max(self._peak, Vc)
+    self._t = t + 1
+    self._shares, self._cash, self._value = shares, cash, V1
+    self._pos_obs = shP1 / Vc
+    self._upnl = math.log(Vc / self._entry) * (abs(s_new) * 10.0)
+    self._dd = math.log(Vc / self._peak) * 10.0
+    bench = self._bench_scale * self._trl[t + 1] if t + 1 >= self._t_fill else self.initial_value
+    h = self._hist
+    h["t"].append(t + 1); h["value"].append(V1); h["position"].append(w); h["benchmark"].append(bench)
+    info = dict(date=self._dates[t], portfolio_value=V1, position=w, cost=tcost + borrow, trade=abs(dx) / Vf,
+                benchmark=bench, shares=shares, cash=cash, price=P1, carry=carry)
+    truncated = (not ruin) and self._t >= self._t_end
+    return self._obs(), reward, bool(ruin), bool(truncated), info
 
-    @property
-    def decision_date(self) -> pd.Timestamp | None:
-        "The date of the bar whose close the next decision is made at (None before `reset()`)."
-        return None if self._t is None else self._dates[self._t]
+@patch(as_prop=True)
+def decision_date(self: TradingEnv) -> pd.Timestamp | None:
+    "The date of the bar whose close the next decision is made at (None before `reset()`)."
+    return None if self._t is None else self._dates[self._t]
 
-    @property
-    def portfolio_value(self) -> float: return self._value
+@patch(as_prop=True)
+def portfolio_value(self: TradingEnv) -> float: return self._value
 
-    @property
-    def exposure(self) -> float:
-        """The book's current exposure s P_t / V_t (float64): the position before the next decision. With same-close fills
-        an action equal to it trades nothing; with next-close or next-open fills the price moves before the fill, so
-        holding the shares exactly needs a target of 0 or +-1, or the drifted weight at the fill."""
-        P = self._closes[self._t]
-        return self._shares * P / (self._cash + self._shares * P)
+@patch(as_prop=True)
+def exposure(self: TradingEnv) -> float:
+    """The book's current exposure s P_t / V_t (float64): the position before the next decision. With same-close fills
+    an action equal to it trades nothing; with next-close or next-open fills the price moves before the fill, so
+    holding the shares exactly needs a target of 0 or +-1, or the drifted weight at the fill."""
+    P = self._closes[self._t]
+    return self._shares * P / (self._cash + self._shares * P)
 
-    def render(self):
-        "RGB image of the episode so far: close with the held position shaded, and the equity curve vs buy-and-hold."
-        if self.render_mode != "rgb_array": return None
-        return render_episode(self.market, self._hist)
+@patch
+def render(self: TradingEnv):
+    "RGB image of the episode so far: close with the held position shaded, and the equity curve vs buy-and-hold."
+    if self.render_mode != "rgb_array": return None
+    return render_episode(self.market, self._hist)
 
 # %% ../nbs/01_env.ipynb #eba40132
 def render_episode(market: MarketData, hist: dict, figsize=(8, 5), dpi=80) -> np.ndarray:
@@ -291,43 +303,7 @@ class TradingVecEnv(VecEnv):
     # -- state as arrays ---------------------------------------------------------------------------
     @property
     def portfolio_value(self) -> np.ndarray: return self._value.copy()
-    @property
-    def position(self) -> np.ndarray: return self._position.copy()
-    @property
-    def benchmark(self) -> np.ndarray:
-        return np.where(self._t < self._t_fill, self.template.initial_value, self._bench_scale * self.template._tr[self._t])
-    @property
-    def dates(self) -> pd.DatetimeIndex: return self.market.dates[self._t]
     def obs_index(self, name: str, lag: int = 0) -> int: return self.template.obs_index(name, lag)
-    @property
-    def obs_names(self) -> list: return self.template.obs_names
-
-    # -- resets ------------------------------------------------------------------------------------
-    def _start_bars(self, idx: np.ndarray) -> np.ndarray:
-        e, m = self.template, self.market
-        if e.episode_length is None: return np.full(len(idx), m.t_lo, dtype=np.int64)
-        hi = m.t_hi - e.episode_length + 1
-        return np.array([int(self._rngs[i].integers(m.t_lo, hi)) for i in idx], dtype=np.int64)
-
-    def _reset_idx(self, idx: np.ndarray) -> np.ndarray:
-        "Reset the agents `idx` (new start bars from their own generators); return their first observations."
-        e = self.template
-        t0 = self._start_bars(idx)
-        V0 = e.initial_value
-        self._t[idx] = t0
-        self._t_end[idx] = self.market.t_hi if e.episode_length is None else t0 + e.episode_length
-        self._shares[idx] = 0.0; self._cash[idx] = V0; self._value[idx] = V0
-        self._peak[idx] = V0; self._entry[idx] = V0; self._sign[idx] = 0.0; self._position[idx] = 0.0
-        t_f = t0 if e._mode == 2 else t0 + 1
-        F0 = self._close[t0] if e._mode == 2 else self._fill_px[t0 + 1]
-        self._bench_scale[idx] = V0 / (1.0 + e.k) / F0 * self._close[t_f] / e._tr[t_f]
-        self._t_fill[idx] = t_f
-        obs = self._rows.take(t0, axis=0)  # book columns are zero in the matrix: a fresh book
-        if self.full_info:
-            for i, t in zip(idx.tolist(), t0.tolist()):
-                self.reset_infos[i] = dict(date=self.template._dates[t], portfolio_value=V0, position=0.0, cost=0.0, trade=0.0,
-                                           benchmark=V0, shares=0.0, cash=V0, price=float(self._close[t]))
-        return obs
 
     def reset(self):
         for i in range(self.num_envs):
@@ -338,41 +314,9 @@ class TradingVecEnv(VecEnv):
         self._needs_reset = False
         return obs
 
-    # -- stepping ----------------------------------------------------------------------------------
-    def _positions(self, actions) -> np.ndarray:
-        e, n = self.template, self.num_envs
-        a = np.asarray(actions)
-        if e.discrete:
-            if a.shape not in ((n,), (n, 1)): raise ValueError(f"actions must have shape ({n},), got {a.shape}")
-            if a.dtype.kind not in "iuf": raise ValueError(f"discrete actions must be integers, got dtype {a.dtype}")
-            af = a.reshape(n).astype(np.float64)
-            ok = np.isfinite(af) & (af == np.round(af)) & (af >= 0) & (af < len(e.levels))
-            if not ok.all():
-                raise ValueError(f"discrete actions must be integers in [0, {len(e.levels) - 1}]; bad at envs "
-                                 f"{np.flatnonzero(~ok)[:5].tolist()}: {af[~ok][:5].tolist()}")
-            return e.levels[af.astype(np.int64)]
-        if a.shape not in ((n,), (n, 1)): raise ValueError(f"actions must have shape ({n}, 1) or ({n},), got {a.shape}")
-        try: w = a.astype(np.float64).reshape(n)
-        except (TypeError, ValueError): raise ValueError(f"actions must be numbers, got dtype {a.dtype}") from None
-        fin = np.isfinite(w)
-        if not fin.all(): raise ValueError(f"actions must be finite; NaN/inf at envs {np.flatnonzero(~fin)[:5].tolist()}")
-        return np.minimum(np.maximum(w, e.low), 1.0)
-
     def step_async(self, actions: np.ndarray) -> None:
         if self._needs_reset: raise RuntimeError("call reset() before step()")
         self._w = self._positions(actions)
-
-    def _night(self, t, cash, y):
-        "Cash after the night from bar t: interest and dividends on a book of cash `cash` and exposure `y`, less borrow."
-        e = self.template
-        carry = borrow = None
-        if e._carry:
-            carry = cash * e._cash_d.take(t) + y * e._div_d.take(t)
-            cash = cash + carry
-        if e.borrow:
-            borrow = e.borrow * np.maximum(-y, 0.0)
-            cash = cash - borrow
-        return cash, carry, borrow
 
     def step_wait(self):
         # the same arithmetic as TradingEnv.step, one numpy operation per line for all agents
@@ -448,11 +392,6 @@ class TradingVecEnv(VecEnv):
     # -- the rest of the VecEnv interface ------------------------------------------------------------
     def close(self) -> None: pass
 
-    def _indices(self, indices) -> list:
-        if indices is None: return list(range(self.num_envs))
-        if isinstance(indices, int): return [indices]
-        return list(indices)
-
     _ARRAY_ATTRS = {"portfolio_value": "_value", "position": "_position"}
 
     def get_attr(self, attr_name: str, indices=None) -> list:
@@ -475,8 +414,93 @@ class TradingVecEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class, indices=None) -> list: return [False] * len(self._indices(indices))
 
-    def get_images(self):
-        raise NotImplementedError("TradingVecEnv does not render; use TradingEnv(render_mode='rgb_array') or the backtest plots")
+# %% ../nbs/01_env.ipynb #094a7f8e
+@patch(as_prop=True)
+def position(self: TradingVecEnv) -> np.ndarray: return self._position.copy()
+
+@patch(as_prop=True)
+def benchmark(self: TradingVecEnv) -> np.ndarray:
+    return np.where(self._t < self._t_fill, self.template.initial_value, self._bench_scale * self.template._tr[self._t])
+
+@patch(as_prop=True)
+def dates(self: TradingVecEnv) -> pd.DatetimeIndex: return self.market.dates[self._t]
+
+@patch(as_prop=True)
+def obs_names(self: TradingVecEnv) -> list: return self.template.obs_names
+
+@patch
+# -- resets ------------------------------------------------------------------------------------
+def _start_bars(self: TradingVecEnv, idx: np.ndarray) -> np.ndarray:
+    e, m = self.template, self.market
+    if e.episode_length is None: return np.full(len(idx), m.t_lo, dtype=np.int64)
+    hi = m.t_hi - e.episode_length + 1
+    return np.array([int(self._rngs[i].integers(m.t_lo, hi)) for i in idx], dtype=np.int64)
+
+@patch
+def _reset_idx(self: TradingVecEnv, idx: np.ndarray) -> np.ndarray:
+    "Reset the agents `idx` (new start bars from their own generators); return their first observations."
+    e = self.template
+    t0 = self._start_bars(idx)
+    V0 = e.initial_value
+    self._t[idx] = t0
+    self._t_end[idx] = self.market.t_hi if e.episode_length is None else t0 + e.episode_length
+    self._shares[idx] = 0.0; self._cash[idx] = V0; self._value[idx] = V0
+    self._peak[idx] = V0; self._entry[idx] = V0; self._sign[idx] = 0.0; self._position[idx] = 0.0
+    t_f = t0 if e._mode == 2 else t0 + 1
+    F0 = self._close[t0] if e._mode == 2 else self._fill_px[t0 + 1]
+    self._bench_scale[idx] = V0 / (1.0 + e.k) / F0 * self._close[t_f] / e._tr[t_f]
+    self._t_fill[idx] = t_f
+    obs = self._rows.take(t0, axis=0)  # book columns are zero in the matrix: a fresh book
+    if self.full_info:
+        for i, t in zip(idx.tolist(), t0.tolist()):
+            self.reset_infos[i] = dict(date=self.template._dates[t], portfolio_value=V0, position=0.0, cost=0.0, trade=0.0,
+                                       benchmark=V0, shares=0.0, cash=V0, price=float(self._close[t]))
+    return obs
+
+@patch
+# -- stepping ----------------------------------------------------------------------------------
+def _positions(self: TradingVecEnv, actions) -> np.ndarray:
+    e, n = self.template, self.num_envs
+    a = np.asarray(actions)
+    if e.discrete:
+        if a.shape not in ((n,), (n, 1)): raise ValueError(f"actions must have shape ({n},), got {a.shape}")
+        if a.dtype.kind not in "iuf": raise ValueError(f"discrete actions must be integers, got dtype {a.dtype}")
+        af = a.reshape(n).astype(np.float64)
+        ok = np.isfinite(af) & (af == np.round(af)) & (af >= 0) & (af < len(e.levels))
+        if not ok.all():
+            raise ValueError(f"discrete actions must be integers in [0, {len(e.levels) - 1}]; bad at envs "
+                             f"{np.flatnonzero(~ok)[:5].tolist()}: {af[~ok][:5].tolist()}")
+        return e.levels[af.astype(np.int64)]
+    if a.shape not in ((n,), (n, 1)): raise ValueError(f"actions must have shape ({n}, 1) or ({n},), got {a.shape}")
+    try: w = a.astype(np.float64).reshape(n)
+    except (TypeError, ValueError): raise ValueError(f"actions must be numbers, got dtype {a.dtype}") from None
+    fin = np.isfinite(w)
+    if not fin.all(): raise ValueError(f"actions must be finite; NaN/inf at envs {np.flatnonzero(~fin)[:5].tolist()}")
+    return np.minimum(np.maximum(w, e.low), 1.0)
+
+@patch
+def _night(self: TradingVecEnv, t, cash, y):
+    "Cash after the night from bar t: interest and dividends on a book of cash `cash` and exposure `y`, less borrow."
+    e = self.template
+    carry = borrow = None
+    if e._carry:
+        carry = cash * e._cash_d.take(t) + y * e._div_d.take(t)
+        cash = cash + carry
+    if e.borrow:
+        borrow = e.borrow * np.maximum(-y, 0.0)
+        cash = cash - borrow
+    return cash, carry, borrow
+
+# %% ../nbs/01_env.ipynb #008e41df
+@patch
+def _indices(self: TradingVecEnv, indices) -> list:
+    if indices is None: return list(range(self.num_envs))
+    if isinstance(indices, int): return [indices]
+    return list(indices)
+
+@patch
+def get_images(self: TradingVecEnv):
+    raise NotImplementedError("TradingVecEnv does not render; use TradingEnv(render_mode='rgb_array') or the backtest plots")
 
 # %% ../nbs/01_env.ipynb #6cb78299
 class Baseline:

@@ -21,6 +21,7 @@ _logger = logging.getLogger("tradingrl_nb.pbt")
 
 from .checkpoint import (CHECKPOINT_FORMAT, flatten_state,
     unflatten_state, save_checkpoint, load_checkpoint)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['PPO_MUTATIONS', 'CLOCK', 'Hyperparam', 'as_hyperparam', 'PBTMember', 'is_optimizer_component', 'load_exploit',
@@ -174,190 +175,217 @@ class PBTScheduler:
         self.round = 0                          # set by runners, only used for logging
         self._saves = 0
 
-    # --- population --------------------------------------------------------------------------
-    def sample_hyperparams(self) -> dict:
-        return {k: h.sample(self.rng) for k, h in self.mutations.items()}
+# %% ../nbs/08_pbt.ipynb #773302dc
+@patch
+# --- population --------------------------------------------------------------------------
+def sample_hyperparams(self: PBTScheduler) -> dict:
+    return {k: h.sample(self.rng) for k, h in self.mutations.items()}
 
-    def add_member(self, member_id: int | None = None, hyperparams: Mapping | None = None) -> MemberRecord:
-        "Register a member (hyperparameters sampled from the ranges unless given)."
-        mid = max(self.records, default=-1) + 1 if member_id is None else int(member_id)
-        if mid in self.records: raise ValueError(f"member {mid} is already registered")
-        hp = self.sample_hyperparams() if hyperparams is None else dict(hyperparams)
-        missing = set(self.mutations) - set(hp)
-        if missing: raise ValueError(f"member {mid}: hyperparameters missing {sorted(missing)}")
-        self.records[mid] = MemberRecord(mid, {k: (self.mutations[k].clip(v) if k in self.mutations else v) for k, v in hp.items()})
-        return self.records[mid]
+@patch
+def add_member(self: PBTScheduler, member_id: int | None = None, hyperparams: Mapping | None = None) -> MemberRecord:
+    "Register a member (hyperparameters sampled from the ranges unless given)."
+    mid = max(self.records, default=-1) + 1 if member_id is None else int(member_id)
+    if mid in self.records: raise ValueError(f"member {mid} is already registered")
+    hp = self.sample_hyperparams() if hyperparams is None else dict(hyperparams)
+    missing = set(self.mutations) - set(hp)
+    if missing: raise ValueError(f"member {mid}: hyperparameters missing {sorted(missing)}")
+    self.records[mid] = MemberRecord(mid, {k: (self.mutations[k].clip(v) if k in self.mutations else v) for k, v in hp.items()})
+    return self.records[mid]
 
-    def _rec(self, member) -> MemberRecord:
-        mid = member if isinstance(member, (int, np.integer)) else getattr(member, "member_id", None)
-        if mid is None or int(mid) not in self.records: raise KeyError(f"unknown member {member!r}")
-        return self.records[int(mid)]
+@patch
+def _rec(self: PBTScheduler, member) -> MemberRecord:
+    mid = member if isinstance(member, (int, np.integer)) else getattr(member, "member_id", None)
+    if mid is None or int(mid) not in self.records: raise KeyError(f"unknown member {member!r}")
+    return self.records[int(mid)]
 
-    def alive(self) -> list[MemberRecord]: return [r for r in self.records.values() if r.status == "alive"]
+@patch
+def alive(self: PBTScheduler) -> list[MemberRecord]: return [r for r in self.records.values() if r.status == "alive"]
 
-    # --- reports and checkpoints --------------------------------------------------------------
-    def checkpoint_path(self, member_id: int) -> Path:
-        """A new file for the member's next checkpoint (files are never overwritten, so a saved population state
-        always points at checkpoints that match it; `prune_checkpoints` deletes the unreferenced ones)."""
-        if self.checkpoint_dir is None: raise ValueError("this scheduler has no checkpoint_dir")
-        self._saves += 1
-        return self.checkpoint_dir / f"member_{member_id:03d}-{self._saves:06d}.safetensors"
+@patch
+# --- reports and checkpoints --------------------------------------------------------------
+def checkpoint_path(self: PBTScheduler, member_id: int) -> Path:
+    """A new file for the member's next checkpoint (files are never overwritten, so a saved population state
+    always points at checkpoints that match it; `prune_checkpoints` deletes the unreferenced ones)."""
+    if self.checkpoint_dir is None: raise ValueError("this scheduler has no checkpoint_dir")
+    self._saves += 1
+    return self.checkpoint_dir / f"member_{member_id:03d}-{self._saves:06d}.safetensors"
 
-    def prune_checkpoints(self) -> None:
-        "Delete checkpoint files in `checkpoint_dir` that no record refers to."
-        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir(): return
-        keep = {Path(r.checkpoint).name for r in self.records.values() if r.checkpoint not in (None, "memory")}
-        for f in self.checkpoint_dir.glob("member_*.safetensors"):
-            if f.name not in keep: f.unlink(missing_ok=True)
+@patch
+def prune_checkpoints(self: PBTScheduler) -> None:
+    "Delete checkpoint files in `checkpoint_dir` that no record refers to."
+    if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir(): return
+    keep = {Path(r.checkpoint).name for r in self.records.values() if r.checkpoint not in (None, "memory")}
+    for f in self.checkpoint_dir.glob("member_*.safetensors"):
+        if f.name not in keep: f.unlink(missing_ok=True)
 
-    def report(self, member, fitness: float, step: int, parameters: Mapping | None = None, **info) -> MemberRecord:
-        "Record a member's fitness at `step`, and its parameters (saved as its latest checkpoint) if given."
-        rec = self._rec(member)
-        rec.fitness = None if fitness is None or not math.isfinite(float(fitness)) else float(fitness)
-        rec.step, rec.report_count = int(step), rec.report_count + 1
-        if parameters is not None: self.store(rec.member_id, parameters)
-        self.fitness_log.append({"round": self.round, "member_id": rec.member_id, "step": rec.step, "fitness": rec.fitness,
-                                 "parent": rec.parent, "time": time.time(), **{f"hp_{k}": v for k, v in rec.hyperparams.items()},
-                                 **info})
-        return rec
+@patch
+def report(self: PBTScheduler, member, fitness: float, step: int, parameters: Mapping | None = None, **info) -> MemberRecord:
+    "Record a member's fitness at `step`, and its parameters (saved as its latest checkpoint) if given."
+    rec = self._rec(member)
+    rec.fitness = None if fitness is None or not math.isfinite(float(fitness)) else float(fitness)
+    rec.step, rec.report_count = int(step), rec.report_count + 1
+    if parameters is not None: self.store(rec.member_id, parameters)
+    self.fitness_log.append({"round": self.round, "member_id": rec.member_id, "step": rec.step, "fitness": rec.fitness,
+                             "parent": rec.parent, "time": time.time(), **{f"hp_{k}": v for k, v in rec.hyperparams.items()},
+                             **info})
+    return rec
 
-    def store(self, member_id: int, parameters: Mapping) -> None:
-        "Keep `parameters` as the member's latest checkpoint (a file when there is a `checkpoint_dir`)."
-        rec = self._rec(member_id)
-        if self.checkpoint_dir is not None:
-            path = self.checkpoint_path(member_id)
-            save_checkpoint(path, parameters, {"member_id": member_id, "step": rec.step, "hyperparams": rec.hyperparams})
-            rec.checkpoint = str(path)
-        else:
-            tensors, skel = flatten_state(dict(parameters))   # a deep copy that is also a serializability check
-            self._memory[member_id] = unflatten_state(tensors, skel); rec.checkpoint = "memory"
+@patch
+def store(self: PBTScheduler, member_id: int, parameters: Mapping) -> None:
+    "Keep `parameters` as the member's latest checkpoint (a file when there is a `checkpoint_dir`)."
+    rec = self._rec(member_id)
+    if self.checkpoint_dir is not None:
+        path = self.checkpoint_path(member_id)
+        save_checkpoint(path, parameters, {"member_id": member_id, "step": rec.step, "hyperparams": rec.hyperparams})
+        rec.checkpoint = str(path)
+    else:
+        tensors, skel = flatten_state(dict(parameters))   # a deep copy that is also a serializability check
+        self._memory[member_id] = unflatten_state(tensors, skel); rec.checkpoint = "memory"
 
-    def load(self, member_id: int) -> dict:
-        "The member's latest stored parameters."
-        rec = self._rec(member_id)
-        if rec.checkpoint is None: raise ValueError(f"member {member_id} has no stored parameters yet")
-        if rec.checkpoint == "memory":
-            tensors, skel = flatten_state(self._memory[member_id]); return unflatten_state(tensors, skel)
-        return load_checkpoint(rec.checkpoint)[0]
+@patch
+def load(self: PBTScheduler, member_id: int) -> dict:
+    "The member's latest stored parameters."
+    rec = self._rec(member_id)
+    if rec.checkpoint is None: raise ValueError(f"member {member_id} has no stored parameters yet")
+    if rec.checkpoint == "memory":
+        tensors, skel = flatten_state(self._memory[member_id]); return unflatten_state(tensors, skel)
+    return load_checkpoint(rec.checkpoint)[0]
 
-    def mark_failed(self, member, error: str = "") -> MemberRecord:
-        rec = self._rec(member); rec.status, rec.failures = "failed", rec.failures + 1
-        self.fitness_log.append({"round": self.round, "member_id": rec.member_id, "step": rec.step, "fitness": None,
-                                 "parent": rec.parent, "time": time.time(), "error": error.strip().splitlines()[-1] if error else ""})
-        return rec
+# %% ../nbs/08_pbt.ipynb #611a9d21
+@patch
+def mark_failed(self: PBTScheduler, member, error: str = "") -> MemberRecord:
+    rec = self._rec(member); rec.status, rec.failures = "failed", rec.failures + 1
+    self.fitness_log.append({"round": self.round, "member_id": rec.member_id, "step": rec.step, "fitness": None,
+                             "parent": rec.parent, "time": time.time(), "error": error.strip().splitlines()[-1] if error else ""})
+    return rec
 
-    # --- selection ----------------------------------------------------------------------------
-    def ready_members(self, member) -> list[MemberRecord]:
-        "Alive members whose fitness is recent enough to be compared with `member`'s."
-        me = self._rec(member)
-        return [r for r in self.alive() if r.fitness is not None and r.report_count > 0
-                and r.step >= me.step - self.perturbation_interval]
+@patch
+# --- selection ----------------------------------------------------------------------------
+def ready_members(self: PBTScheduler, member) -> list[MemberRecord]:
+    "Alive members whose fitness is recent enough to be compared with `member`'s."
+    me = self._rec(member)
+    return [r for r in self.alive() if r.fitness is not None and r.report_count > 0
+            and r.step >= me.step - self.perturbation_interval]
 
-    def quantiles(self, ranked: list[MemberRecord]) -> tuple[list[MemberRecord], list[MemberRecord]]:
-        "(bottom, top) quantiles of `ranked` (any order)."
-        rs = sorted(ranked, key=lambda r: (rank_value(r.fitness, self.mode), -r.member_id))
-        if len(rs) < 2: return [], []
-        k = min(int(math.ceil(len(rs) * self.quantile_fraction)), len(rs) // 2)
-        return rs[:k], rs[len(rs) - k:]
+@patch
+def quantiles(self: PBTScheduler, ranked: list[MemberRecord]) -> tuple[list[MemberRecord], list[MemberRecord]]:
+    "(bottom, top) quantiles of `ranked` (any order)."
+    rs = sorted(ranked, key=lambda r: (rank_value(r.fitness, self.mode), -r.member_id))
+    if len(rs) < 2: return [], []
+    k = min(int(math.ceil(len(rs) * self.quantile_fraction)), len(rs) // 2)
+    return rs[:k], rs[len(rs) - k:]
 
-    def explore(self, hyperparams: Mapping) -> tuple[dict, dict]:
-        "Perturbed copy of `hyperparams` and the operation applied to each."
-        new, ops = dict(hyperparams), {}
-        for k, h in self.mutations.items():
-            new[k], ops[k] = h.explore(hyperparams[k], self.rng, self.perturbation_factors, self.resample_probability)
-        return new, ops
+@patch
+def explore(self: PBTScheduler, hyperparams: Mapping) -> tuple[dict, dict]:
+    "Perturbed copy of `hyperparams` and the operation applied to each."
+    new, ops = dict(hyperparams), {}
+    for k, h in self.mutations.items():
+        new[k], ops[k] = h.explore(hyperparams[k], self.rng, self.perturbation_factors, self.resample_probability)
+    return new, ops
 
-    def _copy_from(self, rec: MemberRecord, donor: MemberRecord, kind: str, old_fitness):
-        params = self.load(donor.member_id)
-        if self.optimizer_exploit_strategy == "reset":
-            params = {k: v for k, v in params.items() if not is_optimizer_component(k)}
-        new_hp, ops = self.explore(donor.hyperparams)
-        self._log(kind, rec, donor, old_fitness, rec.hyperparams, new_hp, ops)
-        rec.hyperparams, rec.parent, rec.last_perturbation_step = new_hp, donor.member_id, rec.step
-        rec.checkpoint = None   # its stored parameters are no longer its weights; the next report stores them
-        fmt = f"{CHECKPOINT_FORMAT}:{'with' if self.optimizer_exploit_strategy == 'copy' else 'without'}-optimizer"
-        return params, dict(new_hp), fmt
+@patch
+def _copy_from(self: PBTScheduler, rec: MemberRecord, donor: MemberRecord, kind: str, old_fitness):
+    params = self.load(donor.member_id)
+    if self.optimizer_exploit_strategy == "reset":
+        params = {k: v for k, v in params.items() if not is_optimizer_component(k)}
+    new_hp, ops = self.explore(donor.hyperparams)
+    self._log(kind, rec, donor, old_fitness, rec.hyperparams, new_hp, ops)
+    rec.hyperparams, rec.parent, rec.last_perturbation_step = new_hp, donor.member_id, rec.step
+    rec.checkpoint = None   # its stored parameters are no longer its weights; the next report stores them
+    fmt = f"{CHECKPOINT_FORMAT}:{'with' if self.optimizer_exploit_strategy == 'copy' else 'without'}-optimizer"
+    return params, dict(new_hp), fmt
 
-    def _log(self, kind, rec, donor, old_fitness, old_hp, new_hp, ops):
-        self.history.append({"round": self.round, "step": rec.step, "kind": kind, "member_id": rec.member_id,
-                             "source_id": donor.member_id, "old_fitness": old_fitness, "source_fitness": donor.fitness,
-                             "optimizer": self.optimizer_exploit_strategy if kind != "explore" else "kept",
-                             "old_hyperparams": dict(old_hp), "new_hyperparams": dict(new_hp),
-                             "operations": dict(ops), "time": time.time()})
+@patch
+def _log(self: PBTScheduler, kind, rec, donor, old_fitness, old_hp, new_hp, ops):
+    self.history.append({"round": self.round, "step": rec.step, "kind": kind, "member_id": rec.member_id,
+                         "source_id": donor.member_id, "old_fitness": old_fitness, "source_fitness": donor.fitness,
+                         "optimizer": self.optimizer_exploit_strategy if kind != "explore" else "kept",
+                         "old_hyperparams": dict(old_hp), "new_hyperparams": dict(new_hp),
+                         "operations": dict(ops), "time": time.time()})
 
-    def perturbation_due(self, member) -> bool:
-        rec = self._rec(member)
-        return rec.status == "alive" and rec.report_count > 0 and rec.step - rec.last_perturbation_step >= self.perturbation_interval
+@patch
+def perturbation_due(self: PBTScheduler, member) -> bool:
+    rec = self._rec(member)
+    return rec.status == "alive" and rec.report_count > 0 and rec.step - rec.last_perturbation_step >= self.perturbation_interval
 
-    def exploit_and_explore(self, member) -> tuple[dict | None, dict, str | None]:
-        """Decide for `member` (an id or an object with `member_id`): `(parameters, hyperparams, checkpoint_format)`.
-        `parameters` is None when the member keeps its own weights (then `checkpoint_format` is None too)."""
-        rec = self._rec(member)
-        if rec.status != "alive": raise ValueError(f"member {rec.member_id} is {rec.status}; use replace_failed")
-        if not self.exploit or not self.perturbation_due(rec): return None, dict(rec.hyperparams), None
-        ready = self.ready_members(rec)
-        if len(ready) < self.min_ready_members:
-            rec.ready_checks_failed += 1
-            if rec.ready_checks_failed < self.ready_check_max_wait:
-                _logger.debug("member %d: %d/%d members ready, keeps training (check %d/%d)", rec.member_id, len(ready),
-                             self.min_ready_members, rec.ready_checks_failed, self.ready_check_max_wait)
-                return None, dict(rec.hyperparams), None
-            _logger.warning("member %d: only %d/%d members ready after %d checks; going ahead without them", rec.member_id,
-                           len(ready), self.min_ready_members, rec.ready_checks_failed)
-            ready = [r for r in self.alive() if r.fitness is not None]
-            if len(ready) < 2 or rec not in ready:     # nobody to compare with: explore in place
-                rec.ready_checks_failed = 0
-                new_hp, ops = self.explore(rec.hyperparams)
-                self._log("explore", rec, rec, rec.fitness, rec.hyperparams, new_hp, ops)
-                rec.hyperparams, rec.last_perturbation_step = new_hp, rec.step
-                return None, dict(new_hp), None
-        rec.ready_checks_failed = 0
-        rec.last_perturbation_step = rec.step
-        bottom, top = self.quantiles(ready)
-        if rec not in bottom or not top: return None, dict(rec.hyperparams), None
-        donor = top[int(self.rng.integers(len(top)))]
-        return self._copy_from(rec, donor, "exploit", rec.fitness)
-
-    def replace_failed(self, member) -> tuple[dict | None, dict, str | None]:
-        """Revive a failed member from the best alive member (or, with none or under `exploit=False`, from scratch with
-        fresh hyperparameters)."""
-        rec = self._rec(member)
-        if rec.status != "failed": raise ValueError(f"member {rec.member_id} is {rec.status}, not failed")
-        donors = [r for r in self.alive() if r.fitness is not None and r.checkpoint is not None] if self.exploit else []
-        rec.status, rec.ready_checks_failed = "alive", 0
-        if not donors:
-            old = dict(rec.hyperparams); rec.hyperparams = self.sample_hyperparams()
-            rec.fitness, rec.checkpoint, rec.report_count, rec.parent = None, None, 0, None
-            self._log("restart", rec, rec, None, old, rec.hyperparams, {k: "resample" for k in self.mutations})
+# %% ../nbs/08_pbt.ipynb #1d561a87
+@patch
+def exploit_and_explore(self: PBTScheduler, member) -> tuple[dict | None, dict, str | None]:
+    """Decide for `member` (an id or an object with `member_id`): `(parameters, hyperparams, checkpoint_format)`.
+    `parameters` is None when the member keeps its own weights (then `checkpoint_format` is None too)."""
+    rec = self._rec(member)
+    if rec.status != "alive": raise ValueError(f"member {rec.member_id} is {rec.status}; use replace_failed")
+    if not self.exploit or not self.perturbation_due(rec): return None, dict(rec.hyperparams), None
+    ready = self.ready_members(rec)
+    if len(ready) < self.min_ready_members:
+        rec.ready_checks_failed += 1
+        if rec.ready_checks_failed < self.ready_check_max_wait:
+            _logger.debug("member %d: %d/%d members ready, keeps training (check %d/%d)", rec.member_id, len(ready),
+                         self.min_ready_members, rec.ready_checks_failed, self.ready_check_max_wait)
             return None, dict(rec.hyperparams), None
-        donor = max(donors, key=lambda r: (rank_value(r.fitness, self.mode), -r.member_id))
-        out = self._copy_from(rec, donor, "replace_failed", None)
-        rec.fitness, rec.step = donor.fitness, donor.step
-        return out
+        _logger.warning("member %d: only %d/%d members ready after %d checks; going ahead without them", rec.member_id,
+                       len(ready), self.min_ready_members, rec.ready_checks_failed)
+        ready = [r for r in self.alive() if r.fitness is not None]
+        if len(ready) < 2 or rec not in ready:     # nobody to compare with: explore in place
+            rec.ready_checks_failed = 0
+            new_hp, ops = self.explore(rec.hyperparams)
+            self._log("explore", rec, rec, rec.fitness, rec.hyperparams, new_hp, ops)
+            rec.hyperparams, rec.last_perturbation_step = new_hp, rec.step
+            return None, dict(new_hp), None
+    rec.ready_checks_failed = 0
+    rec.last_perturbation_step = rec.step
+    bottom, top = self.quantiles(ready)
+    if rec not in bottom or not top: return None, dict(rec.hyperparams), None
+    donor = top[int(self.rng.integers(len(top)))]
+    return self._copy_from(rec, donor, "exploit", rec.fitness)
 
-    def drop(self, member) -> None:
-        self._rec(member).status = "dropped"
+@patch
+def replace_failed(self: PBTScheduler, member) -> tuple[dict | None, dict, str | None]:
+    """Revive a failed member from the best alive member (or, with none or under `exploit=False`, from scratch with
+    fresh hyperparameters)."""
+    rec = self._rec(member)
+    if rec.status != "failed": raise ValueError(f"member {rec.member_id} is {rec.status}, not failed")
+    donors = [r for r in self.alive() if r.fitness is not None and r.checkpoint is not None] if self.exploit else []
+    rec.status, rec.ready_checks_failed = "alive", 0
+    if not donors:
+        old = dict(rec.hyperparams); rec.hyperparams = self.sample_hyperparams()
+        rec.fitness, rec.checkpoint, rec.report_count, rec.parent = None, None, 0, None
+        self._log("restart", rec, rec, None, old, rec.hyperparams, {k: "resample" for k in self.mutations})
+        return None, dict(rec.hyperparams), None
+    donor = max(donors, key=lambda r: (rank_value(r.fitness, self.mode), -r.member_id))
+    out = self._copy_from(rec, donor, "replace_failed", None)
+    rec.fitness, rec.step = donor.fitness, donor.step
+    return out
 
-    # --- tables and state ---------------------------------------------------------------------
-    def history_frame(self) -> pd.DataFrame:
-        "Every exploit/explore/replacement: who copied whom, old and new hyperparameters (also as `old_*`/`new_*` columns)."
-        cols = ["round", "step", "kind", "member_id", "source_id", "old_fitness", "source_fitness", "optimizer",
-                "old_hyperparams", "new_hyperparams", "operations", "time"]
-        df = pd.DataFrame(self.history, columns=cols)
-        for k in self.mutations:
-            df[f"old_{k}"] = [h.get(k) for h in df["old_hyperparams"]]; df[f"new_{k}"] = [h.get(k) for h in df["new_hyperparams"]]
-        return df
+@patch
+def drop(self: PBTScheduler, member) -> None:
+    self._rec(member).status = "dropped"
 
-    def fitness_frame(self) -> pd.DataFrame:
-        "One row per report (and per failure): round, member, step, fitness, hyperparameters."
-        return pd.DataFrame(self.fitness_log)
+@patch
+# --- tables and state ---------------------------------------------------------------------
+def history_frame(self: PBTScheduler) -> pd.DataFrame:
+    "Every exploit/explore/replacement: who copied whom, old and new hyperparameters (also as `old_*`/`new_*` columns)."
+    cols = ["round", "step", "kind", "member_id", "source_id", "old_fitness", "source_fitness", "optimizer",
+            "old_hyperparams", "new_hyperparams", "operations", "time"]
+    df = pd.DataFrame(self.history, columns=cols)
+    for k in self.mutations:
+        df[f"old_{k}"] = [h.get(k) for h in df["old_hyperparams"]]; df[f"new_{k}"] = [h.get(k) for h in df["new_hyperparams"]]
+    return df
 
-    def state_dict(self) -> dict:
-        "JSON-able state (records, histories, RNG), for resuming."
-        return {"records": {str(k): asdict(r) for k, r in self.records.items()}, "history": self.history,
-                "fitness_log": self.fitness_log, "rng": self.rng.bit_generator.state, "round": self.round, "saves": self._saves}
+@patch
+def fitness_frame(self: PBTScheduler) -> pd.DataFrame:
+    "One row per report (and per failure): round, member, step, fitness, hyperparameters."
+    return pd.DataFrame(self.fitness_log)
 
-    def load_state_dict(self, state: Mapping) -> None:
-        self.records = {int(k): MemberRecord(**v) for k, v in state["records"].items()}
-        self.history, self.fitness_log = list(state["history"]), list(state["fitness_log"])
-        self.rng.bit_generator.state = state["rng"]; self.round, self._saves = int(state["round"]), int(state.get("saves", 0))
+@patch
+def state_dict(self: PBTScheduler) -> dict:
+    "JSON-able state (records, histories, RNG), for resuming."
+    return {"records": {str(k): asdict(r) for k, r in self.records.items()}, "history": self.history,
+            "fitness_log": self.fitness_log, "rng": self.rng.bit_generator.state, "round": self.round, "saves": self._saves}
+
+# %% ../nbs/08_pbt.ipynb #80438c2a
+@patch
+def load_state_dict(self: PBTScheduler, state: Mapping) -> None:
+    self.records = {int(k): MemberRecord(**v) for k, v in state["records"].items()}
+    self.history, self.fitness_log = list(state["history"]), list(state["fitness_log"])
+    self.rng.bit_generator.state = state["rng"]; self.round, self._saves = int(state["round"]), int(state.get("saves", 0))

@@ -146,163 +146,12 @@ class RecurrentQuantilePolicy(BasePolicy):
         self._act = activation_fn()
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
-    # ---- caches of the rollout step ----------------------------------------------------------
-    def invalidate_caches(self) -> None:
-        "Drop the rollout step's caches (stacked LSTM weights, std). Needed only after in-place edits through `.data`."
-        self._cell_cache = self._std_cache = None
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self.invalidate_caches()
-        return out
-
     @staticmethod
     def _cache_key(params) -> tuple:
         """What identifies the values of `params` without reading them: the count of optimizer steps taken in this
         process (a global step hook: fused optimizers write without moving version counters), version counters and
         storage addresses (a `.data` assignment)."""
         return (_OPTIMIZER_STEPS[0], *((p._version, p.data_ptr()) for p in params))
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        d = super()._get_constructor_parameters()
-        d.update(net_arch=self.net_arch, activation_fn=self.activation_fn, ortho_init=self.ortho_init,
-                 log_std_init=self.log_std_init, lstm_hidden_size=self.lstm_hidden_size, n_lstm_layers=self.n_lstm_layers,
-                 shared_lstm=self.shared_lstm, enable_critic_lstm=self.enable_critic_lstm, lstm_kwargs=self.lstm_kwargs,
-                 n_quantiles=self.n_quantiles, features_extractor_class=self.features_extractor_class,
-                 features_extractor_kwargs=self.features_extractor_kwargs, optimizer_class=self.optimizer_class,
-                 optimizer_kwargs=self.optimizer_kwargs, lr_schedule=self._dummy_schedule)
-        return d
-
-    # ---- recurrent state -------------------------------------------------------------------
-    def initial_state(self, n_envs: int = 1) -> RNNStates:
-        "Zero states for `n_envs` envs on the policy's device."
-        return zero_states(self.n_lstm_layers, n_envs, self.lstm_hidden_size, self.device)
-
-    @property
-    def recurrent_initial_state(self) -> RNNStates:
-        "The initial (zero) recurrent state of one env, `[n_lstm_layers, 1, lstm_hidden_size]` per tensor."
-        return self.initial_state(1)
-
-    @property
-    def lstm_state_shape(self) -> tuple[int, int]:
-        return (self.n_lstm_layers, self.lstm_hidden_size)
-
-    # ---- core ------------------------------------------------------------------------------
-    def _features(self, obs: th.Tensor, seq: bool) -> th.Tensor:
-        if not seq: return self.extract_features(obs, self.features_extractor)
-        T, B = obs.shape[:2]
-        return self.extract_features(obs.reshape(T * B, *obs.shape[2:]), self.features_extractor).view(T, B, -1)
-
-    def _latents(self, obs: th.Tensor, states: RNNStates, seq: bool):
-        "Actor and critic latents `[T, B, H]` (or `[B, H]`) and the new states; one `nn.LSTM` call per LSTM."
-        f = self._features(obs, seq)
-        if not seq and self.lstm_critic is not None and not self.lstm_kwargs and not th.is_grad_enabled():
-            return self._fused_cells(f, states)
-        x = f if seq else f.unsqueeze(0)
-        out_pi, st_pi = self.lstm_actor(x, states.pi)
-        if self.lstm_critic is not None: out_vf, st_vf = self.lstm_critic(x, states.vf)
-        elif self.shared_lstm: out_vf, st_vf = out_pi.detach(), tuple(s.detach() for s in st_pi)
-        else: out_vf, st_vf = self.critic_ff(x), states.vf
-        if not seq: out_pi, out_vf = out_pi.squeeze(0), out_vf.squeeze(0)
-        return out_pi, out_vf, RNNStates(st_pi, st_vf)
-
-    def _quantiles(self, latent_vf: th.Tensor) -> th.Tensor:
-        "Twin quantiles `[..., 2, N]`."
-        return self.q_net(latent_vf)
-
-    def _cells(self) -> list[tuple[th.Tensor, th.Tensor, th.Tensor]]:
-        """The actor's and the critic's LSTM weights stacked per layer, `(w_ih^T [2, in, 4H], w_hh^T [2, H, 4H],
-        b [2, 1, 4H])` (actor first), rebuilt only when a weight changed (`_cache_key`)."""
-        src = self._cell_src
-        if src is None or src[0] is not self.lstm_actor.weight_ih_l0 or src[-1] is not self.lstm_critic.weight_hh_l0:
-            src = self._cell_src = [*self.lstm_actor.parameters(), *self.lstm_critic.parameters()]
-            src.append(self.lstm_critic.weight_hh_l0)
-        key = self._cache_key(src)
-        if self._cell_cache is None or self._cell_cache[0] != key:
-            w = []
-            for l in range(self.n_lstm_layers):
-                g = lambda name: th.stack([getattr(self.lstm_actor, f"{name}_l{l}"), getattr(self.lstm_critic, f"{name}_l{l}")])
-                w.append((g("weight_ih").transpose(1, 2).contiguous(), g("weight_hh").transpose(1, 2).contiguous(),
-                          (g("bias_ih") + g("bias_hh")).unsqueeze(1)))
-            self._cell_cache = (key, w, [p.data for p in src])     # the sources' storage stays alive: no address reuse
-        return self._cell_cache[1]
-
-    def _std_terms(self) -> tuple[th.Tensor, th.Tensor]:
-        "The actor's std and the log-density's constant `sum(log_std) + A/2 log(2 pi)`, rebuilt when `log_std` changed."
-        key = self._cache_key([self.log_std])
-        if self._std_cache is None or self._std_cache[0] != key:
-            ls = self.log_std.detach()                             # std and the log-density's constant, per update
-            self._std_cache = (key, ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel(), self.log_std.data)
-        return self._std_cache[1], self._std_cache[2]
-
-    def _fused_cells(self, f: th.Tensor, states: RNNStates):
-        """One step of the actor and critic LSTMs together (rollout, no grad): per layer two batched matmuls
-        over the stacked weights instead of two `nn.LSTM` calls. Same maths as `nn.LSTM` (gates i, f, g, o)."""
-        cells = self._cells()
-        H = self.lstm_hidden_size
-        x = f.unsqueeze(0).expand(2, -1, -1)
-        base = states.pi[0]._base                                  # states from the previous fused step are views
-        stacked = base is not None and base.dim() == 5 and states.vf[1]._base is base   # of one [2, 2, layers, B, H]
-        hs, cs = [], []
-        for l, (w_ih, w_hh, b) in enumerate(cells):
-            if stacked: h, c = base[:, 0, l], base[:, 1, l]
-            else: h, c = th.stack([states.pi[0][l], states.vf[0][l]]), th.stack([states.pi[1][l], states.vf[1][l]])
-            gates = th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh)
-            sg = th.sigmoid(gates)
-            c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
-            x = sg[..., 3 * H:] * th.tanh(c)
-            hs.append(x); cs.append(c)
-        new = th.stack([th.stack(hs, 1), th.stack(cs, 1)], 1) if len(hs) > 1 else th.stack([x.unsqueeze(1), c.unsqueeze(1)], 1)
-        return x[0], x[1], RNNStates((new[0, 0], new[0, 1]), (new[1, 0], new[1, 1]))
-
-    def _log_prob(self, mean: th.Tensor, actions: th.Tensor) -> th.Tensor:
-        z = (actions - mean) * th.exp(-self.log_std)
-        return (-0.5 * z.pow(2) - self.log_std - 0.5 * _LOG_2PI).sum(-1)
-
-    def entropy(self) -> th.Tensor:
-        "Entropy of the Gaussian (state-independent)."
-        return (self.log_std + 0.5 * (1.0 + _LOG_2PI)).sum()
-
-    def _rollout_step(self, obs: th.Tensor, states: RNNStates, deterministic: bool):
-        "The no-grad rollout step written with functional ops (fused LSTM cells, no module dispatch on the hot path)."
-        f = obs.reshape(obs.shape[0], -1).float() if type(self.features_extractor) is FlattenExtractor else self._features(obs, False)
-        lat_pi, lat_vf, states = self._fused_cells(f, states)
-        act = th.tanh if self.activation_fn is nn.Tanh else self._act
-        x = lat_pi
-        for m in self.pi_net:
-            if isinstance(m, nn.Linear): x = act(F.linear(x, m.weight, m.bias))
-        mean = F.linear(x, self.action_net.weight, self.action_net.bias)
-        std, const = self._std_terms()
-        if deterministic: return mean, (-const).expand(mean.shape[0]), self.q_net(lat_vf), states
-        eps = th.randn_like(mean)
-        return th.addcmul(mean, eps, std), eps.pow(2).sum(-1).mul_(-0.5).sub_(const), self.q_net(lat_vf), states
-
-    def forward(self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor | None = None,
-                deterministic: bool = False):
-        "One step for `B` envs: `(actions, log_prob, quantiles [B, 2, N], new_states)`; resets where `episode_starts`."
-        if episode_starts is not None: lstm_states = mask_states(lstm_states, episode_starts)
-        if self.lstm_critic is not None and not self.lstm_kwargs and not th.is_grad_enabled():
-            return self._rollout_step(obs, lstm_states, deterministic)
-        lat_pi, lat_vf, states = self._latents(obs, lstm_states, seq=False)
-        mean = self.action_net(self.pi_net(lat_pi))
-        actions = mean if deterministic else mean + th.randn_like(mean) * th.exp(self.log_std)
-        return actions, self._log_prob(mean, actions), self._quantiles(lat_vf), states
-
-    def evaluate_actions(self, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates):
-        "Whole sequences `[T, B, ...]` from `lstm_states`: `(log_prob [T, B], entropy [T, B], quantiles [T, B, 2, N])`."
-        lat_pi, lat_vf, _ = self._latents(obs, lstm_states, seq=True)
-        mean = self.action_net(self.pi_net(lat_pi))
-        log_prob = self._log_prob(mean, actions)
-        return log_prob, self.entropy().expand_as(log_prob), self._quantiles(lat_vf)
-
-    def predict_quantiles(self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor | None = None) -> th.Tensor:
-        "Twin quantiles `[B, 2, N]` for one step."
-        if episode_starts is not None: lstm_states = mask_states(lstm_states, episode_starts)
-        return self._quantiles(self._latents(obs, lstm_states, seq=False)[1])
-
-    def predict_values(self, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor | None = None) -> th.Tensor:
-        "Mean of the twin with the lower mean, `[B, 1]`, in the critics' (normalized) units."
-        return self.predict_quantiles(obs, lstm_states, episode_starts).mean(-1).min(-1, keepdim=True).values
 
     def _predict(self, observation: th.Tensor, lstm_states: tuple[th.Tensor, th.Tensor], episode_starts: th.Tensor,
                  deterministic: bool = False):
@@ -312,54 +161,228 @@ class RecurrentQuantilePolicy(BasePolicy):
         mean = self.action_net(self.pi_net(out.squeeze(0)))
         return (mean if deterministic else mean + th.randn_like(mean) * th.exp(self.log_std)), st
 
-    def predict(self, observation: np.ndarray, state: tuple[np.ndarray, ...] | None = None,
-                episode_start: np.ndarray | None = None, deterministic: bool = False):
-        """Actions for `observation` and the next actor LSTM state `(h, c)` (numpy, `[n_layers, n_envs, hidden]`),
-        as in sb3-contrib: `state=None` starts from zeros, `episode_start[i]=True` resets env `i`."""
-        self.set_training_mode(False)
-        obs, vectorized = self.obs_to_tensor(observation)
-        n = obs.shape[0]
-        if state is None:
-            z = np.zeros((self.n_lstm_layers, n, self.lstm_hidden_size), dtype=np.float32); state = (z, z)
-        if episode_start is None: episode_start = np.zeros(n, dtype=bool)
-        with th.no_grad():
-            st = tuple(th.as_tensor(np.asarray(s), dtype=th.float32, device=self.device) for s in state)
-            if st[0].shape != (self.n_lstm_layers, n, self.lstm_hidden_size):
-                raise ValueError(f"state has shape {tuple(st[0].shape)}; expected "
-                                 f"{(self.n_lstm_layers, n, self.lstm_hidden_size)} (n_layers, n_envs, hidden)")
-            starts = th.as_tensor(np.asarray(episode_start, dtype=np.float32).reshape(-1), device=self.device)
-            actions, st = self._predict(obs, st, starts, deterministic)
-        actions = np.clip(actions.cpu().numpy().reshape((-1, *self.action_space.shape)), self.action_space.low, self.action_space.high)
-        if not vectorized: actions = actions.squeeze(axis=0)
-        return actions, (st[0].cpu().numpy(), st[1].cpu().numpy())
+# %% ../nbs/05_policy.ipynb #55137e19
+@patch
+# ---- caches of the rollout step ----------------------------------------------------------
+def invalidate_caches(self: RecurrentQuantilePolicy) -> None:
+    "Drop the rollout step's caches (stacked LSTM weights, std). Needed only after in-place edits through `.data`."
+    self._cell_cache = self._std_cache = None
 
-    # ---- files (no pickle) -------------------------------------------------------------------
-    def save(self, path: str | pathlib.Path) -> None:
-        "Write the policy alone (constructor arguments and weights) as a pickle-free checkpoint: safetensors + JSON."
-        data = self._get_constructor_parameters()
-        data.pop("lr_schedule", None)
-        for k in ("observation_space", "action_space"): data[k] = space_to_dict(data[k])
-        write_checkpoint(path, dict(policy_only=True, policy_class=type(self), data=data, state_dict=self.state_dict()))
+@patch
+def load_state_dict(self: RecurrentQuantilePolicy, state_dict, strict: bool = True, assign: bool = False):
+    out = super(RecurrentQuantilePolicy, self).load_state_dict(state_dict, strict=strict, assign=assign)
+    self.invalidate_caches()
+    return out
 
-    @classmethod
-    def load(cls, path: str | pathlib.Path, device: th.device | str = "auto") -> "RecurrentQuantilePolicy":
-        """Re-create a policy written by `save`. Reads only safetensors and JSON: unlike SB3's `BaseModel.load` it
-        never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
-        from stable_baselines3.common.utils import get_device
-        try: ck = read_checkpoint(path, required=())
-        except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
-        if not (isinstance(ck, dict) and ck.get("policy_only")):
-            raise ValueError(f"{path} is a model checkpoint, not a policy file: use DistributionalPPO.load(...).policy")
-        if missing := [k for k in ("policy_class", "data", "state_dict") if k not in ck]:
-            raise ValueError(f"{path} is not a policy file: its content lacks {missing}")
-        klass = ck["policy_class"]
-        if not (isinstance(klass, type) and issubclass(klass, cls)):
-            raise ValueError(f"{path} holds a {getattr(klass, '__name__', klass)}, not a {cls.__name__}")
-        data = dict(ck["data"])
-        for k in ("observation_space", "action_space"): data[k] = space_from_dict(data[k])
-        policy = klass(lr_schedule=lambda _: 0.0, **data)
-        policy.load_state_dict(ck["state_dict"])
-        return policy.to(get_device(device))
+@patch
+def _get_constructor_parameters(self: RecurrentQuantilePolicy) -> dict[str, Any]:
+    d = super(RecurrentQuantilePolicy, self)._get_constructor_parameters()
+    d.update(net_arch=self.net_arch, activation_fn=self.activation_fn, ortho_init=self.ortho_init,
+             log_std_init=self.log_std_init, lstm_hidden_size=self.lstm_hidden_size, n_lstm_layers=self.n_lstm_layers,
+             shared_lstm=self.shared_lstm, enable_critic_lstm=self.enable_critic_lstm, lstm_kwargs=self.lstm_kwargs,
+             n_quantiles=self.n_quantiles, features_extractor_class=self.features_extractor_class,
+             features_extractor_kwargs=self.features_extractor_kwargs, optimizer_class=self.optimizer_class,
+             optimizer_kwargs=self.optimizer_kwargs, lr_schedule=self._dummy_schedule)
+    return d
+
+@patch
+# ---- recurrent state -------------------------------------------------------------------
+def initial_state(self: RecurrentQuantilePolicy, n_envs: int = 1) -> RNNStates:
+    "Zero states for `n_envs` envs on the policy's device."
+    return zero_states(self.n_lstm_layers, n_envs, self.lstm_hidden_size, self.device)
+
+@patch(as_prop=True)
+def recurrent_initial_state(self: RecurrentQuantilePolicy) -> RNNStates:
+    "The initial (zero) recurrent state of one env, `[n_lstm_layers, 1, lstm_hidden_size]` per tensor."
+    return self.initial_state(1)
+
+@patch(as_prop=True)
+def lstm_state_shape(self: RecurrentQuantilePolicy) -> tuple[int, int]:
+    return (self.n_lstm_layers, self.lstm_hidden_size)
+
+@patch
+# ---- core ------------------------------------------------------------------------------
+def _features(self: RecurrentQuantilePolicy, obs: th.Tensor, seq: bool) -> th.Tensor:
+    if not seq: return self.extract_features(obs, self.features_extractor)
+    T, B = obs.shape[:2]
+    return self.extract_features(obs.reshape(T * B, *obs.shape[2:]), self.features_extractor).view(T, B, -1)
+
+@patch
+def _latents(self: RecurrentQuantilePolicy, obs: th.Tensor, states: RNNStates, seq: bool):
+    "Actor and critic latents `[T, B, H]` (or `[B, H]`) and the new states; one `nn.LSTM` call per LSTM."
+    f = self._features(obs, seq)
+    if not seq and self.lstm_critic is not None and not self.lstm_kwargs and not th.is_grad_enabled():
+        return self._fused_cells(f, states)
+    x = f if seq else f.unsqueeze(0)
+    out_pi, st_pi = self.lstm_actor(x, states.pi)
+    if self.lstm_critic is not None: out_vf, st_vf = self.lstm_critic(x, states.vf)
+    elif self.shared_lstm: out_vf, st_vf = out_pi.detach(), tuple(s.detach() for s in st_pi)
+    else: out_vf, st_vf = self.critic_ff(x), states.vf
+    if not seq: out_pi, out_vf = out_pi.squeeze(0), out_vf.squeeze(0)
+    return out_pi, out_vf, RNNStates(st_pi, st_vf)
+
+@patch
+def _quantiles(self: RecurrentQuantilePolicy, latent_vf: th.Tensor) -> th.Tensor:
+    "Twin quantiles `[..., 2, N]`."
+    return self.q_net(latent_vf)
+
+# %% ../nbs/05_policy.ipynb #4528260f
+@patch
+def _cells(self: RecurrentQuantilePolicy) -> list[tuple[th.Tensor, th.Tensor, th.Tensor]]:
+    """The actor's and the critic's LSTM weights stacked per layer, `(w_ih^T [2, in, 4H], w_hh^T [2, H, 4H],
+    b [2, 1, 4H])` (actor first), rebuilt only when a weight changed (`_cache_key`)."""
+    src = self._cell_src
+    if src is None or src[0] is not self.lstm_actor.weight_ih_l0 or src[-1] is not self.lstm_critic.weight_hh_l0:
+        src = self._cell_src = [*self.lstm_actor.parameters(), *self.lstm_critic.parameters()]
+        src.append(self.lstm_critic.weight_hh_l0)
+    key = self._cache_key(src)
+    if self._cell_cache is None or self._cell_cache[0] != key:
+        w = []
+        for l in range(self.n_lstm_layers):
+            g = lambda name: th.stack([getattr(self.lstm_actor, f"{name}_l{l}"), getattr(self.lstm_critic, f"{name}_l{l}")])
+            w.append((g("weight_ih").transpose(1, 2).contiguous(), g("weight_hh").transpose(1, 2).contiguous(),
+                      (g("bias_ih") + g("bias_hh")).unsqueeze(1)))
+        self._cell_cache = (key, w, [p.data for p in src])     # the sources' storage stays alive: no address reuse
+    return self._cell_cache[1]
+
+@patch
+def _std_terms(self: RecurrentQuantilePolicy) -> tuple[th.Tensor, th.Tensor]:
+    "The actor's std and the log-density's constant `sum(log_std) + A/2 log(2 pi)`, rebuilt when `log_std` changed."
+    key = self._cache_key([self.log_std])
+    if self._std_cache is None or self._std_cache[0] != key:
+        ls = self.log_std.detach()                             # std and the log-density's constant, per update
+        self._std_cache = (key, ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel(), self.log_std.data)
+    return self._std_cache[1], self._std_cache[2]
+
+@patch
+def _fused_cells(self: RecurrentQuantilePolicy, f: th.Tensor, states: RNNStates):
+    """One step of the actor and critic LSTMs together (rollout, no grad): per layer two batched matmuls
+    over the stacked weights instead of two `nn.LSTM` calls. Same maths as `nn.LSTM` (gates i, f, g, o)."""
+    cells = self._cells()
+    H = self.lstm_hidden_size
+    x = f.unsqueeze(0).expand(2, -1, -1)
+    base = states.pi[0]._base                                  # states from the previous fused step are views
+    stacked = base is not None and base.dim() == 5 and states.vf[1]._base is base   # of one [2, 2, layers, B, H]
+    hs, cs = [], []
+    for l, (w_ih, w_hh, b) in enumerate(cells):
+        if stacked: h, c = base[:, 0, l], base[:, 1, l]
+        else: h, c = th.stack([states.pi[0][l], states.vf[0][l]]), th.stack([states.pi[1][l], states.vf[1][l]])
+        gates = th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh)
+        sg = th.sigmoid(gates)
+        c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
+        x = sg[..., 3 * H:] * th.tanh(c)
+        hs.append(x); cs.append(c)
+    new = th.stack([th.stack(hs, 1), th.stack(cs, 1)], 1) if len(hs) > 1 else th.stack([x.unsqueeze(1), c.unsqueeze(1)], 1)
+    return x[0], x[1], RNNStates((new[0, 0], new[0, 1]), (new[1, 0], new[1, 1]))
+
+@patch
+def _log_prob(self: RecurrentQuantilePolicy, mean: th.Tensor, actions: th.Tensor) -> th.Tensor:
+    z = (actions - mean) * th.exp(-self.log_std)
+    return (-0.5 * z.pow(2) - self.log_std - 0.5 * _LOG_2PI).sum(-1)
+
+@patch
+def entropy(self: RecurrentQuantilePolicy) -> th.Tensor:
+    "Entropy of the Gaussian (state-independent)."
+    return (self.log_std + 0.5 * (1.0 + _LOG_2PI)).sum()
+
+@patch
+def _rollout_step(self: RecurrentQuantilePolicy, obs: th.Tensor, states: RNNStates, deterministic: bool):
+    "The no-grad rollout step written with functional ops (fused LSTM cells, no module dispatch on the hot path)."
+    f = obs.reshape(obs.shape[0], -1).float() if type(self.features_extractor) is FlattenExtractor else self._features(obs, False)
+    lat_pi, lat_vf, states = self._fused_cells(f, states)
+    act = th.tanh if self.activation_fn is nn.Tanh else self._act
+    x = lat_pi
+    for m in self.pi_net:
+        if isinstance(m, nn.Linear): x = act(F.linear(x, m.weight, m.bias))
+    mean = F.linear(x, self.action_net.weight, self.action_net.bias)
+    std, const = self._std_terms()
+    if deterministic: return mean, (-const).expand(mean.shape[0]), self.q_net(lat_vf), states
+    eps = th.randn_like(mean)
+    return th.addcmul(mean, eps, std), eps.pow(2).sum(-1).mul_(-0.5).sub_(const), self.q_net(lat_vf), states
+
+# %% ../nbs/05_policy.ipynb #5ea3dacf
+@patch
+def forward(self: RecurrentQuantilePolicy, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor | None = None,
+            deterministic: bool = False):
+    "One step for `B` envs: `(actions, log_prob, quantiles [B, 2, N], new_states)`; resets where `episode_starts`."
+    if episode_starts is not None: lstm_states = mask_states(lstm_states, episode_starts)
+    if self.lstm_critic is not None and not self.lstm_kwargs and not th.is_grad_enabled():
+        return self._rollout_step(obs, lstm_states, deterministic)
+    lat_pi, lat_vf, states = self._latents(obs, lstm_states, seq=False)
+    mean = self.action_net(self.pi_net(lat_pi))
+    actions = mean if deterministic else mean + th.randn_like(mean) * th.exp(self.log_std)
+    return actions, self._log_prob(mean, actions), self._quantiles(lat_vf), states
+
+@patch
+def evaluate_actions(self: RecurrentQuantilePolicy, obs: th.Tensor, actions: th.Tensor, lstm_states: RNNStates):
+    "Whole sequences `[T, B, ...]` from `lstm_states`: `(log_prob [T, B], entropy [T, B], quantiles [T, B, 2, N])`."
+    lat_pi, lat_vf, _ = self._latents(obs, lstm_states, seq=True)
+    mean = self.action_net(self.pi_net(lat_pi))
+    log_prob = self._log_prob(mean, actions)
+    return log_prob, self.entropy().expand_as(log_prob), self._quantiles(lat_vf)
+
+@patch
+def predict_quantiles(self: RecurrentQuantilePolicy, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor | None = None) -> th.Tensor:
+    "Twin quantiles `[B, 2, N]` for one step."
+    if episode_starts is not None: lstm_states = mask_states(lstm_states, episode_starts)
+    return self._quantiles(self._latents(obs, lstm_states, seq=False)[1])
+
+@patch
+def predict_values(self: RecurrentQuantilePolicy, obs: th.Tensor, lstm_states: RNNStates, episode_starts: th.Tensor | None = None) -> th.Tensor:
+    "Mean of the twin with the lower mean, `[B, 1]`, in the critics' (normalized) units."
+    return self.predict_quantiles(obs, lstm_states, episode_starts).mean(-1).min(-1, keepdim=True).values
+
+@patch
+def predict(self: RecurrentQuantilePolicy, observation: np.ndarray, state: tuple[np.ndarray, ...] | None = None,
+            episode_start: np.ndarray | None = None, deterministic: bool = False):
+    """Actions for `observation` and the next actor LSTM state `(h, c)` (numpy, `[n_layers, n_envs, hidden]`),
+    as in sb3-contrib: `state=None` starts from zeros, `episode_start[i]=True` resets env `i`."""
+    self.set_training_mode(False)
+    obs, vectorized = self.obs_to_tensor(observation)
+    n = obs.shape[0]
+    if state is None:
+        z = np.zeros((self.n_lstm_layers, n, self.lstm_hidden_size), dtype=np.float32); state = (z, z)
+    if episode_start is None: episode_start = np.zeros(n, dtype=bool)
+    with th.no_grad():
+        st = tuple(th.as_tensor(np.asarray(s), dtype=th.float32, device=self.device) for s in state)
+        if st[0].shape != (self.n_lstm_layers, n, self.lstm_hidden_size):
+            raise ValueError(f"state has shape {tuple(st[0].shape)}; expected "
+                             f"{(self.n_lstm_layers, n, self.lstm_hidden_size)} (n_layers, n_envs, hidden)")
+        starts = th.as_tensor(np.asarray(episode_start, dtype=np.float32).reshape(-1), device=self.device)
+        actions, st = self._predict(obs, st, starts, deterministic)
+    actions = np.clip(actions.cpu().numpy().reshape((-1, *self.action_space.shape)), self.action_space.low, self.action_space.high)
+    if not vectorized: actions = actions.squeeze(axis=0)
+    return actions, (st[0].cpu().numpy(), st[1].cpu().numpy())
+
+@patch
+# ---- files (no pickle) -------------------------------------------------------------------
+def save(self: RecurrentQuantilePolicy, path: str | pathlib.Path) -> None:
+    "Write the policy alone (constructor arguments and weights) as a pickle-free checkpoint: safetensors + JSON."
+    data = self._get_constructor_parameters()
+    data.pop("lr_schedule", None)
+    for k in ("observation_space", "action_space"): data[k] = space_to_dict(data[k])
+    write_checkpoint(path, dict(policy_only=True, policy_class=type(self), data=data, state_dict=self.state_dict()))
+
+# %% ../nbs/05_policy.ipynb #1fdce211
+@patch(cls_method=True)
+def load(cls: RecurrentQuantilePolicy, path: str | pathlib.Path, device: th.device | str = "auto") -> "RecurrentQuantilePolicy":
+    """Re-create a policy written by `save`. Reads only safetensors and JSON: unlike SB3's `BaseModel.load` it
+    never unpickles, so a crafted file cannot run code; anything else raises `ValueError`."""
+    from stable_baselines3.common.utils import get_device
+    try: ck = read_checkpoint(path, required=())
+    except ValueError as e: raise ValueError(f"cannot load a policy from {path}: {e}") from None
+    if not (isinstance(ck, dict) and ck.get("policy_only")):
+        raise ValueError(f"{path} is a model checkpoint, not a policy file: use DistributionalPPO.load(...).policy")
+    if missing := [k for k in ("policy_class", "data", "state_dict") if k not in ck]:
+        raise ValueError(f"{path} is not a policy file: its content lacks {missing}")
+    klass = ck["policy_class"]
+    if not (isinstance(klass, type) and issubclass(klass, cls)):
+        raise ValueError(f"{path} holds a {getattr(klass, '__name__', klass)}, not a {cls.__name__}")
+    data = dict(ck["data"])
+    for k in ("observation_space", "action_space"): data[k] = space_from_dict(data[k])
+    policy = klass(lr_schedule=lambda _: 0.0, **data)
+    policy.load_state_dict(ck["state_dict"])
+    return policy.to(get_device(device))
 
 # %% ../nbs/05_policy.ipynb #c11835ae
 @patch

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from .policy import mask_states
 from .distributional import cvar_from_quantiles
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['gae', 'SequenceRolloutBuffer', 'RolloutCollector']
@@ -123,139 +124,152 @@ class RolloutCollector:
     """The rollout half of `DistributionalPPO` (a mixin: it uses the algorithm's policy, envs, return scale and
     buffer): per-env LSTM resets, dones validation, VecNormalize freezing, snapshot refresh, GAE."""
 
-    def _check_dones(self, dones) -> np.ndarray:
-        d = np.asarray(dones)
-        if d.shape != (self.n_envs,):
-            raise ValueError(f"env.step returned dones of shape {d.shape}, expected ({self.n_envs},): one flag per env. "
-                             "LSTM states are reset per env at episode boundaries, and a misshaped array would reset the wrong envs")
-        return d.astype(bool)
+# %% ../nbs/06c_rollout.ipynb #40ad8ea7
+@patch
+def _check_dones(self: RolloutCollector, dones) -> np.ndarray:
+    d = np.asarray(dones)
+    if d.shape != (self.n_envs,):
+        raise ValueError(f"env.step returned dones of shape {d.shape}, expected ({self.n_envs},): one flag per env. "
+                         "LSTM states are reset per env at episode boundaries, and a misshaped array would reset the wrong envs")
+    return d.astype(bool)
 
-    def _terminal_values(self, infos: list[dict], idx: list[int], states: RNNStates) -> tuple[np.ndarray, np.ndarray]:
-        """Raw mean and risk (CVaR at `cvar_alpha`) values of the terminal observations of truncated episodes,
-        continuing each env's LSTM state."""
-        obs = th.as_tensor(np.stack([infos[i]["terminal_observation"] for i in idx]), dtype=th.float32, device=self.device)
-        j = th.as_tensor(idx, device=self.device)
-        sub = RNNStates(tuple(s[:, j] for s in states.pi), tuple(s[:, j] for s in states.vf))
-        with th.no_grad():
-            q = self.policy.predict_quantiles(obs, sub)
-            return self._values(q).cpu().numpy(), self._values(q, risk=self.cvar_alpha < 1.0).cpu().numpy()
+@patch
+def _terminal_values(self: RolloutCollector, infos: list[dict], idx: list[int], states: RNNStates) -> tuple[np.ndarray, np.ndarray]:
+    """Raw mean and risk (CVaR at `cvar_alpha`) values of the terminal observations of truncated episodes,
+    continuing each env's LSTM state."""
+    obs = th.as_tensor(np.stack([infos[i]["terminal_observation"] for i in idx]), dtype=th.float32, device=self.device)
+    j = th.as_tensor(idx, device=self.device)
+    sub = RNNStates(tuple(s[:, j] for s in states.pi), tuple(s[:, j] for s in states.vf))
+    with th.no_grad():
+        q = self.policy.predict_quantiles(obs, sub)
+        return self._values(q).cpu().numpy(), self._values(q, risk=self.cvar_alpha < 1.0).cpu().numpy()
 
-    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
-                         n_rollout_steps: int) -> bool:
-        """One rollout of `n_rollout_steps` steps per env, in four phases that a `Population` interleaves across its
-        members (one batched policy step for all of them in place of the `policy.forward` below)."""
-        ro = self.rollout_begin(env, callback, rollout_buffer, n_rollout_steps)
-        for t in range(n_rollout_steps):
-            obs_t = self.rollout_observe(ro, t)
-            with th.no_grad(): out = self.policy.forward(obs_t, ro.states)
-            if not self.rollout_advance(ro, t, obs_t, *out): return False
-        return self.rollout_finish(ro)
+@patch
+def collect_rollouts(self: RolloutCollector, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
+                     n_rollout_steps: int) -> bool:
+    """One rollout of `n_rollout_steps` steps per env, in four phases that a `Population` interleaves across its
+    members (one batched policy step for all of them in place of the `policy.forward` below)."""
+    ro = self.rollout_begin(env, callback, rollout_buffer, n_rollout_steps)
+    for t in range(n_rollout_steps):
+        obs_t = self.rollout_observe(ro, t)
+        with th.no_grad(): out = self.policy.forward(obs_t, ro.states)
+        if not self.rollout_advance(ro, t, obs_t, *out): return False
+    return self.rollout_finish(ro)
 
-    def rollout_begin(self, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
-                      n_rollout_steps: int) -> SimpleNamespace:
-        "Start a rollout: the buffer's bootstraps cleared, VecNormalize frozen, the snapshot taken (timing 'before')."
-        assert self._last_obs is not None, "No previous observation was provided"
-        self.policy.set_training_mode(False)
-        ro = SimpleNamespace(env=env, callback=callback, buf=rollout_buffer, n=n_rollout_steps, states=self._last_lstm_states,
-                             low=th.as_tensor(self.action_space.low, dtype=th.float32, device=self.device),
-                             high=th.as_tensor(self.action_space.high, dtype=th.float32, device=self.device),
-                             acc_hist=np.zeros((n_rollout_steps, self.n_envs)), before=self.return_snapshot == "before",
-                             vn=self._vec_normalize_env if self.freeze_vecnormalize_obs else None, new_obs=None, dones=None)
-        rollout_buffer.bootstrap[:] = 0.0
-        ro.frozen = ro.vn is not None and ro.vn.training
-        if ro.frozen: ro.vn.training, ro.raw_obs, ro.raw_rew, ro.raw_dones = False, [], [], []
-        if ro.before: self._refresh_return_snapshot()         # the seeds' timing: from the earlier rollouts' statistics
-        callback.on_rollout_start()
-        return ro
+@patch
+def rollout_begin(self: RolloutCollector, env: VecEnv, callback: BaseCallback, rollout_buffer: SequenceRolloutBuffer,
+                  n_rollout_steps: int) -> SimpleNamespace:
+    "Start a rollout: the buffer's bootstraps cleared, VecNormalize frozen, the snapshot taken (timing 'before')."
+    assert self._last_obs is not None, "No previous observation was provided"
+    self.policy.set_training_mode(False)
+    ro = SimpleNamespace(env=env, callback=callback, buf=rollout_buffer, n=n_rollout_steps, states=self._last_lstm_states,
+                         low=th.as_tensor(self.action_space.low, dtype=th.float32, device=self.device),
+                         high=th.as_tensor(self.action_space.high, dtype=th.float32, device=self.device),
+                         acc_hist=np.zeros((n_rollout_steps, self.n_envs)), before=self.return_snapshot == "before",
+                         vn=self._vec_normalize_env if self.freeze_vecnormalize_obs else None, new_obs=None, dones=None)
+    rollout_buffer.bootstrap[:] = 0.0
+    ro.frozen = ro.vn is not None and ro.vn.training
+    if ro.frozen: ro.vn.training, ro.raw_obs, ro.raw_rew, ro.raw_dones = False, [], [], []
+    if ro.before: self._refresh_return_snapshot()         # the seeds' timing: from the earlier rollouts' statistics
+    callback.on_rollout_start()
+    return ro
 
-    def rollout_observe(self, ro: SimpleNamespace, t: int) -> th.Tensor:
-        "Step `t`'s observation tensor; the LSTM states of envs whose episode starts are reset, and recorded every `L` steps."
-        starts = self._last_episode_starts
-        if starts.any(): ro.states = mask_states(ro.states, th.as_tensor(starts, device=self.device))   # per-env reset
-        if t % ro.buf.L == 0: ro.buf.record_states(t, ro.states)
-        return th.as_tensor(self._last_obs, dtype=th.float32, device=self.device)
+@patch
+def rollout_observe(self: RolloutCollector, ro: SimpleNamespace, t: int) -> th.Tensor:
+    "Step `t`'s observation tensor; the LSTM states of envs whose episode starts are reset, and recorded every `L` steps."
+    starts = self._last_episode_starts
+    if starts.any(): ro.states = mask_states(ro.states, th.as_tensor(starts, device=self.device))   # per-env reset
+    if t % ro.buf.L == 0: ro.buf.record_states(t, ro.states)
+    return th.as_tensor(self._last_obs, dtype=th.float32, device=self.device)
 
-    def rollout_advance(self, ro: SimpleNamespace, t: int, obs_t: th.Tensor, actions_t: th.Tensor, log_prob_t: th.Tensor,
-                        q_t: th.Tensor, states: RNNStates) -> bool:
-        "Step the envs with the policy's output for step `t` and store it; False when a callback stops training."
-        starts, env, callback = self._last_episode_starts, ro.env, ro.callback
-        ro.states, actions = states, actions_t.cpu().numpy()
-        new_obs, rewards, dones, infos = env.step(th.clamp(actions_t, ro.low, ro.high).cpu().numpy())
-        dones = self._check_dones(dones)
-        self.num_timesteps += env.num_envs
-        callback.update_locals(dict(self=self, env=env, callback=callback, rollout_buffer=ro.buf, n_rollout_steps=ro.n,
-                                    t=t, obs_t=obs_t, actions=actions, new_obs=new_obs, rewards=rewards, dones=dones, infos=infos))
-        if not callback.on_step():
-            if ro.frozen: ro.vn.training = True
-            return False
-        self._update_info_buffer(infos, dones)
-        if ro.frozen:
-            ro.raw_obs.append(ro.vn.get_original_obs()); ro.raw_rew.append(ro.vn.get_original_reward()); ro.raw_dones.append(dones)
-        self._ret_acc = self._ret_acc * self.gamma + np.asarray(rewards, dtype=np.float64)
-        ro.acc_hist[t] = self._ret_acc
-        self._ret_acc[dones] = 0.0
-        ro.buf.add(t, obs_t, actions_t, log_prob_t, q_t, rewards, starts)   # the env's rewards, nothing added
-        trunc = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None
-                 and infos[i].get("TimeLimit.truncated", False)]
-        if trunc: ro.buf.bootstrap[:, t, trunc] = self.gamma * np.stack(self._terminal_values(infos, trunc, ro.states))
-        self._last_obs, self._last_episode_starts, ro.new_obs, ro.dones = new_obs, dones, new_obs, dones
-        return True
+# %% ../nbs/06c_rollout.ipynb #81473cbb
+@patch
+def rollout_advance(self: RolloutCollector, ro: SimpleNamespace, t: int, obs_t: th.Tensor, actions_t: th.Tensor, log_prob_t: th.Tensor,
+                    q_t: th.Tensor, states: RNNStates) -> bool:
+    "Step the envs with the policy's output for step `t` and store it; False when a callback stops training."
+    starts, env, callback = self._last_episode_starts, ro.env, ro.callback
+    ro.states, actions = states, actions_t.cpu().numpy()
+    new_obs, rewards, dones, infos = env.step(th.clamp(actions_t, ro.low, ro.high).cpu().numpy())
+    dones = self._check_dones(dones)
+    self.num_timesteps += env.num_envs
+    callback.update_locals(dict(self=self, env=env, callback=callback, rollout_buffer=ro.buf, n_rollout_steps=ro.n,
+                                t=t, obs_t=obs_t, actions=actions, new_obs=new_obs, rewards=rewards, dones=dones, infos=infos))
+    if not callback.on_step():
+        if ro.frozen: ro.vn.training = True
+        return False
+    self._update_info_buffer(infos, dones)
+    if ro.frozen:
+        ro.raw_obs.append(ro.vn.get_original_obs()); ro.raw_rew.append(ro.vn.get_original_reward()); ro.raw_dones.append(dones)
+    self._ret_acc = self._ret_acc * self.gamma + np.asarray(rewards, dtype=np.float64)
+    ro.acc_hist[t] = self._ret_acc
+    self._ret_acc[dones] = 0.0
+    ro.buf.add(t, obs_t, actions_t, log_prob_t, q_t, rewards, starts)   # the env's rewards, nothing added
+    trunc = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None
+             and infos[i].get("TimeLimit.truncated", False)]
+    if trunc: ro.buf.bootstrap[:, t, trunc] = self.gamma * np.stack(self._terminal_values(infos, trunc, ro.states))
+    self._last_obs, self._last_episode_starts, ro.new_obs, ro.dones = new_obs, dones, new_obs, dones
+    return True
 
-    def rollout_finish(self, ro: SimpleNamespace) -> bool:
-        "End the rollout: the last values, VecNormalize's catch-up, the return-scale snapshot, GAE, the logs."
-        buf, dev, dones = ro.buf, self.device, ro.dones
-        self._last_lstm_states = ro.states
-        with th.no_grad():
-            last_q = self.policy.predict_quantiles(th.as_tensor(ro.new_obs, dtype=th.float32, device=dev),
-                                                   mask_states(ro.states, th.as_tensor(dones, device=dev)))
-        if ro.frozen: self._unfreeze_vecnormalize(ro.vn, ro.raw_obs, ro.raw_rew, ro.raw_dones)
-        # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seeds.ipynb#return-scale-snapshot)
-        first = self._ret_rms.count <= 1                           # no statistics yet: the snapshot is still the prior
-        if self.normalize_returns: self._ret_rms.update(ro.acc_hist.reshape(-1))
-        if not ro.before: self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
-        self._compute_advantages(buf, last_q, dones)
-        self._update_ent_plateau(float(buf.rewards.mean()))
-        self._log_rollout(ro.states)
-        ro.callback.update_locals(dict(self=self, rollout_buffer=buf, last_q=last_q, dones=dones))
-        ro.callback.on_rollout_end()
-        return True
+@patch
+def rollout_finish(self: RolloutCollector, ro: SimpleNamespace) -> bool:
+    "End the rollout: the last values, VecNormalize's catch-up, the return-scale snapshot, GAE, the logs."
+    buf, dev, dones = ro.buf, self.device, ro.dones
+    self._last_lstm_states = ro.states
+    with th.no_grad():
+        last_q = self.policy.predict_quantiles(th.as_tensor(ro.new_obs, dtype=th.float32, device=dev),
+                                               mask_states(ro.states, th.as_tensor(dones, device=dev)))
+    if ro.frozen: self._unfreeze_vecnormalize(ro.vn, ro.raw_obs, ro.raw_rew, ro.raw_dones)
+    # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seeds.ipynb#return-scale-snapshot)
+    first = self._ret_rms.count <= 1                           # no statistics yet: the snapshot is still the prior
+    if self.normalize_returns: self._ret_rms.update(ro.acc_hist.reshape(-1))
+    if not ro.before: self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
+    self._compute_advantages(buf, last_q, dones)
+    self._update_ent_plateau(float(buf.rewards.mean()))
+    self._log_rollout(ro.states)
+    ro.callback.update_locals(dict(self=self, rollout_buffer=buf, last_q=last_q, dones=dones))
+    ro.callback.on_rollout_end()
+    return True
 
-    def _unfreeze_vecnormalize(self, vn, raw_obs, raw_rew, raw_dones) -> None:
-        "Statistics frozen during the rollout catch up on the rollout's raw data in one batch."
-        vn.training = True
-        if vn.norm_obs and raw_obs:
-            if isinstance(raw_obs[0], dict):
-                for k in vn.obs_rms: vn.obs_rms[k].update(np.concatenate([o[k] for o in raw_obs]))
-            else: vn.obs_rms.update(np.concatenate(raw_obs))
-        if vn.norm_reward:
-            for r, d in zip(raw_rew, raw_dones):
-                vn._update_reward(r); vn.returns[d] = 0
+@patch
+def _unfreeze_vecnormalize(self: RolloutCollector, vn, raw_obs, raw_rew, raw_dones) -> None:
+    "Statistics frozen during the rollout catch up on the rollout's raw data in one batch."
+    vn.training = True
+    if vn.norm_obs and raw_obs:
+        if isinstance(raw_obs[0], dict):
+            for k in vn.obs_rms: vn.obs_rms[k].update(np.concatenate([o[k] for o in raw_obs]))
+        else: vn.obs_rms.update(np.concatenate(raw_obs))
+    if vn.norm_reward:
+        for r, d in zip(raw_rew, raw_dones):
+            vn._update_reward(r); vn.returns[d] = 0
 
-    def _compute_advantages(self, buf: SequenceRolloutBuffer, last_q: th.Tensor, dones: np.ndarray) -> None:
-        """GAE on raw values; with `cvar_alpha < 1` the policy's advantages use CVaR values (critic targets stay
-        mean-based). Each pass bootstraps time-limit truncations with its own value: mean, or CVaR."""
-        with th.no_grad():
-            v = self._values(buf.quantiles).cpu().numpy().astype(np.float64)
-            v_last = self._values(last_q).cpu().numpy().astype(np.float64)
-            adv, ret = gae(buf.rewards + buf.bootstrap[0], v, buf.episode_starts, v_last, dones, self.gamma, self.gae_lambda)
-            if self.cvar_alpha < 1.0:
-                rv = self._values(buf.quantiles, risk=True).cpu().numpy().astype(np.float64)
-                rv_last = self._values(last_q, risk=True).cpu().numpy().astype(np.float64)
-                adv, _ = gae(buf.rewards + buf.bootstrap[1], rv, buf.episode_starts, rv_last, dones, self.gamma, self.gae_lambda)
-                self._rollout_cvar = float(rv.mean())
-            else:
-                self._rollout_cvar = float(self._raw(cvar_from_quantiles(self.twin_quantiles(buf.quantiles), 1.0)).mean())
-            sel = self.twin_quantiles(buf.quantiles)
-            self._rollout_value_var = float((sel.var(-1, unbiased=False) * self._ret_snapshot[1] ** 2).mean())
-        buf.values = v
-        buf.advantages = th.as_tensor(adv, dtype=th.float32, device=self.device)
-        buf.returns = th.as_tensor(ret, dtype=th.float32, device=self.device)
-        buf.build_sequences()
+# %% ../nbs/06c_rollout.ipynb #b57b6f6e
+@patch
+def _compute_advantages(self: RolloutCollector, buf: SequenceRolloutBuffer, last_q: th.Tensor, dones: np.ndarray) -> None:
+    """GAE on raw values; with `cvar_alpha < 1` the policy's advantages use CVaR values (critic targets stay
+    mean-based). Each pass bootstraps time-limit truncations with its own value: mean, or CVaR."""
+    with th.no_grad():
+        v = self._values(buf.quantiles).cpu().numpy().astype(np.float64)
+        v_last = self._values(last_q).cpu().numpy().astype(np.float64)
+        adv, ret = gae(buf.rewards + buf.bootstrap[0], v, buf.episode_starts, v_last, dones, self.gamma, self.gae_lambda)
+        if self.cvar_alpha < 1.0:
+            rv = self._values(buf.quantiles, risk=True).cpu().numpy().astype(np.float64)
+            rv_last = self._values(last_q, risk=True).cpu().numpy().astype(np.float64)
+            adv, _ = gae(buf.rewards + buf.bootstrap[1], rv, buf.episode_starts, rv_last, dones, self.gamma, self.gae_lambda)
+            self._rollout_cvar = float(rv.mean())
+        else:
+            self._rollout_cvar = float(self._raw(cvar_from_quantiles(self.twin_quantiles(buf.quantiles), 1.0)).mean())
+        sel = self.twin_quantiles(buf.quantiles)
+        self._rollout_value_var = float((sel.var(-1, unbiased=False) * self._ret_snapshot[1] ** 2).mean())
+    buf.values = v
+    buf.advantages = th.as_tensor(adv, dtype=th.float32, device=self.device)
+    buf.returns = th.as_tensor(ret, dtype=th.float32, device=self.device)
+    buf.build_sequences()
 
-    def _log_rollout(self, states: RNNStates) -> None:
-        self.logger.record("rollout/reward_mean", float(self.rollout_buffer.rewards.mean()))
-        h = states.pi[0]
-        for i in range(h.shape[0]):
-            self.logger.record(f"lstm/h_mean_layer{i}", float(h[i].mean()))
-            self.logger.record(f"lstm/h_std_layer{i}", float(h[i].std(unbiased=False)))
-            self.logger.record(f"lstm/h_norm_layer{i}", float(h[i].norm(dim=-1).mean()))
+@patch
+def _log_rollout(self: RolloutCollector, states: RNNStates) -> None:
+    self.logger.record("rollout/reward_mean", float(self.rollout_buffer.rewards.mean()))
+    h = states.pi[0]
+    for i in range(h.shape[0]):
+        self.logger.record(f"lstm/h_mean_layer{i}", float(h[i].mean()))
+        self.logger.record(f"lstm/h_std_layer{i}", float(h[i].std(unbiased=False)))
+        self.logger.record(f"lstm/h_norm_layer{i}", float(h[i].norm(dim=-1).mean()))

@@ -17,6 +17,7 @@ from torch import nn
 
 from .pbt import CLOCK
 from .checkpoint import checked_hyperparams
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TINY_PPO', 'TINY_PARAMS', 'TINY_CELLS', 'tiny_market', 'tiny_env', 'tiny_ppo', 'ToyGradScaler', 'toy_series',
@@ -110,80 +111,90 @@ class ToyMember:
         self.lstm_states = None           # carried across train() calls, like a recurrent PPO's rollout state
         self.num_timesteps, self._cursor = 0, 0
 
-    def _new_optimizer(self): return torch.optim.Adam(self.net.parameters(), lr=self.hyperparams["learning_rate"])
-
-    # --- PBTMember -------------------------------------------------------------------------
-    def get_parameters(self, include_optimizer: bool = True) -> dict:
-        p = {"policy": self.net.state_dict(), "vgs": self.vgs.state_dict(),
-             "target_stats": dict(self.target_stats), CLOCK: {"num_timesteps": self.num_timesteps, "cursor": self._cursor}}
-        if include_optimizer: p["policy.optimizer"] = self.optimizer.state_dict()
-        return p
-
-    def set_parameters(self, parameters: Mapping, reset_optimizer: bool = False) -> None:
-        self.net.load_state_dict(parameters["policy"])
-        if "vgs" in parameters: self.vgs.load_state_dict(parameters["vgs"])
-        self.vgs.update_parameters(self.net.parameters())              # relink to the live tensors
-        if "target_stats" in parameters: self.target_stats = {k: v.clone() for k, v in parameters["target_stats"].items()}
-        if CLOCK in parameters:
-            self.num_timesteps, self._cursor = int(parameters[CLOCK]["num_timesteps"]), int(parameters[CLOCK]["cursor"])
-        self.optimizer = self._new_optimizer()                          # bound to the live parameters
-        if not reset_optimizer and "policy.optimizer" in parameters: self.optimizer.load_state_dict(parameters["policy.optimizer"])
-        self.reset_lstm_states_to_initial()
-
-    def reset_lstm_states_to_initial(self) -> None:
-        if self.lstm_states is not None: self.lstm_states = tuple(torch.zeros_like(s) for s in self.lstm_states)
-
-    def apply_hyperparams(self, hyperparams: Mapping) -> None:
-        self.hyperparams.update(checked_hyperparams("ToyMember", hyperparams, ("learning_rate", "vgs_alpha")))
-        for g in self.optimizer.param_groups: g["lr"] = self.hyperparams["learning_rate"]
-        self.vgs.alpha = self.hyperparams["vgs_alpha"]
-
-    def _normalize(self, y):
-        return (y - self.target_stats["mean"]) / self.target_stats["var"].sqrt().clamp_min(1e-6)
-
-    def _update_stats(self, y):
-        s, n = self.target_stats, float(y.numel()); m, v = y.mean().double(), y.var(unbiased=False).double()
-        tot = s["count"] + n; d = m - s["mean"].double()
-        new_mean = s["mean"].double() + d * n / tot
-        new_var = (s["var"].double() * s["count"] + v * n + d ** 2 * s["count"] * n / tot) / tot
-        self.target_stats = {"mean": new_mean.float(), "var": new_var.float(), "count": tot}
-
-    def train(self, n_steps: int) -> dict:
-        L, B = self.seq_len, self.batch; span = len(self.train_x) // B
-        losses = []
-        for _ in range(int(n_steps)):
-            if self.fail_at_step is not None and self.num_timesteps >= self.fail_at_step:
-                self.fail_at_step = None   # fails once per object ...
-                if self.fail_flag is None or not os.path.exists(self.fail_flag):
-                    if self.fail_flag is not None: Path(self.fail_flag).touch()   # ... or once across processes
-                    raise RuntimeError(f"ToyMember {self.member_id}: simulated failure at step {self.num_timesteps}")
-            if self.sleep: time.sleep(self.sleep)
-            if self._cursor + L + 1 > span: self._cursor, self.lstm_states = 0, None
-            idx = torch.arange(B)[:, None] * span + self._cursor + torch.arange(L + 1)[None]
-            chunk = self.train_x[idx]; x, y = chunk[:, :-1, None], chunk[:, 1:, None]
-            self._update_stats(y)
-            pred, state = self.net(x, self.lstm_states)
-            loss = ((pred - self._normalize(y)) ** 2).mean()
-            self.optimizer.zero_grad(); loss.backward(); self.vgs.scale_gradients(); self.optimizer.step()
-            self.lstm_states = tuple(s.detach() for s in state)
-            self._cursor += L; self.num_timesteps += 1; losses.append(float(loss.detach()))
-        return {"loss": float(np.mean(losses)) if losses else float("nan")}
-
     @torch.no_grad()
     def predict(self, x: torch.Tensor, state=None):
         "Normalized one-step predictions for `x` `[B, T]` from `state` (default: the carried training state)."
         pred, state = self.net(x[..., None], self.lstm_states if state is None else state)
         return pred[..., 0], state
 
-    def live_hyperparams(self) -> dict:
-        "The values in force in the live objects (read back, not from `self.hyperparams`)."
-        return {"learning_rate": self.optimizer.param_groups[0]["lr"], "vgs_alpha": self.vgs.alpha}
-
     @torch.no_grad()
     def evaluate(self) -> float:
         x, y = self.val_x[None, :-1, None], self.val_x[None, 1:, None]
         pred, _ = self.net(x)
         return -float(((pred - self._normalize(y)) ** 2).mean())
+
+# %% ../nbs/13_testing.ipynb #95002fc4
+@patch
+def _new_optimizer(self: ToyMember): return torch.optim.Adam(self.net.parameters(), lr=self.hyperparams["learning_rate"])
+
+@patch
+# --- PBTMember -------------------------------------------------------------------------
+def get_parameters(self: ToyMember, include_optimizer: bool = True) -> dict:
+    p = {"policy": self.net.state_dict(), "vgs": self.vgs.state_dict(),
+         "target_stats": dict(self.target_stats), CLOCK: {"num_timesteps": self.num_timesteps, "cursor": self._cursor}}
+    if include_optimizer: p["policy.optimizer"] = self.optimizer.state_dict()
+    return p
+
+@patch
+def set_parameters(self: ToyMember, parameters: Mapping, reset_optimizer: bool = False) -> None:
+    self.net.load_state_dict(parameters["policy"])
+    if "vgs" in parameters: self.vgs.load_state_dict(parameters["vgs"])
+    self.vgs.update_parameters(self.net.parameters())              # relink to the live tensors
+    if "target_stats" in parameters: self.target_stats = {k: v.clone() for k, v in parameters["target_stats"].items()}
+    if CLOCK in parameters:
+        self.num_timesteps, self._cursor = int(parameters[CLOCK]["num_timesteps"]), int(parameters[CLOCK]["cursor"])
+    self.optimizer = self._new_optimizer()                          # bound to the live parameters
+    if not reset_optimizer and "policy.optimizer" in parameters: self.optimizer.load_state_dict(parameters["policy.optimizer"])
+    self.reset_lstm_states_to_initial()
+
+@patch
+def reset_lstm_states_to_initial(self: ToyMember) -> None:
+    if self.lstm_states is not None: self.lstm_states = tuple(torch.zeros_like(s) for s in self.lstm_states)
+
+@patch
+def apply_hyperparams(self: ToyMember, hyperparams: Mapping) -> None:
+    self.hyperparams.update(checked_hyperparams("ToyMember", hyperparams, ("learning_rate", "vgs_alpha")))
+    for g in self.optimizer.param_groups: g["lr"] = self.hyperparams["learning_rate"]
+    self.vgs.alpha = self.hyperparams["vgs_alpha"]
+
+@patch
+def _normalize(self: ToyMember, y):
+    return (y - self.target_stats["mean"]) / self.target_stats["var"].sqrt().clamp_min(1e-6)
+
+@patch
+def _update_stats(self: ToyMember, y):
+    s, n = self.target_stats, float(y.numel()); m, v = y.mean().double(), y.var(unbiased=False).double()
+    tot = s["count"] + n; d = m - s["mean"].double()
+    new_mean = s["mean"].double() + d * n / tot
+    new_var = (s["var"].double() * s["count"] + v * n + d ** 2 * s["count"] * n / tot) / tot
+    self.target_stats = {"mean": new_mean.float(), "var": new_var.float(), "count": tot}
+
+@patch
+def train(self: ToyMember, n_steps: int) -> dict:
+    L, B = self.seq_len, self.batch; span = len(self.train_x) // B
+    losses = []
+    for _ in range(int(n_steps)):
+        if self.fail_at_step is not None and self.num_timesteps >= self.fail_at_step:
+            self.fail_at_step = None   # fails once per object ...
+            if self.fail_flag is None or not os.path.exists(self.fail_flag):
+                if self.fail_flag is not None: Path(self.fail_flag).touch()   # ... or once across processes
+                raise RuntimeError(f"ToyMember {self.member_id}: simulated failure at step {self.num_timesteps}")
+        if self.sleep: time.sleep(self.sleep)
+        if self._cursor + L + 1 > span: self._cursor, self.lstm_states = 0, None
+        idx = torch.arange(B)[:, None] * span + self._cursor + torch.arange(L + 1)[None]
+        chunk = self.train_x[idx]; x, y = chunk[:, :-1, None], chunk[:, 1:, None]
+        self._update_stats(y)
+        pred, state = self.net(x, self.lstm_states)
+        loss = ((pred - self._normalize(y)) ** 2).mean()
+        self.optimizer.zero_grad(); loss.backward(); self.vgs.scale_gradients(); self.optimizer.step()
+        self.lstm_states = tuple(s.detach() for s in state)
+        self._cursor += L; self.num_timesteps += 1; losses.append(float(loss.detach()))
+    return {"loss": float(np.mean(losses)) if losses else float("nan")}
+
+@patch
+def live_hyperparams(self: ToyMember) -> dict:
+    "The values in force in the live objects (read back, not from `self.hyperparams`)."
+    return {"learning_rate": self.optimizer.param_groups[0]["lr"], "vgs_alpha": self.vgs.alpha}
 
 # %% ../nbs/13_testing.ipynb #7b5d4671
 def make_notebook(path: str | Path, params: str, *cells: str, tag: bool = True) -> Path:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .upgd_kernel import Kernel, KernelUnavailable, kernel_opted_in, kernel_status, load_kernel
+from fastcore.basics import patch
 
 _kernel_warned: list[bool] = []       # the unavailable-kernel warning (after opting in), once per process
 
@@ -107,21 +108,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._stats: dict[str, Any] = {}
         self.nonfinite_steps, self._nonfinite_warned = 0, 0
 
-    # -- noise generators ------------------------------------------------------------------------
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        g = self._generators.get(key)
-        if g is None:
-            g = torch.Generator(device=device)
-            g.manual_seed(self._seed + (0 if device.type == "cpu" else 1 + (device.index or 0)))
-            self._generators[key] = g
-        return g
-
-    # -- flat state ------------------------------------------------------------------------------
-    def _state_dtype(self, p: Tensor) -> torch.dtype:
-        "float32 state for bfloat16/float16 parameters (bf16(0.999) == 1.0: their EMAs would barely move)."
-        return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """One update of every group: the closure (if any), the gradients checked (a NaN or inf skips the whole step),
@@ -135,95 +121,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if checked is None: return loss
         self._update(plans, *checked)
         return loss
-
-    def _update(self, plans, work, ok) -> None: raise NotImplementedError
-
-    def _prepare(self) -> list[tuple[dict, _Bucket, list[int]]]:
-        """(group, bucket, indices of the bucket's tensors that have a gradient now) for every bucket with one. The
-        buckets hold all of a group's parameters and are built once (again only after `load_state_dict` or when the
-        group's parameter list changes); a parameter's state views are handed out at its first gradient."""
-        plans = []
-        for gi, group in enumerate(self.param_groups):
-            key = tuple(id(p) for p in group["params"]) + (getattr(self, "fused", False),)
-            entry = self._buckets.get(gi)
-            if entry is None or entry[0] != key: entry = self._buckets[gi] = (key, self._build(group))
-            for b in entry[1]:
-                A = [j for j, p in enumerate(b.params) if p.grad is not None]
-                if not A: continue
-                for j in A:
-                    p = b.params[j]
-                    if p.grad.is_sparse: raise ValueError("UPGD/AdaptiveUPGD do not support sparse gradients")
-                    if self.state[p].get(self._keys[0]) is not b.views[self._keys[0]][j]: self._link(b, j, group)
-                plans.append((group, b, A))
-        return plans
-
-    def _build(self, group: dict) -> list[_Bucket]:
-        by_kind: dict[tuple, list[Tensor]] = {}
-        for p in group["params"]:
-            if not p.is_floating_point(): raise ValueError(f"UPGD/AdaptiveUPGD need floating-point parameters, got {p.dtype}")
-            by_kind.setdefault((p.device, p.dtype), []).append(p)
-        fused = getattr(self, "fused", False)
-        buckets = [_Bucket(ps, self._keys, self._vec_keys, self._n_scratch, state_dtype=self._state_dtype(ps[0]), flat=not fused)
-                   for ps in by_kind.values()]
-        for b in buckets:
-            for j, p in enumerate(b.params):
-                if self.state.get(p): self._link(b, j, group)               # existing (e.g. loaded) state moves in
-        return buckets
-
-    def _link(self, b: _Bucket, j: int, group: dict) -> None:
-        "Copy parameter j's state (if any) into the bucket and make `self.state[p]` hold the bucket's views."
-        p = b.params[j]; st = self.state[p]
-        for k in self._keys:
-            if k in st and st[k] is not b.views[k][j]:
-                v = st[k]
-                if v.shape != p.shape:
-                    raise ValueError(f"{type(self).__name__}: state {k!r} of a parameter has shape {tuple(v.shape)}, "
-                                     f"the parameter has {tuple(p.shape)} (state_dict of a different model?)")
-                b.views[k][j].copy_(v)
-            st[k] = b.views[k][j]
-        for k in self._vec_keys:
-            if k in st and st[k] is not b.vec_views[k][j]: b.vec_views[k][j].copy_(st[k].reshape(()))
-            st[k] = b.vec_views[k][j]
-        b.steps[j] = int(float(st["step"])) if "step" in st else 0
-        b.dsteps[j].fill_(b.steps[j])
-        st["step"] = torch.tensor(float(b.steps[j]))
-
-    def _gradients(self, plans) -> tuple[list[tuple], Tensor | None] | None:
-        """Per plan: (group, bucket, A, grads, params, per-tensor gradient norms), the gradients and parameters in the
-        state dtype, and the device flag `ok` (None on the CPU). A NaN or inf gradient element skips the step:
-        on the CPU the flag is read (free) and `step()` returns before touching anything, counted in `nonfinite_steps`,
-        with a `RuntimeWarning`. On a GPU, to stay free of host syncs, the gradients are copied with their non-finite
-        elements zeroed and multiplied by `ok`, and the update by `ok`: the parameters do not move and nothing
-        non-finite enters the state, the EMAs take one zero-gradient step; the device-side count is read, and warned
-        about, by `metrics()`. Returns None for a skipped (CPU) step."""
-        work = []
-        for group, b, A in plans:
-            grads, params = b.work(A)
-            work.append([group, b, A, grads, params, torch.stack(torch._foreach_norm(grads))])
-        dev0 = work[0][-1].device
-        ok = torch.stack([w[-1].isfinite().all().to(dev0) for w in work]).all() if len(work) > 1 else work[0][-1].isfinite().all()
-        if not self._sync_free(dev0):
-            if bool(ok): return [tuple(w) for w in work], None
-            self._nonfinite_host += 1
-            warnings.warn(f"{type(self).__name__}: a gradient has non-finite elements (NaN or inf); the step is skipped "
-                          f"(parameters and state unchanged; {self.nonfinite_steps} skipped so far)", RuntimeWarning, stacklevel=3)
-            return None
-        self._nonfinite_dev = (~ok).to(torch.int64) if self._nonfinite_dev is None else self._nonfinite_dev + (~ok).to(self._nonfinite_dev.device)
-        for w in work:
-            b, A = w[1], w[2]
-            okb = ok.to(b.device)
-            if b.low: gbuf, gv = b.scratch[-2], [b.scratch_views[-2][j] for j in A]
-            else:
-                if getattr(b, "gsafe", None) is None: b.gsafe = torch.empty(b.n, device=b.device, dtype=b.dtype); b.gsafe_views = b._split(b.gsafe)
-                gbuf, gv = b.gsafe, [b.gsafe_views[j] for j in A]
-                torch._foreach_copy_(gv, w[3])
-            gbuf.nan_to_num_(0.0, 0.0, 0.0).mul_(okb)
-            w[3], w[5] = gv, torch.where(w[5].isfinite() & okb, w[5], 0.0)
-        return [tuple(w) for w in work], ok
-
-    def _sync_free(self, device: torch.device) -> bool:
-        "Whether the non-finite guard must avoid host reads (any device but the CPU)."
-        return device.type != "cpu"
 
     @property
     def nonfinite_steps(self) -> int:
@@ -245,45 +142,6 @@ class _FlatOptimizer(torch.optim.Optimizer):
         else: torch._foreach_add_([b.dstep_views[j] for j in A], 1.0)
         return ts, uni
 
-    def _finish(self, plans) -> None:
-        for _, b, A in plans:
-            b.commit(A)
-            for j in A: self.state[b.params[j]]["step"].fill_(b.steps[j])
-
-    # -- (de)serialization -----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The standard optimizer state dict with every tensor copied into its own storage (the live state is views
-        into flat buffers; safetensors refuses shared storage), plus the noise generators' states, the seed and the
-        count of skipped non-finite steps."""
-        sd = super().state_dict()
-        sd["state"] = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for i, s in sd["state"].items()}
-        sd["rng"] = {"seed": self._seed, **{dev: g.get_state() for dev, g in self._generators.items()}}
-        sd["nonfinite_steps"] = self.nonfinite_steps
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        sd = dict(state_dict)
-        rng = sd.pop("rng", None)
-        self.nonfinite_steps = int(sd.pop("nonfinite_steps", 0))
-        super().load_state_dict(sd)                     # casts state to the parameter dtype: undone below
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, s in sd.get("state", {}).items():
-            p = params[int(i)] if int(i) < len(params) else None
-            if p is None or p.dtype == self._state_dtype(p): continue
-            for k, v in s.items():                      # low-precision parameters keep their float32 state
-                if torch.is_tensor(v) and k != "step" and v.is_floating_point():
-                    self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p))
-        self._buckets.clear()                           # next step copies the loaded state into fresh flat buffers
-        if rng is not None:
-            self._seed = int(rng["seed"])
-            self._generators.clear()
-            for dev, s in rng.items():
-                if dev == "seed": continue
-                try: self._generator(torch.device(dev)).set_state(s.cpu() if torch.is_tensor(s) else s)
-                except (RuntimeError, ValueError):
-                    warnings.warn(f"{type(self).__name__}: noise generator state for device {dev!r} could not be restored "
-                                  "here; noise continues from the seed", RuntimeWarning)
-
     def __getstate__(self) -> dict[str, Any]:
         d = super().__getstate__()                      # defaults, state, param_groups
         d["_extra"] = {"_seed": self._seed, "fused": getattr(self, "fused", False), "nonfinite_steps": self.nonfinite_steps,
@@ -301,21 +159,179 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if extra.get("kernel"): self.kernel = extra["kernel"]
         for dev, s in extra.get("generators", {}).items(): self._generator(torch.device(dev)).set_state(s)
 
-    # -- metrics ---------------------------------------------------------------------------------
-    def metrics(self) -> dict[str, float]:
-        """`noise_std` (per-element RMS of the noise std), `grad_norm` (L2 norm of the gradients the optimizer saw),
-        `noise_to_signal` (norm of the injected noise over the gradient norm) of the last step, `step`, and
-        `nonfinite_steps` (steps skipped for NaN/inf gradients). Reading them synchronizes with the device."""
-        if self._nonfinite_dev is not None and int(self._nonfinite_dev) > self._nonfinite_warned:
-            self._nonfinite_warned = int(self._nonfinite_dev)
-            warnings.warn(f"{type(self).__name__}: {self._nonfinite_warned} step(s) had non-finite gradients (NaN or inf) "
-                          "and were skipped", RuntimeWarning, stacklevel=2)
-        s = self._stats
-        if not s: return {"noise_std": 0.0, "grad_norm": 0.0, "noise_to_signal": 0.0, "step": 0, "nonfinite_steps": self.nonfinite_steps}
-        g2, z2 = float(s["grad_sq"]), float(s["noise_sq"])
-        nts = math.sqrt(z2 / g2) if g2 > 0 else (math.inf if z2 > 0 else 0.0)
-        return {"noise_std": math.sqrt(z2 / max(s["numel"], 1)), "grad_norm": math.sqrt(g2),
-                "noise_to_signal": nts, "step": s["step"], "nonfinite_steps": self.nonfinite_steps}
+# %% ../nbs/03_upgd.ipynb #ba8edbed
+@patch
+# -- noise generators ------------------------------------------------------------------------
+def _generator(self: _FlatOptimizer, device: torch.device) -> torch.Generator:
+    key = str(device)
+    g = self._generators.get(key)
+    if g is None:
+        g = torch.Generator(device=device)
+        g.manual_seed(self._seed + (0 if device.type == "cpu" else 1 + (device.index or 0)))
+        self._generators[key] = g
+    return g
+
+@patch
+# -- flat state ------------------------------------------------------------------------------
+def _state_dtype(self: _FlatOptimizer, p: Tensor) -> torch.dtype:
+    "float32 state for bfloat16/float16 parameters (bf16(0.999) == 1.0: their EMAs would barely move)."
+    return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
+
+@patch
+def _update(self: _FlatOptimizer, plans, work, ok) -> None: raise NotImplementedError
+
+@patch
+def _prepare(self: _FlatOptimizer) -> list[tuple[dict, _Bucket, list[int]]]:
+    """(group, bucket, indices of the bucket's tensors that have a gradient now) for every bucket with one. The
+    buckets hold all of a group's parameters and are built once (again only after `load_state_dict` or when the
+    group's parameter list changes); a parameter's state views are handed out at its first gradient."""
+    plans = []
+    for gi, group in enumerate(self.param_groups):
+        key = tuple(id(p) for p in group["params"]) + (getattr(self, "fused", False),)
+        entry = self._buckets.get(gi)
+        if entry is None or entry[0] != key: entry = self._buckets[gi] = (key, self._build(group))
+        for b in entry[1]:
+            A = [j for j, p in enumerate(b.params) if p.grad is not None]
+            if not A: continue
+            for j in A:
+                p = b.params[j]
+                if p.grad.is_sparse: raise ValueError("UPGD/AdaptiveUPGD do not support sparse gradients")
+                if self.state[p].get(self._keys[0]) is not b.views[self._keys[0]][j]: self._link(b, j, group)
+            plans.append((group, b, A))
+    return plans
+
+@patch
+def _build(self: _FlatOptimizer, group: dict) -> list[_Bucket]:
+    by_kind: dict[tuple, list[Tensor]] = {}
+    for p in group["params"]:
+        if not p.is_floating_point(): raise ValueError(f"UPGD/AdaptiveUPGD need floating-point parameters, got {p.dtype}")
+        by_kind.setdefault((p.device, p.dtype), []).append(p)
+    fused = getattr(self, "fused", False)
+    buckets = [_Bucket(ps, self._keys, self._vec_keys, self._n_scratch, state_dtype=self._state_dtype(ps[0]), flat=not fused)
+               for ps in by_kind.values()]
+    for b in buckets:
+        for j, p in enumerate(b.params):
+            if self.state.get(p): self._link(b, j, group)               # existing (e.g. loaded) state moves in
+    return buckets
+
+@patch
+def _link(self: _FlatOptimizer, b: _Bucket, j: int, group: dict) -> None:
+    "Copy parameter j's state (if any) into the bucket and make `self.state[p]` hold the bucket's views."
+    p = b.params[j]; st = self.state[p]
+    for k in self._keys:
+        if k in st and st[k] is not b.views[k][j]:
+            v = st[k]
+            if v.shape != p.shape:
+                raise ValueError(f"{type(self).__name__}: state {k!r} of a parameter has shape {tuple(v.shape)}, "
+                                 f"the parameter has {tuple(p.shape)} (state_dict of a different model?)")
+            b.views[k][j].copy_(v)
+        st[k] = b.views[k][j]
+    for k in self._vec_keys:
+        if k in st and st[k] is not b.vec_views[k][j]: b.vec_views[k][j].copy_(st[k].reshape(()))
+        st[k] = b.vec_views[k][j]
+    b.steps[j] = int(float(st["step"])) if "step" in st else 0
+    b.dsteps[j].fill_(b.steps[j])
+    st["step"] = torch.tensor(float(b.steps[j]))
+
+# %% ../nbs/03_upgd.ipynb #3c2a0913
+@patch
+def _gradients(self: _FlatOptimizer, plans) -> tuple[list[tuple], Tensor | None] | None:
+    """Per plan: (group, bucket, A, grads, params, per-tensor gradient norms), the gradients and parameters in the
+    state dtype, and the device flag `ok` (None on the CPU). A NaN or inf gradient element skips the step:
+    on the CPU the flag is read (free) and `step()` returns before touching anything, counted in `nonfinite_steps`,
+    with a `RuntimeWarning`. On a GPU, to stay free of host syncs, the gradients are copied with their non-finite
+    elements zeroed and multiplied by `ok`, and the update by `ok`: the parameters do not move and nothing
+    non-finite enters the state, the EMAs take one zero-gradient step; the device-side count is read, and warned
+    about, by `metrics()`. Returns None for a skipped (CPU) step."""
+    work = []
+    for group, b, A in plans:
+        grads, params = b.work(A)
+        work.append([group, b, A, grads, params, torch.stack(torch._foreach_norm(grads))])
+    dev0 = work[0][-1].device
+    ok = torch.stack([w[-1].isfinite().all().to(dev0) for w in work]).all() if len(work) > 1 else work[0][-1].isfinite().all()
+    if not self._sync_free(dev0):
+        if bool(ok): return [tuple(w) for w in work], None
+        self._nonfinite_host += 1
+        warnings.warn(f"{type(self).__name__}: a gradient has non-finite elements (NaN or inf); the step is skipped "
+                      f"(parameters and state unchanged; {self.nonfinite_steps} skipped so far)", RuntimeWarning, stacklevel=3)
+        return None
+    self._nonfinite_dev = (~ok).to(torch.int64) if self._nonfinite_dev is None else self._nonfinite_dev + (~ok).to(self._nonfinite_dev.device)
+    for w in work:
+        b, A = w[1], w[2]
+        okb = ok.to(b.device)
+        if b.low: gbuf, gv = b.scratch[-2], [b.scratch_views[-2][j] for j in A]
+        else:
+            if getattr(b, "gsafe", None) is None: b.gsafe = torch.empty(b.n, device=b.device, dtype=b.dtype); b.gsafe_views = b._split(b.gsafe)
+            gbuf, gv = b.gsafe, [b.gsafe_views[j] for j in A]
+            torch._foreach_copy_(gv, w[3])
+        gbuf.nan_to_num_(0.0, 0.0, 0.0).mul_(okb)
+        w[3], w[5] = gv, torch.where(w[5].isfinite() & okb, w[5], 0.0)
+    return [tuple(w) for w in work], ok
+
+@patch
+def _sync_free(self: _FlatOptimizer, device: torch.device) -> bool:
+    "Whether the non-finite guard must avoid host reads (any device but the CPU)."
+    return device.type != "cpu"
+
+@patch
+def _finish(self: _FlatOptimizer, plans) -> None:
+    for _, b, A in plans:
+        b.commit(A)
+        for j in A: self.state[b.params[j]]["step"].fill_(b.steps[j])
+
+@patch
+# -- (de)serialization -----------------------------------------------------------------------
+def state_dict(self: _FlatOptimizer) -> dict[str, Any]:
+    """The standard optimizer state dict with every tensor copied into its own storage (the live state is views
+    into flat buffers; safetensors refuses shared storage), plus the noise generators' states, the seed and the
+    count of skipped non-finite steps."""
+    sd = super(_FlatOptimizer, self).state_dict()
+    sd["state"] = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for i, s in sd["state"].items()}
+    sd["rng"] = {"seed": self._seed, **{dev: g.get_state() for dev, g in self._generators.items()}}
+    sd["nonfinite_steps"] = self.nonfinite_steps
+    return sd
+
+# %% ../nbs/03_upgd.ipynb #64e0cedc
+@patch
+def load_state_dict(self: _FlatOptimizer, state_dict: dict[str, Any]) -> None:
+    sd = dict(state_dict)
+    rng = sd.pop("rng", None)
+    self.nonfinite_steps = int(sd.pop("nonfinite_steps", 0))
+    super(_FlatOptimizer, self).load_state_dict(sd)                     # casts state to the parameter dtype: undone below
+    params = [p for g in self.param_groups for p in g["params"]]
+    for i, s in sd.get("state", {}).items():
+        p = params[int(i)] if int(i) < len(params) else None
+        if p is None or p.dtype == self._state_dtype(p): continue
+        for k, v in s.items():                      # low-precision parameters keep their float32 state
+            if torch.is_tensor(v) and k != "step" and v.is_floating_point():
+                self.state[p][k] = v.to(device=p.device, dtype=self._state_dtype(p))
+    self._buckets.clear()                           # next step copies the loaded state into fresh flat buffers
+    if rng is not None:
+        self._seed = int(rng["seed"])
+        self._generators.clear()
+        for dev, s in rng.items():
+            if dev == "seed": continue
+            try: self._generator(torch.device(dev)).set_state(s.cpu() if torch.is_tensor(s) else s)
+            except (RuntimeError, ValueError):
+                warnings.warn(f"{type(self).__name__}: noise generator state for device {dev!r} could not be restored "
+                              "here; noise continues from the seed", RuntimeWarning)
+
+@patch
+# -- metrics ---------------------------------------------------------------------------------
+def metrics(self: _FlatOptimizer) -> dict[str, float]:
+    """`noise_std` (per-element RMS of the noise std), `grad_norm` (L2 norm of the gradients the optimizer saw),
+    `noise_to_signal` (norm of the injected noise over the gradient norm) of the last step, `step`, and
+    `nonfinite_steps` (steps skipped for NaN/inf gradients). Reading them synchronizes with the device."""
+    if self._nonfinite_dev is not None and int(self._nonfinite_dev) > self._nonfinite_warned:
+        self._nonfinite_warned = int(self._nonfinite_dev)
+        warnings.warn(f"{type(self).__name__}: {self._nonfinite_warned} step(s) had non-finite gradients (NaN or inf) "
+                      "and were skipped", RuntimeWarning, stacklevel=2)
+    s = self._stats
+    if not s: return {"noise_std": 0.0, "grad_norm": 0.0, "noise_to_signal": 0.0, "step": 0, "nonfinite_steps": self.nonfinite_steps}
+    g2, z2 = float(s["grad_sq"]), float(s["noise_sq"])
+    nts = math.sqrt(z2 / g2) if g2 > 0 else (math.inf if z2 > 0 else 0.0)
+    return {"noise_std": math.sqrt(z2 / max(s["numel"], 1)), "grad_norm": math.sqrt(g2),
+            "noise_to_signal": nts, "step": s["step"], "nonfinite_steps": self.nonfinite_steps}
 
 # %% ../nbs/03_upgd.ipynb #23284f37
 class UPGD(_FlatOptimizer):
@@ -420,19 +436,6 @@ class AdaptiveUPGD(_FlatOptimizer):
         self.kernel = kernel
         if kernel == "compiled" and load_kernel() is None:
             raise KernelUnavailable(f"AdaptiveUPGD(kernel='compiled'): {kernel_status()['error']}")
-
-    def _cpu_kernel(self) -> Kernel | None:
-        """The compiled CPU kernel where this optimizer opted in (kernel='compiled', or 'auto' with
-        `$TRADINGRL_KERNEL=compiled`), else None: the torch path. Opted in through the variable but unavailable: None,
-        warned once per process."""
-        mode = getattr(self, "kernel", "auto")                       # optimizers unpickled from before the kernel
-        if mode == "torch" or (mode == "auto" and not kernel_opted_in()): return None
-        kern = load_kernel()
-        if kern is None and not _kernel_warned:
-            _kernel_warned.append(True)
-            warnings.warn(f"AdaptiveUPGD: the compiled CPU kernel is unavailable ({kernel_status()['error']}); "
-                          "using the torch path", RuntimeWarning, stacklevel=3)
-        return kern
 
     def _link(self, b: _Bucket, j: int, group: dict) -> None:
         "As `_FlatOptimizer._link`; a state saved before issue 14 (`rms` = sqrt(EMA(g~^2 + eps^2))) becomes `exp_avg_sq`."
@@ -561,6 +564,20 @@ class AdaptiveUPGD(_FlatOptimizer):
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
                        "step": max(b.steps[j] for _, b, A in plans for j in A)}
 
+# %% ../nbs/03_upgd.ipynb #90565e3c
+@patch
+def _cpu_kernel(self: AdaptiveUPGD) -> Kernel | None:
+    """The compiled CPU kernel where this optimizer opted in (kernel='compiled', or 'auto' with
+    `$TRADINGRL_KERNEL=compiled`), else None: the torch path. Opted in through the variable but unavailable: None,
+    warned once per process."""
+    mode = getattr(self, "kernel", "auto")                       # optimizers unpickled from before the kernel
+    if mode == "torch" or (mode == "auto" and not kernel_opted_in()): return None
+    kern = load_kernel()
+    if kern is None and not _kernel_warned:
+        _kernel_warned.append(True)
+        warnings.warn(f"AdaptiveUPGD: the compiled CPU kernel is unavailable ({kernel_status()['error']}); "
+                      "using the torch path", RuntimeWarning, stacklevel=3)
+    return kern
 
 # %% ../nbs/03_upgd.ipynb #95919d1d
 class VGSNoiseWarning(UserWarning):

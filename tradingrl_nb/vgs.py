@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['allocate', 'stratified_sample', 'NoiseBaseline', 'VarianceGradientScaler']
@@ -153,130 +154,6 @@ class VarianceGradientScaler:
         self._stats: tuple[list[Tensor], list[Tensor]] | None = None   # per-parameter views (what pickling keeps)
         self.update_parameters(parameters)
 
-    # -- parameters ------------------------------------------------------------------------------
-    def update_parameters(self, parameters: Iterable[Tensor] | Iterable[dict]) -> None:
-        """Link to (new) parameter objects, e.g. after loading a model: the statistics are kept and must match the
-        parameters' shapes in order; on first use they start at zero."""
-        params: list[Tensor] = []
-        for p in parameters:
-            if isinstance(p, dict): params.extend(p["params"])
-            elif isinstance(p, Tensor): params.append(p)
-            else: raise ValueError(f"VarianceGradientScaler: expected tensors or param-group dicts, got {type(p).__name__}")
-        params = [p for p in params if p.requires_grad]
-        shapes = [tuple(p.shape) for p in params]
-        if self._shapes is not None and shapes != self._shapes:
-            raise ValueError(f"VarianceGradientScaler.update_parameters: the parameters' shapes {shapes[:4]}{'...' if len(shapes) > 4 else ''} "
-                             f"({len(shapes)} tensors) differ from the statistics' {self._shapes[:4]}{'...' if len(self._shapes) > 4 else ''} "
-                             f"({len(self._shapes)} tensors); a VGS state belongs to one architecture")
-        old = self._stats
-        by_dev: dict[torch.device, list[int]] = {}
-        for i, p in enumerate(params): by_dev.setdefault(p.device, []).append(i)
-        counts = allocate([p.numel() for p in params], self.sample_size)
-        self._buckets = [_VGSBucket([params[i] for i in ids], [counts[i] for i in ids], self.seed + j)
-                         for j, ids in enumerate(by_dev.values())]
-        self._bucket_ids = [list(ids) for ids in by_dev.values()]
-        v1: list = [None] * len(params); v2: list = [None] * len(params)
-        for b, ids in zip(self._buckets, self._bucket_ids):
-            for k, i in enumerate(ids): v1[i], v2[i] = b.v1[k], b.v2[k]
-        if old is not None:
-            for dst, src in zip(v1 + v2, old[0] + old[1]): dst.copy_(src)
-        if self._counts is None or len(self._counts) != len(params):
-            self._counts, self._live = [0] * len(params), [False] * len(params)
-        if self._decays is None or len(self._decays) != len(params): self._decays = [1.0] * len(params)
-        self._params, self._shapes, self._stats = params, shapes, (v1, v2)
-        self._nv_cache = None
-
-    def _require_params(self) -> None:
-        if self._params is None:
-            raise RuntimeError("VarianceGradientScaler has no parameters (it was unpickled or loaded without them): "
-                               "call update_parameters(model.parameters()) first")
-
-    # -- the noise measure -----------------------------------------------------------------------
-    def _nv(self, s1: Tensor, s2: Tensor, c: Tensor | float) -> Tensor:
-        "nv from EMAs and their bias corrections `c = 1 / (1 - beta^count)` (a number or per element): Var / (E^2 + eps E[g^2])."
-        mean, sq = s1 * c, s2 * c
-        mean_sq = mean * mean
-        return (sq - mean_sq).clamp_min_(0) / (mean_sq + self.eps * sq).clamp_min_(torch.finfo(mean.dtype).tiny)
-
-    def _nv_tensor(self) -> Tensor | None:
-        """The aggregate as a 0-d tensor on the first bucket's device, without a host sync on a GPU (a sort of the
-        sample and a gather at a device-side rank); None when no sampled element belongs to a live tensor."""
-        if self._nv_cache is not None and self._nv_cache[0] == self._step_count: return self._nv_cache[1]
-        dev0, vals = self._buckets[0].device, []                     # float64 below: m1^2 cannot overflow
-        for b, ids in zip(self._buckets, self._bucket_ids):
-            if not len(b.idx): continue
-            # per tensor 1 / (1 - beta^count), NaN for dead and never-seen tensors: they leave the aggregate
-            cs = [self._decays[i] / (1.0 - self.beta ** self._counts[i]) if self._live[i] and self._counts[i] > 0 else math.nan
-                  for i in ids]
-            if all(x == cs[0] for x in cs): c = cs[0]                       # the usual case: one count for all
-            else: c = torch.tensor(cs, dtype=torch.float64).to(b.device, non_blocking=True).index_select(0, b.owner)
-            vals.append(self._nv(b.m1.index_select(0, b.idx).double(), b.m2.index_select(0, b.idx).double(), c).to(dev0))
-        if not vals: out = None
-        else:
-            v = torch.cat(vals)
-            if dev0.type == "cpu":                                   # host values are free: select, no sort
-                v = v[~v.isnan()]
-                out = torch.kthvalue(v, max(1, math.ceil(self.quantile * len(v)))).values if len(v) else None
-            else:                                                    # NaN (left out) sorts last; rank from the count
-                n = (~v.isnan()).sum()
-                k = (n * self.quantile).ceil().long().sub(1).clamp_min(0)
-                out = v.sort().values.gather(0, k.reshape(1)).reshape(())   # NaN when nothing is live: reads as 0
-        self._nv_cache = (self._step_count, out)
-        return out
-
-    def get_normalized_variance(self) -> float:
-        "The aggregate (quantile over the live tensors' elements) of `Var[g_i] / (E[g_i]^2 + eps E[g_i^2])`; 0.0 before the first `step()`."
-        self._require_params()
-        if self._step_count == 0: return 0.0
-        nv = self._nv_tensor()
-        if nv is None: return 0.0
-        nv = float(nv)
-        return 0.0 if math.isnan(nv) else nv
-
-    def normalized_variance_per_element(self) -> Tensor:
-        "`nv_i` for every element, concatenated in parameter order (diagnostics; a full pass; 0 for never-seen tensors)."
-        self._require_params()
-        parts = [self._nv(a.reshape(-1).double(), b.reshape(-1).double(), d / (1.0 - self.beta ** max(c, 1))).to(a.dtype)
-                 for a, b, c, d in zip(*self._stats, self._counts, self._decays)]
-        if not parts: return torch.zeros(0)
-        return torch.cat([p.to(parts[0].device) for p in parts])
-
-    def scaling_factor_tensor(self) -> Tensor | float:
-        "The factor as a 0-d tensor on the parameters' (first) device, computed without a host sync; 1.0 when disabled or in warmup."
-        self._require_params()
-        if not self.enabled or self._step_count < self.warmup_steps or self._step_count == 0: return 1.0
-        nv = self._nv_tensor()
-        if nv is None: return 1.0
-        nv = torch.nan_to_num(nv.double(), nan=0.0, posinf=math.inf)          # float64: the clamp is exact
-        if self.reference == "absolute": return (1.0 / (1.0 + self.alpha * nv)).clamp(self.min_factor, 1.0)
-        r = self.baseline.ratio(nv / self.pure_noise_level())
-        if r is None: return 1.0
-        return (1.0 / (1.0 + self.alpha * (r - 1.0).clamp_min(0.0))).clamp(self.min_factor, 1.0)
-
-    def get_scaling_factor(self) -> float:
-        """The factor k in [`min_factor`, 1] (see the class docstring); exactly 1.0 when disabled or during warmup.
-        It is what `scale_gradients()` would apply, and it touches no gradient: `vgs_mode="step"` scales the
-        optimizer's step by it. One host read per call on a GPU (`scaling_factor_tensor()` has none)."""
-        k = self.scaling_factor_tensor()
-        return float(k)
-
-    def _grads(self) -> list[Tensor]:
-        gs = [p.grad for p in self._params if p.grad is not None]
-        for g in gs:
-            if g.is_sparse: raise ValueError("VarianceGradientScaler does not support sparse gradients")
-        return gs
-
-    def scale_gradients(self) -> float:
-        "Multiply the gradients in place by the scaling factor (from the statistics so far) and return it."
-        self._require_params()
-        if not self.enabled: return 1.0
-        k = self.get_scaling_factor()
-        if k != 1.0:
-            gs = self._grads()
-            if gs: torch._foreach_mul_(gs, k)
-        self._applied = self._last_factor = k
-        return k
-
     @torch.no_grad()
     def step(self) -> None:
         """Add the current gradients to the statistics (call after the optimizer step). A factor applied by
@@ -313,108 +190,6 @@ class VarianceGradientScaler:
         self._nv_cache = None
         if self._step_count >= self.warmup_steps: self._watch()
 
-    def pure_noise_level(self) -> float:
-        """`1 / Var[mu_i]` for a pure-noise element of unit variance after `step` readings: the scale of nv when the
-        gradient is all noise (nv_i is about this over a chi-square(1) draw). It grows from 1 towards
-        `(1 + beta) / (1 - beta)` (199 at beta 0.99) as the EMA fills, so dividing by it removes the trend that the
-        bias-corrected EMA's shrinking variance puts into nv early in training."""
-        b, t = self.beta, max(self._step_count, 1)
-        return (1 + b) * (1 - b ** t) ** 2 / ((1 - b) * (1 - b ** (2 * t))) if b > 0 else 1.0
-
-    def _watch(self) -> None:
-        "After warm-up: feed the baseline, and warn once if the mean factor of a window of steps is below the warning level."
-        nv = self._nv_tensor()
-        if nv is None: return
-        if self.reference == "baseline": self.baseline.update(nv / self.pure_noise_level())
-        self._k_sum, self._k_n = self._k_sum + self.scaling_factor_tensor(), self._k_n + 1
-        if self._k_n >= self.warning_window:
-            mean_k = float(self._k_sum) / self._k_n                       # one host read per window
-            self._k_sum, self._k_n = 0.0, 0
-            if mean_k < self.low_factor_warning and not self._warned:
-                self._warned = True
-                warnings.warn(f"VGS: the scaling factor averaged {mean_k:.3g} over the last {self.warning_window} steps after "
-                              f"warm-up (below {self.low_factor_warning}): every update is braked, not only noisy ones, and the "
-                              f"policy may barely move (alpha={self.alpha}, reference={self.reference!r})", RuntimeWarning)
-
-    def _fold(self, b: _VGSBucket, j: int, i: int) -> None:
-        "Multiply tensor i's stored statistics (bucket b, position j) by its decay, which becomes 1."
-        if self._decays[i] != 1.0:
-            b.v1[j].mul_(self._decays[i]); b.v2[j].mul_(self._decays[i]); self._decays[i] = 1.0
-
-    def _renormalize(self) -> None:
-        "Fold every lazy decay into the stored statistics (before saving: a loaded copy continues bit for bit)."
-        if self._buckets is None: return
-        for b, ids in zip(self._buckets, self._bucket_ids):
-            for j, i in enumerate(ids): self._fold(b, j, i)
-        self._nv_cache = None
-
-    # -- logging and state -----------------------------------------------------------------------
-    def metrics(self) -> dict[str, float]:
-        "`scaling_factor` (last applied), `normalized_variance` (current) and `step`, for logging under `vgs/`."
-        nv = self.get_normalized_variance() if self._params is not None else float("nan")
-        level = self.baseline.level()
-        return {"scaling_factor": float(self._last_factor), "normalized_variance": nv,
-                "baseline_nv": level, "relative_nv": nv / level if level > 0 else float("nan"), "step": self._step_count}
-
-    def state_dict(self) -> dict[str, Any]:
-        "Settings, step counts and per-parameter statistics (copies, own storage); never the parameters."
-        if self._stats is None: raise RuntimeError("VarianceGradientScaler has no statistics yet")
-        self._renormalize()
-        return {"format_version": self.FORMAT_VERSION, "alpha": self.alpha, "beta": self.beta, "reference": self.reference,
-                "min_factor": self.min_factor, **{f"baseline_{k}": v for k, v in self.baseline.state_dict().items()},
-                "warmup_steps": self.warmup_steps, "eps": self.eps, "enabled": self.enabled, "quantile": self.quantile,
-                "sample_size": self.sample_size, "seed": self.seed, "step_count": self._step_count,
-                "last_factor": self._last_factor, "param_shapes": [list(s) for s in self._shapes],
-                "tensor_steps": list(self._counts), "tensor_live": list(self._live),
-                "grad_mean_ema": [t.detach().clone() for t in self._stats[0]],   # copies (own storage)
-                "grad_sq_ema": [t.detach().clone() for t in self._stats[1]]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()` output; the statistics' shapes must match the linked parameters. A version-1 state
-        (one step count for all tensors, absolute eps) loads with that count for every tensor. A version-1 or 2 state was
-        written under the seeds' absolute factor with a floor of 1e-4 and continues under it; version 3 carries its
-        reference, floor and baseline."""
-        if not isinstance(state, dict): raise ValueError(f"VGS state must be a dict, got {type(state).__name__}")
-        ver = state.get("format_version")
-        if ver not in (1, 2, self.FORMAT_VERSION):
-            hint = (" (an old VGS state tracks the variance of each tensor's mean, which cannot be turned into "
-                    "element-wise statistics: start the statistics afresh)") if "vgs_version" in state else ""
-            raise ValueError(f"VGS state format_version {ver!r} is not supported (expected 1 to {self.FORMAT_VERSION}){hint}")
-        missing = {"step_count", "param_shapes", "grad_mean_ema", "grad_sq_ema"} - set(state)
-        if missing: raise ValueError(f"VGS state lacks {sorted(missing)}")
-        shapes = [tuple(int(x) for x in s) for s in state["param_shapes"]]
-        m1, m2 = list(state["grad_mean_ema"]), list(state["grad_sq_ema"])
-        if not (len(m1) == len(m2) == len(shapes)) or any(tuple(a.shape) != s or tuple(b.shape) != s for a, b, s in zip(m1, m2, shapes)):
-            raise ValueError("VGS state is inconsistent: statistics and param_shapes disagree")
-        if self._shapes is not None and shapes != self._shapes:
-            raise ValueError(f"VGS state has {len(shapes)} tensors of shapes {shapes[:4]}..., the linked parameters "
-                             f"{len(self._shapes)} of shapes {self._shapes[:4]}...: not the same architecture")
-        steps = int(state["step_count"])
-        counts = [int(c) for c in state.get("tensor_steps", [steps] * len(shapes))]
-        live = [bool(x) for x in state.get("tensor_live", [c > 0 for c in counts])]
-        if len(counts) != len(shapes) or len(live) != len(shapes):
-            raise ValueError(f"VGS state is inconsistent: {len(counts)} tensor_steps for {len(shapes)} tensors")
-        for k in ("alpha", "beta", "eps", "quantile"): setattr(self, k, float(state.get(k, getattr(self, k))))
-        if ver == self.FORMAT_VERSION:
-            if state.get("reference") not in self.REFERENCES: raise ValueError(f"VGS state: unknown reference {state.get('reference')!r}")
-            self.reference, self.min_factor = state["reference"], float(state["min_factor"])
-            self.baseline.load_state_dict({k[len("baseline_"):]: v for k, v in state.items() if k.startswith("baseline_")})
-        else:
-            self.reference, self.min_factor, self.baseline = "absolute", 1e-4, NoiseBaseline(self.baseline.beta)
-        self._k_sum, self._k_n = 0.0, 0
-        self.warmup_steps, self.enabled = int(state.get("warmup_steps", self.warmup_steps)), bool(state.get("enabled", self.enabled))
-        resample = int(state.get("sample_size", self.sample_size)) != self.sample_size or int(state.get("seed", self.seed)) != self.seed
-        self.sample_size, self.seed = int(state.get("sample_size", self.sample_size)), int(state.get("seed", self.seed))
-        self._step_count, self._applied = steps, 1.0
-        self._counts, self._live, self._decays = counts, live, [1.0] * len(shapes)
-        self._last_factor = float(state.get("last_factor", 1.0))
-        if self._stats is not None and not resample:
-            for dst, src in zip(self._stats[0] + self._stats[1], m1 + m2): dst.copy_(src)
-        else:
-            self._shapes, self._stats = shapes, ([t.detach().clone() for t in m1], [t.detach().clone() for t in m2])
-            if self._params is not None: params, self._shapes = self._params, None; self.update_parameters(params)
-        self._nv_cache = None
-
     def __getstate__(self) -> dict[str, Any]:
         "Pickle the settings and statistics, never the parameters (relink with `update_parameters` after loading)."
         self._renormalize()
@@ -432,3 +207,250 @@ class VarianceGradientScaler:
         n = sum(math.prod(s) for s in self._shapes) if self._shapes else 0
         return (f"VarianceGradientScaler(alpha={self.alpha}, reference={self.reference!r}, beta={self.beta}, warmup_steps={self.warmup_steps}, "
                 f"eps={self.eps}, enabled={self.enabled}, quantile={self.quantile}, elements={n}, step={self._step_count})")
+
+# %% ../nbs/02_vgs.ipynb #4ef9e6b7
+@patch
+# -- parameters ------------------------------------------------------------------------------
+def update_parameters(self: VarianceGradientScaler, parameters: Iterable[Tensor] | Iterable[dict]) -> None:
+    """Link to (new) parameter objects, e.g. after loading a model: the statistics are kept and must match the
+    parameters' shapes in order; on first use they start at zero."""
+    params: list[Tensor] = []
+    for p in parameters:
+        if isinstance(p, dict): params.extend(p["params"])
+        elif isinstance(p, Tensor): params.append(p)
+        else: raise ValueError(f"VarianceGradientScaler: expected tensors or param-group dicts, got {type(p).__name__}")
+    params = [p for p in params if p.requires_grad]
+    shapes = [tuple(p.shape) for p in params]
+    if self._shapes is not None and shapes != self._shapes:
+        raise ValueError(f"VarianceGradientScaler.update_parameters: the parameters' shapes {shapes[:4]}{'...' if len(shapes) > 4 else ''} "
+                         f"({len(shapes)} tensors) differ from the statistics' {self._shapes[:4]}{'...' if len(self._shapes) > 4 else ''} "
+                         f"({len(self._shapes)} tensors); a VGS state belongs to one architecture")
+    old = self._stats
+    by_dev: dict[torch.device, list[int]] = {}
+    for i, p in enumerate(params): by_dev.setdefault(p.device, []).append(i)
+    counts = allocate([p.numel() for p in params], self.sample_size)
+    self._buckets = [_VGSBucket([params[i] for i in ids], [counts[i] for i in ids], self.seed + j)
+                     for j, ids in enumerate(by_dev.values())]
+    self._bucket_ids = [list(ids) for ids in by_dev.values()]
+    v1: list = [None] * len(params); v2: list = [None] * len(params)
+    for b, ids in zip(self._buckets, self._bucket_ids):
+        for k, i in enumerate(ids): v1[i], v2[i] = b.v1[k], b.v2[k]
+    if old is not None:
+        for dst, src in zip(v1 + v2, old[0] + old[1]): dst.copy_(src)
+    if self._counts is None or len(self._counts) != len(params):
+        self._counts, self._live = [0] * len(params), [False] * len(params)
+    if self._decays is None or len(self._decays) != len(params): self._decays = [1.0] * len(params)
+    self._params, self._shapes, self._stats = params, shapes, (v1, v2)
+    self._nv_cache = None
+
+@patch
+def _require_params(self: VarianceGradientScaler) -> None:
+    if self._params is None:
+        raise RuntimeError("VarianceGradientScaler has no parameters (it was unpickled or loaded without them): "
+                           "call update_parameters(model.parameters()) first")
+
+@patch
+# -- the noise measure -----------------------------------------------------------------------
+def _nv(self: VarianceGradientScaler, s1: Tensor, s2: Tensor, c: Tensor | float) -> Tensor:
+    "nv from EMAs and their bias corrections `c = 1 / (1 - beta^count)` (a number or per element): Var / (E^2 + eps E[g^2])."
+    mean, sq = s1 * c, s2 * c
+    mean_sq = mean * mean
+    return (sq - mean_sq).clamp_min_(0) / (mean_sq + self.eps * sq).clamp_min_(torch.finfo(mean.dtype).tiny)
+
+@patch
+def _nv_tensor(self: VarianceGradientScaler) -> Tensor | None:
+    """The aggregate as a 0-d tensor on the first bucket's device, without a host sync on a GPU (a sort of the
+    sample and a gather at a device-side rank); None when no sampled element belongs to a live tensor."""
+    if self._nv_cache is not None and self._nv_cache[0] == self._step_count: return self._nv_cache[1]
+    dev0, vals = self._buckets[0].device, []                     # float64 below: m1^2 cannot overflow
+    for b, ids in zip(self._buckets, self._bucket_ids):
+        if not len(b.idx): continue
+        # per tensor 1 / (1 - beta^count), NaN for dead and never-seen tensors: they leave the aggregate
+        cs = [self._decays[i] / (1.0 - self.beta ** self._counts[i]) if self._live[i] and self._counts[i] > 0 else math.nan
+              for i in ids]
+        if all(x == cs[0] for x in cs): c = cs[0]                       # the usual case: one count for all
+        else: c = torch.tensor(cs, dtype=torch.float64).to(b.device, non_blocking=True).index_select(0, b.owner)
+        vals.append(self._nv(b.m1.index_select(0, b.idx).double(), b.m2.index_select(0, b.idx).double(), c).to(dev0))
+    if not vals: out = None
+    else:
+        v = torch.cat(vals)
+        if dev0.type == "cpu":                                   # host values are free: select, no sort
+            v = v[~v.isnan()]
+            out = torch.kthvalue(v, max(1, math.ceil(self.quantile * len(v)))).values if len(v) else None
+        else:                                                    # NaN (left out) sorts last; rank from the count
+            n = (~v.isnan()).sum()
+            k = (n * self.quantile).ceil().long().sub(1).clamp_min(0)
+            out = v.sort().values.gather(0, k.reshape(1)).reshape(())   # NaN when nothing is live: reads as 0
+    self._nv_cache = (self._step_count, out)
+    return out
+
+# %% ../nbs/02_vgs.ipynb #5b93355c
+@patch
+def get_normalized_variance(self: VarianceGradientScaler) -> float:
+    "The aggregate (quantile over the live tensors' elements) of `Var[g_i] / (E[g_i]^2 + eps E[g_i^2])`; 0.0 before the first `step()`."
+    self._require_params()
+    if self._step_count == 0: return 0.0
+    nv = self._nv_tensor()
+    if nv is None: return 0.0
+    nv = float(nv)
+    return 0.0 if math.isnan(nv) else nv
+
+@patch
+def normalized_variance_per_element(self: VarianceGradientScaler) -> Tensor:
+    "`nv_i` for every element, concatenated in parameter order (diagnostics; a full pass; 0 for never-seen tensors)."
+    self._require_params()
+    parts = [self._nv(a.reshape(-1).double(), b.reshape(-1).double(), d / (1.0 - self.beta ** max(c, 1))).to(a.dtype)
+             for a, b, c, d in zip(*self._stats, self._counts, self._decays)]
+    if not parts: return torch.zeros(0)
+    return torch.cat([p.to(parts[0].device) for p in parts])
+
+@patch
+def scaling_factor_tensor(self: VarianceGradientScaler) -> Tensor | float:
+    "The factor as a 0-d tensor on the parameters' (first) device, computed without a host sync; 1.0 when disabled or in warmup."
+    self._require_params()
+    if not self.enabled or self._step_count < self.warmup_steps or self._step_count == 0: return 1.0
+    nv = self._nv_tensor()
+    if nv is None: return 1.0
+    nv = torch.nan_to_num(nv.double(), nan=0.0, posinf=math.inf)          # float64: the clamp is exact
+    if self.reference == "absolute": return (1.0 / (1.0 + self.alpha * nv)).clamp(self.min_factor, 1.0)
+    r = self.baseline.ratio(nv / self.pure_noise_level())
+    if r is None: return 1.0
+    return (1.0 / (1.0 + self.alpha * (r - 1.0).clamp_min(0.0))).clamp(self.min_factor, 1.0)
+
+@patch
+def get_scaling_factor(self: VarianceGradientScaler) -> float:
+    """The factor k in [`min_factor`, 1] (see the class docstring); exactly 1.0 when disabled or during warmup.
+    It is what `scale_gradients()` would apply, and it touches no gradient: `vgs_mode="step"` scales the
+    optimizer's step by it. One host read per call on a GPU (`scaling_factor_tensor()` has none)."""
+    k = self.scaling_factor_tensor()
+    return float(k)
+
+@patch
+def _grads(self: VarianceGradientScaler) -> list[Tensor]:
+    gs = [p.grad for p in self._params if p.grad is not None]
+    for g in gs:
+        if g.is_sparse: raise ValueError("VarianceGradientScaler does not support sparse gradients")
+    return gs
+
+@patch
+def scale_gradients(self: VarianceGradientScaler) -> float:
+    "Multiply the gradients in place by the scaling factor (from the statistics so far) and return it."
+    self._require_params()
+    if not self.enabled: return 1.0
+    k = self.get_scaling_factor()
+    if k != 1.0:
+        gs = self._grads()
+        if gs: torch._foreach_mul_(gs, k)
+    self._applied = self._last_factor = k
+    return k
+
+@patch
+def pure_noise_level(self: VarianceGradientScaler) -> float:
+    """`1 / Var[mu_i]` for a pure-noise element of unit variance after `step` readings: the scale of nv when the
+    gradient is all noise (nv_i is about this over a chi-square(1) draw). It grows from 1 towards
+    `(1 + beta) / (1 - beta)` (199 at beta 0.99) as the EMA fills, so dividing by it removes the trend that the
+    bias-corrected EMA's shrinking variance puts into nv early in training."""
+    b, t = self.beta, max(self._step_count, 1)
+    return (1 + b) * (1 - b ** t) ** 2 / ((1 - b) * (1 - b ** (2 * t))) if b > 0 else 1.0
+
+# %% ../nbs/02_vgs.ipynb #a8ef6c00
+@patch
+def _watch(self: VarianceGradientScaler) -> None:
+    "After warm-up: feed the baseline, and warn once if the mean factor of a window of steps is below the warning level."
+    nv = self._nv_tensor()
+    if nv is None: return
+    if self.reference == "baseline": self.baseline.update(nv / self.pure_noise_level())
+    self._k_sum, self._k_n = self._k_sum + self.scaling_factor_tensor(), self._k_n + 1
+    if self._k_n >= self.warning_window:
+        mean_k = float(self._k_sum) / self._k_n                       # one host read per window
+        self._k_sum, self._k_n = 0.0, 0
+        if mean_k < self.low_factor_warning and not self._warned:
+            self._warned = True
+            warnings.warn(f"VGS: the scaling factor averaged {mean_k:.3g} over the last {self.warning_window} steps after "
+                          f"warm-up (below {self.low_factor_warning}): every update is braked, not only noisy ones, and the "
+                          f"policy may barely move (alpha={self.alpha}, reference={self.reference!r})", RuntimeWarning)
+
+@patch
+def _fold(self: VarianceGradientScaler, b: _VGSBucket, j: int, i: int) -> None:
+    "Multiply tensor i's stored statistics (bucket b, position j) by its decay, which becomes 1."
+    if self._decays[i] != 1.0:
+        b.v1[j].mul_(self._decays[i]); b.v2[j].mul_(self._decays[i]); self._decays[i] = 1.0
+
+@patch
+def _renormalize(self: VarianceGradientScaler) -> None:
+    "Fold every lazy decay into the stored statistics (before saving: a loaded copy continues bit for bit)."
+    if self._buckets is None: return
+    for b, ids in zip(self._buckets, self._bucket_ids):
+        for j, i in enumerate(ids): self._fold(b, j, i)
+    self._nv_cache = None
+
+@patch
+# -- logging and state -----------------------------------------------------------------------
+def metrics(self: VarianceGradientScaler) -> dict[str, float]:
+    "`scaling_factor` (last applied), `normalized_variance` (current) and `step`, for logging under `vgs/`."
+    nv = self.get_normalized_variance() if self._params is not None else float("nan")
+    level = self.baseline.level()
+    return {"scaling_factor": float(self._last_factor), "normalized_variance": nv,
+            "baseline_nv": level, "relative_nv": nv / level if level > 0 else float("nan"), "step": self._step_count}
+
+@patch
+def state_dict(self: VarianceGradientScaler) -> dict[str, Any]:
+    "Settings, step counts and per-parameter statistics (copies, own storage); never the parameters."
+    if self._stats is None: raise RuntimeError("VarianceGradientScaler has no statistics yet")
+    self._renormalize()
+    return {"format_version": self.FORMAT_VERSION, "alpha": self.alpha, "beta": self.beta, "reference": self.reference,
+            "min_factor": self.min_factor, **{f"baseline_{k}": v for k, v in self.baseline.state_dict().items()},
+            "warmup_steps": self.warmup_steps, "eps": self.eps, "enabled": self.enabled, "quantile": self.quantile,
+            "sample_size": self.sample_size, "seed": self.seed, "step_count": self._step_count,
+            "last_factor": self._last_factor, "param_shapes": [list(s) for s in self._shapes],
+            "tensor_steps": list(self._counts), "tensor_live": list(self._live),
+            "grad_mean_ema": [t.detach().clone() for t in self._stats[0]],   # copies (own storage)
+            "grad_sq_ema": [t.detach().clone() for t in self._stats[1]]}
+
+# %% ../nbs/02_vgs.ipynb #aabb772a
+@patch
+def load_state_dict(self: VarianceGradientScaler, state: dict[str, Any]) -> None:
+    """Restore `state_dict()` output; the statistics' shapes must match the linked parameters. A version-1 state
+    (one step count for all tensors, absolute eps) loads with that count for every tensor. A version-1 or 2 state was
+    written under the seeds' absolute factor with a floor of 1e-4 and continues under it; version 3 carries its
+    reference, floor and baseline."""
+    if not isinstance(state, dict): raise ValueError(f"VGS state must be a dict, got {type(state).__name__}")
+    ver = state.get("format_version")
+    if ver not in (1, 2, self.FORMAT_VERSION):
+        hint = (" (an old VGS state tracks the variance of each tensor's mean, which cannot be turned into "
+                "element-wise statistics: start the statistics afresh)") if "vgs_version" in state else ""
+        raise ValueError(f"VGS state format_version {ver!r} is not supported (expected 1 to {self.FORMAT_VERSION}){hint}")
+    missing = {"step_count", "param_shapes", "grad_mean_ema", "grad_sq_ema"} - set(state)
+    if missing: raise ValueError(f"VGS state lacks {sorted(missing)}")
+    shapes = [tuple(int(x) for x in s) for s in state["param_shapes"]]
+    m1, m2 = list(state["grad_mean_ema"]), list(state["grad_sq_ema"])
+    if not (len(m1) == len(m2) == len(shapes)) or any(tuple(a.shape) != s or tuple(b.shape) != s for a, b, s in zip(m1, m2, shapes)):
+        raise ValueError("VGS state is inconsistent: statistics and param_shapes disagree")
+    if self._shapes is not None and shapes != self._shapes:
+        raise ValueError(f"VGS state has {len(shapes)} tensors of shapes {shapes[:4]}..., the linked parameters "
+                         f"{len(self._shapes)} of shapes {self._shapes[:4]}...: not the same architecture")
+    steps = int(state["step_count"])
+    counts = [int(c) for c in state.get("tensor_steps", [steps] * len(shapes))]
+    live = [bool(x) for x in state.get("tensor_live", [c > 0 for c in counts])]
+    if len(counts) != len(shapes) or len(live) != len(shapes):
+        raise ValueError(f"VGS state is inconsistent: {len(counts)} tensor_steps for {len(shapes)} tensors")
+    for k in ("alpha", "beta", "eps", "quantile"): setattr(self, k, float(state.get(k, getattr(self, k))))
+    if ver == self.FORMAT_VERSION:
+        if state.get("reference") not in self.REFERENCES: raise ValueError(f"VGS state: unknown reference {state.get('reference')!r}")
+        self.reference, self.min_factor = state["reference"], float(state["min_factor"])
+        self.baseline.load_state_dict({k[len("baseline_"):]: v for k, v in state.items() if k.startswith("baseline_")})
+    else:
+        self.reference, self.min_factor, self.baseline = "absolute", 1e-4, NoiseBaseline(self.baseline.beta)
+    self._k_sum, self._k_n = 0.0, 0
+    self.warmup_steps, self.enabled = int(state.get("warmup_steps", self.warmup_steps)), bool(state.get("enabled", self.enabled))
+    resample = int(state.get("sample_size", self.sample_size)) != self.sample_size or int(state.get("seed", self.seed)) != self.seed
+    self.sample_size, self.seed = int(state.get("sample_size", self.sample_size)), int(state.get("seed", self.seed))
+    self._step_count, self._applied = steps, 1.0
+    self._counts, self._live, self._decays = counts, live, [1.0] * len(shapes)
+    self._last_factor = float(state.get("last_factor", 1.0))
+    if self._stats is not None and not resample:
+        for dst, src in zip(self._stats[0] + self._stats[1], m1 + m2): dst.copy_(src)
+    else:
+        self._shapes, self._stats = shapes, ([t.detach().clone() for t in m1], [t.detach().clone() for t in m2])
+        if self._params is not None: params, self._shapes = self._params, None; self.update_parameters(params)
+    self._nv_cache = None
