@@ -60,7 +60,7 @@ def test_exploit_copies_weights_normalizer_vgs_and_optimizer_per_strategy(strate
     d, t = donor.model, target.model
     assert tensors_equal(d.policy.state_dict(), t.policy.state_dict())
     assert tensors_equal(d.get_parameters()["return_normalizer"], t.get_parameters()["return_normalizer"])
-    assert t._ret_snapshot == d._ret_snapshot
+    assert t.return_scale.snapshot == d.return_scale.snapshot
     assert tensors_equal(flatten_state(d.vgs.state_dict())[0], flatten_state(t.vgs.state_dict())[0])   # statistics
     assert t.vgs.alpha == pytest.approx(hp["vgs_alpha"])                                                 # its alpha: the new one
     live = [p for p in t.policy.parameters() if p.requires_grad]

@@ -131,7 +131,7 @@ def test_gae_matches_reference():
 def test_return_snapshot_refreshed_after_rollout_before_gae():
     m = make(n_steps=64)
     rollout(m); m.train()
-    before = m._ret_snapshot
+    before = m.return_scale.snapshot
     raw_at_rollout = []
 
     step = m.policy._rollout_step
@@ -140,14 +140,14 @@ def test_return_snapshot_refreshed_after_rollout_before_gae():
         raw_at_rollout.append(out[2].clone() * before[1] + before[0])
         return out
     m.policy._rollout_step = spy
-    count0 = m._ret_rms.count
+    count0 = m.return_scale.rms.count
     rollout(m)
     del m.policy._rollout_step
-    after = m._ret_snapshot
+    after = m.return_scale.snapshot
     # refreshed: the running statistics now include this rollout, and the snapshot is taken from them
-    assert m._ret_rms.count == pytest.approx(count0 + 64 * 4)
+    assert m.return_scale.rms.count == pytest.approx(count0 + 64 * 4)
     assert after != before
-    assert after == pytest.approx((float(m._ret_rms.mean), float(np.sqrt(m._ret_rms.var))))
+    assert after == pytest.approx((float(m.return_scale.rms.mean), float(np.sqrt(m.return_scale.rms.var))))
     # GAE used values in the refreshed units, and they are exactly what the critics predicted (outputs preserved)
     buf = m.rollout_buffer
     raw = th.stack(raw_at_rollout)                      # [T, E, 2, N], predictions made during the rollout
@@ -163,7 +163,7 @@ def test_return_snapshot_refreshed_after_rollout_before_gae():
 def test_value_targets_are_normalized_with_the_snapshot():
     m = make(n_steps=64, clip_range_vf=None)
     rollout(m)
-    mu, sigma = m._ret_snapshot
+    mu, sigma = m.return_scale.snapshot
     seqs = np.arange(m.rollout_buffer.n_sequences)
     mb = m.rollout_buffer.gather(seqs)
     mask = mb["mask"]
@@ -277,7 +277,7 @@ def test_plateau_decay_stops_at_the_floor():
     seen = []
     for _ in range(40):                                 # a long plateau
         m._update_ent_plateau(0.5)
-        seen.append((m._ent_scale, m.current_ent_coef()))
+        seen.append((m.entropy_plateau.scale, m.current_ent_coef()))
     assert all(c >= 0.02 for _, c in seen)
     scales = [s for s, _ in seen]
     assert scales[-1] == scales[-10] and 0.1 * scales[-1] <= 0.02      # decay stopped once the floor was reached
@@ -411,9 +411,9 @@ def test_fixed_upgd_noise_with_vgs_warns():
 def test_first_snapshot_replaces_the_prior_without_rescaling_heads():
     m = make()
     w = [t.detach().clone() for t in (m.policy.q_net.weights[-1], m.policy.q_net.biases[-1])]
-    assert m._ret_snapshot == (0.0, 1.0)
+    assert m.return_scale.snapshot == (0.0, 1.0)
     rollout(m)
-    assert m._ret_snapshot != (0.0, 1.0)
+    assert m.return_scale.snapshot != (0.0, 1.0)
     assert all(th.equal(a, b) for a, b in zip(w, (m.policy.q_net.weights[-1], m.policy.q_net.biases[-1])))
     m.train(); rollout(m)                               # later refreshes preserve outputs: the heads move
     assert not th.equal(w[0], m.policy.q_net.weights[-1])
@@ -427,7 +427,7 @@ def test_value_clipping_is_per_sample_max():
     mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))
     _, _, q = m.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
     with th.no_grad(): q.add_(0.1 * th.randn_like(q))   # move the atoms so that clipping happens
-    mu, sigma = m._ret_snapshot
+    mu, sigma = m.return_scale.snapshot
     target = (mb["returns"] - mu) / sigma
     got = m._critic_losses(q, mb["old_quantiles"], 0.05, target, mb["mask"])
     mask, old = mb["mask"], mb["old_quantiles"]

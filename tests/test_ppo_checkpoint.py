@@ -52,7 +52,7 @@ def test_roundtrip(saved):
     for (k, a), b in zip(m.policy.state_dict().items(), loaded.policy.state_dict().values()):
         assert th.equal(a, b), k
     assert loaded.learning_rate == 7e-4 and loaded.cvar_alpha == 0.5 and loaded.n_steps == 32
-    assert loaded.num_timesteps == m.num_timesteps and loaded._ret_snapshot == m._ret_snapshot
+    assert loaded.num_timesteps == m.num_timesteps and loaded.return_scale.snapshot == m.return_scale.snapshot
     assert loaded.policy_kwargs == m.policy_kwargs and loaded.n_envs == 4
     obs = np.random.default_rng(0).normal(size=(4, m.observation_space.shape[0])).astype(np.float32)
     a1, s1 = m.predict(obs, deterministic=True)
@@ -197,7 +197,7 @@ def test_resume_is_exact(tmp_path):
     assert a.num_timesteps == b.num_timesteps == n1 + n2
     for (k, x), y in zip(a.policy.state_dict().items(), b.policy.state_dict().values()):
         assert th.equal(x, y), k
-    assert a._ret_snapshot == b._ret_snapshot
+    assert a.return_scale.snapshot == b.return_scale.snapshot
 
 
 def _drop(path_of_keys):
@@ -284,3 +284,23 @@ def test_clock_round_trips_and_sets_the_scheduled_rate():
     other.set_clock(c)
     assert other.clock() == c
     assert other.policy.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * c["progress_remaining"])
+
+
+def test_return_scale_and_entropy_plateau_are_components_the_model_owns(tmp_path):
+    """The return normalization and the entropy plateau keep their state in components with state_dict /
+    load_state_dict; the checkpoint stores exactly what they give and a loaded model's components hold it again."""
+    from tradingrl_nb.ppo import ReturnScale, EntropyPlateau
+    from tradingrl_nb.testing import tiny_ppo
+    m = tiny_ppo(ent_coef=0.01, ent_plateau_patience=1)
+    m.learn(256)
+    assert isinstance(m.return_scale, ReturnScale) and isinstance(m.entropy_plateau, EntropyPlateau)
+    assert m.return_scale.snapshot != (0.0, 1.0) and m.return_scale.rms.count > 1          # it trained
+    sd = m.return_scale.state_dict()
+    assert all(th.equal(a, b) for a, b in zip(m.get_parameters()["return_normalizer"].values(), sd.values()))
+    m.save(tmp_path / "m")
+    b = DistributionalPPO.load(tmp_path / "m", device="cpu")
+    assert all(th.equal(x, y) for x, y in zip(b.return_scale.state_dict().values(), sd.values()))
+    assert b.entropy_plateau.state_dict() == m.entropy_plateau.state_dict()
+    fresh = ReturnScale(2)
+    fresh.load_state_dict(sd)
+    assert fresh.snapshot == m.return_scale.snapshot and fresh.rms.count == m.return_scale.rms.count

@@ -68,7 +68,7 @@ def test_gae_passes_bootstrap_truncations_with_their_own_value(alpha):
     calls, pq = [], m.policy.predict_quantiles
     def spy(*a, **k):                                         # every critic evaluation outside the rollout step
         out = pq(*a, **k)
-        calls.append(out.clone() * m._ret_snapshot[1] + m._ret_snapshot[0])   # raw units at call time
+        calls.append(out.clone() * m.return_scale.snapshot[1] + m.return_scale.snapshot[0])   # raw units at call time
         return out
     m.policy.predict_quantiles = spy
     rollout(m)

@@ -17,7 +17,7 @@ def make(**kw):
 
 
 def stats(m):
-    r = m._ret_rms
+    r = m.return_scale.rms
     return float(r.mean), float(max(np.sqrt(r.var), 1e-6))
 
 
@@ -28,7 +28,7 @@ def snapshots_at_gae(m, rollouts=3):
         def _on_rollout_start(self): rows.append({"start": stats(self.model)})
         def _on_step(self): return True
     def spy(*a, **k):
-        rows[-1].update(gae=stats(m), snapshot=m._ret_snapshot)
+        rows[-1].update(gae=stats(m), snapshot=m.return_scale.snapshot)
         return gae(*a, **k)
     m._compute_advantages = spy
     m.learn(rollouts * m.n_steps * m.n_envs, callback=Start())

@@ -289,7 +289,7 @@ class Checkpointing:
 def get_parameters(self: Checkpointing, include_optimizer: bool = False) -> dict[str, dict]:
     """Policy weights, the return normalizer (it gives the critics' outputs their units), the VGS state and,
     with `include_optimizer=True`, the optimizer state."""
-    params: dict[str, dict] = {"policy": self.policy.state_dict(), "return_normalizer": self._return_state()}
+    params: dict[str, dict] = {"policy": self.policy.state_dict(), "return_normalizer": self.return_scale.state_dict()}
     if self.vgs is not None: params["vgs"] = self.vgs.state_dict()
     if self._critic_adjuster is not None: params["critic_adjuster"] = {str(k): a.state_dict() for k, a in enumerate(self._critic_adjuster)}
     if include_optimizer: params["policy.optimizer"] = self.policy.optimizer.state_dict()
@@ -305,7 +305,7 @@ def set_parameters(self: Checkpointing, load_path_or_dict: str | pathlib.Path | 
     if set(params) - known: raise ValueError(f"unknown parameter group(s) {sorted(set(params) - known)}; expected some of {sorted(known)}")
     if exact_match and "policy" not in params: raise ValueError("parameters have no 'policy' entry (exact_match=True)")
     if "policy" in params: self.policy.load_state_dict(params["policy"], strict=exact_match)
-    if "return_normalizer" in params: self._load_return_state(params["return_normalizer"])
+    if "return_normalizer" in params: self.return_scale.load_state_dict(params["return_normalizer"])
     if "policy.optimizer" in params: self.policy.optimizer.load_state_dict(_to_device(params["policy.optimizer"], self.device))
     self._relink()
     if "vgs" in params and self.vgs is not None:
@@ -393,7 +393,7 @@ def clock(self: Checkpointing) -> dict:
     return {"num_timesteps": int(self.num_timesteps), "total_timesteps": int(self._total_timesteps),
             "n_updates": int(self._n_updates), "episode_num": int(self._episode_num),
             "progress_remaining": float(self._current_progress_remaining),
-            "ent_plateau": [float(self._ent_scale), float(self._ent_best), int(self._ent_wait)]}
+            "ent_plateau": self.entropy_plateau.state_dict()}
 
 @patch
 def set_clock(self: Checkpointing, c: Mapping) -> None:
@@ -401,7 +401,7 @@ def set_clock(self: Checkpointing, c: Mapping) -> None:
     self.num_timesteps, self._total_timesteps = int(c["num_timesteps"]), int(c["total_timesteps"])
     self._n_updates, self._episode_num = int(c["n_updates"]), int(c["episode_num"])
     self._current_progress_remaining = float(c["progress_remaining"])
-    self._ent_scale, self._ent_best, self._ent_wait = float(c["ent_plateau"][0]), float(c["ent_plateau"][1]), int(c["ent_plateau"][2])
+    self.entropy_plateau.load_state_dict(c["ent_plateau"])
     self._apply_lr()
 
 @patch
@@ -411,7 +411,7 @@ def save(self: Checkpointing, path: str | pathlib.Path, exclude=None, include=No
     content = dict(hparams=self.hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
                    observation_space=space_to_dict(self.observation_space), action_space=space_to_dict(self.action_space),
                    params=self.get_parameters(include_optimizer=True),
-                   state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self._ret_acc,
+                   state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self.return_scale.acc,
                               np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
                               cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
     write_checkpoint(path, content)
@@ -420,7 +420,7 @@ def save(self: Checkpointing, path: str | pathlib.Path, exclude=None, include=No
 def _restore_state(self: Checkpointing, s: dict) -> None:
     self.set_clock({**s, "ent_plateau": s["ent_plateau"] if "ent_plateau" in s else s["ent"]})   # "ent": files before the clock had its name
     self._nonfinite_updates, self._nonfinite_streak = (int(x) for x in s["nonfinite"])
-    if np.shape(s["ret_acc"]) == self._ret_acc.shape: self._ret_acc = np.array(s["ret_acc"], dtype=np.float64)
+    if np.shape(s["ret_acc"]) == self.return_scale.acc.shape: self.return_scale.acc = np.array(s["ret_acc"], dtype=np.float64)
     st = s["np_rng"]
     if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")
     bg = np.random.PCG64(); bg.state = st; self._rng = np.random.Generator(bg)

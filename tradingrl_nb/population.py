@@ -353,8 +353,8 @@ def _batched_update(self: Population, ks: list[int], seqs: list[np.ndarray], trs
     clip_vf = tr[0].clip_vf
     critic = lambda q, old_q, target, mask: ms[0]._critic_losses(q, old_q, clip_vf, target, mask)
     loss, stats = ppo_terms(logp, ent, q, mb, vec(t.clip_range for t in tr).view(-1, 1, 1), vec(t.ent_coef for t in tr),
-                            vec(m.vf_coef for m in ms), vec(m._ret_snapshot[0] for m in ms).view(-1, 1, 1),
-                            vec(m._ret_snapshot[1] for m in ms).view(-1, 1, 1), critic)
+                            vec(m.vf_coef for m in ms), vec(m.return_scale.snapshot[0] for m in ms).view(-1, 1, 1),
+                            vec(m.return_scale.snapshot[1] for m in ms).view(-1, 1, 1), critic)
     finite = th.isfinite(loss)
     if finite.any(): loss[finite].sum().backward()
     out = {}

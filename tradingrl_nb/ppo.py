@@ -9,6 +9,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/ppo.html.md"""
 from __future__ import annotations
 import math, warnings
 from types import SimpleNamespace
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -30,7 +31,38 @@ from .rollout import SequenceRolloutBuffer, RolloutCollector
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['CRITIC_PREFIXES', 'ppo_terms', 'DistributionalPPO']
+__all__ = ['CRITIC_PREFIXES', 'ReturnScale', 'EntropyPlateau', 'ppo_terms', 'DistributionalPPO']
+
+# %% ../nbs/06_ppo.ipynb #7656ea24
+class ReturnScale:
+    """The return normalization's state, one owner for it: the running statistics of the discounted returns (`rms`),
+    each environment's running discounted return (`acc`), and the snapshot `(mu, sigma)` whose units the critics
+    speak in. The model that holds it saves and restores it through `state_dict` (its checkpoints' `return_normalizer`)."""
+    def __init__(self, n_envs: int):
+        self.rms, self.acc, self.snapshot = RunningMeanStd(shape=()), np.zeros(n_envs), (0.0, 1.0)
+
+    def raw(self, z: th.Tensor) -> th.Tensor:
+        "Normalized critic units to raw return units."
+        mu, sigma = self.snapshot
+        return z * sigma + mu
+
+    def state_dict(self) -> dict[str, th.Tensor]:
+        r = self.rms
+        return dict(mean=th.tensor(float(r.mean), dtype=th.float64), var=th.tensor(float(r.var), dtype=th.float64),
+                    count=th.tensor(float(r.count), dtype=th.float64), snapshot=th.tensor(self.snapshot, dtype=th.float64))
+
+    def load_state_dict(self, d: Mapping) -> None:
+        self.rms.mean, self.rms.var, self.rms.count = (float(d[k]) for k in ("mean", "var", "count"))
+        self.snapshot = tuple(float(x) for x in d["snapshot"])
+
+class EntropyPlateau:
+    "The entropy schedule's plateau state, one owner for it: the factor on the schedule, the best rollout reward, the rollouts since."
+    def __init__(self): self.scale, self.best, self.wait = 1.0, -np.inf, 0
+
+    def state_dict(self) -> list: return [float(self.scale), float(self.best), int(self.wait)]
+
+    def load_state_dict(self, s) -> None: self.scale, self.best, self.wait = float(s[0]), float(s[1]), int(s[2])
+
 
 # %% ../nbs/06_ppo.ipynb #28be863a
 class _ReturnScale:
@@ -40,11 +72,11 @@ class _ReturnScale:
         """Take the return-scale snapshot `(mu, sigma)` from the running statistics (after the rollout, before GAE)
         and keep the critics' raw outputs unchanged (PopArt): rescale the heads and the stored quantiles. The first
         snapshot (`preserve=False`) replaces the `(0, 1)` prior and keeps the untrained heads as they are."""
-        mu0, s0 = self._ret_snapshot
-        if self.normalize_returns and self._ret_rms.count > 1:
-            mu1, s1 = float(self._ret_rms.mean), float(max(np.sqrt(self._ret_rms.var), 1e-6))
+        mu0, s0 = self.return_scale.snapshot
+        if self.normalize_returns and self.return_scale.rms.count > 1:
+            mu1, s1 = float(self.return_scale.rms.mean), float(max(np.sqrt(self.return_scale.rms.var), 1e-6))
         else: mu1, s1 = mu0, s0
-        self._ret_snapshot = (mu1, s1)
+        self.return_scale.snapshot = (mu1, s1)
         if (mu1, s1) == (mu0, s0) or not preserve: return
         a, b = s0 / s1, (mu0 - mu1) / s1                  # z_new = a * z_old + b
         with th.no_grad():
@@ -54,8 +86,7 @@ class _ReturnScale:
 
     def _raw(self, z: th.Tensor) -> th.Tensor:
         "Normalized critic units to raw return units."
-        mu, sigma = self._ret_snapshot
-        return z * sigma + mu
+        return self.return_scale.raw(z)
 
     @staticmethod
     def twin_quantiles(q: th.Tensor) -> th.Tensor:
@@ -67,14 +98,6 @@ class _ReturnScale:
         sel = self.twin_quantiles(q)
         return self._raw(cvar_from_quantiles(sel, self.cvar_alpha) if risk else sel.mean(-1))
 
-    def _return_state(self) -> dict[str, th.Tensor]:
-        r = self._ret_rms
-        return dict(mean=th.tensor(float(r.mean), dtype=th.float64), var=th.tensor(float(r.var), dtype=th.float64),
-                    count=th.tensor(float(r.count), dtype=th.float64), snapshot=th.tensor(self._ret_snapshot, dtype=th.float64))
-
-    def _load_return_state(self, d: dict) -> None:
-        self._ret_rms.mean, self._ret_rms.var, self._ret_rms.count = (float(d[k]) for k in ("mean", "var", "count"))
-        self._ret_snapshot = tuple(float(x) for x in d["snapshot"])
 
 # %% ../nbs/06_ppo.ipynb #7e1bd55d
 class _EntropySchedule:
@@ -87,18 +110,18 @@ class _EntropySchedule:
 
     def current_ent_coef(self) -> float:
         "Scheduled entropy coefficient times the plateau factor, never below `ent_coef_min`."
-        return max(self.ent_coef_min, self._ent_base() * self._ent_scale)
+        return max(self.ent_coef_min, self._ent_base() * self.entropy_plateau.scale)
 
     def _update_ent_plateau(self, metric: float) -> None:
         "Plateau detection on the rollout's mean reward: decay the coefficient, unless it already sits at its floor."
         if self.ent_plateau_patience is None or not np.isfinite(metric): return
-        if metric > self._ent_best + self.ent_plateau_tol:
-            self._ent_best, self._ent_wait = metric, 0; return
-        self._ent_wait += 1
-        if self._ent_wait >= self.ent_plateau_patience:
-            self._ent_wait = 0
-            if self._ent_base() * self._ent_scale > self.ent_coef_min:
-                self._ent_scale *= self.ent_plateau_factor
+        if metric > self.entropy_plateau.best + self.ent_plateau_tol:
+            self.entropy_plateau.best, self.entropy_plateau.wait = metric, 0; return
+        self.entropy_plateau.wait += 1
+        if self.entropy_plateau.wait >= self.ent_plateau_patience:
+            self.entropy_plateau.wait = 0
+            if self._ent_base() * self.entropy_plateau.scale > self.ent_coef_min:
+                self.entropy_plateau.scale *= self.ent_plateau_factor
 
 # %% ../nbs/06_ppo.ipynb #c8f1b1ee
 def ppo_terms(logp: th.Tensor, ent: th.Tensor, q: th.Tensor, mb: dict, clip_range, ent_coef, vf_coef, mu, sigma,
@@ -190,7 +213,7 @@ def _critic_losses(self: _Update, q: th.Tensor, old_q: th.Tensor, clip_vf: float
 def _loss(self: _Update, mb: dict, clip_range: float, clip_vf: float | None, ent_coef: float):
     """PPO loss of one (micro-)batch of padded sequences: one LSTM call per LSTM, then `ppo_terms`."""
     logp, ent, q = self.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
-    mu, sigma = self._ret_snapshot
+    mu, sigma = self.return_scale.snapshot
     critic = lambda q, old_q, target, mask: self._critic_losses(q, old_q, clip_vf, target, mask)
     loss, stats = ppo_terms(logp, ent, q, mb, clip_range, ent_coef, self.vf_coef, mu, sigma, critic)
     if self.sappo is not None and self.sappo_eps > 0 and self.sappo.kappa > 0:    # SA-PPO robust KL term
@@ -271,7 +294,7 @@ def _skip(self: _Update, what: str, stats: dict, mb: dict) -> None:
     msg = (f"non-finite {what} (update {self._n_updates}): {parts or 'no loss terms'}; parameters with non-finite "
            f"gradients: {bad[:6] or 'none'}; non-finite inputs: obs={nonfinite('obs')}, returns={nonfinite('returns')}, "
            f"advantages={nonfinite('advantages')}; non-finite parameters: {bad_p[:6] or 'none'}; "
-           f"return snapshot (mu, sigma)={self._ret_snapshot}; lr={self.policy.optimizer.param_groups[0]['lr']:.3g}")
+           f"return snapshot (mu, sigma)={self.return_scale.snapshot}; lr={self.policy.optimizer.param_groups[0]['lr']:.3g}")
     if self._nonfinite_streak >= self.max_nonfinite_updates:
         raise FloatingPointError(f"{self._nonfinite_streak} non-finite updates in a row "
                                  f"(max_nonfinite_updates={self.max_nonfinite_updates}); last one: {msg}")
@@ -381,7 +404,7 @@ def _log_train(self: _Update, acc: list, empty_epochs: int, clip_range: float, c
     rec("train/ent_coef", ent_coef)
     rec("train/cvar", self._rollout_cvar)
     rec("train/value_dist_var", self._rollout_value_var)
-    rec("train/return_mean", self._ret_snapshot[0]); rec("train/return_std", self._ret_snapshot[1])
+    rec("train/return_mean", self.return_scale.snapshot[0]); rec("train/return_std", self.return_scale.snapshot[1])
     for k in (1, 2):
         if f"q{k}_loss" in mean: rec(f"critics/q{k}_loss", mean[f"q{k}_loss"])
         if f"q{k}_grad_norm" in mean: rec(f"critics/q{k}_grad_norm", mean[f"q{k}_grad_norm"])
@@ -511,10 +534,7 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Updat
         self._critic_adjuster = self._make_critic_adjuster() if self.critic_adjustment else None
         check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds.ipynb#upgd-noise-under-vgs)
         self._last_lstm_states = p.initial_state(self.n_envs)
-        self._ret_rms = RunningMeanStd(shape=())
-        self._ret_acc = np.zeros(self.n_envs)
-        self._ret_snapshot = (0.0, 1.0)
-        self._ent_scale, self._ent_best, self._ent_wait = 1.0, -np.inf, 0
+        self.return_scale, self.entropy_plateau = ReturnScale(self.n_envs), EntropyPlateau()   # components owning their state
         self._nonfinite_updates = self._nonfinite_streak = 0
 
 # %% ../nbs/06_ppo.ipynb #ebc1a0fd

@@ -200,9 +200,9 @@ def rollout_advance(self: RolloutCollector, ro: SimpleNamespace, t: int, obs_t: 
     self._update_info_buffer(infos, dones)
     if ro.frozen:
         ro.raw_obs.append(ro.vn.get_original_obs()); ro.raw_rew.append(ro.vn.get_original_reward()); ro.raw_dones.append(dones)
-    self._ret_acc = self._ret_acc * self.gamma + np.asarray(rewards, dtype=np.float64)
-    ro.acc_hist[t] = self._ret_acc
-    self._ret_acc[dones] = 0.0
+    self.return_scale.acc = self.return_scale.acc * self.gamma + np.asarray(rewards, dtype=np.float64)
+    ro.acc_hist[t] = self.return_scale.acc
+    self.return_scale.acc[dones] = 0.0
     ro.buf.add(t, obs_t, actions_t, log_prob_t, q_t, rewards, starts)   # the env's rewards, nothing added
     trunc = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None
              and infos[i].get("TimeLimit.truncated", False)]
@@ -220,8 +220,8 @@ def rollout_finish(self: RolloutCollector, ro: SimpleNamespace) -> bool:
                                                mask_states(ro.states, th.as_tensor(dones, device=dev)))
     if ro.frozen: self._unfreeze_vecnormalize(ro.vn, ro.raw_obs, ro.raw_rew, ro.raw_dones)
     # the return-scale snapshot is refreshed now ("after"): after the rollout, before GAE (seeds.ipynb#return-scale-snapshot)
-    first = self._ret_rms.count <= 1                           # no statistics yet: the snapshot is still the prior
-    if self.normalize_returns: self._ret_rms.update(ro.acc_hist.reshape(-1))
+    first = self.return_scale.rms.count <= 1                           # no statistics yet: the snapshot is still the prior
+    if self.normalize_returns: self.return_scale.rms.update(ro.acc_hist.reshape(-1))
     if not ro.before: self._refresh_return_snapshot(buf.quantiles, last_q, preserve=not first)
     self._compute_advantages(buf, last_q, dones)
     self._update_ent_plateau(float(buf.rewards.mean()))
@@ -259,7 +259,7 @@ def _compute_advantages(self: RolloutCollector, buf: SequenceRolloutBuffer, last
         else:
             self._rollout_cvar = float(self._raw(cvar_from_quantiles(self.twin_quantiles(buf.quantiles), 1.0)).mean())
         sel = self.twin_quantiles(buf.quantiles)
-        self._rollout_value_var = float((sel.var(-1, unbiased=False) * self._ret_snapshot[1] ** 2).mean())
+        self._rollout_value_var = float((sel.var(-1, unbiased=False) * self.return_scale.snapshot[1] ** 2).mean())
     buf.values = v
     buf.advantages = th.as_tensor(adv, dtype=th.float32, device=self.device)
     buf.returns = th.as_tensor(ret, dtype=th.float32, device=self.device)
