@@ -514,28 +514,32 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Updat
             self._sappo_reg = RobustKLRegularizer(self.sappo)
         if _init_setup_model: self._setup_model()
 
-    def _setup_model(self) -> None:
-        self._setup_lr_schedule()
-        self.set_random_seed(self.seed)
-        self._rng = np.random.default_rng(self.seed)
-        kw = dict(self.policy_kwargs)
-        kw.setdefault("optimizer_class", AdaptiveUPGD)
-        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **kw).to(self.device)
-        if not isinstance(self.policy, RecurrentQuantilePolicy):
-            raise ValueError(f"DistributionalPPO needs a RecurrentQuantilePolicy, got {type(self.policy).__name__}")
-        p = self.policy
-        self.rollout_buffer = SequenceRolloutBuffer(
-            self.n_steps, self.n_envs, self.observation_space.shape, int(np.prod(self.action_space.shape)),
-            p.n_quantiles, p.lstm_state_shape, self.sequence_length, self.device)
-        self._clip_schedule = FloatSchedule(self.clip_range)
-        self._clip_vf_schedule = None if self.clip_range_vf is None else FloatSchedule(self.clip_range_vf)
-        self._params = [q for q in p.parameters() if q.requires_grad]
-        self.vgs = VarianceGradientScaler(self._params, **self.vgs_kwargs) if self.use_vgs else None
-        self._critic_adjuster = self._make_critic_adjuster() if self.critic_adjustment else None
-        check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds.ipynb#upgd-noise-under-vgs)
-        self._last_lstm_states = p.initial_state(self.n_envs)
-        self.return_scale, self.entropy_plateau = ReturnScale(self.n_envs), EntropyPlateau()   # components owning their state
-        self._nonfinite_updates = self._nonfinite_streak = 0
+
+# %% ../nbs/06_ppo.ipynb #6415f083
+@patch
+def _setup_model(self: DistributionalPPO) -> None:
+    self._setup_lr_schedule()
+    self.set_random_seed(self.seed)
+    self._rng = np.random.default_rng(self.seed)
+    kw = dict(self.policy_kwargs)
+    kw.setdefault("optimizer_class", AdaptiveUPGD)
+    self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule, **kw).to(self.device)
+    if not isinstance(self.policy, RecurrentQuantilePolicy):
+        raise ValueError(f"DistributionalPPO needs a RecurrentQuantilePolicy, got {type(self.policy).__name__}")
+    p = self.policy
+    self.rollout_buffer = SequenceRolloutBuffer(
+        self.n_steps, self.n_envs, self.observation_space.shape, int(np.prod(self.action_space.shape)),
+        p.n_quantiles, p.lstm_state_shape, self.sequence_length, self.device)
+    self._clip_schedule = FloatSchedule(self.clip_range)
+    self._clip_vf_schedule = None if self.clip_range_vf is None else FloatSchedule(self.clip_range_vf)
+    self._params = [q for q in p.parameters() if q.requires_grad]
+    self.vgs = VarianceGradientScaler(self._params, **self.vgs_kwargs) if self.use_vgs else None
+    self._critic_adjuster = self._make_critic_adjuster() if self.critic_adjustment else None
+    check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds.ipynb#upgd-noise-under-vgs)
+    self._last_lstm_states = p.initial_state(self.n_envs)
+    self.return_scale, self.entropy_plateau = ReturnScale(self.n_envs), EntropyPlateau()   # components owning their state
+    self._nonfinite_updates = self._nonfinite_streak = 0
+
 
 # %% ../nbs/06_ppo.ipynb #ebc1a0fd
 @patch

@@ -154,42 +154,6 @@ class VarianceGradientScaler:
         self._stats: tuple[list[Tensor], list[Tensor]] | None = None   # per-parameter views (what pickling keeps)
         self.update_parameters(parameters)
 
-    @torch.no_grad()
-    def step(self) -> None:
-        """Add the current gradients to the statistics (call after the optimizer step). A factor applied by
-        `scale_gradients()` since the previous `step()` is divided out, so the statistics describe the raw gradients
-        (clipping is not undone); in step mode (no `scale_gradients()`) the gradients are taken as they are. Tensors
-        without a gradient keep their statistics and count, and leave the aggregate until they have one again."""
-        self._require_params()
-        k, self._applied = self._applied, 1.0
-        if not self.enabled: return
-        w = 1.0 - self.beta
-        live = [False] * len(self._params)
-        for b, ids in zip(self._buckets, self._bucket_ids):
-            have = [j for j, p in enumerate(b.params) if p.grad is not None]
-            if not have: continue
-            if any(b.params[j].grad.is_sparse for j in have): raise ValueError("VarianceGradientScaler does not support sparse gradients")
-            fold = min(self._decays[ids[j]] for j in have) * self.beta < self.RENORM
-            for j in have:
-                i = ids[j]; live[i] = True; self._counts[i] += 1
-                if fold:                                                # this step's decay applied now, with the lazy one
-                    f = self._decays[i] * self.beta; b.v1[j].mul_(f); b.v2[j].mul_(f); self._decays[i] = 1.0
-                else: self._decays[i] *= self.beta
-            groups: dict[float, list[int]] = {}                           # live tensors with the same decay: one group
-            for j in have: groups.setdefault(self._decays[ids[j]], []).append(j)
-            for d, js in groups.items():
-                grads = [b.params[j].grad for j in js]
-                grads = [g if g.dtype == b.dtype else g.to(b.dtype) for g in grads]   # bf16 / fp16: float32 copies
-                v2 = [b.v2[j] for j in js]
-                torch._foreach_add_([b.v1[j] for j in js], grads, alpha=w / (d * k))
-                torch._foreach_addcmul_(v2, grads, grads, value=w / (d * k * k))
-                torch._foreach_clamp_max_(v2, b.sq_max / d)              # g^2 = inf (|g| > 1.8e19 in float32): held finite
-        if not any(live): return
-        self._live = live
-        self._step_count += 1
-        self._nv_cache = None
-        if self._step_count >= self.warmup_steps: self._watch()
-
     def __getstate__(self) -> dict[str, Any]:
         "Pickle the settings and statistics, never the parameters (relink with `update_parameters` after loading)."
         self._renormalize()
@@ -207,6 +171,46 @@ class VarianceGradientScaler:
         n = sum(math.prod(s) for s in self._shapes) if self._shapes else 0
         return (f"VarianceGradientScaler(alpha={self.alpha}, reference={self.reference!r}, beta={self.beta}, warmup_steps={self.warmup_steps}, "
                 f"eps={self.eps}, enabled={self.enabled}, quantile={self.quantile}, elements={n}, step={self._step_count})")
+
+
+# %% ../nbs/02_vgs.ipynb #ad84aab0
+@patch
+@torch.no_grad()
+def step(self: VarianceGradientScaler) -> None:
+    """Add the current gradients to the statistics (call after the optimizer step). A factor applied by
+    `scale_gradients()` since the previous `step()` is divided out, so the statistics describe the raw gradients
+    (clipping is not undone); in step mode (no `scale_gradients()`) the gradients are taken as they are. Tensors
+    without a gradient keep their statistics and count, and leave the aggregate until they have one again."""
+    self._require_params()
+    k, self._applied = self._applied, 1.0
+    if not self.enabled: return
+    w = 1.0 - self.beta
+    live = [False] * len(self._params)
+    for b, ids in zip(self._buckets, self._bucket_ids):
+        have = [j for j, p in enumerate(b.params) if p.grad is not None]
+        if not have: continue
+        if any(b.params[j].grad.is_sparse for j in have): raise ValueError("VarianceGradientScaler does not support sparse gradients")
+        fold = min(self._decays[ids[j]] for j in have) * self.beta < self.RENORM
+        for j in have:
+            i = ids[j]; live[i] = True; self._counts[i] += 1
+            if fold:                                                # this step's decay applied now, with the lazy one
+                f = self._decays[i] * self.beta; b.v1[j].mul_(f); b.v2[j].mul_(f); self._decays[i] = 1.0
+            else: self._decays[i] *= self.beta
+        groups: dict[float, list[int]] = {}                           # live tensors with the same decay: one group
+        for j in have: groups.setdefault(self._decays[ids[j]], []).append(j)
+        for d, js in groups.items():
+            grads = [b.params[j].grad for j in js]
+            grads = [g if g.dtype == b.dtype else g.to(b.dtype) for g in grads]   # bf16 / fp16: float32 copies
+            v2 = [b.v2[j] for j in js]
+            torch._foreach_add_([b.v1[j] for j in js], grads, alpha=w / (d * k))
+            torch._foreach_addcmul_(v2, grads, grads, value=w / (d * k * k))
+            torch._foreach_clamp_max_(v2, b.sq_max / d)              # g^2 = inf (|g| > 1.8e19 in float32): held finite
+    if not any(live): return
+    self._live = live
+    self._step_count += 1
+    self._nv_cache = None
+    if self._step_count >= self.warmup_steps: self._watch()
+
 
 # %% ../nbs/02_vgs.ipynb #4ef9e6b7
 @patch
