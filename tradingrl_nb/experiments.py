@@ -192,10 +192,47 @@ def _resume_plan(name, parameters, preset, output_dir) -> tuple[str, dict, str |
                                     f"first evaluation); start it again with --overwrite")
     return exp, params, info.get("preset"), info, ck
 
+# %% ../nbs/10_experiments.ipynb #0e2c6bd9
+def _injected_parameters(values: dict, specs: dict, out: Path, prog: Path, resume: bool, tensorboard: bool) -> dict:
+    """What the runner injects into the notebook: the user's values, and where the notebook declares them, its run
+    folder, whether it resumes, and `run_context` (what it hands to `attach_run`: no environment variables)."""
+    injected = {k: v for k, v in values.items() if k not in RESERVED}
+    if "output_dir" in specs: injected["output_dir"] = str(out)
+    if "resume" in specs: injected["resume"] = bool(resume)
+    if "run_context" in specs:
+        total = values.get("total_timesteps")
+        injected["run_context"] = dict(progress=str(prog), total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+                                       tensorboard=str(out / "tensorboard") if tensorboard else None)
+    return injected
+
+def _run_record(path: Path, preset, commit: dict, resumed: tuple | None = None) -> dict:
+    """The run's `run.json` record as it starts; `resumed` `(prior record, checkpoint)`: the first start stays (the files
+    it wrote belong to the run) and each resumption is listed."""
+    import socket
+    started = datetime.now().isoformat(timespec="seconds")
+    record = dict(created_by=RUN_MARKER, experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(),
+                  host=socket.gethostname(), preset=preset, **commit)
+    if resumed:
+        prior, ck = resumed
+        record.update(started=prior.get("started") or started, resumed=[*(prior.get("resumed") or []),
+                      dict(at=started, from_timesteps=ck["timesteps"], **commit)])
+    return record
+
+def _read_metrics(out: Path) -> tuple[dict, str | None]:
+    "The run's `metrics.json` (an empty dict when it wrote none) and, when the file is unreadable or not an object, why."
+    if not (out / "metrics.json").exists(): return {}, None
+    try:
+        metrics = read_json(out / "metrics.json")
+        if not isinstance(metrics, dict): raise ValueError(f"holds a {type(metrics).__name__}, not an object")
+        return metrics, None
+    except ValueError as e:
+        return {}, f"{out / 'metrics.json'}: {e}"
+
+
 # %% ../nbs/10_experiments.ipynb #0351f829
 def _run(stop, name, parameters, device, output_dir, progress, report, kernel_name, raise_on_failure,
          start_timeout, overwrite, kernel_log, preset, tensorboard, resume=False) -> RunResult:
-    import signal, socket, papermill as pm
+    import signal, papermill as pm
     from papermill.exceptions import PapermillExecutionError
     from tradingrl_nb.progress import follow_progress
     with stop.stoppable():   # nothing written yet: a signal stops at once
@@ -211,20 +248,9 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
     lock = claim_run_dir(out, overwrite=overwrite, resume=resume)
     out = out.resolve()
     nb_path = out / f"{path.stem}.ipynb"
-    injected = {k: v for k, v in values.items() if k not in RESERVED}
-    if "output_dir" in specs: injected["output_dir"] = str(out)
-    if "resume" in specs: injected["resume"] = bool(resume)
     prog = out / ".progress.json"
-    if "run_context" in specs:   # what the notebook hands to attach_run: no environment variables
-        total = values.get("total_timesteps")
-        injected["run_context"] = dict(progress=str(prog), total=total if isinstance(total, int) and not isinstance(total, bool) else None,
-                                       tensorboard=str(out / "tensorboard") if tensorboard else None)
-    started = datetime.now().isoformat(timespec="seconds")
-    record = dict(created_by=RUN_MARKER, experiment=path.stem, notebook=str(path), started=started, pid=os.getpid(),
-                  host=socket.gethostname(), preset=preset, **commit)
-    if resume:   # the first start stays (the files it wrote belong to the run); each resumption is listed
-        record.update(started=prior.get("started") or started, resumed=[*(prior.get("resumed") or []),
-                      dict(at=started, from_timesteps=ck["timesteps"], **commit)])
+    injected = _injected_parameters(values, specs, out, prog, resume, tensorboard)
+    record = _run_record(path, preset, commit, (prior, ck) if resume else None)
     try:
         (out / "figures").mkdir(exist_ok=True)
         write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
@@ -253,14 +279,8 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
             return True
     try:
         wall = time.perf_counter() - t0
-        metrics = {}
-        if (out / "metrics.json").exists():
-            try:
-                metrics = read_json(out / "metrics.json")
-                if not isinstance(metrics, dict): raise ValueError(f"holds a {type(metrics).__name__}, not an object")
-            except ValueError as e:
-                metrics = {}
-                if status == "ok": status, error = "failed", f"{out / 'metrics.json'}: {e}"
+        metrics, problem = _read_metrics(out)
+        if problem and status == "ok": status, error = "failed", problem
         stopped_meanwhile()
         if status == "interrupted" and nb_path.exists(): _mark_notebook(nb_path, status, error)
         info = dict(record, status=status, wall_s=round(wall, 3), error=error)
