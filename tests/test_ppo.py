@@ -400,7 +400,7 @@ def test_rollout_buffer_memory_is_linear():
 
 
 def test_fixed_upgd_noise_with_vgs_warns():
-    from tradingrl_nb.upgd import VGSNoiseWarning
+    from tradingrl_nb.vgs import VGSNoiseWarning
     with pytest.warns(VGSNoiseWarning):
         make(policy_kwargs=dict(lstm_hidden_size=16, optimizer_kwargs=dict(adaptive_noise=False, sigma=0.01)))
     with warnings.catch_warnings():

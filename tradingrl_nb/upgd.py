@@ -19,7 +19,7 @@ from fastcore.basics import patch
 _kernel_warned: list[bool] = []       # the unavailable-kernel warning (after opting in), once per process
 
 # %% auto #0
-__all__ = ['UPGD', 'AdaptiveUPGD', 'VGSNoiseWarning', 'check_vgs_noise_compat']
+__all__ = ['UPGD', 'AdaptiveUPGD']
 
 # %% ../nbs/03_upgd.ipynb #94ebc0f7
 class _Bucket:
@@ -445,124 +445,142 @@ class AdaptiveUPGD(_FlatOptimizer):
             st["exp_avg_sq"] = (st.pop("rms").to(b.dtype).square() - group["eps"] ** 2 * (1 - group["beta2"] ** t)).clamp_min(0)
         super()._link(b, j, group)
 
-    def _update(self, plans, work, ok) -> None:
-        "The rule, on the gradients `_FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
-        lo = hi = grad_sq = noise_sq = None
-        numel, steps = 0, []
-        kern = self._cpu_kernel() if ok is None else None
-        # pass 1: noise, the utility EMA and its global min/max (on device), and the fused Adam kernel: moments of
-        # the perturbed gradient and the direction m_hat / (sqrt(v_hat) + eps), written (negated) into scratch D;
-        # or, for a bucket the compiled kernel takes, its pass 1 (noise, utility, min/max, moments in one sweep)
-        for group, b, A, grads, params, norms in work:
-            bu, b1, b2, eps, sigma = group["beta_utility"], group["beta1"], group["beta2"], group["eps"], group["sigma"]
-            ts, uni = self._advance(b, A)
-            fast = (kern is not None and uni and b.device.type == "cpu" and b.dtype == torch.float32 and b.is_flat
-                    and all(g.is_contiguous() and g.dtype == torch.float32 for g in grads)
-                    and all(q.is_contiguous() for q in params))
-            steps.append((ts, uni, fast))
-            t = ts[0]
-            W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
-            gen = self._generator(b.device)
-            n = sum(b.numels[j] for j in A)
-            g2 = norms.square().sum()
-            if group["adaptive_noise"]:
-                nb = group["noise_beta"]
-                ne = b.vec["grad_norm_ema"]
-                if uni:
-                    ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)              # EMA of the per-element RMS
-                    std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
-                    numels = b.numel_vec
-                else:
-                    ix = torch.tensor(A).to(b.device, non_blocking=True)
-                    neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
-                    ne.index_copy_(0, ix, neA)
-                    bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
-                    std = (neA * bcn).clamp_min_(group["min_noise_std"])
-                    numels = b.numel_vec.index_select(0, ix)
-                z2 = (std.square() * numels).sum()
-                W.normal_(generator=gen)
-                if fast: pass                                                      # the kernel adds it
-                elif b.device.type == "cpu":                                       # one pass: W = g + std * W
-                    for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
-                else:
-                    torch._foreach_mul_(Wv, list(std.unbind(0)))
-                    torch._foreach_add_(Wv, grads)
-            else:
-                z2 = torch.full_like(g2, n * sigma ** 2)
-                if fast:
-                    std = torch.full((len(A),), sigma, dtype=b.dtype)
-                    if sigma > 0: W.normal_(generator=gen)                        # same draws as normal_(0, sigma)
-                elif sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
-                else: torch._foreach_copy_(Wv, grads)
-            if fast:
-                if not hasattr(b, "c_numel"): b.c_numel = Kernel.numel_array(b.numels)
-                lo_u, hi_u = kern.pass1(b.c_numel, grads, params, std, W if (group["adaptive_noise"] or sigma > 0) else None,
-                                        b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], bu, b1, b2)
-                bcu = 1 - bu ** t
-                mn, mx = torch.tensor(lo_u / bcu, dtype=b.dtype), torch.tensor(hi_u / bcu, dtype=b.dtype)
-            else:
-                Uv = [b.views["utility"][j] for j in A]
-                if uni: b.flat["utility"].mul_(bu)
-                else: torch._foreach_mul_(Uv, bu)
-                torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
-                if uni:
-                    mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
-                    mn, mx = mn / bcu, mx / bcu
-                else:
-                    mm = [torch.aminmax(u) for u in Uv]
-                    bcs = _per(A, b.steps, bu)
-                    mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
-                    mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
-                D, Dv = b.scratch[1], [b.scratch_views[1][j] for j in A]
-                if uni: D.zero_()
-                else: torch._foreach_zero_(Dv)
-                torch._fused_adam_(Dv, Wv, [b.views["exp_avg"][j] for j in A], [b.views["exp_avg_sq"][j] for j in A], [],
-                                   [b.dstep_views[j] for j in A], lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-                                   amsgrad=False, maximize=False)
-            lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
-            hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
-            grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
-            noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
-            numel += n
-        # pass 2: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D
-        for (group, b, A, grads, params, _), (ts, uni, fast) in zip(work, steps):
-            bu, lr, wd = group["beta_utility"], group["lr"], group["weight_decay"]
-            t = ts[0]
-            if fast:                                                           # the kernel's pass 2
-                bcu, lo_f, hi_f = 1 - bu ** t, float(lo), float(hi)
-                span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
-                kern.pass2(b.c_numel, params, b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], lo_f * bcu,
-                           1 / span, 1 / math.sqrt(1 - group["beta2"] ** t), group["eps"], 1 - float(lr) * wd,
-                           2 * float(lr) / (1 - group["beta1"] ** t))
-                continue
-            W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
-            Dv = [b.scratch_views[1][j] for j in A]
-            # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
-            if uni and b.device.type == "cpu":                                  # scalars are free on the CPU
-                bcu = 1 - bu ** t
-                lo_f, hi_f = float(lo), float(hi)
-                span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
-                if span > 1e-3 * max(abs(lo_f), abs(hi_f)) * bcu:              # one pass, cancellation harmless
-                    torch.add(torch.tensor(lo_f * bcu / span, dtype=b.dtype), b.flat["utility"], alpha=-1 / span, out=W)
-                else: torch.sub(b.flat["utility"], lo_f * bcu, out=W).mul_(-1 / span)
-                W.sigmoid_()
-            elif uni:                                                          # on a GPU they stay on the device
-                bcu = 1 - bu ** t
-                c1 = ((hi.to(b.device) - lo.to(b.device)) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-                torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1).sigmoid_()
-            else:                                                              # per tensor: own bias correction
-                l_, h_ = lo.to(b.device), hi.to(b.device)
-                for j, w, bcu in zip(A, Wv, _per(A, b.steps, bu)):
-                    c1 = ((h_ - l_) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-                    torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_()
-            if ok is not None: torch._foreach_mul_(Wv, ok.to(b.device, b.dtype))   # GPU guard: no move on a bad step
-            if wd != 0:
-                if ok is None: torch._foreach_mul_(params, 1 - lr * wd)
-                else: torch._foreach_mul_(params, 1 - lr * wd * ok.to(b.device, b.dtype))
-            torch._foreach_addcmul_(params, Wv, Dv, value=2 * lr)                  # D = -m_hat / (sqrt(v_hat) + eps)
-        self._finish(plans)
-        self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
-                       "step": max(b.steps[j] for _, b, A in plans for j in A)}
+
+# %% ../nbs/03_upgd.ipynb #5c823ce6
+@patch
+def _adaptive_pass1(self: AdaptiveUPGD, group, b, A, grads, params, norms, kern):
+    """Pass 1 of `AdaptiveUPGD` on one bucket: the noise, the utility EMA and its min/max, and the fused Adam moments
+    and direction (negated, into scratch D), or the compiled kernel's pass 1. Returns `(mn, mx, g2, z2, n, (ts, uni, fast))`."""
+    bu, b1, b2, eps, sigma = group["beta_utility"], group["beta1"], group["beta2"], group["eps"], group["sigma"]
+    ts, uni = self._advance(b, A)
+    fast = (kern is not None and uni and b.device.type == "cpu" and b.dtype == torch.float32 and b.is_flat
+            and all(g.is_contiguous() and g.dtype == torch.float32 for g in grads)
+            and all(q.is_contiguous() for q in params))
+    t = ts[0]
+    W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
+    gen = self._generator(b.device)
+    n = sum(b.numels[j] for j in A)
+    g2 = norms.square().sum()
+    if group["adaptive_noise"]:
+        nb = group["noise_beta"]
+        ne = b.vec["grad_norm_ema"]
+        if uni:
+            ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)              # EMA of the per-element RMS
+            std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
+            numels = b.numel_vec
+        else:
+            ix = torch.tensor(A).to(b.device, non_blocking=True)
+            neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
+            ne.index_copy_(0, ix, neA)
+            bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
+            std = (neA * bcn).clamp_min_(group["min_noise_std"])
+            numels = b.numel_vec.index_select(0, ix)
+        z2 = (std.square() * numels).sum()
+        W.normal_(generator=gen)
+        if fast: pass                                                      # the kernel adds it
+        elif b.device.type == "cpu":                                       # one pass: W = g + std * W
+            for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
+        else:
+            torch._foreach_mul_(Wv, list(std.unbind(0)))
+            torch._foreach_add_(Wv, grads)
+    else:
+        z2 = torch.full_like(g2, n * sigma ** 2)
+        if fast:
+            std = torch.full((len(A),), sigma, dtype=b.dtype)
+            if sigma > 0: W.normal_(generator=gen)                        # same draws as normal_(0, sigma)
+        elif sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
+        else: torch._foreach_copy_(Wv, grads)
+    if fast:
+        if not hasattr(b, "c_numel"): b.c_numel = Kernel.numel_array(b.numels)
+        lo_u, hi_u = kern.pass1(b.c_numel, grads, params, std, W if (group["adaptive_noise"] or sigma > 0) else None,
+                                b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], bu, b1, b2)
+        bcu = 1 - bu ** t
+        mn, mx = torch.tensor(lo_u / bcu, dtype=b.dtype), torch.tensor(hi_u / bcu, dtype=b.dtype)
+    else:
+        Uv = [b.views["utility"][j] for j in A]
+        if uni: b.flat["utility"].mul_(bu)
+        else: torch._foreach_mul_(Uv, bu)
+        torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
+        if uni:
+            mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
+            mn, mx = mn / bcu, mx / bcu
+        else:
+            mm = [torch.aminmax(u) for u in Uv]
+            bcs = _per(A, b.steps, bu)
+            mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
+            mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
+        D, Dv = b.scratch[1], [b.scratch_views[1][j] for j in A]
+        if uni: D.zero_()
+        else: torch._foreach_zero_(Dv)
+        torch._fused_adam_(Dv, Wv, [b.views["exp_avg"][j] for j in A], [b.views["exp_avg_sq"][j] for j in A], [],
+                           [b.dstep_views[j] for j in A], lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
+                           amsgrad=False, maximize=False)
+    return mn, mx, g2, z2, n, (ts, uni, fast)
+
+
+# %% ../nbs/03_upgd.ipynb #a7773a91
+@patch
+def _adaptive_pass2(self: AdaptiveUPGD, group, b, A, params, ts, uni, fast, lo, hi, ok, kern):
+    "Pass 2 of `AdaptiveUPGD` on one bucket: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D."
+    bu, lr, wd = group["beta_utility"], group["lr"], group["weight_decay"]
+    t = ts[0]
+    if fast:                                                           # the kernel's pass 2
+        bcu, lo_f, hi_f = 1 - bu ** t, float(lo), float(hi)
+        span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
+        kern.pass2(b.c_numel, params, b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], lo_f * bcu,
+                   1 / span, 1 / math.sqrt(1 - group["beta2"] ** t), group["eps"], 1 - float(lr) * wd,
+                   2 * float(lr) / (1 - group["beta1"] ** t))
+        return
+    W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
+    Dv = [b.scratch_views[1][j] for j in A]
+    # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
+    if uni and b.device.type == "cpu":                                  # scalars are free on the CPU
+        bcu = 1 - bu ** t
+        lo_f, hi_f = float(lo), float(hi)
+        span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
+        if span > 1e-3 * max(abs(lo_f), abs(hi_f)) * bcu:              # one pass, cancellation harmless
+            torch.add(torch.tensor(lo_f * bcu / span, dtype=b.dtype), b.flat["utility"], alpha=-1 / span, out=W)
+        else: torch.sub(b.flat["utility"], lo_f * bcu, out=W).mul_(-1 / span)
+        W.sigmoid_()
+    elif uni:                                                          # on a GPU they stay on the device
+        bcu = 1 - bu ** t
+        c1 = ((hi.to(b.device) - lo.to(b.device)) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
+        torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1).sigmoid_()
+    else:                                                              # per tensor: own bias correction
+        l_, h_ = lo.to(b.device), hi.to(b.device)
+        for j, w, bcu in zip(A, Wv, _per(A, b.steps, bu)):
+            c1 = ((h_ - l_) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
+            torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_()
+    if ok is not None: torch._foreach_mul_(Wv, ok.to(b.device, b.dtype))   # GPU guard: no move on a bad step
+    if wd != 0:
+        if ok is None: torch._foreach_mul_(params, 1 - lr * wd)
+        else: torch._foreach_mul_(params, 1 - lr * wd * ok.to(b.device, b.dtype))
+    torch._foreach_addcmul_(params, Wv, Dv, value=2 * lr)                  # D = -m_hat / (sqrt(v_hat) + eps)
+
+@patch
+def _update(self: AdaptiveUPGD, plans, work, ok) -> None:
+    "The rule, on the gradients `_FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
+    lo = hi = grad_sq = noise_sq = None
+    numel, steps = 0, []
+    kern = self._cpu_kernel() if ok is None else None
+    # pass 1: noise, the utility EMA and its global min/max (on device), and the fused Adam kernel: moments of
+    # the perturbed gradient and the direction m_hat / (sqrt(v_hat) + eps), written (negated) into scratch D;
+    # or, for a bucket the compiled kernel takes, its pass 1 (noise, utility, min/max, moments in one sweep)
+    for group, b, A, grads, params, norms in work:
+        mn, mx, g2, z2, n, st = self._adaptive_pass1(group, b, A, grads, params, norms, kern)
+        steps.append(st)
+        lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
+        hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
+        grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
+        noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
+        numel += n
+    # pass 2: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D
+    for (group, b, A, grads, params, _), (ts, uni, fast) in zip(work, steps):
+        self._adaptive_pass2(group, b, A, params, ts, uni, fast, lo, hi, ok, kern)
+    self._finish(plans)
+    self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
+                   "step": max(b.steps[j] for _, b, A in plans for j in A)}
+
 
 # %% ../nbs/03_upgd.ipynb #90565e3c
 @patch
@@ -578,23 +596,3 @@ def _cpu_kernel(self: AdaptiveUPGD) -> Kernel | None:
         warnings.warn(f"AdaptiveUPGD: the compiled CPU kernel is unavailable ({kernel_status()['error']}); "
                       "using the torch path", RuntimeWarning, stacklevel=3)
     return kern
-
-# %% ../nbs/03_upgd.ipynb #95919d1d
-class VGSNoiseWarning(UserWarning):
-    "Fixed UPGD noise combined with VGS gradient scaling (seeds 000, 001, 003)."
-
-def check_vgs_noise_compat(optimizer: torch.optim.Optimizer, vgs: Any, threshold: float = 1e-4) -> bool:
-    """Warn (`VGSNoiseWarning`) and return False when `vgs` is enabled and a param group of `optimizer` adds fixed
-    (non-adaptive) noise with `sigma > threshold`: VGS shrinks the gradient, not fixed noise, so the noise-to-signal
-    ratio grows as 1 / scaling_factor (100x at 0.01). Groups without `sigma` (not UPGD) are ignored."""
-    if vgs is None or not getattr(vgs, "enabled", False): return True
-    bad = [(i, g["sigma"]) for i, g in enumerate(optimizer.param_groups)
-           if "sigma" in g and not g.get("adaptive_noise", False) and g["sigma"] > threshold]
-    if bad:
-        which = ", ".join(f"group {i} (sigma={s:g})" for i, s in bad)
-        warnings.warn(f"VarianceGradientScaler is enabled but {type(optimizer).__name__} adds fixed noise in {which}: "
-                      f"VGS scales gradients by factors down to 1e-4 and fixed noise does not follow, so the "
-                      f"noise-to-signal ratio grows as 1/scaling_factor (100x at 0.01). Use AdaptiveUPGD(adaptive_noise=True) "
-                      f"or sigma <= {threshold:g}.", VGSNoiseWarning, stacklevel=2)
-        return False
-    return True

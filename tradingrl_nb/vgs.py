@@ -16,7 +16,8 @@ from torch import Tensor
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['allocate', 'stratified_sample', 'NoiseBaseline', 'VarianceGradientScaler']
+__all__ = ['allocate', 'stratified_sample', 'NoiseBaseline', 'VarianceGradientScaler', 'VGSNoiseWarning',
+           'check_vgs_noise_compat']
 
 # %% ../nbs/02_vgs.ipynb #fb25d9d6
 def allocate(numels: list[int], size: int) -> list[int]:
@@ -458,3 +459,23 @@ def load_state_dict(self: VarianceGradientScaler, state: dict[str, Any]) -> None
         self._shapes, self._stats = shapes, ([t.detach().clone() for t in m1], [t.detach().clone() for t in m2])
         if self._params is not None: params, self._shapes = self._params, None; self.update_parameters(params)
     self._nv_cache = None
+
+# %% ../nbs/02_vgs.ipynb #95919d1d
+class VGSNoiseWarning(UserWarning):
+    "Fixed UPGD noise combined with VGS gradient scaling (seeds 000, 001, 003)."
+
+def check_vgs_noise_compat(optimizer: torch.optim.Optimizer, vgs: Any, threshold: float = 1e-4) -> bool:
+    """Warn (`VGSNoiseWarning`) and return False when `vgs` is enabled and a param group of `optimizer` adds fixed
+    (non-adaptive) noise with `sigma > threshold`: VGS shrinks the gradient, not fixed noise, so the noise-to-signal
+    ratio grows as 1 / scaling_factor (100x at 0.01). Groups without `sigma` (not UPGD) are ignored."""
+    if vgs is None or not getattr(vgs, "enabled", False): return True
+    bad = [(i, g["sigma"]) for i, g in enumerate(optimizer.param_groups)
+           if "sigma" in g and not g.get("adaptive_noise", False) and g["sigma"] > threshold]
+    if bad:
+        which = ", ".join(f"group {i} (sigma={s:g})" for i, s in bad)
+        warnings.warn(f"VarianceGradientScaler is enabled but {type(optimizer).__name__} adds fixed noise in {which}: "
+                      f"VGS scales gradients by factors down to 1e-4 and fixed noise does not follow, so the "
+                      f"noise-to-signal ratio grows as 1/scaling_factor (100x at 0.01). Use AdaptiveUPGD(adaptive_noise=True) "
+                      f"or sigma <= {threshold:g}.", VGSNoiseWarning, stacklevel=2)
+        return False
+    return True
