@@ -274,33 +274,34 @@ ENV_ID = "tradingrl/Trading-v0"
 if ENV_ID not in gym.registry:
     gym.register(ENV_ID, entry_point="tradingrl_nb.env:TradingEnv")
 
-# %% ../nbs/01_env.ipynb #87a0a2cf
-class TradingVecEnv(VecEnv):
-    "`n_envs` `TradingEnv`s over one market, stepped as numpy array operations; a stable-baselines3 `VecEnv` with auto-reset."
-    def __init__(self, df: pd.DataFrame, n_envs: int = 8, seed: int | None = None, full_info: bool = False, **env_kwargs):
-        if int(n_envs) != n_envs or n_envs < 1: raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
-        n = int(n_envs)
-        if env_kwargs.get("render_mode") is not None:
-            raise ValueError("TradingVecEnv does not render; use TradingEnv(render_mode='rgb_array') or the backtest plots")
-        self.template = TradingEnv(df, **env_kwargs)
-        e = self.template
-        self.market, self.full_info = e.market, bool(full_info)
-        self.render_mode = None
-        super().__init__(n, e.observation_space, e.action_space)
-        self._close, self._rows = e.market.close, e.market.obs_rows
-        self._fill_px = np.asarray(e._fill)
-        self._rngs: list = [None] * n
-        self._t = np.zeros(n, dtype=np.int64)
-        self._t_end = np.zeros(n, dtype=np.int64)
-        self._shares, self._cash, self._value = np.zeros(n), np.full(n, e.initial_value), np.full(n, e.initial_value)
-        self._peak, self._entry, self._sign = np.full(n, e.initial_value), np.full(n, e.initial_value), np.zeros(n)
-        self._bench_scale, self._t_fill, self._w = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
-        self._position = np.zeros(n)
-        self._book = np.zeros((N_BOOK, n))  # scratch for the book columns of the observation
-        self._needs_reset = True
-        if seed is not None: self.seed(seed)
+# %% ../nbs/01_env.ipynb #ad801a78
+class _TemplateAccess:
+    "The SB3 `VecEnv` calls `TradingVecEnv` answers from its shared template `TradingEnv` (one configuration for all), or refuses."
+    def close(self) -> None: pass
+    _ARRAY_ATTRS = {"portfolio_value": "_value", "position": "_position"}
 
-    # -- state as arrays ---------------------------------------------------------------------------
+    def get_attr(self, attr_name: str, indices=None) -> list:
+        "Per-agent values for `portfolio_value`, `position`; other attributes come from the shared template `TradingEnv`."
+        idx = self._indices(indices)
+        if attr_name in self._ARRAY_ATTRS: return getattr(self, self._ARRAY_ATTRS[attr_name])[idx].tolist()
+        if attr_name == "render_mode": return [None] * len(idx)
+        v = getattr(self.template, attr_name)
+        return [v] * len(idx)
+
+    def set_attr(self, attr_name: str, value, indices=None) -> None:
+        raise NotImplementedError("TradingVecEnv shares one configuration across agents; build a new one to change it")
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list:
+        "Calls a method of the shared template `TradingEnv` (e.g. `obs_index`), once per requested index."
+        if method_name in ("reset", "step", "render"):
+            raise NotImplementedError(f"{method_name} is not available per agent in TradingVecEnv")
+        f = getattr(self.template, method_name)
+        return [f(*method_args, **method_kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list: return [False] * len(self._indices(indices))
+
+# %% ../nbs/01_env.ipynb #87a0a2cf
+class TradingVecEnv(_TemplateAccess, VecEnv):
+    "`n_envs` `TradingEnv`s over one market, stepped as numpy array operations; a stable-baselines3 `VecEnv` with auto-reset."
     @property
     def portfolio_value(self) -> np.ndarray: return self._value.copy()
     def obs_index(self, name: str, lag: int = 0) -> int: return self.template.obs_index(name, lag)
@@ -354,32 +355,12 @@ class TradingVecEnv(VecEnv):
         r = np.log(Vc / V)
         if e.reward_scale != 1.0: r *= e.reward_scale
         rewards = r.astype(np.float32)
-        s_new = np.sign(w)
-        np.copyto(self._entry, Vf - tcost, where=s_new != self._sign)
-        self._sign = s_new
-        peak = np.maximum(self._peak, Vc, out=self._peak)
-        book, c = self._book, e.obs_clip
-        np.divide(shP1, Vc, out=book[0])
-        np.log(Vc / self._entry, out=book[1]); book[1] *= np.abs(s_new) * 10.0
-        np.log(Vc / peak, out=book[2]); book[2] *= 10.0
-        np.maximum(book, -c, out=book); np.minimum(book, c, out=book)
-        obs = self._rows.take(t1, axis=0)
-        obs[:, -N_BOOK:] = book.T
+        obs = self._observe(t1, w, shP1, Vc, Vf - tcost)
         self._t, self._shares, self._cash, self._value, self._position = t1, shares, cash, V1, w
         ended = t1 >= self._t_end
         dones = ruin | ended
         truncated = ended > ruin  # ended and not ruined
-        if self.full_info:
-            d = self.market.dates[t].tolist()
-            bench = np.where(t1 < self._t_fill, e.initial_value, self._bench_scale * e._tr.take(t1))
-            infos = [{"date": a, "portfolio_value": b, "position": p, "cost": cc, "trade": tr, "benchmark": bm, "shares": s,
-                      "cash": ca, "price": pr, "carry": cy, "TimeLimit.truncated": tl}
-                     for a, b, p, cc, tr, bm, s, ca, pr, cy, tl in zip(
-                         d, V1.tolist(), w.tolist(), cost.tolist(), (np.abs(dx) / Vf).tolist(), bench.tolist(),
-                         shares.tolist(), cash.tolist(), P1.tolist(), repeat(0.0) if carry is None else carry.tolist(),
-                         truncated.tolist())]
-        else:
-            infos = [{} for _ in repeat(None, self.num_envs)]  # SB3 wants a list of fresh dicts
+        infos = self._step_infos(t, t1, w, V1, cost, dx, Vf, shares, cash, P1, carry, truncated)
         if dones.any():
             idx = np.flatnonzero(dones)
             term_obs = obs[idx]
@@ -389,30 +370,60 @@ class TradingVecEnv(VecEnv):
             obs[idx] = self._reset_idx(idx)
         return obs, rewards, dones, infos
 
-    # -- the rest of the VecEnv interface ------------------------------------------------------------
-    def close(self) -> None: pass
+# %% ../nbs/01_env.ipynb #f4c855d3
+@patch
+def _observe(self: TradingVecEnv, t1: np.ndarray, w: np.ndarray, shP1: np.ndarray, Vc: np.ndarray, entry_value: np.ndarray) -> np.ndarray:
+    "Observations after a step: bar `t1`'s rows and the clipped book columns; a position whose sign changed enters at `entry_value`."
+    e, s_new = self.template, np.sign(w)
+    np.copyto(self._entry, entry_value, where=s_new != self._sign)
+    self._sign = s_new
+    peak = np.maximum(self._peak, Vc, out=self._peak)
+    book, c = self._book, e.obs_clip
+    np.divide(shP1, Vc, out=book[0])
+    np.log(Vc / self._entry, out=book[1]); book[1] *= np.abs(s_new) * 10.0
+    np.log(Vc / peak, out=book[2]); book[2] *= 10.0
+    np.maximum(book, -c, out=book); np.minimum(book, c, out=book)
+    obs = self._rows.take(t1, axis=0)
+    obs[:, -N_BOOK:] = book.T
+    return obs
 
-    _ARRAY_ATTRS = {"portfolio_value": "_value", "position": "_position"}
+@patch
+def _step_infos(self: TradingVecEnv, t, t1, w, V1, cost, dx, Vf, shares, cash, P1, carry, truncated) -> list[dict]:
+    "The step's info dicts: every agent's accounting with `full_info`, else fresh empty dicts (SB3 wants a list of them)."
+    e = self.template
+    if not self.full_info: return [{} for _ in repeat(None, self.num_envs)]
+    d = self.market.dates[t].tolist()
+    bench = np.where(t1 < self._t_fill, e.initial_value, self._bench_scale * e._tr.take(t1))
+    return [{"date": a, "portfolio_value": b, "position": p, "cost": cc, "trade": tr, "benchmark": bm, "shares": s,
+             "cash": ca, "price": pr, "carry": cy, "TimeLimit.truncated": tl}
+            for a, b, p, cc, tr, bm, s, ca, pr, cy, tl in zip(
+                d, V1.tolist(), w.tolist(), cost.tolist(), (np.abs(dx) / Vf).tolist(), bench.tolist(),
+                shares.tolist(), cash.tolist(), P1.tolist(), repeat(0.0) if carry is None else carry.tolist(),
+                truncated.tolist())]
 
-    def get_attr(self, attr_name: str, indices=None) -> list:
-        "Per-agent values for `portfolio_value`, `position`; other attributes come from the shared template `TradingEnv`."
-        idx = self._indices(indices)
-        if attr_name in self._ARRAY_ATTRS: return getattr(self, self._ARRAY_ATTRS[attr_name])[idx].tolist()
-        if attr_name == "render_mode": return [None] * len(idx)
-        v = getattr(self.template, attr_name)
-        return [v] * len(idx)
-
-    def set_attr(self, attr_name: str, value, indices=None) -> None:
-        raise NotImplementedError("TradingVecEnv shares one configuration across agents; build a new one to change it")
-
-    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list:
-        "Calls a method of the shared template `TradingEnv` (e.g. `obs_index`), once per requested index."
-        if method_name in ("reset", "step", "render"):
-            raise NotImplementedError(f"{method_name} is not available per agent in TradingVecEnv")
-        f = getattr(self.template, method_name)
-        return [f(*method_args, **method_kwargs) for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class, indices=None) -> list: return [False] * len(self._indices(indices))
+@patch
+def __init__(self: TradingVecEnv, df: pd.DataFrame, n_envs: int = 8, seed: int | None = None, full_info: bool = False, **env_kwargs):
+    if int(n_envs) != n_envs or n_envs < 1: raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
+    n = int(n_envs)
+    if env_kwargs.get("render_mode") is not None:
+        raise ValueError("TradingVecEnv does not render; use TradingEnv(render_mode='rgb_array') or the backtest plots")
+    self.template = TradingEnv(df, **env_kwargs)
+    e = self.template
+    self.market, self.full_info = e.market, bool(full_info)
+    self.render_mode = None
+    super(TradingVecEnv, self).__init__(n, e.observation_space, e.action_space)
+    self._close, self._rows = e.market.close, e.market.obs_rows
+    self._fill_px = np.asarray(e._fill)
+    self._rngs: list = [None] * n
+    self._t = np.zeros(n, dtype=np.int64)
+    self._t_end = np.zeros(n, dtype=np.int64)
+    self._shares, self._cash, self._value = np.zeros(n), np.full(n, e.initial_value), np.full(n, e.initial_value)
+    self._peak, self._entry, self._sign = np.full(n, e.initial_value), np.full(n, e.initial_value), np.zeros(n)
+    self._bench_scale, self._t_fill, self._w = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
+    self._position = np.zeros(n)
+    self._book = np.zeros((N_BOOK, n))  # scratch for the book columns of the observation
+    self._needs_reset = True
+    if seed is not None: self.seed(seed)
 
 # %% ../nbs/01_env.ipynb #094a7f8e
 @patch(as_prop=True)
