@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging, math, pickle, tempfile, time, traceback, uuid
 from collections import deque
+from fastcore.basics import patch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,92 +302,131 @@ class _Worker:
 # %% ../nbs/08a_pbt_runner.ipynb #c66545af
 def _run_workers(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
                  progress, callback, n_workers, threads_per_worker, member_timeout=None):
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-    ctx = mp.get_context("spawn")
-    expect = {mid: None for mid in scheduler.records}   # token of a worker's live copy that is still valid (None: load)
-    reset_opt = {mid: False for mid in scheduler.records}
-    reset = scheduler.optimizer_exploit_strategy == "reset"
-    home: dict[int, _Worker] = {}                       # the worker that holds a member's live copy
-    queue = deque(mid for mid, rec in scheduler.records.items() if rec.status == "alive" and rounds_done[mid] < n_rounds)
-    bar = _progress_bar(n_rounds * len(scheduler.records), sum(min(v, n_rounds) for v in rounds_done.values()), progress, "PBT")
-
-    def save():
-        _save_population(run_dir, scheduler, {"failures": failures, "rounds_done": rounds_done})
-
-    def dispatch(w):
-        least = min(rounds_done[m] for m in queue)   # the members furthest behind first (no one runs ahead of the others),
-        first = [m for m in queue if rounds_done[m] == least]      # among them one whose live copy this worker holds
-        mid = next((m for m in first if home.get(m) is w), first[0]); queue.remove(mid)
-        rec, token = scheduler.records[mid], uuid.uuid4().hex
-        ckpt = rec.checkpoint if rec.checkpoint and Path(rec.checkpoint).exists() else None
-        try: w.submit((factory, mid, expect[mid], token, ckpt, reset_opt[mid], dict(rec.hyperparams), steps, fitness_fn,
-                       rec.step, n_rounds), mid, token, member_timeout)
-        except OSError:   # the idle worker died: start another one; the member waits for it
-            queue.appendleft(mid); w.stop(kill=True); workers[workers.index(w)] = _Worker(ctx, threads_per_worker); return
-        home[mid] = w
-
-    def failed(mid, exc):
-        rec = scheduler.records[mid]; scheduler.round = rounds_done[mid]
-        _failure(scheduler, failures, rec, exc)
-        out = _revive_or_drop(scheduler, rec, max_failures)
-        if out is None: bar.update(n_rounds - rounds_done[mid]); rounds_done[mid] = n_rounds
-        else:
-            params, hp, _ = out
-            if params is not None: scheduler.store(mid, params)    # the donor's state and clock
-            expect[mid], reset_opt[mid] = None, reset
-        save()
-        if rec.status == "alive": queue.append(mid)
-
-    def finished(mid, token, value):
-        scheduler.round = rounds_done[mid]
-        try:
-            fitness, step, own, info = value
-            scheduler.report(mid, fitness, step, own, **{f"train_{k}": v for k, v in info.items()})
-            expect[mid], reset_opt[mid] = token, False
-            params, hp, _ = scheduler.exploit_and_explore(mid)
-            if params is not None:   # the worker reloads from this checkpoint next time: the donor's state, its own clock
-                scheduler.store(mid, _with_clock(params, own)); expect[mid], reset_opt[mid] = None, reset
-        except Exception as e: failed(mid, e); return
-        rounds_done[mid] += 1; bar.update(1); bar.set_postfix(best=_best_str(scheduler))
-        save()
-        if callback is not None: callback(rounds_done[mid] - 1, scheduler)
-        if rounds_done[mid] < n_rounds: queue.append(mid)
-
-    workers = [_Worker(ctx, threads_per_worker) for _ in range(n_workers)]
+    pool = _WorkerPool(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
+                       progress, callback, threads_per_worker, member_timeout)
     try:
-        while True:
-            for w in list(workers):
-                if w.ready and w.task is None and queue: dispatch(w)
-            waiting = [w for w in workers if w.task is not None or not w.ready]
-            if not any(w.task is not None for w in workers) and not queue: break
-            deadlines = [w.task[2] for w in waiting if w.task is not None and w.task[2] is not None]
-            ready = wait([w.conn for w in waiting], None if not deadlines else max(0.0, min(deadlines) - time.monotonic()))
-            for w in waiting:
-                i = workers.index(w)
-                if w.conn in ready:
-                    msg = w.receive()
-                    if not w.ready:
-                        if msg[0] != "ready": raise RuntimeError(f"a PBT worker process could not start: {msg[1]}")
-                        w.ready = True; continue
-                    if msg[0] == "started": w.started(); continue
-                    (mid, token, _), w.task = w.task, None
-                    if msg[0] == "died": w.stop(kill=True); workers[i] = _Worker(ctx, threads_per_worker)
-                    if msg[0] == "ok": finished(mid, token, msg[1])
-                    else:
-                        exc = msg[1]
-                        if msg[2]: exc.__cause__ = _RemoteTraceback(msg[2])
-                        failed(mid, exc)
-                elif w.task is not None and w.task[2] is not None and time.monotonic() >= w.task[2]:
-                    mid = w.task[0]
-                    w.stop(kill=True); workers[i] = _Worker(ctx, threads_per_worker)
-                    failed(mid, TimeoutError(f"member {mid}: an interval of {steps} steps ran past member_timeout="
-                                             f"{member_timeout:g} s; its worker process was killed"))
+        pool.workers = [_Worker(pool.ctx, threads_per_worker) for _ in range(n_workers)]
+        pool.run()
         if not scheduler.alive(): raise RuntimeError("every member of the population failed; see the failures log")
     finally:
-        bar.close()
-        for w in workers: w.stop(kill=w.task is not None or not w.ready)
+        pool.bar.close()
+        for w in pool.workers: w.stop(kill=w.task is not None or not w.ready)
     return {}
+
+class _WorkerPool:
+    """The parallel runner's state: which worker holds which member's live copy, the members waiting for a worker
+    (the furthest behind first), and what each finished or failed interval does to the population."""
+    def __init__(self, factory, scheduler, n_rounds, steps, run_dir, fitness_fn, max_failures, failures, rounds_done,
+                 progress, callback, threads_per_worker, member_timeout):
+        import multiprocessing as mp
+        self.factory, self.scheduler, self.n_rounds, self.steps, self.run_dir = factory, scheduler, n_rounds, steps, run_dir
+        self.fitness_fn, self.max_failures, self.failures, self.rounds_done = fitness_fn, max_failures, failures, rounds_done
+        self.callback, self.threads, self.member_timeout = callback, threads_per_worker, member_timeout
+        self.ctx = mp.get_context("spawn")
+        self.expect = {mid: None for mid in scheduler.records}   # token of a worker's live copy that is still valid (None: load)
+        self.reset_opt = {mid: False for mid in scheduler.records}
+        self.reset = scheduler.optimizer_exploit_strategy == "reset"
+        self.home: dict[int, _Worker] = {}                     # the worker that holds a member's live copy
+        self.queue = deque(mid for mid, rec in scheduler.records.items() if rec.status == "alive" and rounds_done[mid] < n_rounds)
+        self.bar = _progress_bar(n_rounds * len(scheduler.records), sum(min(v, n_rounds) for v in rounds_done.values()),
+                                 progress, "PBT")
+        self.workers: list[_Worker] = []
+
+    def save(self) -> None:
+        _save_population(self.run_dir, self.scheduler, {"failures": self.failures, "rounds_done": self.rounds_done})
+
+    def respawn(self, w: _Worker) -> None:
+        "Replace worker `w` (dead, or killed) by a fresh process."
+        w.stop(kill=True); self.workers[self.workers.index(w)] = _Worker(self.ctx, self.threads)
+
+
+# %% ../nbs/08a_pbt_runner.ipynb #9079dc97
+@patch
+def dispatch(self: _WorkerPool, w: _Worker) -> None:
+    "Give idle worker `w` the member furthest behind (no one runs ahead of the others), one whose live copy it holds if any."
+    rd, queue = self.rounds_done, self.queue
+    least = min(rd[m] for m in queue)
+    first = [m for m in queue if rd[m] == least]
+    mid = next((m for m in first if self.home.get(m) is w), first[0]); queue.remove(mid)
+    rec, token = self.scheduler.records[mid], uuid.uuid4().hex
+    ckpt = rec.checkpoint if rec.checkpoint and Path(rec.checkpoint).exists() else None
+    try: w.submit((self.factory, mid, self.expect[mid], token, ckpt, self.reset_opt[mid], dict(rec.hyperparams), self.steps,
+                   self.fitness_fn, rec.step, self.n_rounds), mid, token, self.member_timeout)
+    except OSError:   # the idle worker died: start another one; the member waits for it
+        queue.appendleft(mid); self.respawn(w); return
+    self.home[mid] = w
+
+@patch
+def failed(self: _WorkerPool, mid: int, exc: BaseException) -> None:
+    "Member `mid`'s interval failed: record it, then revive it from a donor or drop it."
+    s, rd = self.scheduler, self.rounds_done
+    rec = s.records[mid]; s.round = rd[mid]
+    _failure(s, self.failures, rec, exc)
+    out = _revive_or_drop(s, rec, self.max_failures)
+    if out is None: self.bar.update(self.n_rounds - rd[mid]); rd[mid] = self.n_rounds
+    else:
+        params, hp, _ = out
+        if params is not None: s.store(mid, params)    # the donor's state and clock
+        self.expect[mid], self.reset_opt[mid] = None, self.reset
+    self.save()
+    if rec.status == "alive": self.queue.append(mid)
+
+@patch
+def finished(self: _WorkerPool, mid: int, token: str, value) -> None:
+    "Member `mid` trained its interval: report its fitness, exploit and explore, and queue its next round."
+    s, rd = self.scheduler, self.rounds_done
+    s.round = rd[mid]
+    try:
+        fitness, step, own, info = value
+        s.report(mid, fitness, step, own, **{f"train_{k}": v for k, v in info.items()})
+        self.expect[mid], self.reset_opt[mid] = token, False
+        params, hp, _ = s.exploit_and_explore(mid)
+        if params is not None:   # the worker reloads from this checkpoint next time: the donor's state, its own clock
+            s.store(mid, _with_clock(params, own)); self.expect[mid], self.reset_opt[mid] = None, self.reset
+    except Exception as e: self.failed(mid, e); return
+    rd[mid] += 1; self.bar.update(1); self.bar.set_postfix(best=_best_str(s))
+    self.save()
+    if self.callback is not None: self.callback(rd[mid] - 1, s)
+    if rd[mid] < self.n_rounds: self.queue.append(mid)
+
+
+# %% ../nbs/08a_pbt_runner.ipynb #d9185ead
+@patch
+def run(self: _WorkerPool) -> None:
+    "Until every member has trained its rounds: hand idle workers members, wait for answers or deadlines, act on them."
+    from multiprocessing.connection import wait
+    workers = self.workers
+    while True:
+        for w in list(workers):
+            if w.ready and w.task is None and self.queue: self.dispatch(w)
+        waiting = [w for w in workers if w.task is not None or not w.ready]
+        if not any(w.task is not None for w in workers) and not self.queue: break
+        deadlines = [w.task[2] for w in waiting if w.task is not None and w.task[2] is not None]
+        ready = wait([w.conn for w in waiting], None if not deadlines else max(0.0, min(deadlines) - time.monotonic()))
+        for w in waiting:
+            if w.conn in ready: self.answer(w)
+            elif w.task is not None and w.task[2] is not None and time.monotonic() >= w.task[2]:
+                mid = w.task[0]
+                self.respawn(w)
+                self.failed(mid, TimeoutError(f"member {mid}: an interval of {self.steps} steps ran past member_timeout="
+                                              f"{self.member_timeout:g} s; its worker process was killed"))
+
+@patch
+def answer(self: _WorkerPool, w: _Worker) -> None:
+    "Act on worker `w`'s message: ready, started, or its interval's result (ok, failed, or died)."
+    msg = w.receive()
+    if not w.ready:
+        if msg[0] != "ready": raise RuntimeError(f"a PBT worker process could not start: {msg[1]}")
+        w.ready = True; return
+    if msg[0] == "started": w.started(); return
+    (mid, token, _), w.task = w.task, None
+    if msg[0] == "died": self.respawn(w)
+    if msg[0] == "ok": self.finished(mid, token, msg[1])
+    else:
+        exc = msg[1]
+        if msg[2]: exc.__cause__ = _RemoteTraceback(msg[2])
+        self.failed(mid, exc)
+
 
 # %% ../nbs/08a_pbt_runner.ipynb #fe308f50
 def lineage(history: pd.DataFrame, member_ids, n_rounds: int) -> pd.DataFrame:
