@@ -463,3 +463,21 @@ def test_experiment_failed_crosses_a_process_boundary():
     r = RunResult("train_agent", P("/tmp/x"), P("/tmp/x/train_agent.ipynb"), None, {"seed": 1}, {}, "failed", 1.5, "boom")
     e = pickle.loads(pickle.dumps(ExperimentFailed("train_agent failed: boom", r)))
     assert str(e) == "train_agent failed: boom" and e.result == r
+
+
+def test_overwrite_replaces_an_older_tradingrls_walk_forward_with_its_sub_runs(tmp_path):
+    """A folder of a tradingrl from before the run marker whose notebook started sub-runs (walk_forward's runs/NAME, each
+    with its own run.json) can be replaced with --overwrite; a file or a sub-folder no run wrote still blocks it."""
+    out = tmp_path / "walk_forward"
+    (out / "figures").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps(dict(experiment="walk_forward", started="2026-12-02T20:34:00", pid=1, host="h")))
+    for name in ("metrics.json", "params.json", "walk_forward.ipynb", "figures/walk_forward_sharpe.png"): (out / name).write_text("x")
+    for run in ("2008-seed0", "2013-seed1"):
+        (out / "runs" / run).mkdir(parents=True)
+        for name in ("run.json", "metrics.json", "returns.csv"): (out / "runs" / run / name).write_text("{}")
+    assert rundir.reuse_problem(out, overwrite=True) is None
+    (out / "runs" / "mine").mkdir()                            # a folder without a run.json: not a sub-run
+    assert "runs/mine/" in rundir.reuse_problem(out, overwrite=True)
+    (out / "runs" / "mine").rmdir()
+    rundir.clear_run_dir(out)
+    assert not (out / "runs").exists() and list(out.iterdir()) == []

@@ -107,8 +107,17 @@ def run_owned_files(folder: str | Path, info: dict | None = None) -> set[str] | 
     if all(k in info for k in ("experiment", "started", "pid", "host")):   # run.json of a tradingrl before the marker
         exp = str(info["experiment"])
         return {*_RUNNER_NAMES, *(f"{exp}{s}" for s in (".ipynb", ".html", ".notebook.html")), "figures/", "tensorboard/",
+                *_legacy_sub_runs(folder),
                 *(e for e in folder_files(folder) if e.startswith(("figures/", "tensorboard/")))}
     return None
+
+def _legacy_sub_runs(folder: Path) -> set[str]:
+    "The entries of `runs/NAME` folders that hold their own run.json: the sub-runs an older tradingrl's walk_forward left."
+    runs = folder / "runs"
+    if not runs.is_dir() or runs.is_symlink(): return set()
+    subs = {d.name for d in runs.iterdir() if d.is_dir() and not d.is_symlink() and (d / "run.json").is_file()}
+    return ({"runs/"} if subs else set()) | {e for e in folder_files(folder) if e.split("/")[0] == "runs" and len(e.split("/")) > 1
+                                             and e.split("/")[1] in subs}
 
 def foreign_files(folder: str | Path, owned: set[str]) -> list[str]:
     "Entries of `folder` not in `owned`; a folder none of whose entries is owned is listed once, as 'name/'."
@@ -155,6 +164,7 @@ def reuse_problem(out: str | Path, overwrite: bool = False, locked: bool = False
                 f"{_names(foreign)}; nothing was deleted: move them away or choose another folder")
     return None
 
+# %% ../nbs/10b_rundir.ipynb #0948b376
 def clear_run_dir(out: str | Path) -> None:
     "Delete what the run in `out` wrote (`run_owned_files`): its files, then its folders that are left empty."
     out = Path(out)
