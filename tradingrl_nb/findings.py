@@ -286,18 +286,13 @@ def holm_verdicts(findings: list[dict], alpha: float = 0.05) -> list[str]:
 # %% ../nbs/12_findings.ipynb #def9c63e
 SEEDS_AND_MARKET = ("multi_seed_sharpe_ci", "paired_sharpe_difference_ci")   # intervals that also resample market days
 
-def _inputs(f: dict) -> dict:
-    "The statistics call behind a finding: `inputs` as an experiment stores it, `_inputs` while findings are collected."
-    return f.get("inputs") or f.get("_inputs") or {}
-
-def _market_aware(f: dict) -> bool: return _inputs(f).get("function") in SEEDS_AND_MARKET
+def _market_aware(f: dict) -> bool: return (f.get("inputs") or {}).get("function") in SEEDS_AND_MARKET
 
 def interval_se(f: dict, c: Claim) -> float:
     """A finding's standard error on the test scale (a log for a ratio), read off its own 95% interval: the half on
     the side of no effect, over the normal quantile."""
-    t = (lambda v: math.log(v / c.null)) if c.ratio else (lambda v: v - c.null)
-    e, (lo, hi) = t(f["estimate"]), (t(x) for x in f["ci95"])
-    return ((e - lo) if e > 0 else (hi - e)) / NormalDist().inv_cdf(0.975)
+    e, lo, hi = _seed_scale([f["estimate"], *f["ci95"]], c)
+    return float((e - lo) if e > 0 else (hi - e)) / NormalDist().inv_cdf(0.975)
 
 def finding_p_value(f: dict, c: Claim) -> float:
     """Two-sided p-value of a finding against no effect by the method of its own interval: the t-test over seeds
@@ -316,7 +311,7 @@ def finding_mde(f: dict, c: Claim, alpha: float = 0.05, power: float = 0.8) -> f
 def _interval_at(f: dict, c: Claim, level: float) -> tuple[float, float]:
     "The finding's interval at confidence `level`: its own statistics call again, or the t-interval over seeds."
     if _market_aware(f):
-        iv = recompute_interval(_inputs(f), confidence=level)
+        iv = recompute_interval(f["inputs"], confidence=level)
         return iv.low, iv.high
     return seed_t_interval(f["per_seed"], c, level)
 
@@ -397,7 +392,8 @@ def _checked(f: dict, where: Path, experiment: str, commit: str) -> dict:
         raise ValueError(f"{where}: finding {c.id!r} says {f['verdict']!r} but its interval {f['ci95']} gives {v!r}")
     if "inputs" in f: check_inputs(f["inputs"], (f["estimate"], *f["ci95"]), f"{where}: finding {c.id!r}")
     rec = {k: (experiment if k == "experiment" else commit if k == "commit" else f.get(k, 0)) for k in FIELDS}
-    rec["verdict"], rec["recomputed"], rec["_inputs"] = v, f["inputs"]["function"] if "inputs" in f else None, f.get("inputs")
+    rec["verdict"], rec["recomputed"] = v, f["inputs"]["function"] if "inputs" in f else None
+    if "inputs" in f: rec["inputs"] = f["inputs"]   # for with_family, which leaves it out of findings.json
     return {**rec, "source": c.source, "quote": c.quote, "claimed": None if c.claimed is None else list(c.claimed),
             "sesoi": c.sesoi, "framing": c.framing, "primary": c.primary, "forks": c.forks}
 
@@ -407,7 +403,7 @@ def with_family(findings: list[dict]) -> list[dict]:
     out = []
     for f, h in zip(findings, holm):
         c = CLAIMS[f["id"]]
-        rec = {k: v for k, v in f.items() if k != "_inputs"}   # the inputs stay in the experiment's metrics.json
+        rec = {k: v for k, v in f.items() if k != "inputs"}   # the inputs stay in the experiment's metrics.json
         out.append({**rec, "p_value": finding_p_value(f, c), "mde": finding_mde(f, c), "holm_verdict": h})
     return out
 
