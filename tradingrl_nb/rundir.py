@@ -105,19 +105,17 @@ def run_owned_files(folder: str | Path, info: dict | None = None) -> set[str] | 
         except ValueError: t0 = float("inf")
         return {e for e in folder_files(folder) if e.endswith("/") or (folder / e).lstat().st_mtime >= t0}
     if all(k in info for k in ("experiment", "started", "pid", "host")):   # run.json of a tradingrl before the marker
-        exp = str(info["experiment"])
+        exp, entries = str(info["experiment"]), set(folder_files(folder))
         return {*_RUNNER_NAMES, *(f"{exp}{s}" for s in (".ipynb", ".html", ".notebook.html")), "figures/", "tensorboard/",
-                *_legacy_sub_runs(folder),
-                *(e for e in folder_files(folder) if e.startswith(("figures/", "tensorboard/")))}
+                *_legacy_sub_runs(entries), *(e for e in entries if e.startswith(("figures/", "tensorboard/")))}
     return None
 
-def _legacy_sub_runs(folder: Path) -> set[str]:
-    "The entries of `runs/NAME` folders that hold their own run.json: the sub-runs an older tradingrl's walk_forward left."
-    runs = folder / "runs"
-    if not runs.is_dir() or runs.is_symlink(): return set()
-    subs = {d.name for d in runs.iterdir() if d.is_dir() and not d.is_symlink() and (d / "run.json").is_file()}
-    return ({"runs/"} if subs else set()) | {e for e in folder_files(folder) if e.split("/")[0] == "runs" and len(e.split("/")) > 1
-                                             and e.split("/")[1] in subs}
+def _legacy_sub_runs(entries: set[str]) -> set[str]:
+    """Of a folder's entries (`folder_files`), those of `runs/NAME/` folders holding their own run.json: the sub-runs an
+    older tradingrl's walk_forward left (a linked folder is an entry of its own, never one of these)."""
+    subs = {e.split("/")[1] for e in entries if e.startswith("runs/") and e.count("/") == 2 and e.endswith("/run.json")}
+    subs = {n for n in subs if f"runs/{n}/" in entries}
+    return ({"runs/"} if subs else set()) | {e for e in entries if e.startswith("runs/") and e.split("/")[1] in subs}
 
 def foreign_files(folder: str | Path, owned: set[str]) -> list[str]:
     "Entries of `folder` not in `owned`; a folder none of whose entries is owned is listed once, as 'name/'."
