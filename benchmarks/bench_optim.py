@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tradingrl_nb.upgd import AdaptiveUPGD, UPGD  # noqa: E402
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD  # noqa: E402
+from tradingrl_nb.upgd import UPGD  # noqa: E402
 from tradingrl_nb.upgd_reference import UPGDLoop  # noqa: E402
 from tradingrl_nb.upgd_kernel import kernel_status, load_kernel     # noqa: E402
 from tradingrl_nb.vgs import VarianceGradientScaler                  # noqa: E402
@@ -105,7 +106,7 @@ FIRST_STEP = """
 import sys, time, torch
 sys.path.insert(0, {root!r})
 from benchmarks.bench_optim import make_model
-from tradingrl_nb.upgd import AdaptiveUPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
 from tradingrl_nb.upgd_kernel import kernel_status
 model = make_model(torch.device({device!r}))
 torch.optim.Adam(model.parameters(), foreach=True).step()

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from tradingrl_nb import experiments as ex
 from tradingrl_nb import fileio
-from tradingrl_nb.upgd import AdaptiveUPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
 
 ABLATION_IDS = ["fixed_noise_nsr_under_vgs", "adaptive_noise_value_loss_variance", "adaptive_noise_sample_efficiency",
                 "vgs_effect_value_loss_variance"]

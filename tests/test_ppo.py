@@ -9,7 +9,7 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
 from tradingrl_nb.rollout import SequenceRolloutBuffer, gae
-from tradingrl_nb.upgd import AdaptiveUPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 
 DF = tiny_market()

@@ -12,6 +12,7 @@ import safetensors.torch
 import torch as th
 
 import tradingrl_nb.checkpoint as ck
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
 from tradingrl_nb.env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
@@ -131,6 +132,30 @@ def test_crafted_metadata_cannot_name_arbitrary_code(saved, tmp_path):
     assert "os.system" in bad.read_bytes().decode("latin-1")
     with pytest.raises(ValueError, match="not registered"):                  # still meets the class registry
         DistributionalPPO.load(bad)
+
+
+def test_a_checkpoint_naming_adaptive_upgd_in_its_former_module_loads(tmp_path):
+    """AdaptiveUPGD was tradingrl_nb.upgd.AdaptiveUPGD until it moved to tradingrl_nb.adaptive_upgd (03c): a model file
+    that names it there (as every file written before the move that set it explicitly does) still loads, to the same
+    optimizer and predictions, and a file written now names where it lives."""
+    m = make(policy_kwargs=dict(optimizer_class=AdaptiveUPGD, optimizer_kwargs=dict(sigma=0.002)))
+    m.learn(32 * 4)
+    new = tmp_path / "new.safetensors"
+    m.save(new)
+    assert b"tradingrl_nb.adaptive_upgd.AdaptiveUPGD" in new.read_bytes()
+    def former(meta):
+        meta["content"] = meta["content"].replace("tradingrl_nb.adaptive_upgd.AdaptiveUPGD", "tradingrl_nb.upgd.AdaptiveUPGD")
+    old = _rewrite(new, tmp_path / "old.safetensors", former, rehash=True)
+    assert b"tradingrl_nb.upgd.AdaptiveUPGD" in old.read_bytes() and b"adaptive_upgd" not in old.read_bytes()
+    loaded = DistributionalPPO.load(old)
+    assert loaded.policy_kwargs["optimizer_class"] is AdaptiveUPGD and type(loaded.policy.optimizer) is AdaptiveUPGD
+    assert loaded.policy.optimizer.param_groups[0]["sigma"] == 0.002
+    assert same_state(loaded.policy.optimizer.state_dict(), m.policy.optimizer.state_dict())
+    obs = np.random.default_rng(1).normal(size=(4, m.observation_space.shape[0])).astype(np.float32)
+    assert np.array_equal(m.predict(obs, deterministic=True)[0], loaded.predict(obs, deterministic=True)[0])
+    loaded.save(tmp_path / "again")
+    again = (tmp_path / "again.safetensors").read_bytes()
+    assert b"tradingrl_nb.adaptive_upgd.AdaptiveUPGD" in again and b"tradingrl_nb.upgd.AdaptiveUPGD" not in again
 
 
 @pytest.mark.parametrize("case", ["empty", "random", "truncated", "foreign", "badjson", "version"])

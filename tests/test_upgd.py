@@ -6,7 +6,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from tradingrl_nb.upgd import AdaptiveUPGD, UPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
+from tradingrl_nb.upgd import UPGD
 from tradingrl_nb.upgd_reference import AdaptiveUPGDLoop, UPGDLoop
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import tradingrl_nb.upgd as upgd_mod
+import tradingrl_nb.adaptive_upgd as aupgd_mod
 import tradingrl_nb.upgd_kernel as uk
-from tradingrl_nb.upgd import AdaptiveUPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
 from tradingrl_nb.upgd_kernel import KernelUnavailable, find_compiler, gate_polynomial, kernel_status, load_kernel
 
 needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (the kernel is opt-in; torch path tested elsewhere)")
@@ -57,9 +57,9 @@ def fresh_kernel(tmp_path, monkeypatch):
     folder = tmp_path / "kernels"
     monkeypatch.setenv("TRADINGRL_KERNEL_CACHE", str(folder))
     monkeypatch.delenv("TRADINGRL_KERNEL", raising=False)
-    uk._forget_kernel(); upgd_mod._kernel_warned.clear()
+    uk._forget_kernel(); aupgd_mod._kernel_warned.clear()
     yield folder
-    uk._forget_kernel(); upgd_mod._kernel_warned.clear()
+    uk._forget_kernel(); aupgd_mod._kernel_warned.clear()
 
 
 def plant_library(path, marker):
@@ -102,8 +102,8 @@ def test_the_kernel_path_matches_the_torch_path(kw):
 def test_the_default_is_the_torch_path_and_never_looks_for_the_kernel(monkeypatch):
     "The default (kernel='auto') neither compiles nor loads anything: no compiler, no cache folder, no file is touched."
     def no(*a, **k): raise AssertionError("the default optimizer looked for the compiled kernel")
-    monkeypatch.setattr(uk, "load_kernel", no); monkeypatch.setattr(upgd_mod, "load_kernel", no)
-    monkeypatch.setattr(uk, "kernel_status", no); monkeypatch.setattr(upgd_mod, "kernel_status", no)
+    monkeypatch.setattr(uk, "load_kernel", no); monkeypatch.setattr(aupgd_mod, "load_kernel", no)
+    monkeypatch.setattr(uk, "kernel_status", no); monkeypatch.setattr(aupgd_mod, "kernel_status", no)
     m_default, _ = run("auto", steps=3)
     m = model(); opt = AdaptiveUPGD(m.parameters(), lr=1e-2, weight_decay=1e-2, seed=3)      # no kernel argument
     gen = torch.Generator().manual_seed(100)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tradingrl_nb.upgd import UPGD, AdaptiveUPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
+from tradingrl_nb.upgd import UPGD
 
 OPTS = [UPGD, AdaptiveUPGD]
 

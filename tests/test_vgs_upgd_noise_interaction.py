@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tradingrl_nb.upgd import AdaptiveUPGD, UPGD
+from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
+from tradingrl_nb.upgd import UPGD
 from tradingrl_nb.vgs import VGSNoiseWarning, check_vgs_noise_compat
 from tradingrl_nb.upgd_reference import AdaptiveUPGDLoop
 from tradingrl_nb.vgs import VarianceGradientScaler

@@ -2,6 +2,7 @@
 
 Modules:
 
+- `tradingrl_nb.adaptive_upgd`: UPGD with Adam moments and noise that enters where the gradient does, sized by the gradient: its noise-to-signal ratio stays constant when VGS scales the gradients down.
 - `tradingrl_nb.backtest`: Run any policy (a baseline, a function, or a stable-baselines3 model, recurrent ones included) over held-out dates in `TradingEnv`, deterministically, and report honest metrics next to buy-and-hold.
 - `tradingrl_nb.checkpoint`: Pickle-free files for models and populations: tensors as safetensors, everything else as JSON, written atomically.
 - `tradingrl_nb.cli`: `tradingrl list | run | sweep | results | compare | findings`: the experiments runner on the command line.
@@ -34,7 +35,7 @@ Modules:
 - `tradingrl_nb.stats`: Is a backtest's Sharpe ratio skill or luck? The probabilistic and deflated Sharpe ratios, the minimum track record length, and bootstrap intervals that resample the market (and the training seeds).
 - `tradingrl_nb.sweep`: A grid of parameter values, one run of an experiment per combination: local worker processes or Ray tasks, each in its own run folder, failures recorded and not fatal.
 - `tradingrl_nb.testing`: Small, fast stand-ins the test suite and the demos share: a tiny market and env, a tiny `DistributionalPPO`, a toy PBT member, and a tiny experiment notebook.
-- `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
+- `tradingrl_nb.upgd`: Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, on the flat optimizer state (`FlatOptimizer`) that `AdaptiveUPGD` builds on too.
 - `tradingrl_nb.upgd_kernel`: An opt-in two-pass C kernel for `AdaptiveUPGD` on the CPU, compiled once per user into a private cache: the utility, its min/max, the Adam moments of the perturbed gradient, the gate and the update, in two sweeps over memory.
 - `tradingrl_nb.upgd_reference`: `UPGDLoop` and `AdaptiveUPGDLoop`: the update rules of `UPGD` and `AdaptiveUPGD` written loop-per-tensor, as the paper's public code does, kept as executable references that the fast optimizers are tested against.
 - `tradingrl_nb.vgs`: Scale the gradient down when it is mostly noise, measuring the noise element by element: per-element EMAs of g and g^2, a robust aggregate that never sorts the model, and state that survives checkpoints without pickling parameters.

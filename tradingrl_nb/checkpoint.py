@@ -22,7 +22,8 @@ from stable_baselines3.common.utils import FloatSchedule
 import safetensors.torch
 
 from .fileio import atomic_write_bytes
-from .upgd import UPGD, AdaptiveUPGD
+from .adaptive_upgd import AdaptiveUPGD
+from .upgd import UPGD
 from fastcore.basics import patch
 
 # %% auto #0
@@ -96,14 +97,17 @@ CHECKPOINT_VERSION = "3"                # 3: one codec for models and state tree
 _READABLE = {("tradingrl_nb.checkpoint", "3"), ("tradingrl_nb.DistributionalPPO", "2")}   # version 2 decodes the same
 _SAFE_CLASSES: dict[str, type] = {}
 
-def register_checkpoint_class(cls: type) -> type:
-    "Allow `cls` (activation, optimizer, feature extractor, policy) in checkpoints: the file stores its name only."
-    _SAFE_CLASSES[f"{cls.__module__}.{cls.__qualname__}"] = cls
+def register_checkpoint_class(cls: type, *former: str) -> type:
+    """Allow `cls` (activation, optimizer, feature extractor, policy) in checkpoints: the file stores its name only
+    (`module.qualname`). `former`: the names it had before it moved, which files written then still hold; they load
+    as `cls` (a file written now names it where it lives)."""
+    for name in (f"{cls.__module__}.{cls.__qualname__}", *former): _SAFE_CLASSES[name] = cls
     return cls
 
 for _c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Identity, th.optim.Adam, th.optim.AdamW,
-           th.optim.SGD, th.optim.RMSprop, AdaptiveUPGD, UPGD, FlattenExtractor):   # the policy registers itself in its own module
+           th.optim.SGD, th.optim.RMSprop, UPGD, FlattenExtractor):   # the policy registers itself in its own module
     register_checkpoint_class(_c)
+register_checkpoint_class(AdaptiveUPGD, "tradingrl_nb.upgd.AdaptiveUPGD")   # its module until it got its own (03c)
 
 def _encode(obj: Any, tensors: dict[str, th.Tensor], where: str = "state") -> Any:
     """JSON skeleton of `obj` (strict JSON: no NaN tokens); tensors and arrays go to `tensors`, classes must be

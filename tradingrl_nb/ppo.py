@@ -23,7 +23,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from .config import resolve_device
 from .policy import RecurrentQuantilePolicy
 from .vgs import VarianceGradientScaler, check_vgs_noise_compat
-from .upgd import AdaptiveUPGD
+from .adaptive_upgd import AdaptiveUPGD
 from .sappo import SAPPOConfig, RobustKLRegularizer
 from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
 from .checkpoint import Checkpointing

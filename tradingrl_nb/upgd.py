@@ -1,5 +1,5 @@
-"""Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, and an Adam variant
-whose adaptive noise keeps its noise-to-signal ratio when VGS scales the gradients down.
+"""Utility-based perturbed gradient descent: the paper's rule made robust and multi-tensor, on the flat optimizer
+state (`FlatOptimizer`) that `AdaptiveUPGD` builds on too.
 
 Docs: https://tradingrl-nb.github.io/tradingrl_nb/upgd.html.md"""
 
@@ -13,16 +13,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .upgd_kernel import Kernel, KernelUnavailable, kernel_opted_in, kernel_status, load_kernel
 from fastcore.basics import patch
 
-_kernel_warned: list[bool] = []       # the unavailable-kernel warning (after opting in), once per process
-
 # %% auto #0
-__all__ = ['UPGD', 'AdaptiveUPGD']
+__all__ = ['FlatBucket', 'FlatOptimizer', 'UPGD']
 
 # %% ../nbs/03_upgd.ipynb #94ebc0f7
-class _Bucket:
+class FlatBucket:
     """Flat state for all parameters of one group that share a device and dtype (whether they have a gradient now or
     not, so a changing set of gradients never rebuilds it): one buffer per key, views per tensor, a step count per
     tensor, scratch buffers, and for bfloat16/float16 parameters float32 copies of the gradients and parameters."""
@@ -69,32 +66,12 @@ class _Bucket:
         "Write the float32 parameters back (rounded once) for low-precision parameters."
         if self.low: torch._foreach_copy_([self.params[j] for j in A], [self.scratch_views[-1][j] for j in A])
 
-# %% ../nbs/03_upgd.ipynb #0358afcb
-def _tiny(dtype: torch.dtype) -> float: return torch.finfo(dtype).tiny
-
-def _check_param(p: Tensor) -> None:
-    if p.grad.is_sparse: raise ValueError("UPGD/AdaptiveUPGD do not support sparse gradients")
-    if not p.is_floating_point(): raise ValueError(f"UPGD/AdaptiveUPGD need floating-point parameters, got {p.dtype}")
-
-def _check_hparams(lr, weight_decay, beta_utility, sigma, **extra) -> None:
-    if not (isinstance(lr, (int, float)) and lr >= 0): raise ValueError(f"invalid lr {lr!r}: must be a float >= 0")
-    if not weight_decay >= 0: raise ValueError(f"invalid weight_decay {weight_decay!r}: must be >= 0")
-    if not 0 <= beta_utility < 1: raise ValueError(f"invalid beta_utility {beta_utility!r}: must be in [0, 1)")
-    if not sigma >= 0: raise ValueError(f"invalid sigma {sigma!r}: must be >= 0")
-    for k, v in extra.items():
-        if k.startswith("beta") or k == "noise_beta":
-            if not 0 <= v < 1: raise ValueError(f"invalid {k} {v!r}: must be in [0, 1)")
-        elif not v >= 0: raise ValueError(f"invalid {k} {v!r}: must be >= 0")
-
-def _per(A: list[int], steps: list[int], beta: float) -> list[float]:
-    "Bias corrections `1 - beta^t` for the tensors `A` with per-tensor counts `steps`."
-    return [1 - beta ** steps[j] for j in A]
-
 # %% ../nbs/03_upgd.ipynb #6788e351
-class _FlatOptimizer(torch.optim.Optimizer):
+class FlatOptimizer(torch.optim.Optimizer):
     """Shared machinery of `UPGD` and `AdaptiveUPGD`: flat per-(group, device, dtype) state buffers whose per-tensor
     views are what `self.state[p]` holds, per-parameter step counts, float32 state for bfloat16/float16 parameters,
-    the non-finite gradient guard, a seeded noise generator per device saved in `state_dict`, and metrics."""
+    the non-finite gradient guard, a seeded noise generator per device saved in `state_dict`, and metrics.
+    A subclass names its state (`_keys`, `_vec_keys`, `_n_scratch`) and implements `_update(plans, work, ok)`."""
     _keys: tuple[str, ...] = ("utility",)
     _vec_keys: tuple[str, ...] = ()
     _n_scratch: int = 1
@@ -104,7 +81,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if seed is None: seed = int(torch.randint(0, 2**62, (1,)).item())    # reproducible under torch.manual_seed
         self._seed = int(seed)
         self._generators: dict[str, torch.Generator] = {}
-        self._buckets: dict[int, tuple[tuple, list[_Bucket]]] = {}
+        self._buckets: dict[int, tuple[tuple, list[FlatBucket]]] = {}
         self._stats: dict[str, Any] = {}
         self.nonfinite_steps, self._nonfinite_warned = 0, 0
 
@@ -132,7 +109,7 @@ class _FlatOptimizer(torch.optim.Optimizer):
         self._nonfinite_host, self._nonfinite_dev = int(value), None
 
     @staticmethod
-    def _advance(b: _Bucket, A: list[int]) -> tuple[list[int], bool]:
+    def _advance(b: FlatBucket, A: list[int]) -> tuple[list[int], bool]:
         """Count the step for the tensors A (on the host, and in the device copy the fused Adam kernel reads); their
         counts, and whether the flat buffers can be used (all tensors, the same count)."""
         for j in A: b.steps[j] += 1
@@ -159,10 +136,34 @@ class _FlatOptimizer(torch.optim.Optimizer):
         if extra.get("kernel"): self.kernel = extra["kernel"]
         for dev, s in extra.get("generators", {}).items(): self._generator(torch.device(dev)).set_state(s)
 
+# %% ../nbs/03_upgd.ipynb #0358afcb
+@patch
+# -- helpers of the rules --------------------------------------------------------------------
+def _tiny(self: FlatOptimizer, dtype: torch.dtype) -> float:
+    "The smallest positive normal float of `dtype`: the floor of a divisor that may be zero."
+    return torch.finfo(dtype).tiny
+
+@patch
+def _check_hparams(self: FlatOptimizer, lr, weight_decay, beta_utility, sigma, **extra) -> None:
+    "Refuse invalid hyperparameters (`beta*` and `noise_beta` in [0, 1), the others >= 0) with a `ValueError`."
+    if not (isinstance(lr, (int, float)) and lr >= 0): raise ValueError(f"invalid lr {lr!r}: must be a float >= 0")
+    if not weight_decay >= 0: raise ValueError(f"invalid weight_decay {weight_decay!r}: must be >= 0")
+    if not 0 <= beta_utility < 1: raise ValueError(f"invalid beta_utility {beta_utility!r}: must be in [0, 1)")
+    if not sigma >= 0: raise ValueError(f"invalid sigma {sigma!r}: must be >= 0")
+    for k, v in extra.items():
+        if k.startswith("beta") or k == "noise_beta":
+            if not 0 <= v < 1: raise ValueError(f"invalid {k} {v!r}: must be in [0, 1)")
+        elif not v >= 0: raise ValueError(f"invalid {k} {v!r}: must be >= 0")
+
+@patch
+def _per(self: FlatOptimizer, A: list[int], steps: list[int], beta: float) -> list[float]:
+    "Bias corrections `1 - beta^t` for the tensors `A` with per-tensor counts `steps`."
+    return [1 - beta ** steps[j] for j in A]
+
 # %% ../nbs/03_upgd.ipynb #ba8edbed
 @patch
 # -- noise generators ------------------------------------------------------------------------
-def _generator(self: _FlatOptimizer, device: torch.device) -> torch.Generator:
+def _generator(self: FlatOptimizer, device: torch.device) -> torch.Generator:
     key = str(device)
     g = self._generators.get(key)
     if g is None:
@@ -173,15 +174,15 @@ def _generator(self: _FlatOptimizer, device: torch.device) -> torch.Generator:
 
 @patch
 # -- flat state ------------------------------------------------------------------------------
-def _state_dtype(self: _FlatOptimizer, p: Tensor) -> torch.dtype:
+def _state_dtype(self: FlatOptimizer, p: Tensor) -> torch.dtype:
     "float32 state for bfloat16/float16 parameters (bf16(0.999) == 1.0: their EMAs would barely move)."
     return torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
 
 @patch
-def _update(self: _FlatOptimizer, plans, work, ok) -> None: raise NotImplementedError
+def _update(self: FlatOptimizer, plans, work, ok) -> None: raise NotImplementedError
 
 @patch
-def _prepare(self: _FlatOptimizer) -> list[tuple[dict, _Bucket, list[int]]]:
+def _prepare(self: FlatOptimizer) -> list[tuple[dict, FlatBucket, list[int]]]:
     """(group, bucket, indices of the bucket's tensors that have a gradient now) for every bucket with one. The
     buckets hold all of a group's parameters and are built once (again only after `load_state_dict` or when the
     group's parameter list changes); a parameter's state views are handed out at its first gradient."""
@@ -201,13 +202,13 @@ def _prepare(self: _FlatOptimizer) -> list[tuple[dict, _Bucket, list[int]]]:
     return plans
 
 @patch
-def _build(self: _FlatOptimizer, group: dict) -> list[_Bucket]:
+def _build(self: FlatOptimizer, group: dict) -> list[FlatBucket]:
     by_kind: dict[tuple, list[Tensor]] = {}
     for p in group["params"]:
         if not p.is_floating_point(): raise ValueError(f"UPGD/AdaptiveUPGD need floating-point parameters, got {p.dtype}")
         by_kind.setdefault((p.device, p.dtype), []).append(p)
     fused = getattr(self, "fused", False)
-    buckets = [_Bucket(ps, self._keys, self._vec_keys, self._n_scratch, state_dtype=self._state_dtype(ps[0]), flat=not fused)
+    buckets = [FlatBucket(ps, self._keys, self._vec_keys, self._n_scratch, state_dtype=self._state_dtype(ps[0]), flat=not fused)
                for ps in by_kind.values()]
     for b in buckets:
         for j, p in enumerate(b.params):
@@ -215,7 +216,7 @@ def _build(self: _FlatOptimizer, group: dict) -> list[_Bucket]:
     return buckets
 
 @patch
-def _link(self: _FlatOptimizer, b: _Bucket, j: int, group: dict) -> None:
+def _link(self: FlatOptimizer, b: FlatBucket, j: int, group: dict) -> None:
     "Copy parameter j's state (if any) into the bucket and make `self.state[p]` hold the bucket's views."
     p = b.params[j]; st = self.state[p]
     for k in self._keys:
@@ -235,7 +236,7 @@ def _link(self: _FlatOptimizer, b: _Bucket, j: int, group: dict) -> None:
 
 # %% ../nbs/03_upgd.ipynb #3c2a0913
 @patch
-def _gradients(self: _FlatOptimizer, plans) -> tuple[list[tuple], Tensor | None] | None:
+def _gradients(self: FlatOptimizer, plans) -> tuple[list[tuple], Tensor | None] | None:
     """Per plan: (group, bucket, A, grads, params, per-tensor gradient norms), the gradients and parameters in the
     state dtype, and the device flag `ok` (None on the CPU). A NaN or inf gradient element skips the step:
     on the CPU the flag is read (free) and `step()` returns before touching anything, counted in `nonfinite_steps`,
@@ -269,23 +270,23 @@ def _gradients(self: _FlatOptimizer, plans) -> tuple[list[tuple], Tensor | None]
     return [tuple(w) for w in work], ok
 
 @patch
-def _sync_free(self: _FlatOptimizer, device: torch.device) -> bool:
+def _sync_free(self: FlatOptimizer, device: torch.device) -> bool:
     "Whether the non-finite guard must avoid host reads (any device but the CPU)."
     return device.type != "cpu"
 
 @patch
-def _finish(self: _FlatOptimizer, plans) -> None:
+def _finish(self: FlatOptimizer, plans) -> None:
     for _, b, A in plans:
         b.commit(A)
         for j in A: self.state[b.params[j]]["step"].fill_(b.steps[j])
 
 @patch
 # -- (de)serialization -----------------------------------------------------------------------
-def state_dict(self: _FlatOptimizer) -> dict[str, Any]:
+def state_dict(self: FlatOptimizer) -> dict[str, Any]:
     """The standard optimizer state dict with every tensor copied into its own storage (the live state is views
     into flat buffers; safetensors refuses shared storage), plus the noise generators' states, the seed and the
     count of skipped non-finite steps."""
-    sd = super(_FlatOptimizer, self).state_dict()
+    sd = super(FlatOptimizer, self).state_dict()
     sd["state"] = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for i, s in sd["state"].items()}
     sd["rng"] = {"seed": self._seed, **{dev: g.get_state() for dev, g in self._generators.items()}}
     sd["nonfinite_steps"] = self.nonfinite_steps
@@ -293,11 +294,11 @@ def state_dict(self: _FlatOptimizer) -> dict[str, Any]:
 
 # %% ../nbs/03_upgd.ipynb #64e0cedc
 @patch
-def load_state_dict(self: _FlatOptimizer, state_dict: dict[str, Any]) -> None:
+def load_state_dict(self: FlatOptimizer, state_dict: dict[str, Any]) -> None:
     sd = dict(state_dict)
     rng = sd.pop("rng", None)
     self.nonfinite_steps = int(sd.pop("nonfinite_steps", 0))
-    super(_FlatOptimizer, self).load_state_dict(sd)                     # casts state to the parameter dtype: undone below
+    super(FlatOptimizer, self).load_state_dict(sd)                     # casts state to the parameter dtype: undone below
     params = [p for g in self.param_groups for p in g["params"]]
     for i, s in sd.get("state", {}).items():
         p = params[int(i)] if int(i) < len(params) else None
@@ -318,7 +319,7 @@ def load_state_dict(self: _FlatOptimizer, state_dict: dict[str, Any]) -> None:
 
 @patch
 # -- metrics ---------------------------------------------------------------------------------
-def metrics(self: _FlatOptimizer) -> dict[str, float]:
+def metrics(self: FlatOptimizer) -> dict[str, float]:
     """`noise_std` (per-element RMS of the noise std), `grad_norm` (L2 norm of the gradients the optimizer saw),
     `noise_to_signal` (norm of the injected noise over the gradient norm) of the last step, `step`, and
     `nonfinite_steps` (steps skipped for NaN/inf gradients). Reading them synchronizes with the device."""
@@ -334,7 +335,7 @@ def metrics(self: _FlatOptimizer) -> dict[str, float]:
             "noise_to_signal": nts, "step": s["step"], "nonfinite_steps": self.nonfinite_steps}
 
 # %% ../nbs/03_upgd.ipynb #23284f37
-class UPGD(_FlatOptimizer):
+class UPGD(FlatOptimizer):
     """Utility-based Perturbed Gradient Descent (Elsayed & Mahmood, ICLR 2024), the paper's rule:
     `u <- b*u - (1-b)*g*theta`, `s = sigmoid(u_hat / max_j u_hat_j)`, `theta <- theta*(1 - lr*wd) - 2*lr*(g + xi)*(1 - s)`,
     `xi ~ N(0, sigma^2)`. Multi-tensor, with the global max kept on the device, bias-corrected like the numerator,
@@ -345,11 +346,11 @@ class UPGD(_FlatOptimizer):
 
     def __init__(self, params, lr: float = 1e-5, weight_decay: float = 0.001, beta_utility: float = 0.999,
                  sigma: float = 0.001, *, seed: int | None = None):
-        _check_hparams(lr, weight_decay, beta_utility, sigma)
+        self._check_hparams(lr, weight_decay, beta_utility, sigma)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma), seed)
 
     def _update(self, plans, work, ok) -> None:
-        "The rule, on the gradients `_FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
+        "The rule, on the gradients `FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
         # pass 1: utility EMA, global max of the bias-corrected utility (on device), gradient norms for metrics
         hi, grad_sq, noise_sq, numel, steps = None, None, 0.0, 0, []
         for group, b, A, grads, params, norms in work:
@@ -359,7 +360,7 @@ class UPGD(_FlatOptimizer):
             else: torch._foreach_mul_([b.views["utility"][j] for j in A], bu)
             torch._foreach_addcmul_([b.views["utility"][j] for j in A], grads, params, value=-(1 - bu))
             if uni: m = b.flat["utility"].max() / (1 - bu ** ts[0])
-            else: m = torch.stack([b.views["utility"][j].max() / bc for j, bc in zip(A, _per(A, b.steps, bu))]).max()
+            else: m = torch.stack([b.views["utility"][j].max() / bc for j, bc in zip(A, self._per(A, b.steps, bu))]).max()
             hi = m if hi is None else torch.maximum(hi, m.to(hi.device))
             g2 = norms.square().sum()
             grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
@@ -371,12 +372,12 @@ class UPGD(_FlatOptimizer):
             W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
             h = hi.to(b.device)
             if uni:
-                coef = h.mul(1 - bu ** ts[0]).clamp_min(_tiny(b.dtype)).reciprocal().neg_()   # finite: -1 / max(M, tiny)
+                coef = h.mul(1 - bu ** ts[0]).clamp_min(self._tiny(b.dtype)).reciprocal().neg_()   # finite: -1 / max(M, tiny)
                 torch.mul(b.flat["utility"], coef.item() if b.device.type == "cpu" else coef, out=W)
                 W.sigmoid_()
             else:
-                for j, w, bc in zip(A, Wv, _per(A, b.steps, bu)):
-                    torch.mul(b.views["utility"][j], h.mul(bc).clamp_min(_tiny(b.dtype)).reciprocal().neg_(), out=w).sigmoid_()
+                for j, w, bc in zip(A, Wv, self._per(A, b.steps, bu)):
+                    torch.mul(b.views["utility"][j], h.mul(bc).clamp_min(self._tiny(b.dtype)).reciprocal().neg_(), out=w).sigmoid_()
             if sigma > 0:
                 Z, Zv = b.scratch[1], [b.scratch_views[1][j] for j in A]
                 Z.normal_(0.0, sigma, generator=self._generator(b.device))
@@ -391,208 +392,3 @@ class UPGD(_FlatOptimizer):
         self._finish(plans)
         self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
                        "step": max(b.steps[j] for _, b, A in plans for j in A)}
-
-
-# %% ../nbs/03_upgd.ipynb #7b5ad27b
-class AdaptiveUPGD(_FlatOptimizer):
-    """UPGD with Adam moments and adaptive noise. Per step, with `g` the gradient of one tensor:
-    `std = max(sigma * EMA(rms(g)) / (1 - noise_beta^t), min_noise_std)` (`std = sigma` with `adaptive_noise=False`),
-    `g~ = g + std * N(0, 1)`, `m = EMA(g~)`, `v = EMA(g~^2)`, the utility `u = EMA(-g*theta)` min-max normalized over
-    all tensors (bias-corrected, on device) `x = (u_hat - min) / (max - min)`, and
-    `theta <- theta*(1 - lr*wd) - 2*lr*sigmoid(-x) * m_hat / (sqrt(v_hat) + eps)`.
-    The noise enters where the gradient enters, so the update's noise-to-gradient ratio is the injected one:
-    constant with adaptive noise, growing as 1/k with fixed noise when the gradients are scaled by k.
-    The moments and the Adam direction `m_hat / (sqrt(v_hat) + eps)` come from torch's fused Adam kernel
-    (`torch._fused_adam_`, one pass), run on a scratch "parameter" that receives the direction.
-    The torch path is the default. Opt-in on the CPU: with float32 state, a bucket whose tensors all have a gradient
-    and the same step count can run the compiled two-pass kernel of `tradingrl_nb.upgd_kernel` instead (same rule,
-    state and noise stream; the gate is a polynomial within 5e-8 of the sigmoid): `kernel="compiled"` uses it and
-    raises `KernelUnavailable` where it cannot be had; the default `kernel="auto"` uses it only where
-    `$TRADINGRL_KERNEL=compiled` opts in (and warns once where it cannot be had); `"torch"` never uses it.
-    State per parameter: `utility`, `exp_avg` (m), `exp_avg_sq` (v), a per-tensor `grad_norm_ema` and `step`
-    (per parameter: its bias corrections follow its own gradients); two scratch buffers per parameter element.
-    float32 state for bfloat16/float16 parameters (the step is computed in float32 and written back). A step whose
-    gradients hold a NaN or inf is skipped (see `_gradients`; `nonfinite_steps` counts it). `fused` is accepted for
-    compatibility and ignored."""
-    _keys = ("utility", "exp_avg", "exp_avg_sq")
-    _vec_keys = ("grad_norm_ema",)
-    _n_scratch = 2
-
-    def __init__(self, params, lr: float = 1e-4, weight_decay: float = 0.001, beta_utility: float = 0.999,
-                 sigma: float = 0.001, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-                 adaptive_noise: bool = True, noise_beta: float = 0.9, min_noise_std: float = 1e-10, *,
-                 seed: int | None = None, fused: bool = False, kernel: str = "auto"):
-        if kernel not in ("auto", "torch", "compiled"):
-            raise ValueError(f"invalid kernel {kernel!r}: must be 'auto', 'torch' or 'compiled'")
-        _check_hparams(lr, weight_decay, beta_utility, sigma, beta1=beta1, beta2=beta2, eps=eps,
-                       noise_beta=noise_beta, min_noise_std=min_noise_std)
-        if not eps > 0: raise ValueError(f"invalid eps {eps!r}: must be > 0")
-        defaults = dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma, beta1=beta1,
-                        beta2=beta2, eps=eps, adaptive_noise=bool(adaptive_noise), noise_beta=noise_beta,
-                        min_noise_std=min_noise_std)
-        super().__init__(params, defaults, seed)
-        if fused: warnings.warn("AdaptiveUPGD(fused=True) is ignored: the step always runs torch's fused Adam kernel "
-                                "(or the opt-in compiled kernel)", DeprecationWarning, stacklevel=2)
-        self.kernel = kernel
-        if kernel == "compiled" and load_kernel() is None:
-            raise KernelUnavailable(f"AdaptiveUPGD(kernel='compiled'): {kernel_status()['error']}")
-
-    def _link(self, b: _Bucket, j: int, group: dict) -> None:
-        "As `_FlatOptimizer._link`; a state saved before issue 14 (`rms` = sqrt(EMA(g~^2 + eps^2))) becomes `exp_avg_sq`."
-        st = self.state[b.params[j]]
-        if "rms" in st and "exp_avg_sq" not in st:
-            t = int(float(st.get("step", 0)))
-            st["exp_avg_sq"] = (st.pop("rms").to(b.dtype).square() - group["eps"] ** 2 * (1 - group["beta2"] ** t)).clamp_min(0)
-        super()._link(b, j, group)
-
-
-# %% ../nbs/03_upgd.ipynb #5c823ce6
-@patch
-def _adaptive_pass1(self: AdaptiveUPGD, group, b, A, grads, params, norms, kern):
-    """Pass 1 of `AdaptiveUPGD` on one bucket: the noise, the utility EMA and its min/max, and the fused Adam moments
-    and direction (negated, into scratch D), or the compiled kernel's pass 1. Returns `(mn, mx, g2, z2, n, (ts, uni, fast))`."""
-    bu, b1, b2, eps, sigma = group["beta_utility"], group["beta1"], group["beta2"], group["eps"], group["sigma"]
-    ts, uni = self._advance(b, A)
-    fast = (kern is not None and uni and b.device.type == "cpu" and b.dtype == torch.float32 and b.is_flat
-            and all(g.is_contiguous() and g.dtype == torch.float32 for g in grads)
-            and all(q.is_contiguous() for q in params))
-    t = ts[0]
-    W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
-    gen = self._generator(b.device)
-    n = sum(b.numels[j] for j in A)
-    g2 = norms.square().sum()
-    if group["adaptive_noise"]:
-        nb = group["noise_beta"]
-        ne = b.vec["grad_norm_ema"]
-        if uni:
-            ne.mul_(nb).add_(norms * b.inv_sqrt_numel, alpha=1 - nb)              # EMA of the per-element RMS
-            std = (ne * (sigma / (1 - nb ** t))).clamp_min_(group["min_noise_std"])
-            numels = b.numel_vec
-        else:
-            ix = torch.tensor(A).to(b.device, non_blocking=True)
-            neA = ne.index_select(0, ix).mul_(nb).add_(norms * b.inv_sqrt_numel.index_select(0, ix), alpha=1 - nb)
-            ne.index_copy_(0, ix, neA)
-            bcn = torch.tensor([sigma / (1 - nb ** x) for x in ts], dtype=b.dtype).to(b.device, non_blocking=True)
-            std = (neA * bcn).clamp_min_(group["min_noise_std"])
-            numels = b.numel_vec.index_select(0, ix)
-        z2 = (std.square() * numels).sum()
-        W.normal_(generator=gen)
-        if fast: pass                                                      # the kernel adds it
-        elif b.device.type == "cpu":                                       # one pass: W = g + std * W
-            for g, w, s in zip(grads, Wv, std.tolist()): torch.add(g, w, alpha=s, out=w)
-        else:
-            torch._foreach_mul_(Wv, list(std.unbind(0)))
-            torch._foreach_add_(Wv, grads)
-    else:
-        z2 = torch.full_like(g2, n * sigma ** 2)
-        if fast:
-            std = torch.full((len(A),), sigma, dtype=b.dtype)
-            if sigma > 0: W.normal_(generator=gen)                        # same draws as normal_(0, sigma)
-        elif sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
-        else: torch._foreach_copy_(Wv, grads)
-    if fast:
-        if not hasattr(b, "c_numel"): b.c_numel = Kernel.numel_array(b.numels)
-        lo_u, hi_u = kern.pass1(b.c_numel, grads, params, std, W if (group["adaptive_noise"] or sigma > 0) else None,
-                                b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], bu, b1, b2)
-        bcu = 1 - bu ** t
-        mn, mx = torch.tensor(lo_u / bcu, dtype=b.dtype), torch.tensor(hi_u / bcu, dtype=b.dtype)
-    else:
-        Uv = [b.views["utility"][j] for j in A]
-        if uni: b.flat["utility"].mul_(bu)
-        else: torch._foreach_mul_(Uv, bu)
-        torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
-        if uni:
-            mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
-            mn, mx = mn / bcu, mx / bcu
-        else:
-            mm = [torch.aminmax(u) for u in Uv]
-            bcs = _per(A, b.steps, bu)
-            mn = torch.stack([x[0] / bc for x, bc in zip(mm, bcs)]).min()
-            mx = torch.stack([x[1] / bc for x, bc in zip(mm, bcs)]).max()
-        D, Dv = b.scratch[1], [b.scratch_views[1][j] for j in A]
-        if uni: D.zero_()
-        else: torch._foreach_zero_(Dv)
-        torch._fused_adam_(Dv, Wv, [b.views["exp_avg"][j] for j in A], [b.views["exp_avg_sq"][j] for j in A], [],
-                           [b.dstep_views[j] for j in A], lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-                           amsgrad=False, maximize=False)
-    return mn, mx, g2, z2, n, (ts, uni, fast)
-
-
-# %% ../nbs/03_upgd.ipynb #a7773a91
-@patch
-def _adaptive_pass2(self: AdaptiveUPGD, group, b, A, params, ts, uni, fast, lo, hi, ok, kern):
-    "Pass 2 of `AdaptiveUPGD` on one bucket: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D."
-    bu, lr, wd = group["beta_utility"], group["lr"], group["weight_decay"]
-    t = ts[0]
-    if fast:                                                           # the kernel's pass 2
-        bcu, lo_f, hi_f = 1 - bu ** t, float(lo), float(hi)
-        span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
-        kern.pass2(b.c_numel, params, b.flat["utility"], b.flat["exp_avg"], b.flat["exp_avg_sq"], lo_f * bcu,
-                   1 / span, 1 / math.sqrt(1 - group["beta2"] ** t), group["eps"], 1 - float(lr) * wd,
-                   2 * float(lr) / (1 - group["beta1"] ** t))
-        return
-    W, Wv = b.scratch[0], [b.scratch_views[0][j] for j in A]
-    Dv = [b.scratch_views[1][j] for j in A]
-    # -x = -(u - min) / (max - min) in raw (not bias-corrected) units, the range floored at the tiniest float
-    if uni and b.device.type == "cpu":                                  # scalars are free on the CPU
-        bcu = 1 - bu ** t
-        lo_f, hi_f = float(lo), float(hi)
-        span = max((hi_f - lo_f) * bcu, _tiny(b.dtype))
-        if span > 1e-3 * max(abs(lo_f), abs(hi_f)) * bcu:              # one pass, cancellation harmless
-            torch.add(torch.tensor(lo_f * bcu / span, dtype=b.dtype), b.flat["utility"], alpha=-1 / span, out=W)
-        else: torch.sub(b.flat["utility"], lo_f * bcu, out=W).mul_(-1 / span)
-        W.sigmoid_()
-    elif uni:                                                          # on a GPU they stay on the device
-        bcu = 1 - bu ** t
-        c1 = ((hi.to(b.device) - lo.to(b.device)) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-        torch.sub(b.flat["utility"], lo.to(b.device) * bcu, out=W).mul_(c1).sigmoid_()
-    else:                                                              # per tensor: own bias correction
-        l_, h_ = lo.to(b.device), hi.to(b.device)
-        for j, w, bcu in zip(A, Wv, _per(A, b.steps, bu)):
-            c1 = ((h_ - l_) * bcu).clamp_min(_tiny(b.dtype)).reciprocal().neg_()
-            torch.sub(b.views["utility"][j], l_ * bcu, out=w).mul_(c1).sigmoid_()
-    if ok is not None: torch._foreach_mul_(Wv, ok.to(b.device, b.dtype))   # GPU guard: no move on a bad step
-    if wd != 0:
-        if ok is None: torch._foreach_mul_(params, 1 - lr * wd)
-        else: torch._foreach_mul_(params, 1 - lr * wd * ok.to(b.device, b.dtype))
-    torch._foreach_addcmul_(params, Wv, Dv, value=2 * lr)                  # D = -m_hat / (sqrt(v_hat) + eps)
-
-@patch
-def _update(self: AdaptiveUPGD, plans, work, ok) -> None:
-    "The rule, on the gradients `_FlatOptimizer.step` has checked (`work`, the device flag `ok`)."
-    lo = hi = grad_sq = noise_sq = None
-    numel, steps = 0, []
-    kern = self._cpu_kernel() if ok is None else None
-    # pass 1: noise, the utility EMA and its global min/max (on device), and the fused Adam kernel: moments of
-    # the perturbed gradient and the direction m_hat / (sqrt(v_hat) + eps), written (negated) into scratch D;
-    # or, for a bucket the compiled kernel takes, its pass 1 (noise, utility, min/max, moments in one sweep)
-    for group, b, A, grads, params, norms in work:
-        mn, mx, g2, z2, n, st = self._adaptive_pass1(group, b, A, grads, params, norms, kern)
-        steps.append(st)
-        lo = mn if lo is None else torch.minimum(lo, mn.to(lo.device))
-        hi = mx if hi is None else torch.maximum(hi, mx.to(hi.device))
-        grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
-        noise_sq = z2 if noise_sq is None else noise_sq + z2.to(noise_sq.device)
-        numel += n
-    # pass 2: the utility gate 1 - s = sigmoid(-x) into W, and theta += 2 lr (1 - s) D
-    for (group, b, A, grads, params, _), (ts, uni, fast) in zip(work, steps):
-        self._adaptive_pass2(group, b, A, params, ts, uni, fast, lo, hi, ok, kern)
-    self._finish(plans)
-    self._stats = {"grad_sq": grad_sq, "noise_sq": noise_sq, "numel": numel,
-                   "step": max(b.steps[j] for _, b, A in plans for j in A)}
-
-
-# %% ../nbs/03_upgd.ipynb #90565e3c
-@patch
-def _cpu_kernel(self: AdaptiveUPGD) -> Kernel | None:
-    """The compiled CPU kernel where this optimizer opted in (kernel='compiled', or 'auto' with
-    `$TRADINGRL_KERNEL=compiled`), else None: the torch path. Opted in through the variable but unavailable: None,
-    warned once per process."""
-    mode = getattr(self, "kernel", "auto")                       # optimizers unpickled from before the kernel
-    if mode == "torch" or (mode == "auto" and not kernel_opted_in()): return None
-    kern = load_kernel()
-    if kern is None and not _kernel_warned:
-        _kernel_warned.append(True)
-        warnings.warn(f"AdaptiveUPGD: the compiled CPU kernel is unavailable ({kernel_status()['error']}); "
-                      "using the torch path", RuntimeWarning, stacklevel=3)
-    return kern
