@@ -298,3 +298,22 @@ def test_sequential_runner_trains_ppo_members_as_one_population(tmp_path, monkey
     run_population(ppo_factory, s, n_members=3, n_rounds=1, steps_per_round=128, run_dir=tmp_path / "alone", progress=False,
                    together=False)
     assert calls == [], "together=False: each member trains on its own"
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_every_member_keeps_its_training_curves_and_health_through_the_run(tmp_path, together):
+    """Whether the round's members train as one Population or each on its own, each member records one row per update
+    it made (through exploits: the weights move, its record stays), and `health()` can judge it (moved is not None):
+    a finding about PBT needs the same evidence of training as any other."""
+    s = PBTScheduler({"learning_rate": PPO_MUTATIONS["learning_rate"]}, seed=0, perturbation_interval=128)
+    res = run_population(ppo_factory, s, n_members=3, n_rounds=3, steps_per_round=128, run_dir=tmp_path / "r",
+                         progress=False, together=together)
+    assert (res.history.kind == "exploit").sum() >= 1
+    for mid, m in res.members.items():
+        c = m.curves()
+        assert len(c) == 3 * 128 // (2 * 32), (mid, len(c))                  # 2 rollouts of 2 envs x 32 steps per round
+        assert list(c.index) == sorted(c.index) and c.index[-1] == m.num_timesteps == 384
+        assert {"health/actor_update_ratio", "train/approx_kl", "train/explained_variance"} <= set(c.columns)
+        h = m.health()
+        assert h["updates"] == len(c) and h["moved"] is not None, h
+        assert h["actor_update_ratio"] > 0
