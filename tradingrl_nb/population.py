@@ -20,7 +20,8 @@ from torch import nn
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from .checkpoint import save_checkpoint, load_checkpoint
-from .ppo import DistributionalPPO, ppo_terms
+from .ppo import DistributionalPPO
+from .ppo_update import ppo_terms
 
 _LOG_2PI = math.log(2 * math.pi)
 
