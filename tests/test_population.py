@@ -105,12 +105,12 @@ def test_exploit_copies_weights_optimizer_and_clock_and_resets_lstm_state():
     pop = Population.build(make, SEEDS)
     pop.set_hparams(0, learning_rate=2e-3)
     pop.learn(128)
-    assert pop[2]._last_lstm_states.pi[0].abs().sum() > 0
+    assert pop[2].rollout_state.lstm.pi[0].abs().sum() > 0
     pop.exploit(0, 2)
     assert max_gap(pop[0], pop[2]) == 0
     assert pop[2].num_timesteps == pop[0].num_timesteps
     assert pop[2].policy.optimizer.param_groups[0]["lr"] == 2e-3
-    assert pop[2]._last_lstm_states.pi[0].abs().sum() == 0 and pop[2]._last_lstm_states.vf[1].abs().sum() == 0
+    assert pop[2].rollout_state.lstm.pi[0].abs().sum() == 0 and pop[2].rollout_state.lstm.vf[1].abs().sum() == 0
 
 
 def test_hyperparameters_are_per_member_and_checked():

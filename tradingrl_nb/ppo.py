@@ -17,7 +17,6 @@ from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import FloatSchedule
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
 from .config import resolve_device
 from .policy import RecurrentQuantilePolicy
@@ -31,7 +30,7 @@ from .ppo_update import PPOUpdate
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ReturnScale', 'EntropyPlateau', 'DistributionalPPO']
+__all__ = ['ReturnScale', 'EntropyPlateau', 'NonfiniteGuard', 'DistributionalPPO']
 
 # %% ../nbs/06_ppo.ipynb #7656ea24
 class ReturnScale:
@@ -62,6 +61,22 @@ class EntropyPlateau:
     def state_dict(self) -> list: return [float(self.scale), float(self.best), int(self.wait)]
 
     def load_state_dict(self, s) -> None: self.scale, self.best, self.wait = float(s[0]), float(s[1]), int(s[2])
+
+class NonfiniteGuard:
+    """Updates dropped for non-finite values, one owner for the count: in all (`total`) and in a row (`streak`, back to
+    0 after a finite update); at `limit` in a row the run stops (`max_nonfinite_updates`)."""
+    def __init__(self, limit: int): self.limit, self.total, self.streak = int(limit), 0, 0
+
+    def passed(self) -> None: self.streak = 0
+
+    def dropped(self) -> bool:
+        "Count one dropped update; True when `limit` have been dropped in a row."
+        self.total += 1; self.streak += 1
+        return self.streak >= self.limit
+
+    def state_dict(self) -> list: return [int(self.total), int(self.streak)]
+
+    def load_state_dict(self, s) -> None: self.total, self.streak = int(s[0]), int(s[1])
 
 
 # %% ../nbs/06_ppo.ipynb #28be863a
@@ -187,7 +202,6 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, PPOUpd
         self.vgs_mode, self.return_snapshot = vgs_mode, return_snapshot
         self.schedule_horizon = None if schedule_horizon is None else int(schedule_horizon)
         self._check_arguments()
-        self._last_lstm_states: RNNStates | None = None
         self.sappo, self._sappo_reg, self.sappo_eps, self._sappo_acc = None, None, 0.0, []
         if sappo is not None:
             self.sappo = SAPPOConfig.coerce(sappo)
@@ -216,9 +230,9 @@ def _setup_model(self: DistributionalPPO) -> None:
     self.vgs = VarianceGradientScaler(self._params, **self.vgs_kwargs) if self.use_vgs else None
     self._critic_adjuster = self._make_critic_adjuster() if self.critic_adjustment else None
     check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds.ipynb#upgd-noise-under-vgs)
-    self._last_lstm_states = p.initial_state(self.n_envs)
+    self.rollout_state.lstm = p.initial_state(self.n_envs)
     self.return_scale, self.entropy_plateau = ReturnScale(self.n_envs), EntropyPlateau()   # components owning their state
-    self._nonfinite_updates = self._nonfinite_streak = 0
+    self.nonfinite = NonfiniteGuard(self.max_nonfinite_updates)
 
 
 # %% ../nbs/06_ppo.ipynb #ebc1a0fd
@@ -261,5 +275,5 @@ def _update_current_progress_remaining(self: DistributionalPPO, num_timesteps: i
 @patch
 def reset_lstm_states_to_initial(self: DistributionalPPO) -> None:
     "Reset the rollout's LSTM states to the policy's initial (zero) state, keeping the batch size; `None` stays `None`."
-    if self._last_lstm_states is None: return
-    self._last_lstm_states = self.policy.initial_state(self._last_lstm_states.pi[0].shape[1])
+    rs = self.rollout_state
+    if rs.lstm is not None: rs.lstm = self.policy.initial_state(rs.lstm.pi[0].shape[1])

@@ -181,14 +181,14 @@ def apply_update(self: PPOUpdate, stats: th.Tensor, mb: dict) -> th.Tensor | Non
     self._scaled_step(opt, scale if step_mode else 1.0)
     if vgs is not None: vgs.step()
     self.policy.invalidate_caches()
-    self._nonfinite_streak = 0
+    self.nonfinite.passed()
     return th.cat([stats, q_norms.to(stats.device), stats.new_tensor([float(scale)]), grad_norm.reshape(1).to(stats.device)])
 
 @patch
 def _skip(self: PPOUpdate, what: str, stats: dict, mb: dict) -> None:
     "Drop a non-finite update, count it, and raise with a diagnostic after `max_nonfinite_updates` in a row."
     self.policy.optimizer.zero_grad(set_to_none=True)
-    self._nonfinite_updates += 1; self._nonfinite_streak += 1
+    stop = self.nonfinite.dropped()
     bad = [n for n, p in self.policy.named_parameters() if p.grad is not None and not th.isfinite(p.grad).all()]
     bad_p = [n for n, p in self.policy.named_parameters() if not th.isfinite(p).all()]
     nonfinite = lambda k: int((~th.isfinite(mb[k])).sum())
@@ -197,8 +197,8 @@ def _skip(self: PPOUpdate, what: str, stats: dict, mb: dict) -> None:
            f"gradients: {bad[:6] or 'none'}; non-finite inputs: obs={nonfinite('obs')}, returns={nonfinite('returns')}, "
            f"advantages={nonfinite('advantages')}; non-finite parameters: {bad_p[:6] or 'none'}; "
            f"return snapshot (mu, sigma)={self.return_scale.snapshot}; lr={self.policy.optimizer.param_groups[0]['lr']:.3g}")
-    if self._nonfinite_streak >= self.max_nonfinite_updates:
-        raise FloatingPointError(f"{self._nonfinite_streak} non-finite updates in a row "
+    if stop:
+        raise FloatingPointError(f"{self.nonfinite.streak} non-finite updates in a row "
                                  f"(max_nonfinite_updates={self.max_nonfinite_updates}); last one: {msg}")
     warnings.warn(f"skipped update: {msg}", RuntimeWarning)
     return None
@@ -324,6 +324,6 @@ def _log_train(self: PPOUpdate, acc: list, empty_epochs: int, clip_range: float,
             for k, v in metrics().items():
                 if isinstance(v, (int, float, np.floating)) or (th.is_tensor(v) and v.numel() == 1):
                     if not (prefix == "vgs" and k == "scaling_factor"): rec(f"{prefix}/{k}", float(v))
-    rec("warn/nonfinite_updates", self._nonfinite_updates)
+    rec("warn/nonfinite_updates", self.nonfinite.total)
     rec("warn/empty_epoch", empty_epochs)
     if empty_epochs and self.verbose >= 1: print(f"warning: {empty_epochs} epoch(s) applied no update")
