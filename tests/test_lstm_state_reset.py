@@ -5,7 +5,7 @@ import pytest
 import torch as th
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 

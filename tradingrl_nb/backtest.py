@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from gymnasium import spaces
 
-from .env import TradingEnv, Baseline, make_baseline
+from .env import TradingEnv
+from .baselines import Baseline, make_baseline
 
 # %% auto #0
 __all__ = ['ANNUALIZATION', 'performance_metrics', 'BacktestResult', 'backtest', 'compare', 'plot_backtest', 'plot_return_hist']

@@ -128,7 +128,7 @@ class PPOMemberFactory:
     fitness_fn: Callable | None = None
 
     def __call__(self, member_id: int) -> PPOMember:
-        from tradingrl_nb.env import TradingVecEnv
+        from tradingrl_nb.vec_env import TradingVecEnv
         from tradingrl_nb.ppo import DistributionalPPO
         seed = self.seed * 1000 + int(member_id)
         env = TradingVecEnv(self.train_df, n_envs=self.n_envs, seed=seed, **self.env_kwargs)
