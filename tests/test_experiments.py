@@ -187,7 +187,8 @@ def _check_critic_variance_scaling(m):
 
 def _check_findings(name, m):
     "An experiment that measures claims records exactly those, each with one value per seed and a verdict from its interval."
-    from tradingrl_nb.findings import CLAIMS, verdict_of
+    from tradingrl_nb.claims import CLAIMS
+    from tradingrl_nb.findings import verdict_of
     expected = [c.id for c in CLAIMS.values() if c.experiment == name]
     if not expected: return
     found = m["findings"]

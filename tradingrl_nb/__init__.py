@@ -5,6 +5,7 @@ Modules:
 - `tradingrl_nb.backtest`: Run any policy (a baseline, a function, or a stable-baselines3 model, recurrent ones included) over held-out dates in `TradingEnv`, deterministically, and report honest metrics next to buy-and-hold.
 - `tradingrl_nb.baselines`: The fixed rules every backtest is compared with (buy-and-hold, flat, random, momentum), with stable-baselines3's `predict`, so that anything that runs a model runs them, in either environment.
 - `tradingrl_nb.checkpoint`: Pickle-free files for models and populations: tensors as safetensors, everything else as JSON, written atomically.
+- `tradingrl_nb.claims`: The seeds' claims as we test them: who said what, in which words, how large, the smallest effect worth having, and whether we test it as written or reframed. One registry, `CLAIMS`, that the [findings](12_findings.ipynb) measure.
 - `tradingrl_nb.cli`: `tradingrl list | run | sweep | results | compare | findings`: the experiments runner on the command line.
 - `tradingrl_nb.compare`: `tradingrl compare RUN_A RUN_B`: the parameters and metrics in which two run folders differ, one aligned row each, fitted to the terminal. Light: it reads JSON files and imports neither pandas nor torch.
 - `tradingrl_nb.config`: `settings.ini` (the researcher's settings), `TRADINGRL_*` overrides, and the `"auto"` device rule.
