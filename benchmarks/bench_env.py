@@ -22,7 +22,8 @@ import numpy as np
 
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tradingrl_nb.data import load_market_data, split_by_date
-from tradingrl_nb.env import TradingEnv, TradingVecEnv
+from tradingrl_nb.env import TradingEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 
 
 def steps_per_second(make_venv, n_envs: int, env_steps: int, repeats: int, discrete: bool = False) -> list[float]:

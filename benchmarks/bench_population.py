@@ -30,7 +30,7 @@ CONFIG = dict(n_envs=8, n_steps=256, batch_size=512, n_epochs=4, sequence_length
 
 def make_member(seed: int):
     from tradingrl_nb.data import load_market_data
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     from tradingrl_nb.ppo import DistributionalPPO
     df = load_market_data("sp500")
     env = TradingVecEnv(df, n_envs=CONFIG["n_envs"], seed=seed, end="2007-12-31", episode_length=256, window=CONFIG["window"])

@@ -29,7 +29,7 @@ def worker(a) -> dict:
     import torch
     torch.set_num_threads(a.threads)
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     df = synthetic_market(3000, seed=0)
     env = TradingVecEnv(df, n_envs=a.n_envs, seed=0, window=a.window, episode_length=a.episode_length)
     common = dict(n_steps=a.n_steps, batch_size=a.batch_size, n_epochs=a.epochs, seed=0, device="cpu", verbose=0)

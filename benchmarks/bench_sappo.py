@@ -24,7 +24,7 @@ def worker(a) -> dict:
     import torch
     torch.set_num_threads(a.threads)
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     from tradingrl_nb.ppo import DistributionalPPO
     from tradingrl_nb.sappo import SAPPO
     env = TradingVecEnv(synthetic_market(3000, seed=0), n_envs=a.n_envs, seed=0, window=a.window, episode_length=252)

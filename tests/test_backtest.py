@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 
 from tradingrl_nb.backtest import BacktestResult, backtest, compare, performance_metrics
 from tradingrl_nb.data import load_market_data, split_by_date, synthetic_market
-from tradingrl_nb.env import Momentum, RandomPolicy, TradingEnv, TradingVecEnv
+from tradingrl_nb.baselines import Momentum, RandomPolicy
+from tradingrl_nb.env import TradingEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 
 SMALL = dict(window=8, windows=(5, 21))
 

@@ -17,7 +17,7 @@ import tradingrl_nb.checkpoint as ck
 from tradingrl_nb.checkpoint import load_checkpoint, save_checkpoint
 from tradingrl_nb.fileio import atomic_write_bytes, write_json
 from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 
 FORMATS = ("tree", "ppo")

@@ -1,4 +1,4 @@
-"Tests of tradingrl_nb.env: timing (no look-ahead), accounting, costs, actions, checkers, and the batched VecEnv."
+"Tests of tradingrl_nb.env, vec_env and baselines: timing (no look-ahead), accounting, costs, actions, checkers, the batched VecEnv and the baseline policies."
 import math
 import warnings
 
@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from tradingrl_nb.data import synthetic_market, load_market_data
-from tradingrl_nb.env import ENV_ID, BuyAndHold, Flat, Momentum, RandomPolicy, TradingEnv, TradingVecEnv, make_baseline
+from tradingrl_nb.baselines import BuyAndHold, Flat, Momentum, RandomPolicy, make_baseline
+from tradingrl_nb.env import ENV_ID, TradingEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.market import prepare_market
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

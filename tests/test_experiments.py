@@ -187,7 +187,8 @@ def _check_critic_variance_scaling(m):
 
 def _check_findings(name, m):
     "An experiment that measures claims records exactly those, each with one value per seed and a verdict from its interval."
-    from tradingrl_nb.findings import CLAIMS, verdict_of
+    from tradingrl_nb.claims import CLAIMS
+    from tradingrl_nb.findings import verdict_of
     expected = [c.id for c in CLAIMS.values() if c.experiment == name]
     if not expected: return
     found = m["findings"]
@@ -329,7 +330,7 @@ def test_training_log_rows_per_iteration():
     "One row per PPO iteration, timesteps continuing across learn() calls, each row with the update's own values."
     import torch
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     from tradingrl_nb.ppo import DistributionalPPO
     torch.set_num_threads(1)
     env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)

@@ -41,12 +41,17 @@ def check_findings(path, ids, n_seeds, steps):
     return stored
 
 
-@pytest.mark.slow
-def test_ablation_findings(tmp_path):
-    r = ex.run_experiment("ablation_vgs_upgd", output_dir=tmp_path / "abl", device="cpu", progress=False, report=False)
+def run_findings(tmp_path, name: str, ids: list[str]):
+    "Run experiment `name` with its tiny defaults; its result, parameters and checked metrics."
+    r = ex.run_experiment(name, output_dir=tmp_path / name, device="cpu", progress=False, report=False)
     assert r.ok, r.error
     p = json.loads((r.output_dir / "params.json").read_text())
-    m = check_findings(r.output_dir / "metrics.json", ABLATION_IDS, len(p["seeds"]), p["total_timesteps"])
+    return r, p, check_findings(r.output_dir / "metrics.json", ids, len(p["seeds"]), p["total_timesteps"])
+
+
+@pytest.mark.slow
+def test_ablation_findings(tmp_path):
+    r, p, m = run_findings(tmp_path, "ablation_vgs_upgd", ABLATION_IDS)
     f = {x["id"]: x for x in m["findings"]}
     # ratios of positive measures: geometric means, so the estimate is the exp of the mean log of the per-seed values
     for x in f.values():
@@ -65,10 +70,7 @@ def test_ablation_findings(tmp_path):
 
 @pytest.mark.slow
 def test_critic_variance_scaling_findings(tmp_path):
-    r = ex.run_experiment("critic_variance_scaling", output_dir=tmp_path / "cvs", device="cpu", progress=False, report=False)
-    assert r.ok, r.error
-    p = json.loads((r.output_dir / "params.json").read_text())
-    m = check_findings(r.output_dir / "metrics.json", CRITIC_IDS, len(p["seeds"]), p["total_timesteps"])
+    r, p, m = run_findings(tmp_path, "critic_variance_scaling", CRITIC_IDS)
     std, sharpe = m["findings"]
     assert std["null"] == 1 and std["direction"] == "lower"
     assert sharpe["null"] == 0 and sharpe["direction"] == "higher"

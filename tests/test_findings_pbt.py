@@ -69,3 +69,7 @@ def test_pbt_population_tiny_gives_the_finding(tmp_path):
     assert all(by[s, "pbt"]["steps"] == by[s, "random_search"]["steps"] for s in seeds)   # equal compute
     assert not list((tmp_path / "run").rglob("*.safetensors"))                              # no checkpoints in the run
     assert {p.name for p in (tmp_path / "run" / "figures").glob("*.png")} >= {"fitness_by_round.png", "population.png"}
+    health = r.metrics["health"]                     # every member of every population, judged: did it train?
+    assert len(health) == len(seeds) * 2 * r.parameters["n_members"]
+    assert all(h["moved"] is not None and h["updates"] > 0 for h in health)
+    assert f["untrained_runs"] == sum(h["moved"] is False for h in health)

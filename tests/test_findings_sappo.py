@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tradingrl_nb import experiments as ex
-from tradingrl_nb.findings import CLAIMS
+from tradingrl_nb.claims import CLAIMS
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import torch as th
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 
@@ -39,16 +39,16 @@ def test_reset_lstm_states_to_initial_exists():
 def test_lstm_states_reset_to_zero():
     m = make()
     m.learn(32 * 4)
-    assert not is_zero(m._last_lstm_states)          # a rollout leaves non-zero states behind
-    shape = m._last_lstm_states.pi[0].shape
+    assert not is_zero(m.rollout_state.lstm)          # a rollout leaves non-zero states behind
+    shape = m.rollout_state.lstm.pi[0].shape
     m.reset_lstm_states_to_initial()
-    assert is_zero(m._last_lstm_states) and m._last_lstm_states.pi[0].shape == shape
+    assert is_zero(m.rollout_state.lstm) and m.rollout_state.lstm.pi[0].shape == shape
 
 
 def _first_step_quantiles(model, obs):
     "What the next rollout step would predict from the model's carried-over LSTM states."
     with th.no_grad():
-        return model.policy(th.as_tensor(obs), model._last_lstm_states, deterministic=True)[2]
+        return model.policy(th.as_tensor(obs), model.rollout_state.lstm, deterministic=True)[2]
 
 
 def test_prediction_stability_after_weight_load_with_reset():
@@ -66,10 +66,10 @@ def test_prediction_instability_without_reset():
     "The problem the reset fixes: stale states computed by the old weights change what the new weights predict."
     a, b = make(seed=0), make(seed=1)
     a.learn(32 * 4); b.learn(32 * 4)
-    stale = a._last_lstm_states
+    stale = a.rollout_state.lstm
     obs = np.random.default_rng(0).normal(size=(4, a.observation_space.shape[0])).astype(np.float32)
     a.policy.load_state_dict(b.policy.state_dict())   # a bare weight copy does not reset
-    assert a._last_lstm_states is stale
+    assert a.rollout_state.lstm is stale
     with th.no_grad():
         fresh = b.policy(th.as_tensor(obs), b.policy.initial_state(4), deterministic=True)[2]
     assert not th.allclose(_first_step_quantiles(a, obs), fresh, atol=1e-3)
@@ -79,26 +79,26 @@ def test_prediction_instability_without_reset():
 
 def test_lstm_states_remain_none_if_none():
     m = make()
-    m._last_lstm_states = None
+    m.rollout_state.lstm = None
     m.reset_lstm_states_to_initial()
-    assert m._last_lstm_states is None
+    assert m.rollout_state.lstm is None
 
 
 @pytest.mark.parametrize("n", [1, 3, 7])
 def test_reset_works_with_different_batch_sizes(n):
     m = make()
-    m._last_lstm_states = random_states(m, n)
+    m.rollout_state.lstm = random_states(m, n)
     m.reset_lstm_states_to_initial()
-    assert is_zero(m._last_lstm_states) and m._last_lstm_states.vf[1].shape == (1, n, 16)
+    assert is_zero(m.rollout_state.lstm) and m.rollout_state.lstm.vf[1].shape == (1, n, 16)
 
 
 def test_multiple_resets_are_idempotent():
     m = make()
-    m._last_lstm_states = random_states(m, 4)
+    m.rollout_state.lstm = random_states(m, 4)
     m.reset_lstm_states_to_initial()
-    once = [x.clone() for x in (*m._last_lstm_states.pi, *m._last_lstm_states.vf)]
+    once = [x.clone() for x in (*m.rollout_state.lstm.pi, *m.rollout_state.lstm.vf)]
     m.reset_lstm_states_to_initial(); m.reset_lstm_states_to_initial()
-    assert all(th.equal(x, y) for x, y in zip(once, (*m._last_lstm_states.pi, *m._last_lstm_states.vf)))
+    assert all(th.equal(x, y) for x, y in zip(once, (*m.rollout_state.lstm.pi, *m.rollout_state.lstm.vf)))
 
 
 def test_load_resets_states(tmp_path):
@@ -106,16 +106,16 @@ def test_load_resets_states(tmp_path):
     m.learn(32 * 4)
     m.save(tmp_path / "m")
     loaded = DistributionalPPO.load(tmp_path / "m", env=TradingVecEnv(DF, n_envs=4, seed=0, window=1, episode_length=60))
-    assert is_zero(loaded._last_lstm_states) and loaded._last_lstm_states.pi[0].shape[1] == 4
+    assert is_zero(loaded.rollout_state.lstm) and loaded.rollout_state.lstm.pi[0].shape[1] == 4
 
 
 def test_set_parameters_from_file_resets_states(tmp_path):
     m = make()
     m.learn(32 * 4)
     m.save(tmp_path / "m")
-    m._last_lstm_states = random_states(m, 4)
+    m.rollout_state.lstm = random_states(m, 4)
     m.set_parameters(tmp_path / "m.safetensors")
-    assert is_zero(m._last_lstm_states)
+    assert is_zero(m.rollout_state.lstm)
 
 
 def test_episode_boundaries_reset_per_env_during_rollouts():

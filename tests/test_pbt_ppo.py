@@ -105,7 +105,7 @@ def test_new_hyperparameters_are_live_after_exploit_and_survive_training():
 def _first_step_quantiles(model, obs):
     "What the next rollout step would predict from the model's carried-over LSTM states."
     with th.no_grad():
-        return model.policy(th.as_tensor(obs), model._last_lstm_states, deterministic=True)[2]
+        return model.policy(th.as_tensor(obs), model.rollout_state.lstm, deterministic=True)[2]
 
 
 @pytest.mark.parametrize("strategy", ["copy", "reset"])
@@ -113,7 +113,7 @@ def test_lstm_states_reset_on_the_pbt_path(strategy):
     "PBT exploit (scheduler + load_exploit): the next prediction is the donor's fresh prediction, not a stale-state one."
     donor, target = donor_and_target(HP_A, HP_B)
     m = target.model
-    stale = m._last_lstm_states
+    stale = m.rollout_state.lstm
     n = stale.pi[0].shape[1]
     assert any(float(x.abs().sum()) > 0 for x in (*stale.pi, *stale.vf))
     obs = np.random.default_rng(0).normal(size=(n, m.observation_space.shape[0])).astype(np.float32)
@@ -124,10 +124,10 @@ def test_lstm_states_reset_on_the_pbt_path(strategy):
         s.add_member(i, hp); s.report(i, float(i), 1, mm.get_parameters())
     params, hp, _ = s.exploit_and_explore(0)
     load_exploit(target, params, hp, reset_optimizer=strategy == "reset")
-    states = m._last_lstm_states
+    states = m.rollout_state.lstm
     assert all(float(x.abs().sum()) == 0 for x in (*states.pi, *states.vf)) and states.pi[0].shape[1] == n
     assert th.allclose(_first_step_quantiles(m, obs), fresh, atol=1e-6)
-    m._last_lstm_states = stale                                  # the same weights with the stale states disagree
+    m.rollout_state.lstm = stale                                  # the same weights with the stale states disagree
     assert not th.allclose(_first_step_quantiles(m, obs), fresh, atol=1e-3)
 
 
@@ -298,3 +298,22 @@ def test_sequential_runner_trains_ppo_members_as_one_population(tmp_path, monkey
     run_population(ppo_factory, s, n_members=3, n_rounds=1, steps_per_round=128, run_dir=tmp_path / "alone", progress=False,
                    together=False)
     assert calls == [], "together=False: each member trains on its own"
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_every_member_keeps_its_training_curves_and_health_through_the_run(tmp_path, together):
+    """Whether the round's members train as one Population or each on its own, each member records one row per update
+    it made (through exploits: the weights move, its record stays), and `health()` can judge it (moved is not None):
+    a finding about PBT needs the same evidence of training as any other."""
+    s = PBTScheduler({"learning_rate": PPO_MUTATIONS["learning_rate"]}, seed=0, perturbation_interval=128)
+    res = run_population(ppo_factory, s, n_members=3, n_rounds=3, steps_per_round=128, run_dir=tmp_path / "r",
+                         progress=False, together=together)
+    assert (res.history.kind == "exploit").sum() >= 1
+    for mid, m in res.members.items():
+        c = m.curves()
+        assert len(c) == 3 * 128 // (2 * 32), (mid, len(c))                  # 2 rollouts of 2 envs x 32 steps per round
+        assert list(c.index) == sorted(c.index) and c.index[-1] == m.num_timesteps == 384
+        assert {"health/actor_update_ratio", "train/approx_kl", "train/explained_variance"} <= set(c.columns)
+        h = m.health()
+        assert h["updates"] == len(c) and h["moved"] is not None, h
+        assert h["actor_update_ratio"] > 0

@@ -7,7 +7,7 @@ import pytest
 import torch as th
 
 from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.policy import RecurrentQuantilePolicy
 from tradingrl_nb.ppo import DistributionalPPO
 

@@ -105,12 +105,12 @@ def test_exploit_copies_weights_optimizer_and_clock_and_resets_lstm_state():
     pop = Population.build(make, SEEDS)
     pop.set_hparams(0, learning_rate=2e-3)
     pop.learn(128)
-    assert pop[2]._last_lstm_states.pi[0].abs().sum() > 0
+    assert pop[2].rollout_state.lstm.pi[0].abs().sum() > 0
     pop.exploit(0, 2)
     assert max_gap(pop[0], pop[2]) == 0
     assert pop[2].num_timesteps == pop[0].num_timesteps
     assert pop[2].policy.optimizer.param_groups[0]["lr"] == 2e-3
-    assert pop[2]._last_lstm_states.pi[0].abs().sum() == 0 and pop[2]._last_lstm_states.vf[1].abs().sum() == 0
+    assert pop[2].rollout_state.lstm.pi[0].abs().sum() == 0 and pop[2].rollout_state.lstm.vf[1].abs().sum() == 0
 
 
 def test_hyperparameters_are_per_member_and_checked():
@@ -200,3 +200,27 @@ def test_cuda_population_matches_standalone_models_and_batches_updates():
         solo = mk(s)
         solo.learn(128)
         assert max_gap(solo, pop[k]) < pop[0].learning_rate        # stacked update: see test_members_match_standalone_models
+
+
+def test_train_together_trains_every_key_as_its_standalone_run(tmp_path):
+    "One (model, log) per key, in populations of at most max_members; each as its standalone run; own callbacks."
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tradingrl_nb.population import train_together
+
+    class Count(BaseCallback):
+        def __init__(self): super().__init__(); self.steps = 0
+        def _on_step(self) -> bool: self.steps += 1; return True
+    counts = {}
+    def count(key): counts[key] = Count(); return counts[key]
+    keys = [("on", 1), ("off", 1), ("on", 2)]
+    runs = train_together(lambda k: make(k[1], ent_coef=0.01 if k[0] == "on" else 0.0), keys, 256, callback=count,
+                          max_members=2, name=lambda k: f"{k[0]}-seed{k[1]}")
+    assert list(runs) == keys
+    for k, (m, log) in runs.items():
+        assert m.num_timesteps == 256 and len(log.frame()) == 2 and log.name == f"{k[0]}-seed{k[1]}"
+        assert counts[k].steps == 256 // m.n_envs                                    # its own callback saw its steps
+        solo = make(k[1], ent_coef=0.01 if k[0] == "on" else 0.0)
+        solo.learn(256)
+        assert max_gap(solo, m) < TOL, k
+    with pytest.raises(ValueError, match="distinct"): train_together(make, [1, 1], 128)
+    with pytest.raises(ValueError, match="max_members"): train_together(make, [1], 128, max_members=0)

@@ -233,7 +233,7 @@ def test_nonfinite_loss_is_skipped_and_counted(monkeypatch):
     before = params(m)
     with pytest.warns(RuntimeWarning, match="non-finite loss"):
         m.train()
-    assert m._nonfinite_updates == 1 and m._nonfinite_streak == 0
+    assert m.nonfinite.total == 1 and m.nonfinite.streak == 0
     assert any(not th.equal(a, b) for a, b in zip(before, params(m)))    # the later updates were applied
     m.logger.dump(0)
     assert cap.values("warn/nonfinite_updates") == [1]
@@ -247,7 +247,7 @@ def test_nonfinite_gradient_is_skipped_without_touching_parameters():
     with pytest.warns(RuntimeWarning, match="non-finite gradient"):
         m.train()
     h.remove()
-    assert m._nonfinite_updates == 1
+    assert m.nonfinite.total == 1
     assert all(th.equal(a, b) for a, b in zip(before, params(m)))
 
 
@@ -530,3 +530,38 @@ def test_loss_receives_normalized_advantages(monkeypatch, normalize):
         assert float(got.std(unbiased=True)) == pytest.approx(1.0, abs=1e-5)
     else:
         assert th.equal(seen[0], buf["advantages"])
+
+
+def test_the_rollouts_position_has_one_owner_that_sb3s_names_read_and_write():
+    "RolloutState holds the last observation, episode starts and LSTM states; SB3's attribute names are views of it."
+    from tradingrl_nb.rollout import RolloutState
+    m = make()
+    assert isinstance(m.rollout_state, RolloutState) and m.rollout_state.obs is None
+    rollout(m)
+    rs = m.rollout_state
+    assert m._last_obs is rs.obs and m._last_episode_starts is rs.episode_starts and m._last_lstm_states is rs.lstm
+    assert rs.lstm.pi[0].abs().sum() > 0                                   # a rollout leaves non-zero states
+    sd = rs.state_dict()
+    rs.lstm.pi[0].add_(1.0); rs.obs[...] = 7.0                             # the state dict is a copy
+    assert not th.equal(sd["lstm"]["pi"][0], rs.lstm.pi[0]) and not np.array_equal(sd["last_obs"], rs.obs)
+    other = make()
+    other.rollout_state.load_state_dict(sd, other.device)
+    assert np.array_equal(other._last_obs, sd["last_obs"])
+    assert all(th.equal(a, b) for a, b in zip((*other._last_lstm_states.pi, *other._last_lstm_states.vf),
+                                              (*sd["lstm"]["pi"], *sd["lstm"]["vf"])))
+    m.reset_lstm_states_to_initial()
+    assert m.rollout_state is rs and float(rs.lstm.pi[0].abs().sum()) == 0
+
+
+def test_the_nonfinite_count_is_a_component_that_checkpoints_keep(tmp_path):
+    from tradingrl_nb.ppo import DistributionalPPO, NonfiniteGuard
+    g = NonfiniteGuard(2)
+    assert g.dropped() is False and g.dropped() is True and (g.total, g.streak) == (2, 2)
+    g.passed()
+    assert (g.total, g.streak) == (2, 0)
+    m = make()
+    m.nonfinite.load_state_dict([5, 1])
+    m.save(tmp_path / "m")
+    loaded = DistributionalPPO.load(tmp_path / "m.safetensors", env=env(), device="cpu")
+    assert isinstance(loaded.nonfinite, NonfiniteGuard) and loaded.nonfinite.state_dict() == [5, 1]
+    assert loaded.nonfinite.limit == m.max_nonfinite_updates

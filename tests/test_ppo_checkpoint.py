@@ -13,7 +13,7 @@ import torch as th
 
 import tradingrl_nb.checkpoint as ck
 from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.testing import tiny_env, tiny_market, tiny_ppo
 from tradingrl_nb import fileio

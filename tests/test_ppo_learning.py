@@ -8,7 +8,7 @@ import torch as th
 
 from tradingrl_nb.backtest import backtest
 from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.ppo import DistributionalPPO
 
 MARKET = dict(n_days=21500, seed=0, drift=(0.0008, -0.003), vol=(0.008, 0.025), stay=(0.99, 0.97))

@@ -14,7 +14,7 @@ from tradingrl_nb.testing import make_notebook
 def tiny_model(cls=None, **kw):
     import torch
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     from tradingrl_nb.ppo import DistributionalPPO
     torch.set_num_threads(1)
     env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)
@@ -88,7 +88,7 @@ def test_follower_prints_changes_and_the_final_state(tmp_path):
 
 TRAINING = ("from tradingrl_nb.record import TrainingLog, save_metrics\n"
             "from tradingrl_nb.progress import attach_run\nattach_run(run_context)\n"
-            "import torch\nfrom tradingrl_nb.data import synthetic_market\nfrom tradingrl_nb.env import TradingVecEnv\n"
+            "import torch\nfrom tradingrl_nb.data import synthetic_market\nfrom tradingrl_nb.vec_env import TradingVecEnv\n"
             "from tradingrl_nb.ppo import DistributionalPPO\ntorch.set_num_threads(1)\n"
             "env = TradingVecEnv(synthetic_market(400, seed=1), n_envs=2, seed=0, episode_length=64, window=8)\n"
             "model = DistributionalPPO('MlpLstmPolicy', env, n_steps=32, batch_size=64, n_epochs=1, sequence_length=16, seed=0,\n"

@@ -176,7 +176,7 @@ class Recording(DistributionalPPO):
 
 def tiny_sappo(n_envs=2, sappo=None, **kw):
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     env = TradingVecEnv(synthetic_market(400, seed=0), n_envs=n_envs, seed=0, window=1, episode_length=40)
     m = Recording("MlpLstmPolicy", env, sappo=sappo or dict(eps=0.3, steps=2, ramp_fraction=0.5), n_steps=16,
                   batch_size=32, n_epochs=1, sequence_length=8, seed=0, device="cpu",
@@ -275,7 +275,7 @@ def test_attacked_policy_keeps_the_lstm_state_like_predict():
 # ---- SA-PPO as a DistributionalPPO option --------------------------------------------------------------
 def tiny_ppo(sappo=None, **kw):
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     from tradingrl_nb.ppo import DistributionalPPO
     env = TradingVecEnv(synthetic_market(400, seed=0), n_envs=2, seed=0, window=1, episode_length=40)
     m = DistributionalPPO("MlpLstmPolicy", env, sappo=sappo, n_steps=16, batch_size=32, n_epochs=2, sequence_length=8,
@@ -331,7 +331,7 @@ def test_attack_leaves_no_parameter_gradients_and_restores_requires_grad():
     "requires grad afterwards (also when the attack raises), and the PPO loss's gradients are those without the attack."
     from tradingrl_nb import sappo as S
     from tradingrl_nb.data import synthetic_market
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     from tradingrl_nb.ppo import DistributionalPPO
     env = TradingVecEnv(synthetic_market(400, seed=0), n_envs=2, seed=0, window=4, episode_length=64)
     m = DistributionalPPO("MlpLstmPolicy", env, n_steps=16, batch_size=32, sequence_length=8, seed=0, device="cpu",

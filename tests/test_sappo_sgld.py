@@ -9,7 +9,7 @@ import torch as th
 from gymnasium import spaces
 
 from tradingrl_nb.data import synthetic_market
-from tradingrl_nb.env import TradingVecEnv
+from tradingrl_nb.vec_env import TradingVecEnv
 from tradingrl_nb.policy import RecurrentQuantilePolicy
 from tradingrl_nb.ppo import DistributionalPPO
 from tradingrl_nb.sappo import (AttackedPolicy, RobustKLRegularizer, SAPPOConfig, actor_mean, gaussian_kl,

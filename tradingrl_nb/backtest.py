@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from gymnasium import spaces
 
-from .env import TradingEnv, Baseline, make_baseline
+from .env import TradingEnv
+from .baselines import Baseline, make_baseline
 
 # %% auto #0
 __all__ = ['ANNUALIZATION', 'performance_metrics', 'BacktestResult', 'backtest', 'compare', 'plot_backtest', 'plot_return_hist']
@@ -153,6 +154,38 @@ def _build_env(df, start, end, window, model, obs_space, env_kwargs) -> TradingE
             if dim > 0 and dim % n_feat == 0: window = dim // n_feat
     return TradingEnv(df, window=window, start=start, end=end, episode_length=None, **kw)
 
+# %% ../nbs/09_backtest.ipynb #190f17fd
+def _play(env: TradingEnv, policy, kind: str, seed: int, burn_in: int | None, vec_normalize, deterministic: bool) -> tuple[list[dict], int]:
+    """Run `policy` through `env` from `reset(seed)` to the end of the span: each step's info, and the burn-in days a
+    model read first (the bars before the span, seen with a flat book, so its recurrent state starts warm)."""
+    obs, info = env.reset(seed=seed)
+    state, episode_start = None, np.ones(1, dtype=bool)
+    m = env.market
+    B = 0
+    if kind == "model":
+        B = _default_burn_in(policy) if burn_in is None else int(burn_in)
+        if B < 0: raise ValueError(f"burn_in must be >= 0 days, got {burn_in!r}")
+        B = min(B, env._t0 - m.t_first)  # only bars with a full observation window
+        for t in range(env._t0 - B, env._t0):  # the bars before the span, seen with a flat book (zero book entries)
+            o = m.obs_rows[t]
+            o = o if vec_normalize is None else vec_normalize.normalize_obs(o)
+            _, state = policy.predict(o[None], state=state, episode_start=episode_start, deterministic=deterministic)
+            episode_start = np.zeros(1, dtype=bool)
+    infos, done = [], False
+    while not done:
+        if kind == "model":
+            o = obs if vec_normalize is None else vec_normalize.normalize_obs(obs)
+            action, state = policy.predict(o[None], state=state, episode_start=episode_start, deterministic=deterministic)
+            action = np.asarray(action)[0]
+            episode_start = np.zeros(1, dtype=bool)
+        else:
+            action = policy(obs)
+        obs, _, terminated, truncated, step_info = env.step(action)
+        infos.append(step_info)
+        done = terminated or truncated
+    return infos, B
+
+
 # %% ../nbs/09_backtest.ipynb #3c300686
 def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=None, *, window: int | None = None,
              name: str | None = None, deterministic: bool = True, vec_normalize=None, seed: int = 0,
@@ -184,31 +217,8 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
     else: label = getattr(policy, "__name__", "policy")
     if isinstance(policy, Baseline): vec_normalize = None  # baselines read raw observations
 
-    obs, info = env.reset(seed=seed)
-    state, episode_start = None, np.ones(1, dtype=bool)
+    infos, B = _play(env, policy, kind, seed, burn_in, vec_normalize, deterministic)
     m = env.market
-    B = 0
-    if kind == "model":
-        B = _default_burn_in(policy) if burn_in is None else int(burn_in)
-        if B < 0: raise ValueError(f"burn_in must be >= 0 days, got {burn_in!r}")
-        B = min(B, env._t0 - m.t_first)  # only bars with a full observation window
-        for t in range(env._t0 - B, env._t0):  # the bars before the span, seen with a flat book (zero book entries)
-            o = m.obs_rows[t]
-            o = o if vec_normalize is None else vec_normalize.normalize_obs(o)
-            _, state = policy.predict(o[None], state=state, episode_start=episode_start, deterministic=deterministic)
-            episode_start = np.zeros(1, dtype=bool)
-    infos, done = [], False
-    while not done:
-        if kind == "model":
-            o = obs if vec_normalize is None else vec_normalize.normalize_obs(obs)
-            action, state = policy.predict(o[None], state=state, episode_start=episode_start, deterministic=deterministic)
-            action = np.asarray(action)[0]
-            episode_start = np.zeros(1, dtype=bool)
-        else:
-            action = policy(obs)
-        obs, _, terminated, truncated, step_info = env.step(action)
-        infos.append(step_info)
-        done = terminated or truncated
 
     t0, n_rows = env._t0, m.t_hi - env._t0 + 1
     dates = m.dates[t0:t0 + n_rows]

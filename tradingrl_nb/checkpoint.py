@@ -415,7 +415,7 @@ def save(self: Checkpointing, path: str | pathlib.Path, exclude=None, include=No
     content = dict(hparams=self.hparams(), policy_class=self.policy_class, n_envs=self.n_envs,
                    observation_space=space_to_dict(self.observation_space), action_space=space_to_dict(self.action_space),
                    params=self.get_parameters(include_optimizer=True),
-                   state=dict(**self.clock(), nonfinite=[self._nonfinite_updates, self._nonfinite_streak], ret_acc=self.return_scale.acc,
+                   state=dict(**self.clock(), nonfinite=self.nonfinite.state_dict(), ret_acc=self.return_scale.acc,
                               np_rng=self._rng.bit_generator.state, torch_rng=th.get_rng_state(),
                               cuda_rng=th.cuda.get_rng_state_all() if th.cuda.is_initialized() else []))
     write_checkpoint(path, content)
@@ -423,7 +423,7 @@ def save(self: Checkpointing, path: str | pathlib.Path, exclude=None, include=No
 @patch
 def _restore_state(self: Checkpointing, s: dict) -> None:
     self.set_clock({**s, "ent_plateau": s["ent_plateau"] if "ent_plateau" in s else s["ent"]})   # "ent": files before the clock had its name
-    self._nonfinite_updates, self._nonfinite_streak = (int(x) for x in s["nonfinite"])
+    self.nonfinite.load_state_dict(s["nonfinite"])
     if np.shape(s["ret_acc"]) == self.return_scale.acc.shape: self.return_scale.acc = np.array(s["ret_acc"], dtype=np.float64)
     st = s["np_rng"]
     if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .data import PlantedMarket, planted_market
-from .env import Baseline, TradingVecEnv
+from .baselines import Baseline
+from .vec_env import TradingVecEnv
 from .backtest import BacktestResult, backtest
 from .health import training_health
 from . import stats

@@ -10,104 +10,25 @@ from __future__ import annotations
 import json, math
 from statistics import NormalDist
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .claims import CLAIMS, Claim
 from .fileio import read_json_object
 from .stats import Interval, mean_ci
 
 # %% auto #0
-__all__ = ['S000', 'S001', 'S002', 'S004', 'SAPPO_PAPER', 'CLAIMS', 'MIN_SEEDS', 'VERDICTS', 'RECOMPUTABLE', 'SEEDS_AND_MARKET',
-           'WEIGHT_SUFFIXES', 'MAX_RESULTS_BYTES', 'FIELDS', 'REGISTRY_FIELDS', 'VERDICT_COLORS', 'Claim',
-           'interval_inputs', 'recompute_interval', 'check_inputs', 'claim_verdict', 'size_verdict', 'degenerate',
-           'verdict_of', 'finding', 'findings_table', 'seed_p_value', 'seed_t_interval', 'minimum_detectable_effect',
-           'holm_adjusted', 'holm_verdicts', 'interval_se', 'finding_p_value', 'finding_mde', 'target_effect',
-           'seeds_needed', 'power_plan', 'check_results', 'with_family', 'collect_findings', 'missing_findings',
-           'findings_json', 'write_findings', 'plot_findings', 'findings_markdown']
+__all__ = ['MIN_SEEDS', 'VERDICTS', 'RECOMPUTABLE', 'SEEDS_AND_MARKET', 'WEIGHT_SUFFIXES', 'MAX_RESULTS_BYTES', 'FIELDS',
+           'REGISTRY_FIELDS', 'VERDICT_COLORS', 'interval_inputs', 'recompute_interval', 'check_inputs',
+           'claim_verdict', 'size_verdict', 'degenerate', 'verdict_of', 'finding', 'findings_table', 'seed_p_value',
+           'seed_t_interval', 'minimum_detectable_effect', 'holm_adjusted', 'holm_verdicts', 'interval_se',
+           'finding_p_value', 'finding_mde', 'target_effect', 'seeds_needed', 'power_plan', 'check_results',
+           'with_family', 'collect_findings', 'missing_findings', 'findings_json', 'write_findings', 'plot_findings',
+           'findings_markdown']
 
 # %% ../nbs/12_findings.ipynb #beb766e0
-@dataclass(frozen=True)
-class Claim:
-    """A claim as tested here. `claimed` is the claimed effect on the metric's own scale, as `(near, far)`: the end nearest
-    to no effect and the farthest (equal for a point claim; None where the source gives no number). `sesoi` is the
-    smallest effect of interest: an interval inside `null +/- sesoi` (on the ratio's log scale for a ratio claim, null 1)
-    says "no effect worth having". `framing` is "as written" or "reframed: " and why we measure something else."""
-    id: str
-    claim: str           # one sentence
-    seeds_say: str       # the source's number, as it states it
-    direction: str       # "higher" or "lower": the side of `null` the claim predicts
-    null: float          # the no-effect value of the metric (1 for a ratio, 0 for a difference)
-    experiment: str      # the experiment notebook that measures it ("" where none does yet)
-    source: str = ""     # the seed file or the paper
-    quote: str = ""      # the source's sentence, as written
-    claimed: tuple[float, float] | None = None
-    sesoi: float = 0.0
-    framing: str = "as written"
-    primary: str = ""    # the one measurement the verdict reads, named before the run (where an experiment measures several)
-    forks: str = ""      # the other measurements the experiment makes of the same claim (shown, not tested)
-
-    @property
-    def ratio(self) -> bool: return self.null == 1.0
-
-S000, S001, S002, S004 = ("seed 000 (000_b12814daf2d01f9a.txt)", "seed 001 (001_9094ad05c7b373f2.txt)",
-                          "seed 002 (002_80f53dcb60f7eeb0.txt)", "seed 004 (004_9e7d63ed69e6b9d9.txt)")
-SAPPO_PAPER = "Zhang et al., Robust Deep RL against Adversarial Perturbations on State Observations (NeurIPS 2020)"
-
-CLAIMS: dict[str, Claim] = {c.id: c for c in [
-    Claim("agent_vs_buy_and_hold", "The agent's walk-forward test Sharpe ratio beats buy-and-hold's (the main job, pooled over test years).",
-          "the premise of the workbench (no number given)", "higher", 0.0, "walk_forward", "the workbench's premise", "",
-          None, 0.1, "reframed: no source states a size; 0.1 Sharpe is the smallest difference a researcher would act on",
-          "the test years pooled", "each test year alone"),
-    Claim("fixed_noise_nsr_under_vgs", "With fixed UPGD noise, VGS raises the update's noise-to-signal ratio (it shrinks the gradient, not the noise).",
-          "noise-to-signal 100x larger (seed 000)", "higher", 1.0, "ablation_vgs_upgd", S000,
-          "Noise-to-signal ratio becomes **100x larger** than intended", (100.0, 100.0), math.log(1.1),
-          "reframed: the seeds' 100x is for k = 0.01; we measure the ratio at the k the run reaches"),
-    Claim("adaptive_noise_value_loss_variance", "Under VGS, adaptive UPGD noise lowers the value-loss variance relative to fixed noise of matched noise-to-signal.",
-          "30-50% lower value-loss variance (seed 001)", "lower", 1.0, "ablation_vgs_upgd", S001,
-          "Training variance reduced by 30-50% when VGS scales aggressively", (0.7, 0.5), math.log(1.05), "as written",
-          "value-loss variance over the second half of training, as an interaction with VGS on / off", "the ratio with VGS on alone"),
-    Claim("adaptive_noise_sample_efficiency", "Under VGS, adaptive UPGD noise reaches the reward target in fewer steps than fixed noise of matched noise-to-signal.",
-          "5-10% better sample efficiency (seeds 000, 001)", "lower", 1.0, "ablation_vgs_upgd", S000 + "; " + S001,
-          "**5-10% improvement** in sample efficiency (fewer timesteps to convergence)", (0.95, 0.9), math.log(1.02)),
-    Claim("vgs_effect_value_loss_variance", "VGS (scaling the step, the default placement) lowers the value-loss variance.",
-          "no number of its own (seed 001's 30-50% is the adaptive-noise fix's)", "lower", 1.0, "ablation_vgs_upgd",
-          "our question", "", None, math.log(1.05),
-          "reframed: seed 001 gives 30-50% for the adaptive-noise fix, not for VGS itself; this asks whether VGS lowers it at all"),
-    Claim("lstm_reset_value_loss_spike", "Resetting the LSTM states after a PBT exploit lowers the value-loss jump of the first update after it.",
-          "< 5% with the reset vs 5-15% without (seed 001)", "higher", 0.0, "lstm_reset_after_exploit", S001,
-          "No value loss spike after PBT exploit (< 5% vs 5-15% before fix)", (0.05, 0.15), 0.01,
-          "reframed: the seeds give two levels; their difference, with the reset near 0, is 5-15 points"),
-    Claim("lstm_reset_convergence", "Resetting the LSTM states after a PBT exploit makes PBT converge faster.",
-          "5-10% faster PBT convergence (seed 001)", "lower", 1.0, "lstm_reset_after_exploit", S001,
-          "5-10% faster PBT convergence (no post-exploit adaptation period)", (0.95, 0.9), math.log(1.02),
-          "reframed: a PBT run's convergence time is not measurable seed by seed here; we measure the post-exploit "
-          "adaptation the seed blames, the value loss summed over the updates after the exploit, with over without the reset",
-          "the value loss summed over the after_rollouts updates after the exploit, with / without the reset"),
-    Claim("return_snapshot_value_bias", "Refreshing the return-scale snapshot after the rollout, not before it, lowers the critic's value bias.",
-          "5-10% systematic value bias from the old timing (seed 002)", "higher", 0.0, "return_snapshot_timing", S002,
-          "**5-10% systematic bias** in value learning for non-stationary reward distributions", (0.05, 0.10), 0.01,
-          "reframed: the bias is measured in standard deviations of the lambda-return targets"),
-    Claim("variance_scaling_value_loss_std", "The DSAC-T variance adjustment of the critic loss lowers the value-loss standard deviation.",
-          "-31% value-loss std (seed 004)", "lower", 1.0, "critic_variance_scaling", S004,
-          "| Variance Scaling | 0.24 | **-31%** |", (0.69, 0.69), math.log(1.05), "as written",
-          "the plain quantile Huber loss's std over the second half of training", "the adjusted loss's own std"),
-    Claim("variance_scaling_sharpe", "The DSAC-T variance adjustment of the critic loss raises the test Sharpe ratio.",
-          "+6.3% Sharpe, 1.42 to 1.51 (seed 004)", "higher", 0.0, "critic_variance_scaling", S004,
-          "| Variance Scaling | 1.51 | **+6.3%** |", (0.09, 0.09), 0.05,
-          "reframed: as a Sharpe difference, 1.51 - 1.42"),
-    Claim("sappo_attacked_sharpe", "Under the strongest observation attack at the chosen radius, SA-PPO keeps a higher test Sharpe than PPO (median agent).",
-          "SA-PPO is more robust than PPO under attack (the SA-PPO paper; seed 003 only checks the code)", "higher", 0.0,
-          "robustness_sappo", SAPPO_PAPER, "", None, 0.1,
-          "reframed: the paper's claim on control tasks, as a test Sharpe difference under attack; no size transfers",
-          "each agent under its worst attack at the training radius (eps 0.1), median agent over seeds",
-          "every attack and radius apart; the clean (unattacked) difference"),
-    Claim("pbt_vs_random_search", "PBT's best member beats random search's best member on test Sharpe at equal compute.",
-          "no number of its own (seed 001's 5-10% is the LSTM reset's)", "higher", 0.0, "pbt_population", "our question", "",
-          None, 0.1, "reframed: seed 001's 5-10% faster convergence belongs to the LSTM reset (lstm_reset_convergence)"),
-]}
 MIN_SEEDS = 3   # the main job has 3 seeds a test year; a t-interval over 3 seeds is valid (2 degrees of freedom), only wide
 VERDICTS = ("holds", "smaller than claimed", "refuted", "inconclusive", "not testable")
 

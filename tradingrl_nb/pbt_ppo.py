@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from fastcore.basics import patch
 
+from .health import training_health
 from .pbt import CLOCK, is_optimizer_component
+from .record import TrainingLog
 
 # %% auto #0
 __all__ = ['PPOMember', 'PPOMemberFactory']
@@ -30,6 +33,8 @@ class PPOMember:
         self.model, self.val_df, self.fitness_fn, self.metric = model, val_df, fitness_fn, metric
         self.backtest_kwargs, self.member_id = dict(backtest_kwargs or {}), member_id
         self._horizon_given = model.schedule_horizon is not None
+        # its per-update curves (whichever runner trains it, alone or in a Population): what `health()` judges
+        self.log = TrainingLog(model, progress=False, tensorboard=False, name=f"member_{member_id}")
 
     @property
     def num_timesteps(self) -> int: return int(self.model.num_timesteps)
@@ -76,23 +81,37 @@ class PPOMember:
 
     def train(self, n_steps: int) -> dict:
         "Train `n_steps` env steps (whole rollouts); returns the clock and the schedules' values at the end."
-        self.model.learn(total_timesteps=int(n_steps), reset_num_timesteps=False, progress_bar=False)
+        self.model.learn(total_timesteps=int(n_steps), callback=self.log.callback, reset_num_timesteps=False,
+                         log_interval=None, progress_bar=False)
+        self.log.flush()
         return self.train_info()
 
-    def train_info(self) -> dict:
-        "The clock and the schedules' values now (what `train` returns; after a population trained the model)."
-        m = self.model
-        prog = m._current_progress_remaining
-        out = {"num_timesteps": int(m.num_timesteps), "progress_remaining": float(prog),
-               "lr": float(m.policy.optimizer.param_groups[0]["lr"]), "clip": float(m._clip_schedule(prog)),
-               "ent": float(m.current_ent_coef())}
-        if m.sappo is not None: out["sappo_eps"] = float(m.sappo_eps)
-        return out
+    def curves(self) -> pd.DataFrame:
+        "One row per update this member made (`TrainingLog.frame`), through exploits: the weights move, its record stays."
+        return self.log.frame()
 
-    def evaluate(self) -> float:
-        if self.fitness_fn is not None: return float(self.fitness_fn(self.model))
-        from tradingrl_nb.backtest import backtest
-        return float(backtest(self.model, self.val_df, **self.backtest_kwargs).metrics[self.metric])
+    def health(self) -> dict:
+        "`training_health` of this member's updates so far: did it train (update size, KL, explained variance, VGS factor)?"
+        return training_health(self.curves())
+
+
+# %% ../nbs/08b_pbt_ppo.ipynb #63152f1b
+@patch
+def train_info(self: PPOMember) -> dict:
+    "The clock and the schedules' values now (what `train` returns; after a population trained the model)."
+    m = self.model
+    prog = m._current_progress_remaining
+    out = {"num_timesteps": int(m.num_timesteps), "progress_remaining": float(prog),
+           "lr": float(m.policy.optimizer.param_groups[0]["lr"]), "clip": float(m._clip_schedule(prog)),
+           "ent": float(m.current_ent_coef())}
+    if m.sappo is not None: out["sappo_eps"] = float(m.sappo_eps)
+    return out
+
+@patch
+def evaluate(self: PPOMember) -> float:
+    if self.fitness_fn is not None: return float(self.fitness_fn(self.model))
+    from tradingrl_nb.backtest import backtest
+    return float(backtest(self.model, self.val_df, **self.backtest_kwargs).metrics[self.metric])
 
 # %% ../nbs/08b_pbt_ppo.ipynb #ffc8bfcd
 @dataclass
@@ -109,7 +128,7 @@ class PPOMemberFactory:
     fitness_fn: Callable | None = None
 
     def __call__(self, member_id: int) -> PPOMember:
-        from tradingrl_nb.env import TradingVecEnv
+        from tradingrl_nb.vec_env import TradingVecEnv
         from tradingrl_nb.ppo import DistributionalPPO
         seed = self.seed * 1000 + int(member_id)
         env = TradingVecEnv(self.train_df, n_envs=self.n_envs, seed=seed, **self.env_kwargs)

@@ -18,14 +18,18 @@ import torch as th
 from fastcore.basics import patch
 from torch import nn
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from .checkpoint import save_checkpoint, load_checkpoint
-from .ppo import DistributionalPPO, ppo_terms
+from .ppo import DistributionalPPO
+from .record import TrainingLog
+from .ppo_update import ppo_terms
 
 _LOG_2PI = math.log(2 * math.pi)
 
 # %% auto #0
-__all__ = ['MemberRNG', 'stack_step_weights', 'stacked_step', 'Population', 'stacked_sequences', 'stack_minibatches']
+__all__ = ['MemberRNG', 'stack_step_weights', 'stacked_step', 'Population', 'stacked_sequences', 'stack_minibatches',
+           'train_together']
 
 # %% ../nbs/06d_population.ipynb #4418dbd8
 class MemberRNG:
@@ -360,6 +364,31 @@ def _batched_update(self: Population, ks: list[int], seqs: list[np.ndarray], trs
     out = {}
     for j, (k, m) in enumerate(zip(ks, ms)):
         out[k] = m.apply_update(stats[j], mbs[j]) if finite[j] else m._skip("loss", stats[j], mbs[j])
+    return out
+
+
+# %% ../nbs/06d_population.ipynb #79703b06
+def train_together(build: Callable[[Any], DistributionalPPO], keys: Sequence, total_timesteps: int,
+                   callback: Callable[[Any], BaseCallback] | None = None, max_members: int | None = None,
+                   name: Callable[[Any], str] = str) -> dict:
+    """Train `build(key)` for every key (an `(arm, seed)` pair, say) for `total_timesteps` env steps, as `Population`s of
+    at most `max_members` (None: all at once) in this process. Returns `{key: (model, log)}`, `log` the run's
+    `TrainingLog` (named `name(key)`); `callback(key)`, if given, is the run's own SB3 callback as well."""
+    keys = list(keys)
+    if not keys: raise ValueError("train_together: no keys, nothing to train")
+    if len(set(keys)) != len(keys): raise ValueError(f"train_together: keys must be distinct, got {keys!r}")
+    size = len(keys) if max_members is None else int(max_members)
+    if size < 1: raise ValueError(f"train_together: max_members must be >= 1 or None, got {max_members!r}")
+    out = {}
+    for start in range(0, len(keys), size):
+        chunk = keys[start:start + size]
+        pop = Population.build(lambda j: build(chunk[j]), range(len(chunk)))
+        logs = [TrainingLog(m, total_timesteps, name=name(k)) for m, k in zip(pop.members, chunk)]
+        if callback is not None:
+            for lg, k in zip(logs, chunk): lg.callback = CallbackList([lg.callback, callback(k)])
+        pop.learn(total_timesteps, callbacks=[lg.callback for lg in logs])
+        for lg in logs: lg.flush()
+        out.update({k: (m, lg) for k, m, lg in zip(chunk, pop.members, logs)})
     return out
 
 

@@ -7,8 +7,7 @@ Docs: https://tradingrl-nb.github.io/tradingrl_nb/ppo.html.md"""
 
 # %% ../nbs/06_ppo.ipynb #f5776434
 from __future__ import annotations
-import math, warnings
-from types import SimpleNamespace
+import math
 from collections.abc import Mapping
 from typing import Any, Callable, ClassVar
 
@@ -17,21 +16,21 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.utils import FloatSchedule, explained_variance
-from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.utils import FloatSchedule
 
 from .config import resolve_device
 from .policy import RecurrentQuantilePolicy
 from .vgs import VarianceGradientScaler, check_vgs_noise_compat
 from .adaptive_upgd import AdaptiveUPGD
 from .sappo import SAPPOConfig, RobustKLRegularizer
-from .distributional import quantile_huber_loss, cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
+from .distributional import cvar_from_quantiles, twin_target_quantiles, VarianceCriticAdjuster
 from .checkpoint import Checkpointing
 from .rollout import SequenceRolloutBuffer, RolloutCollector
+from .ppo_update import PPOUpdate
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['CRITIC_PREFIXES', 'ReturnScale', 'EntropyPlateau', 'ppo_terms', 'DistributionalPPO']
+__all__ = ['ReturnScale', 'EntropyPlateau', 'NonfiniteGuard', 'DistributionalPPO']
 
 # %% ../nbs/06_ppo.ipynb #7656ea24
 class ReturnScale:
@@ -62,6 +61,22 @@ class EntropyPlateau:
     def state_dict(self) -> list: return [float(self.scale), float(self.best), int(self.wait)]
 
     def load_state_dict(self, s) -> None: self.scale, self.best, self.wait = float(s[0]), float(s[1]), int(s[2])
+
+class NonfiniteGuard:
+    """Updates dropped for non-finite values, one owner for the count: in all (`total`) and in a row (`streak`, back to
+    0 after a finite update); at `limit` in a row the run stops (`max_nonfinite_updates`)."""
+    def __init__(self, limit: int): self.limit, self.total, self.streak = int(limit), 0, 0
+
+    def passed(self) -> None: self.streak = 0
+
+    def dropped(self) -> bool:
+        "Count one dropped update; True when `limit` have been dropped in a row."
+        self.total += 1; self.streak += 1
+        return self.streak >= self.limit
+
+    def state_dict(self) -> list: return [int(self.total), int(self.streak)]
+
+    def load_state_dict(self, s) -> None: self.total, self.streak = int(s[0]), int(s[1])
 
 
 # %% ../nbs/06_ppo.ipynb #28be863a
@@ -123,314 +138,8 @@ class _EntropySchedule:
             if self._ent_base() * self.entropy_plateau.scale > self.ent_coef_min:
                 self.entropy_plateau.scale *= self.ent_plateau_factor
 
-# %% ../nbs/06_ppo.ipynb #c8f1b1ee
-def ppo_terms(logp: th.Tensor, ent: th.Tensor, q: th.Tensor, mb: dict, clip_range, ent_coef, vf_coef, mu, sigma,
-              critic_losses: Callable) -> tuple[th.Tensor, th.Tensor]:
-    """The PPO loss of padded sequences `[..., T, B]`, means over the valid steps written as sums with weights
-    `mask / n_valid` (no boolean indexing): clipped policy gradient, the twin critics' quantile losses on returns
-    normalized by `(mu, sigma)` (`critic_losses(q, old_q, target, mask) -> [..., T, B, 2]`), entropy. The
-    coefficients are numbers, or tensors over the leading dims (`clip_range` shaped to broadcast against `[..., T, B]`)
-    when a population evaluates K members at once. Returns the loss `[...]` and `[..., 8]` statistics: pg, value,
-    entropy, loss, approx_kl, clip fraction, each critic's loss."""
-    S = lambda x: x.sum((-2, -1))
-    w = mb["mask"].float()
-    w = w / w.sum((-2, -1), keepdim=True)
-    adv = mb["advantages"]
-    log_ratio = logp - mb["old_log_prob"]
-    ratio = th.exp(log_ratio)
-    pg = -S(th.min(adv * ratio, adv * ratio.clamp(1 - clip_range, 1 + clip_range)) * w)
-    target = (mb["returns"] - mu) / sigma                          # quantile regression on normalized targets
-    per = critic_losses(q, mb["old_quantiles"], target, mb["mask"])   # per-sample max(unclipped, clipped), [..., 2]
-    vl = (per * w.unsqueeze(-1)).sum((-3, -2))                     # [..., 2]: each critic's loss
-    value_loss = vl.mean(-1)
-    ent_loss = -S(ent * w)
-    loss = pg + vf_coef * value_loss + ent_coef * ent_loss
-    with th.no_grad():
-        kl = S(((ratio - 1) - log_ratio) * w)
-        clip_frac = S(((ratio - 1).abs() > clip_range).float() * w)
-        stats = th.stack([pg, value_loss, ent_loss, loss, kl, clip_frac, vl[..., 0], vl[..., 1]], -1).detach()
-    return loss, stats
-
-# %% ../nbs/06_ppo.ipynb #71fe2d24
-class _Update:
-    "The PPO update on whole sequences, with the gradient order of seed 003, non-finite guards and logging."
-    _STATS = ("policy_gradient_loss", "value_loss", "entropy_loss", "loss", "approx_kl", "clip_fraction", "q1_loss",
-              "q2_loss", "q1_grad_norm", "q2_grad_norm", "vgs_scale", "grad_norm")
-
-    @staticmethod
-    def _columns(mb: dict, cols: np.ndarray) -> dict:
-        c = th.as_tensor(cols, device=mb["mask"].device)
-        out = {k: v[:, c] for k, v in mb.items() if k != "states"}
-        out["states"] = RNNStates(tuple(s[:, c] for s in mb["states"].pi), tuple(s[:, c] for s in mb["states"].vf))
-        return out
-
-    @staticmethod
-    def _scaled_step(opt: th.optim.Optimizer, k: float) -> None:
-        "`opt.step()` with every group's learning rate times `k` for this step only (VGS step mode)."
-        if k == 1.0: opt.step(); return
-        lrs = [g["lr"] for g in opt.param_groups]
-        for g, lr in zip(opt.param_groups, lrs): g["lr"] = lr * k
-        try: opt.step()
-        finally:
-            for g, lr in zip(opt.param_groups, lrs): g["lr"] = lr
-
-# %% ../nbs/06_ppo.ipynb #651a669c
-@patch
-def _critic_losses(self: _Update, q: th.Tensor, old_q: th.Tensor, clip_vf: float | None, target: th.Tensor,
-                   mask: th.Tensor) -> th.Tensor:
-    """Per-sample quantile Huber losses `[..., 2]` of twin quantiles `q [..., 2, N]` against `target [...]`;
-    with `clip_vf`, max(unclipped, clipped) with the atoms clipped to `old_q +- clip_vf`. Variance-adjusted
-    (DSAC-T) when enabled. The clipped loss is only evaluated on the rows where clipping changes an atom:
-    elsewhere both terms are the same number."""
-    N = q.shape[-1]
-    if self._critic_adjuster is None:
-        t = target[..., None, None].expand(*target.shape, 2, 1).reshape(-1, 1)
-        qf = q.reshape(-1, N)
-        per = quantile_huber_loss(qf, t, kappa=self.huber_kappa, reduction="none")   # both critics in one call
-        if clip_vf is not None:
-            of = old_q.reshape(-1, N).detach()
-            hit = ((qf.detach() - of).abs() > clip_vf).any(-1) & mask.unsqueeze(-1).expand(*mask.shape, 2).reshape(-1)
-            rows = hit.nonzero().squeeze(1)
-            if rows.numel():
-                qc = of[rows] + (qf[rows] - of[rows]).clamp(-clip_vf, clip_vf)
-                lc = quantile_huber_loss(qc, t[rows], kappa=self.huber_kappa, reduction="none")
-                per = per.index_put((rows,), th.maximum(per[rows], lc))
-        return per.view(*target.shape, 2)
-    t = target.reshape(-1, 1)
-    out = []
-    for k, adj in enumerate(self._critic_adjuster):
-        qk = q[..., k, :].reshape(-1, N)
-        adj.update(q[..., k, :][mask])                         # running variance from the valid steps
-        lk = adj.loss(qk, t, self.huber_kappa, reduction="none")
-        if clip_vf is not None:
-            ok = old_q[..., k, :].reshape(-1, N)
-            qc = ok + (qk - ok).clamp(-clip_vf, clip_vf)
-            lk = th.maximum(lk, adj.loss(qc, t, self.huber_kappa, "none", stats_from=qk))
-        out.append(lk.view(target.shape))
-    return th.stack(out, -1)
-
-@patch
-def _loss(self: _Update, mb: dict, clip_range: float, clip_vf: float | None, ent_coef: float):
-    """PPO loss of one (micro-)batch of padded sequences: one LSTM call per LSTM, then `ppo_terms`."""
-    logp, ent, q = self.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
-    mu, sigma = self.return_scale.snapshot
-    critic = lambda q, old_q, target, mask: self._critic_losses(q, old_q, clip_vf, target, mask)
-    loss, stats = ppo_terms(logp, ent, q, mb, clip_range, ent_coef, self.vf_coef, mu, sigma, critic)
-    if self.sappo is not None and self.sappo_eps > 0 and self.sappo.kappa > 0:    # SA-PPO robust KL term
-        term, m = self._sappo_reg.loss(self.policy, mb, self.sappo_eps)
-        self._sappo_acc.append(th.stack([term.detach(), m["kl"]]))
-        loss = loss + term
-    return loss, stats
-
-@patch
-def _kl_exceeded(self: _Update, stats: th.Tensor) -> bool:
-    return self.target_kl is not None and float(stats[self._STATS.index("approx_kl")]) > 1.5 * self.target_kl
-
-@patch
-def _update(self: _Update, seqs: np.ndarray, clip_range: float, clip_vf: float | None, ent_coef: float) -> th.Tensor | None:
-    """One optimizer update on a minibatch of whole sequences: zero_grad, backward over weighted micro-batches
-    (weights sum to 1), then `apply_update`. Returns the update's statistics (`_STATS`), or None if it was
-    skipped as non-finite."""
-    self.policy.optimizer.zero_grad(set_to_none=True)
-    mb = self.minibatch(seqs)
-    n_valid = mb["mask"].sum()
-    stats = None
-    for cols in np.array_split(np.arange(len(seqs)), min(self.micro_batches, len(seqs))):
-        micro = self._columns(mb, cols) if len(cols) < len(seqs) else mb
-        weight = micro["mask"].sum() / n_valid                  # micro-batch weights sum to 1
-        loss, st = self._loss(micro, clip_range, clip_vf, ent_coef)
-        if not th.isfinite(loss): return self._skip("loss", st, mb)
-        (loss * weight).backward()
-        stats = st * weight if stats is None else stats + st * weight
-    return self.apply_update(stats, mb)
-
-# %% ../nbs/06_ppo.ipynb #bf902ba1
-@patch
-def minibatch(self: _Update, seqs: np.ndarray) -> dict:
-    "The padded sequences `seqs` of the rollout (`SequenceRolloutBuffer.gather`), advantages normalized over the valid steps."
-    mb = self.rollout_buffer.gather(seqs)
-    m = mb["mask"].float()
-    n_valid = m.sum()
-    if self.normalize_advantage and n_valid > 1:
-        a = mb["advantages"]
-        mean = (a * m).sum() / n_valid
-        std = (((a - mean) * m).pow(2).sum() / (n_valid - 1)).sqrt()
-        mb["advantages"] = (a - mean) / (std + 1e-8)
-    return mb
-
-@patch
-def apply_update(self: _Update, stats: th.Tensor, mb: dict) -> th.Tensor | None:
-    """What follows the backward of a minibatch's loss: with `vgs_mode="step"`: read the VGS factor k, clip, step
-    with the learning rate times k, VGS step; with `vgs_mode="gradient"`: clip, VGS scale, step, VGS step. Stops
-    before the step when approx_kl exceeds 1.5 * `target_kl` (as SB3). Returns the update's statistics (`_STATS`;
-    the per-critic gradient norms only on the updates `train()` marks in `_diagnostics`, NaN otherwise;
-    `vgs_scale` and `grad_norm` NaN when no step was taken), or None if the gradient was non-finite."""
-    opt = self.policy.optimizer
-    diag = getattr(self, "_diagnostics", True)
-    q_norms = self.policy.q_net.member_grad_norms() if diag else stats.new_full((2,), float("nan"))
-    if self._kl_exceeded(stats):                               # SB3: the offending update is not applied
-        opt.zero_grad(set_to_none=True)
-        return th.cat([stats, q_norms.to(stats.device), stats.new_full((2,), float("nan"))])
-    vgs, step_mode = self.vgs, self.vgs_mode == "step"
-    scale = vgs.get_scaling_factor() if vgs is not None and step_mode else 1.0    # gradients untouched
-    grad_norm = th.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
-    if not th.isfinite(grad_norm): return self._skip("gradient", stats, mb)
-    if vgs is not None and not step_mode: scale = vgs.scale_gradients()    # after the clip, which would undo it
-    self._scaled_step(opt, scale if step_mode else 1.0)
-    if vgs is not None: vgs.step()
-    self.policy.invalidate_caches()
-    self._nonfinite_streak = 0
-    return th.cat([stats, q_norms.to(stats.device), stats.new_tensor([float(scale)]), grad_norm.reshape(1).to(stats.device)])
-
-@patch
-def _skip(self: _Update, what: str, stats: dict, mb: dict) -> None:
-    "Drop a non-finite update, count it, and raise with a diagnostic after `max_nonfinite_updates` in a row."
-    self.policy.optimizer.zero_grad(set_to_none=True)
-    self._nonfinite_updates += 1; self._nonfinite_streak += 1
-    bad = [n for n, p in self.policy.named_parameters() if p.grad is not None and not th.isfinite(p.grad).all()]
-    bad_p = [n for n, p in self.policy.named_parameters() if not th.isfinite(p).all()]
-    nonfinite = lambda k: int((~th.isfinite(mb[k])).sum())
-    parts = ", ".join(f"{k}={float(v):.4g}" for k, v in zip(self._STATS, stats)) if stats is not None else ""
-    msg = (f"non-finite {what} (update {self._n_updates}): {parts or 'no loss terms'}; parameters with non-finite "
-           f"gradients: {bad[:6] or 'none'}; non-finite inputs: obs={nonfinite('obs')}, returns={nonfinite('returns')}, "
-           f"advantages={nonfinite('advantages')}; non-finite parameters: {bad_p[:6] or 'none'}; "
-           f"return snapshot (mu, sigma)={self.return_scale.snapshot}; lr={self.policy.optimizer.param_groups[0]['lr']:.3g}")
-    if self._nonfinite_streak >= self.max_nonfinite_updates:
-        raise FloatingPointError(f"{self._nonfinite_streak} non-finite updates in a row "
-                                 f"(max_nonfinite_updates={self.max_nonfinite_updates}); last one: {msg}")
-    warnings.warn(f"skipped update: {msg}", RuntimeWarning)
-    return None
-
-@patch
-def eps_schedule(self: _Update):
-    "SA-PPO's epsilon ramp of this run (SA-PPO on): its length is `total_timesteps // (n_steps * n_envs)` updates."
-    return self.sappo.schedule(max(int(self.schedule_horizon or self._total_timesteps), 1), self.n_steps, self.n_envs)
-
-@patch
-def current_update(self: _Update) -> int:
-    "0-based index of the update that trains on the rollout just collected."
-    return max(0, -(-int(self.num_timesteps) // (self.n_steps * self.n_envs)) - 1)
-
-@patch
-def _flat_roles(self: _Update) -> dict[str, th.Tensor]:
-    "The actor's and the critics' live parameters (critics: names starting with `CRITIC_PREFIXES`), each as one flat copy."
-    roles: dict[str, list[th.Tensor]] = {"actor": [], "critic": []}
-    for n, p in self.policy.named_parameters():
-        if p.requires_grad: roles["critic" if n.startswith(CRITIC_PREFIXES) else "actor"].append(p.detach().reshape(-1))
-    return {role: th.cat(ps).clone() for role, ps in roles.items() if ps}
-
-# %% ../nbs/06_ppo.ipynb #86a9b867
-@patch
-def train(self: _Update) -> None:
-    "One update: `n_epochs` passes over the rollout's minibatches, in the phases a `Population` interleaves."
-    tr = self.train_begin()
-    for epoch in range(self.n_epochs):
-        for i, seqs in enumerate(self.rollout_buffer.minibatches(self.batch_size, self._rng)):
-            self._diagnostics = i == 0                              # per-critic gradient norms once an epoch
-            if not self.train_record(tr, epoch, self._update(seqs, tr.clip_range, tr.clip_vf, tr.ent_coef)): break
-        if not self.train_epoch_end(tr): break
-    self.train_finish(tr)
-
-@patch
-def train_begin(self: _Update) -> SimpleNamespace:
-    "Start an update: SA-PPO's epsilon, the parameters before it, training mode, the learning rate and the schedules' values."
-    if self.sappo is not None: self.sappo_eps, self._sappo_acc = self.eps_schedule()(self.current_update()), []
-    tr = SimpleNamespace(before=self._flat_roles(), acc=[], empty_epochs=0, applied=0, go=True)
-    self.policy.set_training_mode(True)
-    self._update_learning_rate(self.policy.optimizer)
-    prog = self._current_progress_remaining
-    tr.clip_range = self._clip_schedule(prog)
-    tr.clip_vf = None if self._clip_vf_schedule is None else self._clip_vf_schedule(prog)
-    tr.ent_coef = self.current_ent_coef()
-    return tr
-
-@patch
-def train_record(self: _Update, tr: SimpleNamespace, epoch: int, st: th.Tensor | None) -> bool:
-    "Keep one minibatch's statistics; False when its approx_kl stops the update (it was not applied)."
-    if st is None: return True
-    tr.acc.append(st)
-    if self._kl_exceeded(st):                                   # `apply_update` did not apply this one
-        tr.go = False
-        if self.verbose >= 1: print(f"Early stopping at epoch {epoch}: approx_kl {float(st[self._STATS.index('approx_kl')]):.3f}")
-        return False
-    tr.applied += 1
-    return True
-
-@patch
-def train_epoch_end(self: _Update, tr: SimpleNamespace) -> bool:
-    "Count the epoch (and an epoch that applied nothing); False when the update stops."
-    if tr.applied == 0 and tr.go: tr.empty_epochs += 1
-    tr.applied = 0
-    self._n_updates += 1
-    return tr.go
-
-@patch
-def train_finish(self: _Update, tr: SimpleNamespace) -> None:
-    "Log the update: training statistics, health, SA-PPO's terms."
-    self._log_train(tr.acc, tr.empty_epochs, tr.clip_range, tr.clip_vf, tr.ent_coef)
-    self._log_health(tr.acc, tr.before)
-    if self.sappo is not None:
-        if self._sappo_acc:
-            loss, kl = th.stack(self._sappo_acc).mean(0).tolist()
-            self.logger.record("sappo/loss", loss); self.logger.record("sappo/kl", kl)
-        self.logger.record("sappo/eps", self.sappo_eps)
-
-@patch
-def _log_health(self: _Update, acc: list, before: dict[str, th.Tensor]) -> None:
-    """Training health of this update (one rollout's epochs): `health/actor_update_ratio` and
-    `health/critic_update_ratio`, the norm of the parameter change over the norm of the parameters, and the VGS
-    factor's mean and min over its optimizer steps (`health/vgs_k_mean`, `health/vgs_k_min`; 1 without VGS)."""
-    rec = self.logger.record
-    for role, flat in self._flat_roles().items():
-        rec(f"health/{role}_update_ratio", float((flat - before[role]).norm() / before[role].norm().clamp_min(1e-12)))
-    k = th.stack(acc)[:, self._STATS.index("vgs_scale")] if acc else th.ones(0)
-    k = k[~th.isnan(k)]
-    rec("health/vgs_k_mean", float(k.mean()) if len(k) else 1.0)
-    rec("health/vgs_k_min", float(k.min()) if len(k) else 1.0)
-
-# %% ../nbs/06_ppo.ipynb #a85db305
-@patch
-def _log_train(self: _Update, acc: list, empty_epochs: int, clip_range: float, clip_vf: float | None, ent_coef: float) -> None:
-    rec = self.logger.record
-    mean = dict(zip(self._STATS, th.stack(acc).nanmean(0).tolist())) if acc else {}
-    for k in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction", "loss", "grad_norm"):
-        if k in mean: rec(f"train/{k}", mean[k])
-    buf = self.rollout_buffer
-    rec("train/explained_variance", float(explained_variance(buf.values.reshape(-1), buf.returns.cpu().numpy().reshape(-1))))
-    rec("train/std", float(self.policy.log_std.detach().exp().mean()))
-    rec("train/n_updates", self._n_updates, exclude="tensorboard")
-    rec("train/clip_range", clip_range)
-    if clip_vf is not None: rec("train/clip_range_vf", clip_vf)
-    rec("train/ent_coef", ent_coef)
-    rec("train/cvar", self._rollout_cvar)
-    rec("train/value_dist_var", self._rollout_value_var)
-    rec("train/return_mean", self.return_scale.snapshot[0]); rec("train/return_std", self.return_scale.snapshot[1])
-    for k in (1, 2):
-        if f"q{k}_loss" in mean: rec(f"critics/q{k}_loss", mean[f"q{k}_loss"])
-        if f"q{k}_grad_norm" in mean: rec(f"critics/q{k}_grad_norm", mean[f"q{k}_grad_norm"])
-    if "q1_grad_norm" in mean:
-        g = (mean["q1_grad_norm"], mean["q2_grad_norm"])
-        vanished = max(g) > 0 and min(g) <= 1e-6 * max(g)
-        rec("warn/critic_grad_vanished", int(vanished))
-        if vanished:
-            warnings.warn(f"critic {1 + int(np.argmin(g))} receives no gradient (grad norms q1={g[0]:.3g}, q2={g[1]:.3g}): "
-                          "the twin critics have collapsed to one", RuntimeWarning)
-    if "vgs_scale" in mean: rec("vgs/scaling_factor", mean["vgs_scale"])
-    for prefix, obj in (("vgs", self.vgs), ("upgd", self.policy.optimizer)):
-        metrics = getattr(obj, "metrics", None)
-        if callable(metrics):
-            for k, v in metrics().items():
-                if isinstance(v, (int, float, np.floating)) or (th.is_tensor(v) and v.numel() == 1):
-                    if not (prefix == "vgs" and k == "scaling_factor"): rec(f"{prefix}/{k}", float(v))
-    rec("warn/nonfinite_updates", self._nonfinite_updates)
-    rec("warn/empty_epoch", empty_epochs)
-    if empty_epochs and self.verbose >= 1: print(f"warning: {empty_epochs} epoch(s) applied no update")
-
-# %% ../nbs/06_ppo.ipynb #8fde5ca8
-CRITIC_PREFIXES = ("lstm_critic", "critic_ff", "q_net")   # parameter names of the critics' side of the policy
-
 # %% ../nbs/06_ppo.ipynb #6f928ba8
-class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Update, Checkpointing, OnPolicyAlgorithm):
+class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, PPOUpdate, Checkpointing, OnPolicyAlgorithm):
     """PPO with a recurrent actor and twin quantile critics, CVaR-aware advantages, return normalization,
     VGS + AdaptiveUPGD, whole-sequence minibatching and pickle-free checkpoints.
 
@@ -482,20 +191,6 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Updat
                          sde_sample_freq=-1, stats_window_size=stats_window_size, tensorboard_log=tensorboard_log,
                          policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=resolve_device(device),
                          _init_setup_model=False, supported_action_spaces=(spaces.Box,))
-        positive = lambda x: callable(x) or (isinstance(x, (int, float)) and math.isfinite(x) and x > 0)
-        checks = [(positive(learning_rate), f"learning_rate must be a finite number > 0 or a schedule, got {learning_rate!r}"),
-                  (positive(clip_range), f"clip_range must be a finite number > 0 or a schedule, got {clip_range!r}"),
-                  (math.isfinite(vf_coef) and vf_coef >= 0, f"vf_coef must be finite and >= 0, got {vf_coef!r}"),
-                  (batch_size >= 1, "batch_size must be >= 1"), (n_epochs >= 1, "n_epochs must be >= 1"),
-                  (sequence_length >= 1, "sequence_length must be >= 1"), (micro_batches >= 1, "micro_batches must be >= 1"),
-                  (0.0 < cvar_alpha <= 1.0, "cvar_alpha must be in (0, 1]"), (ent_coef_min >= 0, "ent_coef_min must be >= 0"),
-                  (ent_coef >= ent_coef_min, "ent_coef must be >= ent_coef_min"), (0 < ent_plateau_factor, "ent_plateau_factor must be > 0"),
-                  (max_nonfinite_updates >= 1, "max_nonfinite_updates must be >= 1"), (huber_kappa > 0, "huber_kappa must be > 0"),
-                  (clip_range_vf is None or clip_range_vf > 0, "clip_range_vf must be > 0 or None"),
-                  (vgs_mode in ("step", "gradient"), f"vgs_mode must be 'step' or 'gradient', got {vgs_mode!r}"),
-                  (return_snapshot in ("after", "before"), f"return_snapshot must be 'after' or 'before', got {return_snapshot!r}")]
-        for ok, msg in checks:
-            if not ok: raise ValueError(f"DistributionalPPO: {msg}")
         self.batch_size, self.n_epochs, self.clip_range, self.clip_range_vf = batch_size, n_epochs, clip_range, clip_range_vf
         self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
         self.ent_coef_final, self.ent_coef_min = ent_coef_final, ent_coef_min
@@ -505,9 +200,8 @@ class DistributionalPPO(_ReturnScale, _EntropySchedule, RolloutCollector, _Updat
         self.critic_adjustment, self.critic_adjustment_kwargs = critic_adjustment, dict(critic_adjustment_kwargs or {})
         self.use_vgs, self.vgs_kwargs, self.max_nonfinite_updates = use_vgs, dict(vgs_kwargs or {}), max_nonfinite_updates
         self.vgs_mode, self.return_snapshot = vgs_mode, return_snapshot
-        if schedule_horizon is not None and int(schedule_horizon) < 1: raise ValueError("DistributionalPPO: schedule_horizon must be >= 1 or None")
         self.schedule_horizon = None if schedule_horizon is None else int(schedule_horizon)
-        self._last_lstm_states: RNNStates | None = None
+        self._check_arguments()
         self.sappo, self._sappo_reg, self.sappo_eps, self._sappo_acc = None, None, 0.0, []
         if sappo is not None:
             self.sappo = SAPPOConfig.coerce(sappo)
@@ -536,12 +230,37 @@ def _setup_model(self: DistributionalPPO) -> None:
     self.vgs = VarianceGradientScaler(self._params, **self.vgs_kwargs) if self.use_vgs else None
     self._critic_adjuster = self._make_critic_adjuster() if self.critic_adjustment else None
     check_vgs_noise_compat(p.optimizer, self.vgs)           # fixed UPGD noise + VGS: warn (seeds.ipynb#upgd-noise-under-vgs)
-    self._last_lstm_states = p.initial_state(self.n_envs)
+    self.rollout_state.lstm = p.initial_state(self.n_envs)
     self.return_scale, self.entropy_plateau = ReturnScale(self.n_envs), EntropyPlateau()   # components owning their state
-    self._nonfinite_updates = self._nonfinite_streak = 0
+    self.nonfinite = NonfiniteGuard(self.max_nonfinite_updates)
 
 
 # %% ../nbs/06_ppo.ipynb #ebc1a0fd
+@patch
+def _check_arguments(self: DistributionalPPO) -> None:
+    "The constructor's checks, on the values it stored: a `ValueError` naming the first argument out of range."
+    positive = lambda x: callable(x) or (isinstance(x, (int, float)) and math.isfinite(x) and x > 0)
+    lr, clip, vf, sh = self.learning_rate, self.clip_range, self.vf_coef, self.schedule_horizon
+    checks = [(positive(lr), f"learning_rate must be a finite number > 0 or a schedule, got {lr!r}"),
+              (positive(clip), f"clip_range must be a finite number > 0 or a schedule, got {clip!r}"),
+              (math.isfinite(vf) and vf >= 0, f"vf_coef must be finite and >= 0, got {vf!r}"),
+              (self.batch_size >= 1, "batch_size must be >= 1"), (self.n_epochs >= 1, "n_epochs must be >= 1"),
+              (self.sequence_length >= 1, "sequence_length must be >= 1"),
+              (self.micro_batches >= 1, "micro_batches must be >= 1"),
+              (0.0 < self.cvar_alpha <= 1.0, "cvar_alpha must be in (0, 1]"),
+              (self.ent_coef_min >= 0, "ent_coef_min must be >= 0"),
+              (self.ent_coef >= self.ent_coef_min, "ent_coef must be >= ent_coef_min"),
+              (0 < self.ent_plateau_factor, "ent_plateau_factor must be > 0"),
+              (self.max_nonfinite_updates >= 1, "max_nonfinite_updates must be >= 1"),
+              (self.huber_kappa > 0, "huber_kappa must be > 0"),
+              (self.clip_range_vf is None or self.clip_range_vf > 0, "clip_range_vf must be > 0 or None"),
+              (self.vgs_mode in ("step", "gradient"), f"vgs_mode must be 'step' or 'gradient', got {self.vgs_mode!r}"),
+              (self.return_snapshot in ("after", "before"),
+               f"return_snapshot must be 'after' or 'before', got {self.return_snapshot!r}"),
+              (sh is None or sh >= 1, "schedule_horizon must be >= 1 or None")]
+    for ok, msg in checks:
+        if not ok: raise ValueError(f"DistributionalPPO: {msg}")
+
 @patch
 def _make_critic_adjuster(self: DistributionalPPO) -> tuple[VarianceCriticAdjuster, VarianceCriticAdjuster]:
     "One DSAC-T variance adjuster per critic (`critic_adjustment_kwargs` go to both)."
@@ -556,5 +275,5 @@ def _update_current_progress_remaining(self: DistributionalPPO, num_timesteps: i
 @patch
 def reset_lstm_states_to_initial(self: DistributionalPPO) -> None:
     "Reset the rollout's LSTM states to the policy's initial (zero) state, keeping the batch size; `None` stays `None`."
-    if self._last_lstm_states is None: return
-    self._last_lstm_states = self.policy.initial_state(self._last_lstm_states.pi[0].shape[1])
+    rs = self.rollout_state
+    if rs.lstm is not None: rs.lstm = self.policy.initial_state(rs.lstm.pi[0].shape[1])

@@ -74,20 +74,6 @@ def set_env_state(env, state: dict) -> None:
         setattr(env, k, v)
 
 # %% ../nbs/10g_resume.ipynb #4069d10a
-def _model_state(model) -> dict:
-    "What a rollout in progress needs beyond `model.save`: the last observation, episode starts and LSTM states."
-    st = getattr(model, "_last_lstm_states", None)
-    arr = lambda x: None if x is None else np.asarray(x).copy()
-    return dict(last_obs=arr(model._last_obs), last_episode_starts=arr(model._last_episode_starts),
-                lstm=None if st is None else dict(pi=tuple(st.pi), vf=tuple(st.vf)))
-
-def _set_model_state(model, s: dict) -> None:
-    from sb3_contrib.common.recurrent.type_aliases import RNNStates
-    model._last_obs, model._last_episode_starts = s["last_obs"], s["last_episode_starts"]
-    if s["lstm"] is not None:
-        to = lambda xs: tuple(x.to(model.device) for x in xs)
-        model._last_lstm_states = RNNStates(to(s["lstm"]["pi"]), to(s["lstm"]["vf"]))
-
 def _rng_state() -> dict:
     import torch
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -115,7 +101,7 @@ def save_training(output_dir: str | Path | None, model, env, log, **loop) -> Pat
     d.mkdir(parents=True)
     model.save(d / "model.safetensors")
     tree = dict(loop=loop, log=dict(name=log.name, rows=log.rows, validation=log.validation),
-                env=env_state(env), model=_model_state(model), rng=_rng_state())
+                env=env_state(env), model=model.rollout_state.state_dict(), rng=_rng_state())
     save_checkpoint(d / "state.safetensors", tree, meta=dict(timesteps=step))
     write_json(root / _LATEST, {"timesteps": step, "dir": d.name})       # now it is the one to resume from
     for old in root.glob("step-*"):
@@ -135,7 +121,7 @@ def resume_training(output_dir: str | Path, env, make_log: Callable, device="aut
     tree, meta = load_checkpoint(d / "state.safetensors")
     if not (meta.get("timesteps") == info["timesteps"] == model.num_timesteps):
         raise ValueError(f"{d}: its files disagree on the step ({meta.get('timesteps')}, {info['timesteps']}, {model.num_timesteps})")
-    set_env_state(env, tree["env"]); _set_model_state(model, tree["model"])
+    set_env_state(env, tree["env"]); model.rollout_state.load_state_dict(tree["model"], model.device)
     log = make_log(model, name=tree["log"]["name"])
     log.rows, log.validation = list(tree["log"]["rows"]), list(tree["log"]["validation"])
     _set_rng_state(tree["rng"])                     # last: nothing above may draw from them afterwards

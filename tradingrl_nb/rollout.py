@@ -22,7 +22,7 @@ from .distributional import cvar_from_quantiles
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['gae', 'SequenceRolloutBuffer', 'RolloutCollector']
+__all__ = ['gae', 'SequenceRolloutBuffer', 'RolloutState', 'RolloutCollector']
 
 # %% ../nbs/06c_rollout.ipynb #d28b842a
 def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
@@ -120,9 +120,47 @@ class SequenceRolloutBuffer:
         return out
 
 # %% ../nbs/06c_rollout.ipynb #01848527
+class RolloutState:
+    """Where the rollout stands between `learn` calls, with one owner: the last observation (`obs`), which envs start
+    an episode at the next step (`episode_starts`) and the LSTM states (`lstm`, `RNNStates`). SB3's names for them
+    on the model (`_last_obs`, `_last_episode_starts`, `_last_lstm_states`) read and write this object;
+    `state_dict` is what an interrupted run's checkpoint keeps ([resume](10g_resume.ipynb))."""
+    def __init__(self): self.obs = self.episode_starts = self.lstm = None
+
+    def state_dict(self) -> dict:
+        "Copies: arrays for the observation and the episode starts, the LSTM states as `pi`/`vf` tensor pairs."
+        arr = lambda x: None if x is None else np.asarray(x).copy()
+        lstm = None if self.lstm is None else {k: tuple(t.detach().clone() for t in getattr(self.lstm, k)) for k in ("pi", "vf")}
+        return dict(last_obs=arr(self.obs), last_episode_starts=arr(self.episode_starts), lstm=lstm)
+
+    def load_state_dict(self, s: dict, device: th.device | str = "cpu") -> None:
+        "Put back what `state_dict` gave; a state without LSTM states (`lstm` None) leaves the current ones."
+        self.obs, self.episode_starts = s["last_obs"], s["last_episode_starts"]
+        if s["lstm"] is not None:
+            to = lambda xs: tuple(x.to(device) for x in xs)
+            self.lstm = RNNStates(to(s["lstm"]["pi"]), to(s["lstm"]["vf"]))
+
+def _rollout_field(name: str) -> property:
+    "SB3's attribute for one field of the model's `rollout_state`."
+    return property(lambda self: getattr(self.rollout_state, name), lambda self, v: setattr(self.rollout_state, name, v),
+                    doc=f"`rollout_state.{name}` (SB3's name for it)")
+
+
+# %% ../nbs/06c_rollout.ipynb #bb46ced5
 class RolloutCollector:
     """The rollout half of `DistributionalPPO` (a mixin: it uses the algorithm's policy, envs, return scale and
-    buffer): per-env LSTM resets, dones validation, VecNormalize freezing, snapshot refresh, GAE."""
+    buffer): per-env LSTM resets, dones validation, VecNormalize freezing, snapshot refresh, GAE. Where the rollout
+    stands lives in the model's `rollout_state` (a `RolloutState`), under SB3's names too."""
+    _last_obs, _last_episode_starts = _rollout_field("obs"), _rollout_field("episode_starts")
+    _last_lstm_states = _rollout_field("lstm")
+
+    @property
+    def rollout_state(self) -> RolloutState:
+        "The rollout's position (made on first use: SB3's constructor sets `_last_obs` before ours runs)."
+        rs = self.__dict__.get("_rollout_state")
+        if rs is None: rs = self.__dict__["_rollout_state"] = RolloutState()
+        return rs
+
 
 # %% ../nbs/06c_rollout.ipynb #40ad8ea7
 @patch

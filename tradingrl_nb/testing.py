@@ -32,7 +32,7 @@ def tiny_market(n_days: int = 1500, seed: int = 3):
 
 def tiny_env(n_envs: int = 4, seed: int = 0, episode_length: int = 60, window: int = 1, df=None, **kw):
     "A `TradingVecEnv` on `tiny_market()` (or `df`): `n_envs` envs, one-bar windows, `episode_length`-day episodes."
-    from tradingrl_nb.env import TradingVecEnv
+    from tradingrl_nb.vec_env import TradingVecEnv
     return TradingVecEnv(tiny_market() if df is None else df, n_envs=n_envs, seed=seed, window=window,
                          episode_length=episode_length, **kw)
 

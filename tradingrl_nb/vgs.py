@@ -254,6 +254,7 @@ def _require_params(self: VarianceGradientScaler) -> None:
         raise RuntimeError("VarianceGradientScaler has no parameters (it was unpickled or loaded without them): "
                            "call update_parameters(model.parameters()) first")
 
+# %% ../nbs/02_vgs.ipynb #9efa8f3e
 @patch
 # -- the noise measure -----------------------------------------------------------------------
 def _nv(self: VarianceGradientScaler, s1: Tensor, s2: Tensor, c: Tensor | float) -> Tensor:

@@ -18,7 +18,7 @@ import torch as th
 
 from . import stats
 from .backtest import backtest, compare
-from .env import TradingVecEnv
+from .vec_env import TradingVecEnv
 from .fileio import flatten_dict, write_json
 from .health import training_health
 from .population import Population
@@ -66,7 +66,7 @@ def train_window(df: pd.DataFrame, span: Mapping[str, str], seeds: Sequence[int]
     training span with `n_envs` envs, is validated every `eval_every` steps on the validation span (a deterministic
     backtest; `selection_metric` picks the best checkpoint), and stops after `patience` checks without improvement
     (0: never early): a stopped member is frozen and costs nothing while the others go on. Each seed's best checkpoint
-    is then backtested on the test span against buy-and-hold and the `baselines` (rule names of `tradingrl_nb.env`). `output_dirs[seed]` receives that run's `metrics.json`,
+    is then backtested on the test span against buy-and-hold and the `baselines` (rule names of `tradingrl_nb.baselines`). `output_dirs[seed]` receives that run's `metrics.json`,
     `returns.csv` (daily agent, buy-and-hold and held position), `params.json`, `timing.json`, its live
     `.progress.json` and, once it is done, `run.json`, as a `train_agent` run leaves them. `threads`: torch threads of this process (a worker's)."""
     if threads: th.set_num_threads(int(threads))
