@@ -255,3 +255,19 @@ def test_a_state_tree_of_the_older_format_is_refused_by_name(tmp_path):
     (tmp_path / "old.safetensors").write_bytes(raw)
     with pytest.raises(ValueError, match=r"old\.safetensors.*older format 'tradingrl_nb\.pbt/1'"):
         load_checkpoint(tmp_path / "old.safetensors")
+
+
+def test_our_classes_register_themselves_where_they_are_defined(tmp_path):
+    """checkpoint imports none of our modules but fileio: the optimizers and the policy register themselves where they
+    are defined (one owner for what may be named in a file), and a file naming each, or AdaptiveUPGD's former name, loads."""
+    import ast
+    from pathlib import Path
+    tree = ast.parse(Path(ck.__file__).read_text())
+    ours = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("tradingrl_nb"))}
+    assert ours == {"fileio"}, ours
+    from tradingrl_nb.adaptive_upgd import AdaptiveUPGD
+    from tradingrl_nb.policy import RecurrentQuantilePolicy
+    from tradingrl_nb.upgd import UPGD
+    classes = {"a": AdaptiveUPGD, "u": UPGD, "p": RecurrentQuantilePolicy}
+    ck.write_checkpoint(tmp_path / "c.safetensors", classes)
+    assert ck.read_checkpoint(tmp_path / "c.safetensors", required=("a", "u", "p")) == classes

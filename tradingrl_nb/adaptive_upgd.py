@@ -11,6 +11,7 @@ import math, warnings
 
 import torch
 
+from .checkpoint import register_checkpoint_class
 from .upgd import FlatBucket, FlatOptimizer
 from .upgd_kernel import Kernel, KernelUnavailable, kernel_opted_in, kernel_status, load_kernel
 from fastcore.basics import patch
@@ -71,6 +72,9 @@ class AdaptiveUPGD(FlatOptimizer):
             t = int(float(st.get("step", 0)))
             st["exp_avg_sq"] = (st.pop("rms").to(b.dtype).square() - group["eps"] ** 2 * (1 - group["beta2"] ** t)).clamp_min(0)
         super()._link(b, j, group)
+
+register_checkpoint_class(AdaptiveUPGD, "tradingrl_nb.upgd.AdaptiveUPGD")   # checkpoints name it; its module until 03c
+
 
 # %% ../nbs/03c_adaptive_upgd.ipynb #5c823ce6
 @patch

@@ -22,8 +22,6 @@ from stable_baselines3.common.utils import FloatSchedule
 import safetensors.torch
 
 from .fileio import atomic_write_bytes
-from .adaptive_upgd import AdaptiveUPGD
-from .upgd import UPGD
 from fastcore.basics import patch
 
 # %% auto #0
@@ -105,9 +103,8 @@ def register_checkpoint_class(cls: type, *former: str) -> type:
     return cls
 
 for _c in (nn.Tanh, nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Identity, th.optim.Adam, th.optim.AdamW,
-           th.optim.SGD, th.optim.RMSprop, UPGD, FlattenExtractor):   # the policy registers itself in its own module
+           th.optim.SGD, th.optim.RMSprop, FlattenExtractor):   # ours register themselves where they are defined
     register_checkpoint_class(_c)
-register_checkpoint_class(AdaptiveUPGD, "tradingrl_nb.upgd.AdaptiveUPGD")   # its module until it got its own (03c)
 
 def _encode(obj: Any, tensors: dict[str, th.Tensor], where: str = "state") -> Any:
     """JSON skeleton of `obj` (strict JSON: no NaN tokens); tensors and arrays go to `tensors`, classes must be

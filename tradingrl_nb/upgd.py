@@ -15,6 +15,8 @@ from torch import Tensor
 
 from fastcore.basics import patch
 
+from .checkpoint import register_checkpoint_class
+
 # %% auto #0
 __all__ = ['FlatBucket', 'FlatOptimizer', 'UPGD']
 
@@ -335,6 +337,7 @@ def metrics(self: FlatOptimizer) -> dict[str, float]:
             "noise_to_signal": nts, "step": s["step"], "nonfinite_steps": self.nonfinite_steps}
 
 # %% ../nbs/03_upgd.ipynb #23284f37
+@register_checkpoint_class                    # checkpoints may name it (no pickle)
 class UPGD(FlatOptimizer):
     """Utility-based Perturbed Gradient Descent (Elsayed & Mahmood, ICLR 2024), the paper's rule:
     `u <- b*u - (1-b)*g*theta`, `s = sigmoid(u_hat / max_j u_hat_j)`, `theta <- theta*(1 - lr*wd) - 2*lr*(g + xi)*(1 - s)`,
