@@ -44,6 +44,9 @@ class BuildError(Exception):
     "A problem that must fail the docs build."
 
 
+GENERATED_PAGES = ("index", "datasets", "api", "claims")   # pages the build writes itself (claims: the findings page)
+
+
 def page_name(nb: Path) -> str:
     "nbdev's page name: the notebook's name without its ordering prefix (`00a_config` -> `config`)."
     return re.sub(r"^\d+[a-zA-Z]?_", "", nb.stem)
@@ -188,7 +191,7 @@ def stage(src: Path) -> dict:
     docs = staged_documents(notebooks, modules)
     for nb_path in notebooks:
         name = page_name(nb_path)
-        if name in seen or name in ("index", "datasets", "api"):
+        if name in seen or name in GENERATED_PAGES:
             raise BuildError(f"{nb_path.name} and {seen.get(name, 'a generated page')} would both be the page {name!r}")
         seen[name] = nb_path.name
         nbformat.write(clean_notebook(nbformat.read(nb_path, as_version=4), renames, docs), src / f"{name}.ipynb")

@@ -148,6 +148,13 @@ def test_build_script_fails_on_a_missing_notebook(mini, tmp_path, missing):
     assert "docs build FAILED" in r.stderr and "missing notebook" in r.stderr and missing in r.stderr
 
 
+def test_build_script_refuses_a_notebook_named_like_a_generated_page(mini, tmp_path):
+    "A notebook whose page would be the findings page (`claims`) fails the build, naming both, instead of replacing it."
+    nbformat.write(_nb("# Claims\n\nA registry.", ("x = 1", [])), mini / "nbs" / "03_claims.ipynb")
+    r = run_build(mini, tmp_path / "site", tmp_path / "stage")
+    assert r.returncode == 1 and "03_claims.ipynb" in r.stderr and "'claims'" in r.stderr, r.stderr
+
+
 def test_build_script_does_not_overwrite_other_folders(mini, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
