@@ -113,11 +113,14 @@ def main(argv=None) -> int:
         futs = [ex.submit(_job, *job[:4], a.quick, *job[4:]) for job in jobs]
         nfuts = [ex.submit(_null_job, s, steps, a.quick) for s in null_seeds] if "null" in parts else []
         for i, f in enumerate(futs):
-            r = f.result(); rows.append(r)
+            r = f.result()
+            rows.append(r)
             print(f"[{time.perf_counter() - t0:5.0f}s] {r['agent']:>14} {r['market']:>11} seed {r['seed']}: Sharpe {r['sharpe']:+.2f} "
                   f"({r['sharpe_fraction']:+.2f}x oracle), gap {r['gap']:+.2f}, |pos| {r['abs_position']:.2f}", flush=True)
         for f in nfuts:
-            ps, py = f.result(); null_rows += ps; year_rows += py
+            ps, py = f.result()
+            null_rows += ps
+            year_rows += py
             print(f"[{time.perf_counter() - t0:5.0f}s] null seed {ps[0]['seed']}: agent - buy-and-hold {ps[0]['diff']:+.2f} "
                   f"[{ps[0]['low']:+.2f}, {ps[0]['high']:+.2f}] {ps[0]['verdict']}", flush=True)
     pd.set_option("display.width", 200)
@@ -151,7 +154,8 @@ def main(argv=None) -> int:
               f"{(ny['verdict'] == 'no skill').mean():.1%} of the windows")
         if not a.quick:
             OUT.mkdir(parents=True, exist_ok=True)
-            ns.to_csv(OUT / "null.csv", index=False); ny.to_csv(OUT / "null_years.csv", index=False)
+            ns.to_csv(OUT / "null.csv", index=False)
+            ny.to_csv(OUT / "null_years.csv", index=False)
     print(f"\nwall {time.perf_counter() - t0:.0f} s")
     return 0
 

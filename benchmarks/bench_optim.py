@@ -82,7 +82,9 @@ def cases(device: torch.device) -> dict:
         for p, g in zip(ps, base): p.grad = g
         vgs.alpha = 0.005 / vgs.get_normalized_variance()
         assert 0.99 < vgs.get_scaling_factor() < 1.0
-        def step(): vgs.scale_gradients(); vgs.step()
+        def step():
+            vgs.scale_gradients()
+            vgs.step()
         return step
     add("vgs", vgs_case)
     return out
@@ -96,9 +98,11 @@ def measure(fns: dict, rounds: int, reps: int, device: torch.device) -> dict[str
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
-            sync(); t = time.perf_counter()
+            sync()
+            t = time.perf_counter()
             for _ in range(reps): f()
-            sync(); times[k].append((time.perf_counter() - t) / reps)
+            sync()
+            times[k].append((time.perf_counter() - t) / reps)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -140,7 +144,9 @@ def main(argv=None) -> dict:
     reps = 2 if args.quick else 5
     model = make_model(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t0 = time.perf_counter(); torch.optim.Adam(model.parameters(), foreach=True).step(); sync()
+    t0 = time.perf_counter()
+    torch.optim.Adam(model.parameters(), foreach=True).step()
+    sync()
     first_adam = time.perf_counter() - t0                # the first torch optimizer of a process imports torch._dynamo
     with tempfile.TemporaryDirectory() as tmp:          # fresh processes: the default; an empty kernel cache, then filled
         cache = str(Path(tmp) / "kernels")                # created private (0700) by the loader
@@ -149,7 +155,8 @@ def main(argv=None) -> dict:
             first_cold, compiled_cold = first_step_in_fresh_process(args.device, cache, "compiled")
             first_warm, compiled_warm = first_step_in_fresh_process(args.device, cache, "compiled")
         except subprocess.CalledProcessError:             # no compiler here, or a GPU: the opt-in kernel is not had
-            first_cold = first_warm = float("nan"); compiled_cold = compiled_warm = False
+            first_cold = first_warm = float("nan")
+            compiled_cold = compiled_warm = False
     t = measure(cases(device), rounds, reps, device)
     adam, floor = t["adam_foreach"], t["normal_floor"]
     print(f"device={device} threads={torch.get_num_threads()} rounds={rounds}x{reps} params={sum(p.numel() for p in make_model(device).parameters()):,}")
@@ -174,7 +181,9 @@ def main(argv=None) -> dict:
     result = {"device": str(device), "threads": torch.get_num_threads(), "seconds_per_step": t, "ratios": ratios,
               "first_step_s": {"default": first_default, "compiled_empty_cache": first_cold, "compiled_filled_cache": first_warm},
               "first_adam_step_s": first_adam}
-    if args.json: args.json.parent.mkdir(parents=True, exist_ok=True); args.json.write_text(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -131,12 +131,15 @@ def throughput(ks, iters: int) -> list[dict]:
     per_iter = CONFIG["n_envs"] * CONFIG["n_steps"]
     m = make_member(0)
     m.learn(per_iter)                                            # warm-up: first rollout and update
-    t = time.perf_counter(); m.learn(iters * per_iter, reset_num_timesteps=False); single = iters * per_iter / (time.perf_counter() - t)
+    t = time.perf_counter()
+    m.learn(iters * per_iter, reset_num_timesteps=False)
+    single = iters * per_iter / (time.perf_counter() - t)
     rows = [dict(K="single model", total=single, per_member=single, bound_fraction=single / BOUND_PER_CORE, vs_single=1.0)]
     for k in ks:
         pop = Population.build(make_member, range(k))
         pop.learn(per_iter)
-        t = time.perf_counter(); pop.learn(iters * per_iter, reset_num_timesteps=False)
+        t = time.perf_counter()
+        pop.learn(iters * per_iter, reset_num_timesteps=False)
         total = k * iters * per_iter / (time.perf_counter() - t)
         rows.append(dict(K=k, total=total, per_member=total / k, bound_fraction=total / BOUND_PER_CORE, vs_single=total / single))
     return rows
@@ -151,9 +154,11 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         kind, k, steps, threads = a.worker
-        print(json.dumps(worker(kind, int(k), int(steps), int(threads)))); return
+        print(json.dumps(worker(kind, int(k), int(steps), int(threads))))
+        return
     if a.window:
-        print(json.dumps(window_worker(int(a.window[0]), int(a.window[1]), a.window[2]))); return
+        print(json.dumps(window_worker(int(a.window[0]), int(a.window[1]), a.window[2])))
+        return
     iters = 2 if a.quick else 6
     per_run = 8 * 2048 if a.quick else 40 * 2048                  # env steps per member in the K=5 comparison
     print(f"configuration: {CONFIG}; torch threads: 1 in the table, 2 for the population against 2 runs at a time")

@@ -96,7 +96,8 @@ def main(argv=None):
     steps_given = a.timesteps is not None
     if a.repeats is None: a.repeats = 1 if a.quick else 5
     if a.worker:
-        print(json.dumps(worker(a))); return
+        print(json.dumps(worker(a)))
+        return
     import argparse
     for name in (("small", "main") if a.config == "both" else (a.config,)):
         c = argparse.Namespace(**{**vars(a), **(MAIN_JOB if name == "main" else {})})

@@ -40,7 +40,9 @@ def worker(a) -> dict:
     train_times: list[float] = []
     train = model.train
     def timed_train():
-        t = time.process_time(); train(); train_times.append(time.process_time() - t)
+        t = time.process_time()
+        train()
+        train_times.append(time.process_time() - t)
     model.train = timed_train
     t, w = time.process_time(), time.perf_counter()
     model.learn(a.updates * per, reset_num_timesteps=False)
@@ -66,7 +68,8 @@ def main(argv=None):
     if a.repeats is None: a.repeats = 1 if a.quick else 5
     if a.quick: a.n_steps, a.epochs = min(a.n_steps, 128), min(a.epochs, 2)
     if a.worker:
-        print(json.dumps(worker(a))); return
+        print(json.dumps(worker(a)))
+        return
     print(f"TradingVecEnv n_envs={a.n_envs} window={a.window} n_steps={a.n_steps} batch_size={a.batch_size} "
           f"n_epochs={a.epochs} lstm={a.lstm} sequence_length={a.seq_len}; SA-PPO {a.method} steps={a.attack_steps} "
           f"eps={a.eps} noise={a.noise}; {a.updates} timed updates x {a.repeats} repeats; torch threads={a.threads}")

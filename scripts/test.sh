@@ -23,7 +23,7 @@ if [ -n "$(git status --porcelain --untracked-files=all -- tradingrl_nb nbs/llms
   fail "nbdev-export changed or added files under tradingrl_nb/: export and commit"
 fi
 
-stage "ruff (pyflakes rules: the package, tests, benchmarks, scripts)"
+stage "ruff (pyflakes rules and one statement per line: the package, tests, benchmarks, scripts)"
 $V/ruff check tradingrl_nb tests benchmarks scripts || fail "ruff: fix the findings above (the package's in nbs/, then export)"
 
 stage "README is generated from nbs/index.ipynb"

@@ -311,7 +311,8 @@ def test_recurrent_burn_in_before_the_span(mkt):
     assert calls[0][2].tolist() == [True] and all(c[2].tolist() == [False] for c in calls[1:])
     assert all(c[1].ravel()[0] == i for i, c in enumerate(calls[1:]))  # one state threaded from the burn-in into the span
     # the default is the model's training window (its sequence_length here), cut to the history available
-    model = RecordingModel(env.observation_space.shape[0]); model.sequence_length = 7
+    model = RecordingModel(env.observation_space.shape[0])
+    model.sequence_length = 7
     assert backtest(model, mkt, start=start, **SMALL).settings["burn_in"] == 7 and len(model.calls) == 7 + len(res.equity) - 1
     early = backtest(RecordingModel(env.observation_space.shape[0]), mkt, burn_in=50, **SMALL)
     assert early.settings["burn_in"] == 0  # the span starts at the first bar with features: no history before it

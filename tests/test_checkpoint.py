@@ -68,8 +68,10 @@ def test_files_get_the_ordinary_mode_under_the_umask(tmp_path, files, umask):
     try:
         paths = [atomic_write_bytes(tmp_path / "raw.bin", b"x"), write_json(tmp_path / "p.json", {"a": 1}),
                  save_checkpoint(tmp_path / "t.safetensors", {"w": th.ones(2)})]
-        ck.write_checkpoint(tmp_path / "m", {"params": {}}); paths.append(tmp_path / "m.safetensors")
-        files["model"].save(tmp_path / "model"); paths.append(tmp_path / "model.safetensors")
+        ck.write_checkpoint(tmp_path / "m", {"params": {}})
+        paths.append(tmp_path / "m.safetensors")
+        files["model"].save(tmp_path / "model")
+        paths.append(tmp_path / "model.safetensors")
     finally:
         os.umask(old)
     for p in paths: assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, p
@@ -79,13 +81,17 @@ def test_folder_is_fsynced_after_the_rename(tmp_path, files, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     def fsync(fd):
-        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file"); real_fsync(fd)
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
     def replace(a, b):
-        events.append("replace"); real_replace(a, b)
-    monkeypatch.setattr(os, "fsync", fsync); monkeypatch.setattr(os, "replace", replace)
+        events.append("replace")
+        real_replace(a, b)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     for write in (lambda: save_checkpoint(tmp_path / "t.safetensors", {"w": th.ones(2)}),
                   lambda: files["model"].save(tmp_path / "m")):
-        events.clear(); write()
+        events.clear()
+        write()
         assert events == ["fsync-file", "replace", "fsync-dir"], events
 
 
@@ -119,7 +125,8 @@ def test_flipped_tensor_bytes_are_detected(files, tmp_path, fmt, seed):
     rng = np.random.default_rng(seed)
     for i in rng.choice(np.arange(8 + n, len(raw)), size=50, replace=False):
         raw[i] ^= int(rng.integers(1, 256))
-    bad = tmp_path / "flipped.safetensors"; bad.write_bytes(bytes(raw))
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"flipped\.safetensors.*tensor data"):
         load(fmt, bad)
 
@@ -212,14 +219,18 @@ def test_any_byte_flip_loads_identically_or_is_a_value_error(files, fmt, flips, 
     "Property: whatever bytes of the file are flipped, loading gives the original content or a ValueError naming the file."
     raw = bytearray(files[fmt].read_bytes())
     for pos, x in flips: raw[int(pos * len(raw))] ^= x
-    bad = tmp_path_factory.mktemp("flip") / "flip.safetensors"; bad.write_bytes(bytes(raw))
+    bad = tmp_path_factory.mktemp("flip") / "flip.safetensors"
+    bad.write_bytes(bytes(raw))
     try:
         got = load_checkpoint(bad) if fmt == "tree" else ck.read_checkpoint(bad)
     except ValueError as e:
-        assert "flip.safetensors" in str(e); return
+        assert "flip.safetensors" in str(e)
+        return
     want = load_checkpoint(files[fmt]) if fmt == "tree" else ck.read_checkpoint(files[fmt])
     assert json.dumps(ck._encode(got, {})) == json.dumps(ck._encode(want, {}))
-    ta, tb = {}, {}; ck._encode(got, ta); ck._encode(want, tb)
+    ta, tb = {}, {}
+    ck._encode(got, ta)
+    ck._encode(want, tb)
     assert all(th.equal(ta[k], tb[k]) for k in tb)
 
 

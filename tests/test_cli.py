@@ -186,7 +186,8 @@ def start_run(env, out, *args, until="started"):
         if (out / until).exists(): return p
         if p.poll() is not None: raise AssertionError(f"the run ended early: {p.communicate()}")
         time.sleep(0.02)
-    p.kill(); raise AssertionError("the run did not start in 120 s")
+    p.kill()
+    raise AssertionError("the run did not start in 120 s")
 
 
 def one_line_error(r, code=2) -> str:
@@ -230,7 +231,8 @@ def test_second_run_into_a_folder_in_use_is_refused_and_killed_run_shows_died(sl
         assert not (out / "tiny.ipynb").exists() and json.loads((out / "params.json").read_text()) == {"seconds": 30}
         assert "running" in tradingrl("results", tmp_path, env=sleepy).stdout
     finally:
-        p.kill(); p.wait()
+        p.kill()
+        p.wait()
     r = tradingrl("results", tmp_path, env=sleepy)
     assert r.returncode == 0, r.stderr
     row = next(l for l in r.stdout.splitlines()[1:] if l.split()[0] == "r")
@@ -244,7 +246,8 @@ def test_finished_folder_is_not_reused_without_overwrite(env, tmp_path):
     assert "already holds a run (status ok); pass --overwrite" in line
     assert json.loads((out / "params.json").read_text())["x"] == 2          # untouched
     (out / "figures" / "old.png").write_bytes(b"")   # as if the old run had written it: cleared with the rest
-    info = json.loads((out / "run.json").read_text()); info["files"].append("figures/old.png")
+    info = json.loads((out / "run.json").read_text())
+    info["files"].append("figures/old.png")
     (out / "run.json").write_text(json.dumps(info))
     r = tradingrl("run", "tiny", "-q", "-p", "x", "5", "--overwrite", "--output-dir", out, env=env)
     assert r.returncode == 0, r.stderr
@@ -259,8 +262,10 @@ def test_finished_folder_is_not_reused_without_overwrite(env, tmp_path):
 
 def test_overwrite_clears_only_what_a_tradingrl_run_wrote(env, tmp_path):
     "--overwrite never deletes a file that no tradingrl run wrote: such files are refused, listed, and kept."
-    thesis = tmp_path / "thesis"; (thesis / "src").mkdir(parents=True)
-    (thesis / "params.json").write_text("{}"); (thesis / "thesis.tex").write_text("chapter 1")
+    thesis = tmp_path / "thesis"
+    (thesis / "src").mkdir(parents=True)
+    (thesis / "params.json").write_text("{}")
+    (thesis / "thesis.tex").write_text("chapter 1")
     (thesis / "src" / "main.py").write_text("print(1)")
     line = one_line_error(tradingrl("run", "tiny", "-q", "--overwrite", "--output-dir", thesis, env=env))
     assert "no tradingrl run created" in line and "params.json" in line and "src/" in line and "thesis.tex" in line
@@ -270,16 +275,19 @@ def test_overwrite_clears_only_what_a_tradingrl_run_wrote(env, tmp_path):
     assert tradingrl("run", "tiny", "-q", "--output-dir", out, env=env).returncode == 0
     info = json.loads((out / "run.json").read_text())
     assert info["created_by"] == "tradingrl" and {"params.json", "tiny.ipynb", "figures/line.png"} <= set(info["files"])
-    (out / "notes.md").write_text("my notes"); (out / "figures" / "mine.png").write_bytes(b"png")
+    (out / "notes.md").write_text("my notes")
+    (out / "figures" / "mine.png").write_bytes(b"png")
     line = one_line_error(tradingrl("run", "tiny", "-q", "--overwrite", "--output-dir", out, env=env))
     assert "files that run did not write: figures/mine.png, notes.md" in line
     assert (out / "notes.md").exists() and (out / "tiny.ipynb").exists() and (out / "figures" / "line.png").exists()
-    (out / "notes.md").unlink(); (out / "figures" / "mine.png").unlink()
+    (out / "notes.md").unlink()
+    (out / "figures" / "mine.png").unlink()
     assert tradingrl("run", "tiny", "-q", "-p", "x", "3", "--overwrite", "--output-dir", out, env=env).returncode == 0
     assert json.loads((out / "params.json").read_text())["x"] == 3
     # a run that died (its process gone, run.json still says running) reports "died" when its folder is reused
     info = json.loads((out / "run.json").read_text())
-    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
     (out / "run.json").write_text(json.dumps({**info, "status": "running", "pid": dead.pid, "files": None}))
     line = one_line_error(tradingrl("run", "tiny", "-q", "--output-dir", out, env=env))
     assert "already holds a run (status died)" in line
@@ -378,15 +386,21 @@ def test_results_default_view_fits_and_a_bad_returns_csv_is_skipped(env, tmp_pat
 
 
 def _bad_notebook(tmp_path):
-    p = tmp_path / "empty.ipynb"; p.write_text("{}"); return p
+    p = tmp_path / "empty.ipynb"
+    p.write_text("{}")
+    return p
 
 
 def _text_file(tmp_path):
-    p = tmp_path / "notes.txt"; p.write_text("hello"); return p
+    p = tmp_path / "notes.txt"
+    p.write_text("hello")
+    return p
 
 
 def _a_file(tmp_path):
-    p = tmp_path / "afile"; p.write_text("x"); return p
+    p = tmp_path / "afile"
+    p.write_text("x")
+    return p
 
 
 @pytest.mark.parametrize("make_args, message", [
@@ -411,7 +425,9 @@ def test_ordinary_errors_are_one_line_exit_2(env, tmp_path, make_args, message):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
 def test_read_only_output_dir(env, tmp_path):
-    ro = tmp_path / "ro"; ro.mkdir(); ro.chmod(0o555)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
     try: assert "not writable" in one_line_error(tradingrl("run", "tiny", "--output-dir", ro / "x", env=env))
     finally: ro.chmod(0o755)
 
@@ -419,7 +435,8 @@ def test_read_only_output_dir(env, tmp_path):
 def test_results_skips_unreadable_runs_and_cuts_long_values(env, tmp_path):
     root = tmp_path / "all"
     for name, metrics in [("good", '{"y": 1.5}'), ("corrupt", '{"y": 1.'), ("listy", "[1, 2]")]:
-        d = root / name; d.mkdir(parents=True)
+        d = root / name
+        d.mkdir(parents=True)
         (d / "params.json").write_text(json.dumps({"x": 1, "label": "L" * 100_000 if name == "good" else "a"}))
         (d / "run.json").write_text(json.dumps({"experiment": "tiny", "status": "ok"}))
         (d / "metrics.json").write_text(metrics)
@@ -496,7 +513,8 @@ def test_a_missing_data_file_is_refused_before_the_kernel_starts(env, tmp_path, 
 
 def test_a_bad_user_csv_fails_naming_file_column_and_row(env, tmp_path):
     data, _ = _user_csvs(tmp_path, n_days=300)
-    text = data.read_text().splitlines(); text[7] = text[7].rsplit(",", 2)[0] + ",abc," + text[7].rsplit(",", 1)[1]
+    text = data.read_text().splitlines()
+    text[7] = text[7].rsplit(",", 2)[0] + ",abc," + text[7].rsplit(",", 1)[1]
     data.write_text("\n".join(text) + "\n")
     r = tradingrl("run", "train_agent", "-q", "--device", "cpu", "-p", "data", data, "--output-dir", tmp_path / "bad", env=env)
     assert r.returncode == 1 and f"{data}: column 'close', row 7" in r.stderr, r.stderr[-3000:]
@@ -545,7 +563,9 @@ def test_main_works_outside_the_main_thread(env, monkeypatch, capsys):
     from tradingrl_nb.cli import main
     monkeypatch.setenv("TRADINGRL_EXPERIMENTS_DIR", env["TRADINGRL_EXPERIMENTS_DIR"])
     out = {}
-    t = threading.Thread(target=lambda: out.setdefault("rc", main(["list"]))); t.start(); t.join(60)
+    t = threading.Thread(target=lambda: out.setdefault("rc", main(["list"])))
+    t.start()
+    t.join(60)
     assert out.get("rc") == 0 and "tiny" in capsys.readouterr().out
 
 
@@ -596,7 +616,8 @@ def test_interrupted_process_sweep_says_one_line_and_keeps_kernel_noise_in_kerne
         if p.poll() is not None: raise AssertionError(f"the sweep ended early: {p.communicate()}")
         time.sleep(0.02)
     else:
-        p.kill(); raise AssertionError("the sweep's runs did not start in 120 s")
+        p.kill()
+        raise AssertionError("the sweep's runs did not start in 120 s")
     os.killpg(p.pid, signal.SIGINT)                         # what Ctrl-C does: the whole foreground process group
     stdout, stderr = p.communicate(timeout=120)
     assert p.returncode == 130, stderr

@@ -56,7 +56,8 @@ def test_positive_control_verdict_needs_every_seed_and_the_median():
                          for s, g, p, f in [(0, 0.5, 0.8, 0.6), (1, 0.4, 0.5, 0.31), (2, 0.9, 0.9, 0.1)]])
     assert controls.positive_control_verdict(rows)["passed"].iloc[0]
     for col, bad in (("gap", 0.29), ("abs_position", 0.39)):
-        worse = rows.copy(); worse.loc[1, col] = bad
+        worse = rows.copy()
+        worse.loc[1, col] = bad
         assert not controls.positive_control_verdict(worse)["passed"].iloc[0]
     low = rows.assign(sharpe_fraction=[0.6, 0.29, 0.1])                         # median 0.29
     assert not controls.positive_control_verdict(low)["passed"].iloc[0]

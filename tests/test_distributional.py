@@ -118,7 +118,9 @@ def test_loss_fits_quantiles():
     opt = torch.optim.Adam([q], lr=0.05)
     for _ in range(300):
         loss = quantile_huber_loss(q, torch.rand(1, 2000) * 4 - 2, kappa=0.02)      # uniform on [-2, 2]
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     assert torch.allclose(q.detach()[0], quantile_levels(6) * 4 - 2, atol=0.08)
 
 
@@ -126,7 +128,9 @@ def test_loss_fits_quantiles():
 
 def reference_cvar(q, alpha):
     "REFERENCES.md formula, written the long way."
-    s = sorted(q.tolist()); n = len(s); k = min(math.floor(alpha * n), n - 1)
+    s = sorted(q.tolist())
+    n = len(s)
+    k = min(math.floor(alpha * n), n - 1)
     return (sum(s[:k]) / n + (alpha - k / n) * s[k]) / alpha
 
 
@@ -224,7 +228,8 @@ def test_cvar_translation_and_scale_equivariant(q, alpha, shift, scale):
 @FAST
 @given(atoms(2), alphas, st.randoms(use_true_random=False))
 def test_cvar_order_invariant(q, alpha, rnd):
-    perm = list(range(len(q))); rnd.shuffle(perm)
+    perm = list(range(len(q)))
+    rnd.shuffle(perm)
     assert torch.allclose(cvar_from_quantiles(q[perm], alpha), cvar_from_quantiles(q, alpha))
 
 
@@ -262,7 +267,8 @@ def test_twin_critic_loss_with_adjusters():
     torch.manual_seed(0)
     q1, q2, target = torch.randn(8, 16), 3 * torch.randn(8, 16), torch.randn(8, 1)
     a1, a2 = VarianceCriticAdjuster(), VarianceCriticAdjuster()
-    a1.update(q1); a2.update(q2)
+    a1.update(q1)
+    a2.update(q2)
     want = a1.loss(q1, target) + a2.loss(q2, target)
     assert torch.allclose(twin_critic_loss(q1, q2, target, adjusters=(a1, a2)), want)
 
@@ -301,7 +307,8 @@ def test_adjuster_update_and_loss_read_nothing_back_to_the_host():
     adj = VarianceCriticAdjuster(tau=0.1)
     q, t = torch.randn(16, 8), torch.randn(16, 1)
     with _NoHostReads():
-        adj.update(q); adj.update(q * 2, mask=torch.arange(16) < 10)
+        adj.update(q)
+        adj.update(q * 2, mask=torch.arange(16) < 10)
         adj.loss(q, t, 1.0, "none")
     assert adj.n_updates == 2 and adj.omega > 0
 
@@ -322,7 +329,8 @@ def test_adjuster_mask_equals_boolean_indexing():
     q, mask = torch.randn(32, 8), torch.rand(32) < 0.6
     a, b = VarianceCriticAdjuster(tau=0.3), VarianceCriticAdjuster(tau=0.3)
     for s in (1.0, 2.0, 0.5):
-        a.update(q * s, mask=mask); b.update((q * s)[mask])
+        a.update(q * s, mask=mask)
+        b.update((q * s)[mask])
     assert a.omega == pytest.approx(b.omega, rel=1e-6)
 
 
@@ -401,7 +409,8 @@ def test_adjuster_state_dict_roundtrip_is_json():
     q = torch.randn(4, 8)
     assert new.omega == pytest.approx(adj.omega) and new.n_updates == 3 and new.tau == 0.02
     assert torch.allclose(new.weights(q), adj.weights(q))
-    empty = VarianceCriticAdjuster(); empty.load_state_dict(VarianceCriticAdjuster().state_dict())
+    empty = VarianceCriticAdjuster()
+    empty.load_state_dict(VarianceCriticAdjuster().state_dict())
     assert empty.omega is None
     with pytest.raises(ValueError, match="unknown"):
         new.load_state_dict({**state, "bogus": 1})

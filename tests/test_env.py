@@ -42,7 +42,9 @@ def run(env, actions=None, policy=None, seed=0):
     while not done:
         a = policy(obs) if policy is not None else actions[i % len(actions)]
         obs, r, term, trunc, info = env.step(a)
-        O.append(obs); R.append(r); I.append(info)
+        O.append(obs)
+        R.append(r)
+        I.append(info)
         done, i = term or trunc, i + 1
     return np.array(O), np.array(R), I
 
@@ -374,7 +376,8 @@ def test_vec_env_matches_dummy_vec_env(kw):
     n = 5
     dummy = DummyVecEnv([lambda: TradingEnv(df, **kw) for _ in range(n)])
     vec = TradingVecEnv(df, n, full_info=True, **kw)
-    dummy.seed(11); vec.seed(11)
+    dummy.seed(11)
+    vec.seed(11)
     assert np.array_equal(dummy.reset(), vec.reset())
     assert all(all(_close(a[k], b[k]) for k in a) and a.keys() == b.keys() for a, b in zip(dummy.reset_infos, vec.reset_infos))
     rng = np.random.default_rng(0)
@@ -412,8 +415,11 @@ def test_vec_env_light_infos_and_reseeding(mkt):
     o, r, d, infos = venv.step(np.zeros((6, 1), np.float32))
     assert not d.any() and all(i == {} for i in infos)
     # same seed, same start bars; seeds differ across agents
-    a = TradingVecEnv(mkt, 6, seed=2, episode_length=5, **SMALL); a.reset()
-    b = TradingVecEnv(mkt, 6, episode_length=5, **SMALL); b.seed(2); b.reset()
+    a = TradingVecEnv(mkt, 6, seed=2, episode_length=5, **SMALL)
+    a.reset()
+    b = TradingVecEnv(mkt, 6, episode_length=5, **SMALL)
+    b.seed(2)
+    b.reset()
     assert (a.dates == b.dates).all() and len(set(a.dates)) > 1
 
 

@@ -283,7 +283,8 @@ def test_sweep_validates_every_combination_first(tiny, tmp_path):
 
 
 def test_results_metric_name_colliding_with_parameter(tmp_path):
-    d = tmp_path / "r1"; d.mkdir()
+    d = tmp_path / "r1"
+    d.mkdir()
     (d / "params.json").write_text(json.dumps({"x": 1}))
     (d / "metrics.json").write_text(json.dumps({"x": 5, "s": [1, 2]}))
     t = rt.results(tmp_path)
@@ -296,12 +297,15 @@ def test_results_add_bootstrap_psr_dsr_for_runs_with_returns(tmp_path):
     days = pd.bdate_range("2015-01-01", periods=500, name="date")
     bh = rng.normal(3e-4, 0.01, len(days))
     for i, drift in enumerate([1e-3, 0.0, -1e-3]):
-        d = tmp_path / f"r{i}"; d.mkdir()
+        d = tmp_path / f"r{i}"
+        d.mkdir()
         (d / "params.json").write_text(json.dumps({"seed": i}))
         (d / "run.json").write_text(json.dumps({"experiment": "exp", "status": "ok"}))
         (d / "metrics.json").write_text(json.dumps({"x": i}))
         pd.DataFrame({"agent": bh + drift + rng.normal(0, 0.002, len(days)), "buy_and_hold": bh}, index=days).to_csv(d / "returns.csv")
-    d = tmp_path / "no_returns"; d.mkdir(); (d / "params.json").write_text(json.dumps({"seed": 9}))
+    d = tmp_path / "no_returns"
+    d.mkdir()
+    (d / "params.json").write_text(json.dumps({"seed": 9}))
     t = rt.results(tmp_path, reps=200).set_index("run")
     assert t.loc["r0", "stats.n_trials"] == 3 and pd.isna(t.loc["no_returns", "stats.psr"])
     assert t.loc["r0", "stats.diff_low"] > 0 and t.loc["r0", "stats.verdict"] == "skill"      # +0.25 daily-bp*100 drift
@@ -337,7 +341,8 @@ def test_training_log_rows_per_iteration():
     model = DistributionalPPO("MlpLstmPolicy", env, n_steps=32, batch_size=64, n_epochs=2, sequence_length=16, seed=0,
                               device="cpu", policy_kwargs=dict(lstm_hidden_size=8, n_quantiles=8))
     log = record.TrainingLog(model)
-    log.learn(128); log.learn(64)
+    log.learn(128)
+    log.learn(64)
     f = log.frame()
     assert list(f.index) == [64, 128, 192]
     assert list(f["train/n_updates"]) == [2, 4, 6]          # n_epochs updates after each rollout, in order
@@ -379,7 +384,9 @@ def test_the_run_folder_is_locked_while_a_run_writes(tiny, tmp_path):
             ex.run_experiment("tiny", output_dir=out, progress=False)
     assert ex.run_experiment("tiny", output_dir=out, progress=False).ok   # free again
     assert rundir.lock_held(out) is False
-    other = tmp_path / "mine"; other.mkdir(); (other / "thesis.tex").write_text("precious")
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
     with pytest.raises(ValueError, match="not empty and no tradingrl run created it"):
         ex.run_experiment("tiny", output_dir=other, progress=False, overwrite=True)
     assert (other / "thesis.tex").read_text() == "precious"
@@ -397,7 +404,8 @@ def test_device_none_means_the_settings_device(tiny, monkeypatch):
 # ---------------------------------------------------------------- presets and stored runs
 def _with_presets(path: Path, presets: str) -> Path:
     nb = nbformat.read(path, as_version=4)
-    c = nbformat.v4.new_code_cell(presets); c.metadata["tags"] = ["presets"]
+    c = nbformat.v4.new_code_cell(presets)
+    c.metadata["tags"] = ["presets"]
     nb.cells.insert(2, c)
     nbformat.write(nb, path)
     return path
@@ -449,7 +457,9 @@ def test_a_kernel_that_dies_while_starting_is_started_again(tiny, monkeypatch):
     calls.clear()
     r = ex.run_experiment("tiny", {"fail_at": 2}, progress=False, raise_on_failure=False)
     assert r.status == "failed" and "boom at x=2" in r.error and len(calls) == 2   # the first start died; the cell error is final
-    def dead(*a, **k): calls.append(1); raise RuntimeError("Kernel died before replying to kernel_info")
+    def dead(*a, **k):
+        calls.append(1)
+        raise RuntimeError("Kernel died before replying to kernel_info")
     monkeypatch.setattr(papermill, "execute_notebook", dead)
     calls.clear()
     r = ex.run_experiment("tiny", progress=False, raise_on_failure=False)

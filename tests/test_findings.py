@@ -75,7 +75,8 @@ def test_runs_that_cannot_be_traced_or_are_heavy_are_refused(tmp_path):
     d = store(tmp_path / "r4", "exp", rec())
     (d / "model.safetensors").write_bytes(b"x")
     with pytest.raises(ValueError, match="model.safetensors: model weights"): fd.collect_findings(tmp_path / "r4")
-    store(tmp_path / "r5", "a", rec()); store(tmp_path / "r5", "b", rec())
+    store(tmp_path / "r5", "a", rec())
+    store(tmp_path / "r5", "b", rec())
     with pytest.raises(ValueError, match="also measured in"): fd.collect_findings(tmp_path / "r5")
 
 
@@ -136,7 +137,8 @@ _num = st.floats(-5, 5, allow_nan=False)
 @given(_num, _num, st.floats(0.01, 3), st.floats(0, 0.5), st.sampled_from(["higher", "lower"]))
 def test_size_verdict_is_symmetric_under_a_mirror(a, b, c, sesoi, direction):
     "Reflecting the interval about no effect and flipping the claimed direction gives the same verdict (differences)."
-    lo, hi = sorted((a, b)); s = 1 if direction == "higher" else -1
+    lo, hi = sorted((a, b))
+    s = 1 if direction == "higher" else -1
     v1 = fd.size_verdict((lo, hi), 0.0, direction, (s * c, s * 2 * c), sesoi)
     other = "lower" if direction == "higher" else "higher"
     v2 = fd.size_verdict((-hi, -lo), 0.0, other, (-s * c, -s * 2 * c), sesoi)

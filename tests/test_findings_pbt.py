@@ -36,7 +36,9 @@ def test_random_search_is_pbt_without_exploit_or_explore(tmp_path):
 
 def test_random_search_failed_member_restarts_without_a_donor():
     s = PBTScheduler(MUT, exploit=False, seed=0)
-    for i in range(3): s.add_member(i); s.report(i, fitness=float(i), step=5)
+    for i in range(3):
+        s.add_member(i)
+        s.report(i, fitness=float(i), step=5)
     s.mark_failed(2)
     params, hp, fmt = s.replace_failed(2)
     assert params is None and fmt is None and s.records[2].parent is None

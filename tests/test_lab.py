@@ -26,7 +26,9 @@ def test_make_lab_allows_root_only_when_root():
     assert line.startswith("lab --notebook-dir=nbs")
     assert ("--allow-root" in line) == (os.geteuid() == 0)
     if os.geteuid() == 0 and shutil.which("setpriv"):   # the same target as a normal user (nobody)
-        tmp = Path(tempfile.mkdtemp()); shutil.copy(ROOT / "Makefile", tmp); tmp.chmod(0o755)
+        tmp = Path(tempfile.mkdtemp())
+        shutil.copy(ROOT / "Makefile", tmp)
+        tmp.chmod(0o755)
         r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "make", "-s", "-C", str(tmp),
                             "-o", "setup", "lab", "JUPYTER=echo"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -40,7 +42,8 @@ def test_owned_notebooks_carry_the_kernelspec_and_nbdev_clean_keeps_it(tmp_path)
         nb = json.loads((ROOT / "nbs" / f"{name}.ipynb").read_text())
         assert nb["metadata"].get("kernelspec") == spec, name
     nb_path = tmp_path / "x.ipynb"
-    nb = json.loads((ROOT / "nbs" / "10c_progress.ipynb").read_text()); nb["metadata"].pop("kernelspec")
+    nb = json.loads((ROOT / "nbs" / "10c_progress.ipynb").read_text())
+    nb["metadata"].pop("kernelspec")
     nb_path.write_text(json.dumps(nb))
     assert set_kernelspec.main([str(nb_path), "--check"]) == 1
     assert set_kernelspec.main([str(nb_path)]) == 0 and set_kernelspec.main([str(nb_path), "--check"]) == 0
@@ -56,13 +59,16 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/install_chromium.sh)")
 def test_jupyterlab_opens_a_notebook_without_a_kernel_dialog(tmp_path):
-    nbs = tmp_path / "nbs"; nbs.mkdir()
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
     nb = json.loads((ROOT / "nbs" / "10c_progress.ipynb").read_text())
     nb["cells"] = [{"cell_type": "markdown", "id": "m1", "metadata": {}, "source": ["# Opened in the lab"]},
                    {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
                     "source": ["answer_from_the_lab = 6 * 7"]}]
     (nbs / "probe.ipynb").write_text(json.dumps(nb))
-    with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     jupyter = Path(sys.executable).parent / "jupyter"
     cmd = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--notebook-dir={nbs}",
            "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
@@ -73,7 +79,9 @@ def test_jupyterlab_opens_a_notebook_without_a_kernel_dialog(tmp_path):
     try:
         import urllib.request
         for _ in range(240):
-            try: urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=1); break
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=1)
+                break
             except OSError: time.sleep(0.5)
         else: raise AssertionError("JupyterLab did not start")
         with tempfile.TemporaryDirectory() as profile:

@@ -54,7 +54,8 @@ def _first_step_quantiles(model, obs):
 def test_prediction_stability_after_weight_load_with_reset():
     "After a weight load the next prediction equals the loaded policy's fresh prediction (state from the new weights)."
     a, b = make(seed=0), make(seed=1)
-    a.learn(32 * 4); b.learn(32 * 4)
+    a.learn(32 * 4)
+    b.learn(32 * 4)
     obs = np.random.default_rng(0).normal(size=(4, a.observation_space.shape[0])).astype(np.float32)
     a.set_parameters(b.get_parameters())              # resets automatically
     with th.no_grad():
@@ -65,7 +66,8 @@ def test_prediction_stability_after_weight_load_with_reset():
 def test_prediction_instability_without_reset():
     "The problem the reset fixes: stale states computed by the old weights change what the new weights predict."
     a, b = make(seed=0), make(seed=1)
-    a.learn(32 * 4); b.learn(32 * 4)
+    a.learn(32 * 4)
+    b.learn(32 * 4)
     stale = a.rollout_state.lstm
     obs = np.random.default_rng(0).normal(size=(4, a.observation_space.shape[0])).astype(np.float32)
     a.policy.load_state_dict(b.policy.state_dict())   # a bare weight copy does not reset
@@ -97,7 +99,8 @@ def test_multiple_resets_are_idempotent():
     m.rollout_state.lstm = random_states(m, 4)
     m.reset_lstm_states_to_initial()
     once = [x.clone() for x in (*m.rollout_state.lstm.pi, *m.rollout_state.lstm.vf)]
-    m.reset_lstm_states_to_initial(); m.reset_lstm_states_to_initial()
+    m.reset_lstm_states_to_initial()
+    m.reset_lstm_states_to_initial()
     assert all(th.equal(x, y) for x, y in zip(once, (*m.rollout_state.lstm.pi, *m.rollout_state.lstm.vf)))
 
 
@@ -127,7 +130,8 @@ def test_episode_boundaries_reset_per_env_during_rollouts():
     buf = m.rollout_buffer
     assert buf.episode_starts[1:].any(), "the test needs episode boundaries inside the rollout"
     T, L = buf.n_steps, buf.L
-    cut = buf.episode_starts.copy(); cut[::L] = True
+    cut = buf.episode_starts.copy()
+    cut[::L] = True
     starts_t = np.flatnonzero(cut.T.reshape(-1)) % T
     starts_e = np.flatnonzero(cut.T.reshape(-1)) // T
     ep_start = buf.episode_starts[starts_t, starts_e]

@@ -40,11 +40,13 @@ def test_no_import_cycle():
     state, stack = {}, []
 
     def visit(m):
-        state[m] = "open"; stack.append(m)
+        state[m] = "open"
+        stack.append(m)
         for n in sorted(graph.get(m, ())):
             if state.get(n) == "open": raise AssertionError(" -> ".join(stack[stack.index(n):] + [n]))
             if n not in state: visit(n)
-        state[m] = "done"; stack.pop()
+        state[m] = "done"
+        stack.pop()
     for m in MODULES:
         if m not in state: visit(m)
 

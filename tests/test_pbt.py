@@ -17,13 +17,16 @@ MUT = {"learning_rate": Hyperparam(1e-4, 5e-2, log=True), "vgs_alpha": Hyperpara
 
 
 def trained(member_id, steps, **kw):
-    m = ToyMember(member_id, **kw); m.train(steps); return m
+    m = ToyMember(member_id, **kw)
+    m.train(steps)
+    return m
 
 
 def scheduler_with(members, fitnesses, **kw):
     s = PBTScheduler(MUT, seed=kw.pop("seed", 0), **kw)
     for i, (m, f) in enumerate(zip(members, fitnesses)):
-        s.add_member(i, dict(m.hyperparams)); s.report(i, f, step=1, parameters=m.get_parameters())
+        s.add_member(i, dict(m.hyperparams))
+        s.report(i, f, step=1, parameters=m.get_parameters())
     return s
 
 
@@ -69,14 +72,16 @@ def test_explore_stays_in_range_and_perturbs_by_factors(value, seed, p_resample)
     new, op = h.explore(value, rng, (0.8, 1.2), p_resample)
     assert h.low <= new <= h.high
     if op != "resample":
-        f = float(op[1:]); assert f in (0.8, 1.2) and math.isclose(new, min(max(value * f, h.low), h.high))
+        f = float(op[1:])
+        assert f in (0.8, 1.2) and math.isclose(new, min(max(value * f, h.low), h.high))
 
 
 @given(st.lists(st.floats(-10, 10, allow_nan=False), min_size=2, max_size=12, unique=True), st.sampled_from([0.1, 0.25, 0.5]),
        st.sampled_from(["max", "min"]))
 @settings(max_examples=40, deadline=None)
 def test_truncation_selection(fitnesses, q, mode):
-    n = len(fitnesses); members = [ToyMember(i) for i in range(n)]
+    n = len(fitnesses)
+    members = [ToyMember(i) for i in range(n)]
     s = scheduler_with(members, fitnesses, quantile_fraction=q, mode=mode, resample_probability=0.0)
     k = min(math.ceil(n * q), n // 2)
     order = np.argsort(fitnesses if mode == "max" else [-f for f in fitnesses])
@@ -129,10 +134,12 @@ def test_exploit_copies_vgs_normalization_and_optimizer_per_strategy(strategy):
 @pytest.mark.parametrize("strategy", ["copy", "reset"])
 def test_new_hyperparameters_are_live_after_exploit(strategy):
     donor, target = trained(1, 20), trained(0, 2)
-    donor.apply_hyperparams({"learning_rate": 1e-2, "vgs_alpha": 0.5}); donor.train(1)   # its optimizer state carries lr=1e-2
+    donor.apply_hyperparams({"learning_rate": 1e-2, "vgs_alpha": 0.5})
+    donor.train(1)  # its optimizer state carries lr=1e-2
     s = PBTScheduler(MUT, seed=3, resample_probability=0.0, optimizer_exploit_strategy=strategy)
     for i, m in enumerate([target, donor]):
-        s.add_member(i, dict(m.hyperparams)); s.report(i, float(i), 1, m.get_parameters())
+        s.add_member(i, dict(m.hyperparams))
+        s.report(i, float(i), 1, m.get_parameters())
     assert donor.get_parameters()["policy.optimizer"]["param_groups"][0]["lr"] == 1e-2
     params, hp, _ = s.exploit_and_explore(0)
     assert any(math.isclose(hp["learning_rate"], 1e-2 * f) for f in (0.8, 1.2))
@@ -158,8 +165,12 @@ def test_lstm_state_is_reset_by_load_exploit_and_matters():
     assert all(float(s.abs().max()) == 0 for s in target.lstm_states)
     after, _ = target.predict(x, state=tuple(s[:, :2] for s in target.lstm_states))
     assert torch.allclose(after, fresh) and not torch.allclose(stale, fresh, atol=1e-3)
-    target.reset_lstm_states_to_initial(); assert all(float(s.abs().max()) == 0 for s in target.lstm_states)
-    m = ToyMember(2); assert m.lstm_states is None; m.reset_lstm_states_to_initial(); assert m.lstm_states is None
+    target.reset_lstm_states_to_initial()
+    assert all(float(s.abs().max()) == 0 for s in target.lstm_states)
+    m = ToyMember(2)
+    assert m.lstm_states is None
+    m.reset_lstm_states_to_initial()
+    assert m.lstm_states is None
 
 
 
@@ -172,15 +183,18 @@ class StatefulLoadMember(ToyMember):
         self.calls = [*calls, "set_parameters"]
 
     def reset_lstm_states_to_initial(self):
-        super().reset_lstm_states_to_initial(); self.calls = [*getattr(self, "calls", []), "reset"]
+        super().reset_lstm_states_to_initial()
+        self.calls = [*getattr(self, "calls", []), "reset"]
 
     def apply_hyperparams(self, hyperparams):
-        super().apply_hyperparams(hyperparams); self.calls = [*getattr(self, "calls", []), "apply_hyperparams"]
+        super().apply_hyperparams(hyperparams)
+        self.calls = [*getattr(self, "calls", []), "apply_hyperparams"]
 
 
 @pytest.mark.parametrize("keep_clock", [False, True])
 def test_load_exploit_resets_the_recurrent_state_whatever_set_parameters_does(keep_clock):
-    donor, target = trained(1, 10), StatefulLoadMember(0); target.train(10)
+    donor, target = trained(1, 10), StatefulLoadMember(0)
+    target.train(10)
     target.calls = []
     load_exploit(target, donor.get_parameters(), dict(target.hyperparams), keep_clock=keep_clock)
     assert target.calls == ["set_parameters", "reset", "apply_hyperparams"]      # the reset comes after the load
@@ -220,9 +234,13 @@ def test_failed_members_do_not_block_and_a_lone_member_explores():
     ms = [ToyMember(i) for i in range(3)]
     s = PBTScheduler(MUT, seed=0, min_ready_members=2, ready_check_max_wait=2)
     for i, m in enumerate(ms):
-        s.add_member(i, dict(m.hyperparams)); s.report(i, float(i), 1, m.get_parameters())
-    s.mark_failed(1, "boom"); s.mark_failed(2, "boom")
-    r1 = s.exploit_and_explore(0); s.report(0, 0.0, 2); r2 = s.exploit_and_explore(0)
+        s.add_member(i, dict(m.hyperparams))
+        s.report(i, float(i), 1, m.get_parameters())
+    s.mark_failed(1, "boom")
+    s.mark_failed(2, "boom")
+    r1 = s.exploit_and_explore(0)
+    s.report(0, 0.0, 2)
+    r2 = s.exploit_and_explore(0)
     assert r1[0] is None and r1[1] == ms[0].hyperparams
     assert r2[0] is None and r2[1] != ms[0].hyperparams and s.history[-1]["kind"] == "explore"
     params, hp, _ = s.replace_failed(1)                               # revived from the only alive member
@@ -410,10 +428,12 @@ def test_member_timeout_is_validated():
 class DiesOnce(ToyMember):
     "Kills its own process once (at step 3), as a segfault or the OOM killer would."
     def __init__(self, member_id, flag):
-        super().__init__(member_id); self.flag = flag
+        super().__init__(member_id)
+        self.flag = flag
     def train(self, n_steps):
         if self.num_timesteps >= 3 and not os.path.exists(self.flag):
-            open(self.flag, "w").close(); os._exit(3)
+            open(self.flag, "w").close()
+            os._exit(3)
         return super().train(n_steps)
 
 

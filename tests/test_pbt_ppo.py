@@ -32,8 +32,10 @@ def factory(**kw):
 def donor_and_target(donor_hp, target_hp):
     f = factory()
     donor, target = f(1), f(0)
-    donor.apply_hyperparams(donor_hp); target.apply_hyperparams(target_hp)
-    donor.train(128); target.train(64)
+    donor.apply_hyperparams(donor_hp)
+    target.apply_hyperparams(target_hp)
+    donor.train(128)
+    target.train(64)
     return donor, target
 
 
@@ -53,7 +55,8 @@ def test_exploit_copies_weights_normalizer_vgs_and_optimizer_per_strategy(strate
     donor, target = donor_and_target(HP_A, HP_B)
     s = PBTScheduler(PPO_MUTATIONS, seed=0, optimizer_exploit_strategy=strategy)
     for i, m in enumerate([target, donor]):
-        s.add_member(i, HP_B if i == 0 else HP_A); s.report(i, float(i), 1, m.get_parameters())
+        s.add_member(i, HP_B if i == 0 else HP_A)
+        s.report(i, float(i), 1, m.get_parameters())
     params, hp, fmt = s.exploit_and_explore(0)
     assert params is not None and ("policy.optimizer" in params) == (strategy == "copy")
     load_exploit(target, params, hp, reset_optimizer=strategy == "reset")
@@ -76,13 +79,15 @@ def test_exploit_copies_weights_normalizer_vgs_and_optimizer_per_strategy(strate
 def test_new_hyperparameters_are_live_after_exploit_and_survive_training():
     donor, target = donor_and_target(HP_A, HP_B)
     # the checkpoint carries the donor's values: loading it alone leaves UPGD's sigma at the donor's value
-    plain = factory()(2); plain.apply_hyperparams(HP_B)
+    plain = factory()(2)
+    plain.apply_hyperparams(HP_B)
     plain.model.set_parameters({k: v for k, v in donor.get_parameters(include_optimizer=True).items() if k != CLOCK})
     assert plain.model.policy.optimizer.param_groups[0]["sigma"] == HP_A["upgd_sigma"] != HP_B["upgd_sigma"]
 
     s = PBTScheduler(PPO_MUTATIONS, seed=4, resample_probability=0.0)
     for i, (m, hp) in enumerate([(target, HP_B), (donor, HP_A)]):
-        s.add_member(i, hp); s.report(i, float(i), 1, m.get_parameters())
+        s.add_member(i, hp)
+        s.report(i, float(i), 1, m.get_parameters())
     params, hp, _ = s.exploit_and_explore(0)
     for k in HP_A:   # explored from the donor's values by x0.8 / x1.2 (then clipped to the range)
         assert any(math.isclose(hp[k], PPO_MUTATIONS[k].clip(HP_A[k] * f)) for f in (0.8, 1.2)), k
@@ -121,7 +126,8 @@ def test_lstm_states_reset_on_the_pbt_path(strategy):
         fresh = donor.model.policy(th.as_tensor(obs), donor.model.policy.initial_state(n), deterministic=True)[2]
     s = PBTScheduler(PPO_MUTATIONS, seed=0, optimizer_exploit_strategy=strategy)
     for i, (mm, hp) in enumerate([(target, HP_B), (donor, HP_A)]):
-        s.add_member(i, hp); s.report(i, float(i), 1, mm.get_parameters())
+        s.add_member(i, hp)
+        s.report(i, float(i), 1, mm.get_parameters())
     params, hp, _ = s.exploit_and_explore(0)
     load_exploit(target, params, hp, reset_optimizer=strategy == "reset")
     states = m.rollout_state.lstm
@@ -191,7 +197,8 @@ def test_small_ppo_population_runs_end_to_end(tmp_path):
         live = m.live_hyperparams()
         for k, v in s.records[mid].hyperparams.items(): assert live[k] == pytest.approx(v), (mid, k)
     params, meta = load_checkpoint(s.records[res.best_member_id].checkpoint)
-    fresh = f(9); fresh.set_parameters(params)                  # a checkpoint loads into a fresh model
+    fresh = f(9)
+    fresh.set_parameters(params)  # a checkpoint loads into a fresh model
     assert tensors_equal(fresh.model.policy.state_dict(), params["policy"])
 
 
@@ -199,7 +206,8 @@ def test_default_fitness_is_the_validation_backtest_sharpe():
     import tradingrl_nb.backtest as bt
     f = PPOMemberFactory(TRAIN, DF, n_envs=2, env_kwargs=ENV_KW, ppo_kwargs=PPO_KW,
                          backtest_kwargs=dict(start=VAL.index[0], window=1))
-    m = f(0); m.train(64)
+    m = f(0)
+    m.train(64)
     expected = bt.backtest(m.model, DF, start=VAL.index[0], window=1).metrics["sharpe"]
     got = m.evaluate()
     assert math.isfinite(got) and got == pytest.approx(expected)
@@ -233,7 +241,8 @@ class EpsProbe(PPOMember):
         super().__init__(*a, **kw)
         self.seen, orig = [], self.model.train
         def spy():
-            orig(); self.seen.append(float(self.model.sappo_eps))
+            orig()
+            self.seen.append(float(self.model.sappo_eps))
         self.model.train = spy
 
     def train_info(self):
@@ -282,7 +291,8 @@ def test_sequential_runner_trains_ppo_members_as_one_population(tmp_path, monkey
     calls = []
     real = population.Population.learn
     def counting(self, *a, **kw):
-        calls.append(len(self)); return real(self, *a, **kw)
+        calls.append(len(self))
+        return real(self, *a, **kw)
     monkeypatch.setattr(population.Population, "learn", counting)
     logs = []
     for i in range(2):

@@ -58,7 +58,9 @@ def test_trainable_load_checkpoint_resets_lstm_and_reapplies_config(tmp_path, st
     T = make_tune_trainable(ToyMember, ["learning_rate", "vgs_alpha"], 5, optimizer_exploit_strategy=strategy)
     a = T(config={"member_id": 0, "learning_rate": 1e-3, "vgs_alpha": 0.1})
     b = T(config={"member_id": 1, "learning_rate": 2e-2, "vgs_alpha": 0.7})
-    a.train(); b.train(); b.train()
+    a.train()
+    b.train()
+    b.train()
     assert a.member.lstm_states is not None and float(a.member.lstm_states[0].abs().sum()) > 0
     b.save_checkpoint(str(tmp_path / "b"))
     a.load_checkpoint(str(tmp_path / "b"))                                         # exploit: b's weights, a's config
@@ -67,8 +69,10 @@ def test_trainable_load_checkpoint_resets_lstm_and_reapplies_config(tmp_path, st
     assert all(float(s.abs().sum()) == 0 for s in a.member.lstm_states)
     assert (a.exploits, a.restores) == (1, 0)
     assert (a.member.optimizer.state_dict()["state"] == {}) == (strategy == "reset")
-    r = a.train(); assert r["exploits"] == 1 and r["live_learning_rate"] == 1e-3
-    a.save_checkpoint(str(tmp_path / "a")); a.train()
+    r = a.train()
+    assert r["exploits"] == 1 and r["live_learning_rate"] == 1e-3
+    a.save_checkpoint(str(tmp_path / "a"))
+    a.train()
     a.load_checkpoint(str(tmp_path / "a"))                                         # a restart from its own checkpoint
     assert (a.exploits, a.restores) == (1, 1) and a.member.optimizer.state_dict()["state"] != {}
     assert a.reset_config({"member_id": 0, "learning_rate": 4e-3, "vgs_alpha": 0.3})   # reuse_actors: same member, new config
@@ -87,7 +91,8 @@ def test_recipients_of_one_donor_keep_their_own_seeds(monkeypatch):
     captured = {}
     class Captured(Exception): pass
     def fake_tuner(trainable, param_space=None, run_config=None, tune_config=None):
-        captured.update(trainable=trainable, scheduler=tune_config.scheduler); raise Captured()
+        captured.update(trainable=trainable, scheduler=tune_config.scheduler)
+        raise Captured()
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(tune, "Tuner", fake_tuner)
     df = synthetic_market(400, seed=1)
@@ -108,5 +113,6 @@ def test_recipients_of_one_donor_keep_their_own_seeds(monkeypatch):
         seeds.append((m.seed, tuple(m.env._seeds)))
         assert m.seed == f(mid).model.seed                             # its own seeds, not the donor's
     assert seeds[0] != seeds[1]
-    running = T(config={"member_id": 1, "learning_rate": 5e-3}); before = running.member
+    running = T(config={"member_id": 1, "learning_rate": 5e-3})
+    before = running.member
     assert running.reset_config(new[0]) and running.member is before   # reuse_actors: the same trial keeps its member

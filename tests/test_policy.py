@@ -49,7 +49,9 @@ def test_step_by_step_equals_whole_sequence(kw, grad):
     with th.set_grad_enabled(grad):
         for t in range(T):
             a, lp, q, st = p(obs[t], st, deterministic=True)
-            acts.append(a); lps.append(lp); qs.append(q)
+            acts.append(a)
+            lps.append(lp)
+            qs.append(q)
     lp_seq, _, q_seq = p.evaluate_actions(obs, th.stack(acts).detach(), s0)
     assert th.allclose(lp_seq, th.stack(lps), atol=1e-5)
     assert th.allclose(q_seq, th.stack(qs), atol=1e-5)

@@ -147,7 +147,9 @@ def test_training_logs_and_a_callback_that_stops_one_member():
     from stable_baselines3.common.callbacks import BaseCallback
 
     class StopAt(BaseCallback):
-        def __init__(self, n): super().__init__(); self.n = n
+        def __init__(self, n):
+            super().__init__()
+            self.n = n
         def _on_step(self) -> bool: return self.model.num_timesteps < self.n
 
     pop = Population.build(make, SEEDS[:2])
@@ -208,10 +210,16 @@ def test_train_together_trains_every_key_as_its_standalone_run(tmp_path):
     from tradingrl_nb.population import train_together
 
     class Count(BaseCallback):
-        def __init__(self): super().__init__(); self.steps = 0
-        def _on_step(self) -> bool: self.steps += 1; return True
+        def __init__(self):
+            super().__init__()
+            self.steps = 0
+        def _on_step(self) -> bool:
+            self.steps += 1
+            return True
     counts = {}
-    def count(key): counts[key] = Count(); return counts[key]
+    def count(key):
+        counts[key] = Count()
+        return counts[key]
     keys = [("on", 1), ("off", 1), ("on", 2)]
     runs = train_together(lambda k: make(k[1], ent_coef=0.01 if k[0] == "on" else 0.0), keys, 256, callback=count,
                           max_members=2, name=lambda k: f"{k[0]}-seed{k[1]}")

@@ -130,7 +130,8 @@ def test_gae_matches_reference():
 # ---- return normalization (seed 002 #3) -------------------------------------------------------------
 def test_return_snapshot_refreshed_after_rollout_before_gae():
     m = make(n_steps=64)
-    rollout(m); m.train()
+    rollout(m)
+    m.train()
     before = m.return_scale.snapshot
     raw_at_rollout = []
 
@@ -175,7 +176,8 @@ def test_value_targets_are_normalized_with_the_snapshot():
 def test_cvar_alpha_makes_advantages_risk_aware():
     ms = {}
     for a in (1.0, 0.1):                                # same seed, same rollout
-        ms[a] = make(n_steps=64, cvar_alpha=a); rollout(ms[a])
+        ms[a] = make(n_steps=64, cvar_alpha=a)
+        rollout(ms[a])
     b1, b2 = ms[1.0].rollout_buffer, ms[0.1].rollout_buffer
     assert np.allclose(b1.values, b2.values) and th.allclose(b1.returns, b2.returns)   # same rollout, same critic targets
     assert not th.allclose(b1.advantages, b2.advantages)
@@ -191,10 +193,13 @@ def test_gradient_order(monkeypatch):
     def wrap(obj, name, tag):
         f = getattr(obj, name)
         def g(*a, **k):
-            calls.append(tag); return f(*a, **k)
+            calls.append(tag)
+            return f(*a, **k)
         monkeypatch.setattr(obj, name, g)
-    wrap(opt, "zero_grad", "zero_grad"); wrap(opt, "step", "step")
-    wrap(vgs, "scale_gradients", "vgs_scale"); wrap(vgs, "step", "vgs_step")
+    wrap(opt, "zero_grad", "zero_grad")
+    wrap(opt, "step", "step")
+    wrap(vgs, "scale_gradients", "vgs_scale")
+    wrap(vgs, "step", "vgs_step")
     wrap(th.nn.utils, "clip_grad_norm_", "clip")
     real_backward = th.autograd.backward
     monkeypatch.setattr(th.autograd, "backward", lambda *a, **k: (calls.append("backward"), real_backward(*a, **k))[1])
@@ -305,7 +310,8 @@ def test_logged_diagnostics():
 def test_warns_when_a_critic_gradient_vanishes():
     m = make(n_epochs=1)
     rollout(m)
-    mask = th.ones(2, 1, 1); mask[1] = 0
+    mask = th.ones(2, 1, 1)
+    mask[1] = 0
     hooks = [p.register_hook(lambda g: g * mask) for p in m.policy.q_net.parameters()]
     with pytest.warns(RuntimeWarning, match="critic 2 receives no gradient"):
         m.train()
@@ -317,7 +323,8 @@ def test_empty_epoch_is_counted(monkeypatch):
     cap = captured(m)
     rollout(m)
     monkeypatch.setattr(m, "_update", lambda *a, **k: None)     # every update skipped
-    m.train(); m.logger.dump(0)
+    m.train()
+    m.logger.dump(0)
     assert cap.values("warn/empty_epoch") == [2]
 
 
@@ -338,7 +345,8 @@ def test_get_parameters_contents():
 
 def test_set_parameters_relinks_optimizer_and_vgs_and_keeps_lr():
     a, b = make(seed=0), make(seed=1, learning_rate=1e-3)
-    a.learn(32 * 4 * 2); b.learn(32 * 4 * 2)
+    a.learn(32 * 4 * 2)
+    b.learn(32 * 4 * 2)
     b.set_parameters(a.get_parameters(include_optimizer=True))
     live = {id(p) for p in b.policy.parameters()}
     assert {id(p) for g in b.policy.optimizer.param_groups for p in g["params"]} == live
@@ -374,7 +382,8 @@ def test_vecnormalize_obs_stats_frozen_during_rollout(freeze):
     from stable_baselines3.common.callbacks import BaseCallback
     class Watch(BaseCallback):
         def _on_step(self):
-            seen.append(venv.obs_rms.mean.copy()); return True
+            seen.append(venv.obs_rms.mean.copy())
+            return True
     m.learn(32 * 4, callback=Watch())
     changed_during = not all(np.array_equal(seen[0], s) for s in seen)
     assert changed_during == (not freeze)
@@ -415,7 +424,8 @@ def test_first_snapshot_replaces_the_prior_without_rescaling_heads():
     rollout(m)
     assert m.return_scale.snapshot != (0.0, 1.0)
     assert all(th.equal(a, b) for a, b in zip(w, (m.policy.q_net.weights[-1], m.policy.q_net.biases[-1])))
-    m.train(); rollout(m)                               # later refreshes preserve outputs: the heads move
+    m.train()
+    rollout(m)  # later refreshes preserve outputs: the heads move
     assert not th.equal(w[0], m.policy.q_net.weights[-1])
 
 
@@ -423,7 +433,9 @@ def test_value_clipping_is_per_sample_max():
     "The loss equals mean over samples of max(unclipped, clipped), computed naively for comparison."
     from tradingrl_nb.distributional import quantile_huber_loss
     m = make(n_steps=64, clip_range_vf=0.05)
-    rollout(m); m.train(); rollout(m)                   # old quantiles from the previous weights: some clip, some not
+    rollout(m)
+    m.train()
+    rollout(m)  # old quantiles from the previous weights: some clip, some not
     mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))
     _, _, q = m.policy.evaluate_actions(mb["obs"], mb["actions"], mb["states"])
     with th.no_grad(): q.add_(0.1 * th.randn_like(q))   # move the atoms so that clipping happens
@@ -542,7 +554,8 @@ def test_the_rollouts_position_has_one_owner_that_sb3s_names_read_and_write():
     assert m._last_obs is rs.obs and m._last_episode_starts is rs.episode_starts and m._last_lstm_states is rs.lstm
     assert rs.lstm.pi[0].abs().sum() > 0                                   # a rollout leaves non-zero states
     sd = rs.state_dict()
-    rs.lstm.pi[0].add_(1.0); rs.obs[...] = 7.0                             # the state dict is a copy
+    rs.lstm.pi[0].add_(1.0)
+    rs.obs[...] = 7.0  # the state dict is a copy
     assert not th.equal(sd["lstm"]["pi"][0], rs.lstm.pi[0]) and not np.array_equal(sd["last_obs"], rs.obs)
     other = make()
     other.rollout_state.load_state_dict(sd, other.device)

@@ -100,7 +100,8 @@ def test_pickle_payload_is_rejected_without_running_it(tmp_path):
         DistributionalPPO.load(bad)
     zpath = tmp_path / "evil.zip"                        # an SB3-style zip whose data is a pickle
     with zipfile.ZipFile(zpath, "w") as z:
-        z.writestr("data", pickle.dumps(Boom(marker))); z.writestr("policy.pth", pickle.dumps(Boom(marker)))
+        z.writestr("data", pickle.dumps(Boom(marker)))
+        z.writestr("policy.pth", pickle.dumps(Boom(marker)))
     with pytest.raises(ValueError, match="not a DistributionalPPO checkpoint"):
         DistributionalPPO.load(zpath)
     with pytest.raises(ValueError):
@@ -214,7 +215,8 @@ def test_resume_is_exact(tmp_path):
     a = make(seed=5, critic_adjustment=True)
     a.learn(n1)
     a.save(tmp_path / "ck")
-    e = env(seed=11); e.seed(5)
+    e = env(seed=11)
+    e.seed(5)
     a.set_env(e)                                          # continue on a fresh env, as the resumed run will
     a.learn(n2, reset_num_timesteps=False)
     b = DistributionalPPO.load(tmp_path / "ck", env=env(seed=11))

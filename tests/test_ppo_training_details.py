@@ -29,11 +29,14 @@ def rollout(model):
 class Recorder(VecEnvWrapper):
     "Keeps what the env itself returned: rewards, dones, infos."
     def __init__(self, venv):
-        super().__init__(venv); self.rewards, self.dones, self.infos = [], [], []
+        super().__init__(venv)
+        self.rewards, self.dones, self.infos = [], [], []
     def reset(self): return self.venv.reset()
     def step_wait(self):
         obs, r, d, infos = self.venv.step_wait()
-        self.rewards.append(np.array(r, dtype=np.float64)); self.dones.append(np.array(d)); self.infos.append(infos)
+        self.rewards.append(np.array(r, dtype=np.float64))
+        self.dones.append(np.array(d))
+        self.infos.append(infos)
         return obs, r, d, infos
 
 
@@ -63,7 +66,8 @@ def _reference_gae(r, v, starts, boot, v_last, d_last, gamma, lam):
 def test_gae_passes_bootstrap_truncations_with_their_own_value(alpha):
     rec = Recorder(env(n=3, episode_length=9))                # several time-limit truncations inside the rollout
     m = make(rec, n_steps=40, cvar_alpha=alpha, gamma=0.9, gae_lambda=0.8)
-    rollout(m); m.train()                                     # the second rollout has a fitted snapshot (mu, sigma)
+    rollout(m)
+    m.train()  # the second rollout has a fitted snapshot (mu, sigma)
     rec.rewards, rec.dones, rec.infos = [], [], []
     calls, pq = [], m.policy.predict_quantiles
     def spy(*a, **k):                                         # every critic evaluation outside the rollout step
@@ -104,7 +108,8 @@ def test_gae_passes_bootstrap_truncations_with_their_own_value(alpha):
 def test_reward_mean_and_plateau_detector_read_the_env_rewards():
     rec = Recorder(env(n=3, episode_length=9))
     m = make(rec, n_steps=40, ent_plateau_patience=2, ent_coef=0.01)
-    cap = Capture(); m.set_logger(Logger(folder=None, output_formats=[cap]))
+    cap = Capture()
+    m.set_logger(Logger(folder=None, output_formats=[cap]))
     seen, upd = [], m._update_ent_plateau
     m._update_ent_plateau = lambda metric: (seen.append(metric), upd(metric))[1]
     m.learn(40 * 3 * 2)
@@ -188,8 +193,10 @@ def test_vgs_order_of_operations(monkeypatch, mode):
     def wrap(obj, name, tag):
         f = getattr(obj, name)
         monkeypatch.setattr(obj, name, lambda *a, **k: (calls.append(tag), f(*a, **k))[1])
-    wrap(m.policy.optimizer, "zero_grad", "zero_grad"); wrap(m.policy.optimizer, "step", "step")
-    wrap(m.vgs, "scale_gradients", "vgs_scale"); wrap(m.vgs, "step", "vgs_step")
+    wrap(m.policy.optimizer, "zero_grad", "zero_grad")
+    wrap(m.policy.optimizer, "step", "step")
+    wrap(m.vgs, "scale_gradients", "vgs_scale")
+    wrap(m.vgs, "step", "vgs_step")
     if mode == "step": wrap(m.vgs, "get_scaling_factor", "vgs_factor")
     wrap(th.nn.utils, "clip_grad_norm_", "clip")
     real_backward = th.autograd.backward

@@ -25,7 +25,8 @@ def tiny_model(cls=None, **kw):
 def tb_scalars(folder: Path) -> dict[str, list]:
     "tag -> [(step, value)] of the TensorBoard event files under `folder`."
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(folder)); acc.Reload()
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
     return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
@@ -80,7 +81,8 @@ def test_follower_prints_changes_and_the_final_state(tmp_path):
     w = ProgressFile(path, total=100, min_interval=0)
     with follow_progress(path, stream=out, interval=0, poll=0.02) as f:
         for s in (0, 50):
-            w.update(s); time.sleep(0.2)
+            w.update(s)
+            time.sleep(0.2)
         w.update(100, val_sharpe=1.5)
     assert [l.split(" (")[0] for l in f.lines] == ["steps 0/100", "steps 50/100", "steps 100/100"]
     assert f.lines[-1].endswith("val_sharpe 1.5") and out.getvalue().count("progress: steps") == 3
@@ -118,7 +120,8 @@ def test_run_shows_live_progress_and_writes_tensorboard(tmp_path):
 def _child(folder: Path, steps: int, total: int, status: str | None) -> Path:
     folder.mkdir(parents=True)
     if steps is not None:
-        w = ProgressFile(folder / ".progress.json", total=total, min_interval=0); w.update(steps, force=True)
+        w = ProgressFile(folder / ".progress.json", total=total, min_interval=0)
+        w.update(steps, force=True)
     if status is not None: (folder / "run.json").write_text(json.dumps({"status": status}))
     return folder
 

@@ -58,7 +58,8 @@ def test_verdict_metrics_are_listed_in_the_verdict(tmp_path):
 
 def _fake_runs(root: Path, values: dict) -> None:
     for i, (lr, seed, sharpe) in enumerate((lr, s, y) for lr, ys in values.items() for s, y in enumerate(ys)):
-        d = root / f"{i:03d}"; d.mkdir(parents=True)
+        d = root / f"{i:03d}"
+        d.mkdir(parents=True)
         (d / "params.json").write_text(json.dumps({"lr": lr, "seed": seed}))
         (d / "run.json").write_text(json.dumps({"experiment": "x", "status": "ok"}))
         (d / "metrics.json").write_text(json.dumps({"test": {"sharpe": sharpe}}))
@@ -69,7 +70,8 @@ def test_compare_runs_mean_and_t_interval(tmp_path):
     _fake_runs(tmp_path, {0.001: [0.1, 0.3, 0.2], 0.01: [0.5, 0.9], 0.1: [1.0]})
     s = rt.compare_runs(rt.results(tmp_path), "test.sharpe", "lr")
     assert list(s["lr"]) == [0.001, 0.01, 0.1] and list(s["n"]) == [3, 2, 1]
-    y = np.array([0.1, 0.3, 0.2]); h = stats.t.ppf(0.975, 2) * y.std(ddof=1) / np.sqrt(3)
+    y = np.array([0.1, 0.3, 0.2])
+    h = stats.t.ppf(0.975, 2) * y.std(ddof=1) / np.sqrt(3)
     assert s["mean"].iloc[0] == pytest.approx(0.2) and s["hi"].iloc[0] == pytest.approx(0.2 + h)
     assert s["lo"].iloc[1] == pytest.approx(0.7 - stats.t.ppf(0.975, 1) * np.std([0.5, 0.9], ddof=1) / np.sqrt(2))
     assert np.isnan(s["lo"].iloc[2])   # one run: no interval

@@ -75,8 +75,10 @@ def test_regularizer_gradient_is_the_final_evaluation_only():
     "The term's parameter gradient equals that of kappa * 2KL evaluated at the attacked observations: no inner-loop leak."
     pol, kappa = make_policy(2), 0.3
     obs, states = th.randn(10, 4, D), pol.initial_state(4)
-    mask = th.ones(10, 4, dtype=th.bool); mask[7:, 1] = False
-    th.manual_seed(5); x = perturb_observations(pol, obs, 0.2, "sgld", steps=4, states=states, mask=mask)
+    mask = th.ones(10, 4, dtype=th.bool)
+    mask[7:, 1] = False
+    th.manual_seed(5)
+    x = perturb_observations(pol, obs, 0.2, "sgld", steps=4, states=states, mask=mask)
     th.manual_seed(5)
     reg = RobustKLRegularizer(SAPPOConfig(eps=0.2, kappa=kappa, steps=4))
     term, m = reg.loss(pol, dict(obs=obs, states=states, mask=mask), 0.2)
@@ -98,7 +100,8 @@ def test_kl_under_attack_beats_random_noise_of_the_same_radius(eps):
     for seed in range(3):
         pol = make_policy(10 + seed)
         obs = th.randn(12, 4, D)
-        th.manual_seed(seed); kl_rand = kl_between(pol, obs, perturb_observations(pol, obs, eps, "random"))
+        th.manual_seed(seed)
+        kl_rand = kl_between(pol, obs, perturb_observations(pol, obs, eps, "random"))
         for m in ("sgld", "pgd", "mad"):
             th.manual_seed(seed)
             kl = kl_between(pol, obs, perturb_observations(pol, obs, eps, m))
@@ -111,11 +114,13 @@ def test_whole_sequence_attack_uses_the_given_states_and_the_recurrence():
     obs = th.randn(6, 2, D)
     h = th.randn(1, 2, 16) * 0.5
     states = (h, th.zeros_like(h))
-    th.manual_seed(0); x = perturb_observations(pol, obs, 0.3, "pgd", states=states)
+    th.manual_seed(0)
+    x = perturb_observations(pol, obs, 0.3, "pgd", states=states)
     with th.no_grad():
         mu_s = actor_mean(pol, obs, states)[0]
         assert not th.allclose(mu_s, actor_mean(pol, obs)[0])                  # the states matter
-        early = obs.clone(); early[:3] = x[:3]                                   # only steps 0..2 perturbed
+        early = obs.clone()
+        early[:3] = x[:3]  # only steps 0..2 perturbed
         moved_later = (actor_mean(pol, early, states)[0][3:] - mu_s[3:]).abs().max()
     assert float(moved_later) > 0                                                # through the LSTM state
     assert kl_between(pol, obs, x, states) > kl_between(pol, obs, early, states)
@@ -165,7 +170,8 @@ def test_config_refuses_an_out_of_range_value_set_at_run_time(name, bad, named):
     with pytest.raises(ValueError, match=named):
         setattr(cfg, name, bad)
     assert dict(vars(cfg)) == before
-    cfg.kappa = 0.5; cfg.eps = 0.0                                  # valid values are taken
+    cfg.kappa = 0.5
+    cfg.eps = 0.0  # valid values are taken
     assert m._sappo_reg.config.kappa == 0.5 and m.sappo.eps == 0.0
 
 class Recording(DistributionalPPO):
@@ -209,7 +215,8 @@ def test_regularizer_reduces_the_kl_under_attack():
     for _ in range(40):
         opt.zero_grad()
         term, _ = reg.loss(pol, dict(obs=obs, states=states), 0.3)
-        term.backward(); opt.step()
+        term.backward()
+        opt.step()
     after = attacked()
     assert after < 0.3 * before, (before, after)
 
@@ -250,8 +257,10 @@ def test_backtest_attack_option_matches_the_wrapper():
     m = tiny_sappo(2)
     m.learn(16 * 2)
     df = synthetic_market(200, seed=2)
-    th.manual_seed(0); via_option = backtest(m, df, window=1, attack=dict(method="random", eps=0.5))
-    th.manual_seed(0); via_wrapper = backtest(AttackedPolicy(m, "random", 0.5), df, window=1)
+    th.manual_seed(0)
+    via_option = backtest(m, df, window=1, attack=dict(method="random", eps=0.5))
+    th.manual_seed(0)
+    via_wrapper = backtest(AttackedPolicy(m, "random", 0.5), df, window=1)
     clean = backtest(m, df, window=1)
     pos = lambda r: r.equity["position"].to_numpy()[:-1]
     assert np.array_equal(pos(via_option), pos(via_wrapper))
@@ -290,11 +299,13 @@ def test_distributional_ppo_sappo_option_adds_the_regularizer():
     log = m.logger.name_to_value
     assert log["sappo/eps"] == 0.2 and log["sappo/kl"] > 0 and log["sappo/loss"] == pytest.approx(2 * 0.5 * log["sappo/kl"])
     mb = m.rollout_buffer.gather(np.arange(m.rollout_buffer.n_sequences))           # the same batch, option on and off
-    th.manual_seed(0); loss_on, st_on = m._loss(mb, 0.2, 1.0, 0.0)
+    th.manual_seed(0)
+    loss_on, st_on = m._loss(mb, 0.2, 1.0, 0.0)
     cfg, m.sappo = m.sappo, None
     loss_off, st_off = m._loss(mb, 0.2, 1.0, 0.0)
     m.sappo = cfg
-    th.manual_seed(0); term, _ = RobustKLRegularizer(cfg).loss(m.policy, mb, 0.2)
+    th.manual_seed(0)
+    term, _ = RobustKLRegularizer(cfg).loss(m.policy, mb, 0.2)
     assert th.equal(st_on, st_off) and float(term.detach()) > 0
     assert float((loss_on - loss_off).detach()) == pytest.approx(float(term.detach()), rel=1e-4)
     assert DistributionalPPO("MlpLstmPolicy", m.env, sappo=None, n_steps=16).sappo is None        # None: off
@@ -320,9 +331,11 @@ def test_distributional_ppo_load_restores_the_sappo_config(tmp_path):
     m2 = DistributionalPPO.load(tmp_path / "sa")
     assert type(m2) is DistributionalPPO and m2.sappo == cfg and m2._sappo_reg.config == cfg
     m2.set_logger(configure(None, []))
-    m2.set_env(m.env); m2.learn(16 * 2, reset_num_timesteps=False)
+    m2.set_env(m.env)
+    m2.learn(16 * 2, reset_num_timesteps=False)
     assert m2.logger.name_to_value["sappo/eps"] > 0
-    off = tiny_ppo(); off.save(tmp_path / "off")
+    off = tiny_ppo()
+    off.save(tmp_path / "off")
     assert DistributionalPPO.load(tmp_path / "off").sappo is None
 
 

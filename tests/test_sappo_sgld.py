@@ -93,8 +93,10 @@ def reference_sgld(pol, obs, eps, steps, beta, states=None):
 def test_absolute_noise_is_the_reference_update(beta):
     pol = init_policy(3, obs_dim=6, hidden=16)
     obs = th.randn(8, 3, 6)
-    th.manual_seed(11); want = reference_sgld(pol, obs, 0.1, 5, beta)
-    th.manual_seed(11); got = perturb_observations(pol, obs, 0.1, "sgld", steps=5, beta=beta, noise="absolute")
+    th.manual_seed(11)
+    want = reference_sgld(pol, obs, 0.1, 5, beta)
+    th.manual_seed(11)
+    got = perturb_observations(pol, obs, 0.1, "sgld", steps=5, beta=beta, noise="absolute")
     agree = float((got == want).float().mean())
     assert agree > 0.999, agree                                 # equal but for a sign of a gradient within rounding of 0
 
@@ -103,13 +105,18 @@ def test_relative_noise_is_invariant_to_the_scale_of_the_actions():
     "Scaling the action layer by c (sigma kept) scales the objective's gradient by c^2 but does not change the relative-noise attack."
     a, b = init_policy(5, obs_dim=6, hidden=16), init_policy(5, obs_dim=6, hidden=16)
     with th.no_grad():
-        b.action_net.weight.mul_(1000.0); b.action_net.bias.mul_(1000.0)
+        b.action_net.weight.mul_(1000.0)
+        b.action_net.bias.mul_(1000.0)
     obs = th.randn(8, 3, 6)
-    th.manual_seed(2); xa = perturb_observations(a, obs, 0.1, "sgld", steps=5, beta=1e-3)
-    th.manual_seed(2); xb = perturb_observations(b, obs, 0.1, "sgld", steps=5, beta=1e-3)
+    th.manual_seed(2)
+    xa = perturb_observations(a, obs, 0.1, "sgld", steps=5, beta=1e-3)
+    th.manual_seed(2)
+    xb = perturb_observations(b, obs, 0.1, "sgld", steps=5, beta=1e-3)
     assert float((xa == xb).float().mean()) > 0.99
-    th.manual_seed(2); ya = perturb_observations(a, obs, 0.1, "sgld", steps=5, beta=1e-3, noise="absolute")
-    th.manual_seed(2); yb = perturb_observations(b, obs, 0.1, "sgld", steps=5, beta=1e-3, noise="absolute")
+    th.manual_seed(2)
+    ya = perturb_observations(a, obs, 0.1, "sgld", steps=5, beta=1e-3, noise="absolute")
+    th.manual_seed(2)
+    yb = perturb_observations(b, obs, 0.1, "sgld", steps=5, beta=1e-3, noise="absolute")
     assert float((ya == yb).float().mean()) < 0.9               # the absolute noise drowns the small policy's gradient
 
 

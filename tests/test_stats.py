@@ -82,7 +82,8 @@ def test_bootstrap_width_close_to_lo_on_iid_and_wider_on_autocorrelated():
     assert ci.low < ci.estimate < ci.high and ci.estimate == pytest.approx(sharpe_ratio(iid, 252), rel=1e-12)
     # AR(1) returns with phi = 0.5: the Sharpe ratio's variance is about (1 + phi) / (1 - phi) = 3 times the iid one
     e = 0.01 * rng.standard_normal(n)
-    ar = np.empty(n); ar[0] = e[0]
+    ar = np.empty(n)
+    ar[0] = e[0]
     for t in range(1, n): ar[t] = 0.5 * ar[t - 1] + e[t]
     ar += 0.0004
     ci_ar = sharpe_ci(ar, reps=1000)
@@ -190,7 +191,9 @@ def test_seed_and_market_interval_tails_are_the_replications_quantiles(confidenc
     seen = []
     def stat(days, seeds=None):
         if seeds is None: return float(days.mean())                # the point estimate on the data itself
-        v = float(days[:, seeds].sum() + 0.1 * seeds.sum()); seen.append(v); return v
+        v = float(days[:, seeds].sum() + 0.1 * seeds.sum())
+        seen.append(v)
+        return v
     ci = _seeds_and_blocks(X, 4, stat, confidence, seed=3, reps=400, block=5.0, method="percentile")
     assert len(seen) == 400 and len(set(seen)) > 300
     lo, hi = np.quantile(seen, tails)

@@ -20,7 +20,9 @@ def train(model, opt, steps=20, seed=1, dtype=torch.float64):
     gx = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         x = torch.randn(32, 5, generator=gx, dtype=dtype)
-        opt.zero_grad(); model(x).pow(2).mean().backward(); opt.step()
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
@@ -63,7 +65,9 @@ def test_two_param_groups_share_one_global_utility_normalization():
 
 
 def test_param_groups_keep_their_own_learning_rates():
-    a = mlp(); ps = list(a.parameters()); before = [p.detach().clone() for p in ps]
+    a = mlp()
+    ps = list(a.parameters())
+    before = [p.detach().clone() for p in ps]
     opt = AdaptiveUPGD([{"params": ps[:2], "lr": 0.0}, {"params": ps[2:]}], lr=1e-2, weight_decay=0.0, sigma=0.0)
     train(a, opt, steps=3)
     assert all(torch.equal(p, q) for p, q in zip(ps[:2], before[:2]))
@@ -93,9 +97,11 @@ def test_upgd_equals_the_papers_literal_rule_where_that_is_defined():
     for _ in range(10):
         x = torch.randn(32, 5, generator=gx, dtype=torch.float64)
         for m in (a, b):
-            m.zero_grad(); m(x).pow(2).mean().backward()
+            m.zero_grad()
+            m(x).pow(2).mean().backward()
         assert max(float((-p.grad * p.detach()).max()) for p in b.parameters()) > 0
-        opt.step(); paper_upgd_step(list(b.parameters()), state, 1e-2, 1e-2, 0.0)
+        opt.step()
+        paper_upgd_step(list(b.parameters()), state, 1e-2, 1e-2, 0.0)
     for p, q in zip(a.parameters(), b.parameters()): assert torch.allclose(p, q, **SAME_RULE)
 
 
@@ -181,7 +187,8 @@ def test_upgd_gate_stays_in_unit_interval(theta, grad):
 
 
 def test_parameters_without_gradients_are_skipped_and_can_join_later():
-    a = mlp(); ps = list(a.parameters())
+    a = mlp()
+    ps = list(a.parameters())
     opt = AdaptiveUPGD(ps, **KW, seed=0)
     frozen = ps[0].detach().clone()
     for t in range(4):
@@ -200,8 +207,10 @@ def test_invalid_arguments_raise_value_error():
         with pytest.raises(ValueError): UPGD(p, **kw)
     for kw in ({"beta1": 1.0}, {"beta2": -0.1}, {"eps": 0.0}, {"noise_beta": 1.0}, {"min_noise_std": -1.0}):
         with pytest.raises(ValueError): AdaptiveUPGD(p, **kw)
-    q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16)); q.grad = torch.zeros_like(q)
-    o = AdaptiveUPGD([q]); o.step()                                   # float16 works since issue 14: float32 state
+    q = torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    q.grad = torch.zeros_like(q)
+    o = AdaptiveUPGD([q])
+    o.step()  # float16 works since issue 14: float32 state
     assert o.state[q]["exp_avg_sq"].dtype == torch.float32 and torch.isfinite(q).all()
     r = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64).float().long(), requires_grad=False)
     with pytest.raises(ValueError, match="floating-point"): AdaptiveUPGD([r]).step()
@@ -216,7 +225,9 @@ def test_state_dict_round_trip_gives_identical_noisy_steps(cls):
     train(a, oa, steps=5, dtype=torch.float32)
     b.load_state_dict(a.state_dict())
     ob = cls(b.parameters(), **KW, seed=12345)                    # a different seed: the state must carry the RNG
-    buf = io.BytesIO(); torch.save(oa.state_dict(), buf); buf.seek(0)
+    buf = io.BytesIO()
+    torch.save(oa.state_dict(), buf)
+    buf.seek(0)
     ob.load_state_dict(torch.load(buf, weights_only=True))
     pa, pb = train(a, oa, steps=5, seed=2, dtype=torch.float32), train(b, ob, steps=5, seed=2, dtype=torch.float32)
     assert torch.equal(pa, pb)
@@ -226,8 +237,10 @@ def test_state_dict_round_trip_gives_identical_noisy_steps(cls):
 def test_loaded_state_does_not_alias_the_source(cls):
     "torch's load_state_dict keeps the source tensors; the next step copies them, so both optimizers stay independent."
     a, b = mlp(), mlp()
-    oa = cls(a.parameters(), **KW, seed=1); train(a, oa, steps=3)
-    ob = cls(b.parameters(), **KW, seed=1); ob.load_state_dict(oa.state_dict())
+    oa = cls(a.parameters(), **KW, seed=1)
+    train(a, oa, steps=3)
+    ob = cls(b.parameters(), **KW, seed=1)
+    ob.load_state_dict(oa.state_dict())
     b.load_state_dict(a.state_dict())
     snapshot = copy.deepcopy(oa.state_dict()["state"])
     train(b, ob, steps=3)
@@ -239,7 +252,9 @@ def test_loaded_state_does_not_alias_the_source(cls):
 
 def test_state_dict_tensors_have_their_own_storage_for_safetensors():
     import safetensors.torch
-    a = mlp(dtype=torch.float32); opt = AdaptiveUPGD(a.parameters(), **KW, seed=0); train(a, opt, steps=2, dtype=torch.float32)
+    a = mlp(dtype=torch.float32)
+    opt = AdaptiveUPGD(a.parameters(), **KW, seed=0)
+    train(a, opt, steps=2, dtype=torch.float32)
     sd = opt.state_dict()
     flat = {f"{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
     flat.update({f"rng.{k}": v for k, v in sd["rng"].items() if torch.is_tensor(v)})
@@ -249,7 +264,9 @@ def test_state_dict_tensors_have_their_own_storage_for_safetensors():
 
 
 def test_pickle_and_deepcopy_preserve_the_noise_stream():
-    a = mlp(); opt = AdaptiveUPGD(a.parameters(), **KW, seed=3); train(a, opt, steps=2)
+    a = mlp()
+    opt = AdaptiveUPGD(a.parameters(), **KW, seed=3)
+    train(a, opt, steps=2)
     b = copy.deepcopy(a)
     ob = AdaptiveUPGD(b.parameters(), **KW)
     ob.load_state_dict(pickle.loads(pickle.dumps(opt.state_dict())))
@@ -261,15 +278,21 @@ def test_pickle_and_deepcopy_preserve_the_noise_stream():
 
 def test_seed_none_is_reproducible_under_torch_manual_seed():
     def run():
-        torch.manual_seed(42); a = mlp(); return train(a, UPGD(a.parameters(), **KW), steps=3)
+        torch.manual_seed(42)
+        a = mlp()
+        return train(a, UPGD(a.parameters(), **KW), steps=3)
     assert torch.equal(run(), run())
 
 
 def test_closure_is_called_with_grad_enabled():
-    a = mlp(); opt = AdaptiveUPGD(a.parameters(), **KW)
+    a = mlp()
+    opt = AdaptiveUPGD(a.parameters(), **KW)
     x = torch.randn(4, 5, dtype=torch.float64)
     def closure():
-        opt.zero_grad(); loss = a(x).pow(2).mean(); loss.backward(); return loss
+        opt.zero_grad()
+        loss = a(x).pow(2).mean()
+        loss.backward()
+        return loss
     loss = opt.step(closure)
     assert torch.is_tensor(loss) and loss.requires_grad
 
@@ -279,15 +302,19 @@ def test_metrics_report_noise_gradient_and_their_ratio():
     p = torch.nn.Parameter(torch.zeros(400))
     opt = UPGD([p], sigma=0.01)
     assert opt.metrics()["step"] == 0
-    p.grad = torch.full((400,), 0.5); opt.step()
+    p.grad = torch.full((400,), 0.5)
+    opt.step()
     m = opt.metrics()
     assert m["grad_norm"] == pytest.approx(0.5 * 20) and m["noise_std"] == pytest.approx(0.01)
     assert m["noise_to_signal"] == pytest.approx(0.01 * 20 / 10) and m["step"] == 1
     opt = AdaptiveUPGD([p], sigma=0.01)
-    p.grad = torch.full((400,), 0.5); opt.step()
+    p.grad = torch.full((400,), 0.5)
+    opt.step()
     m = opt.metrics()
     assert m["noise_std"] == pytest.approx(0.01 * 0.5) and m["noise_to_signal"] == pytest.approx(0.01)
-    p.grad = torch.zeros(400); opt2 = AdaptiveUPGD([p], sigma=0.01, min_noise_std=1e-6); opt2.step()
+    p.grad = torch.zeros(400)
+    opt2 = AdaptiveUPGD([p], sigma=0.01, min_noise_std=1e-6)
+    opt2.step()
     assert opt2.metrics()["noise_to_signal"] == math.inf and opt2.metrics()["noise_std"] == pytest.approx(1e-6)
 
 
@@ -301,7 +328,8 @@ def test_cuda_step_never_synchronizes(make):
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8)).to(dev)
     opt = make(model.parameters())
     x = torch.randn(128, 64, device=dev)
-    model(x).square().mean().backward(); opt.step()                 # the first step builds the state
+    model(x).square().mean().backward()
+    opt.step()  # the first step builds the state
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3): opt.step()
@@ -321,5 +349,7 @@ def test_cuda_matches_cpu_without_noise(cls):
     for _ in range(10):
         x = torch.randn(32, 5, generator=gx, dtype=torch.float64)
         for m, o, xx in ((a, oa, x), (b, ob, x.cuda())):
-            o.zero_grad(); m(xx).pow(2).mean().backward(); o.step()
+            o.zero_grad()
+            m(xx).pow(2).mean().backward()
+            o.step()
     for p, q in zip(a.parameters(), b.parameters()): assert torch.allclose(p, q.cpu(), rtol=0, atol=1e-10)

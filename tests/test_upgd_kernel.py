@@ -57,9 +57,11 @@ def fresh_kernel(tmp_path, monkeypatch):
     folder = tmp_path / "kernels"
     monkeypatch.setenv("TRADINGRL_KERNEL_CACHE", str(folder))
     monkeypatch.delenv("TRADINGRL_KERNEL", raising=False)
-    uk._forget_kernel(); aupgd_mod._kernel_warned.clear()
+    uk._forget_kernel()
+    aupgd_mod._kernel_warned.clear()
     yield folder
-    uk._forget_kernel(); aupgd_mod._kernel_warned.clear()
+    uk._forget_kernel()
+    aupgd_mod._kernel_warned.clear()
 
 
 def plant_library(path, marker):
@@ -102,10 +104,13 @@ def test_the_kernel_path_matches_the_torch_path(kw):
 def test_the_default_is_the_torch_path_and_never_looks_for_the_kernel(monkeypatch):
     "The default (kernel='auto') neither compiles nor loads anything: no compiler, no cache folder, no file is touched."
     def no(*a, **k): raise AssertionError("the default optimizer looked for the compiled kernel")
-    monkeypatch.setattr(uk, "load_kernel", no); monkeypatch.setattr(aupgd_mod, "load_kernel", no)
-    monkeypatch.setattr(uk, "kernel_status", no); monkeypatch.setattr(aupgd_mod, "kernel_status", no)
+    monkeypatch.setattr(uk, "load_kernel", no)
+    monkeypatch.setattr(aupgd_mod, "load_kernel", no)
+    monkeypatch.setattr(uk, "kernel_status", no)
+    monkeypatch.setattr(aupgd_mod, "kernel_status", no)
     m_default, _ = run("auto", steps=3)
-    m = model(); opt = AdaptiveUPGD(m.parameters(), lr=1e-2, weight_decay=1e-2, seed=3)      # no kernel argument
+    m = model()
+    opt = AdaptiveUPGD(m.parameters(), lr=1e-2, weight_decay=1e-2, seed=3)  # no kernel argument
     gen = torch.Generator().manual_seed(100)
     for _ in range(3):
         for p in m.parameters(): p.grad = torch.randn(p.shape, generator=gen) * 1e-2
@@ -157,8 +162,10 @@ def test_a_state_moves_between_the_two_paths():
     sd, params = o.state_dict(), {k: v.clone() for k, v in m.state_dict().items()}
     cont = []
     for kernel in ("compiled", "torch"):
-        m2 = model(); m2.load_state_dict(params)
-        o2 = AdaptiveUPGD(m2.parameters(), lr=1e-2, weight_decay=1e-2, seed=3, kernel=kernel); o2.load_state_dict(sd)
+        m2 = model()
+        m2.load_state_dict(params)
+        o2 = AdaptiveUPGD(m2.parameters(), lr=1e-2, weight_decay=1e-2, seed=3, kernel=kernel)
+        o2.load_state_dict(sd)
         gen = torch.Generator().manual_seed(7)
         for _ in range(10):
             for p in m2.parameters(): p.grad = torch.randn(p.shape, generator=gen) * 1e-2
@@ -173,7 +180,8 @@ def test_the_thread_split_changes_no_bit(monkeypatch):
     monkeypatch.setattr(uk, "MIN_CHUNK", 64)
     outs = []
     for threads in (1, 3):
-        n = torch.get_num_threads(); torch.set_num_threads(threads)
+        n = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try: m, _ = run("compiled", steps=5)
         finally: torch.set_num_threads(n)
         outs.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
@@ -204,7 +212,8 @@ def test_the_cache_folder_is_created_private(fresh_kernel):
 
 @pytest.mark.parametrize("mode", [0o755, 0o770, 0o777, 0o701], ids=oct)
 def test_a_cache_folder_others_can_use_is_refused(fresh_kernel, mode):
-    fresh_kernel.mkdir(); fresh_kernel.chmod(mode)
+    fresh_kernel.mkdir()
+    fresh_kernel.chmod(mode)
     with pytest.raises(KernelUnavailable, match="0700"):
         AdaptiveUPGD(model().parameters(), kernel="compiled")
     assert not list(fresh_kernel.iterdir())                   # nothing written there, nothing loaded from there
@@ -219,7 +228,8 @@ def test_a_cache_folder_of_another_user_is_refused(fresh_kernel, monkeypatch):
 
 
 def test_a_linked_cache_folder_is_refused(fresh_kernel, tmp_path):
-    real = tmp_path / "elsewhere"; real.mkdir(mode=0o700)
+    real = tmp_path / "elsewhere"
+    real.mkdir(mode=0o700)
     fresh_kernel.symlink_to(real, target_is_directory=True)
     with pytest.raises(KernelUnavailable, match="link"):
         AdaptiveUPGD(model().parameters(), kernel="compiled")
@@ -227,10 +237,12 @@ def test_a_linked_cache_folder_is_refused(fresh_kernel, tmp_path):
 
 def test_there_is_no_temp_dir_fallback(tmp_path, monkeypatch):
     "A cache that cannot be created is an error saying why, never a folder of predictable name in the temp dir."
-    blocker = tmp_path / "not-a-folder"; blocker.write_text("")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
     monkeypatch.delenv("TRADINGRL_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp")); (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     uk._forget_kernel()
     try:
         with pytest.raises(KernelUnavailable, match="cannot create"):
@@ -284,8 +296,10 @@ def test_a_file_of_another_user_is_refused(fresh_kernel, which):
 def test_a_linked_library_is_refused(fresh_kernel, tmp_path):
     "Even a link to a true copy of the kernel (its digest matches): the file loaded is the file checked, never a link."
     so = built_kernel()
-    copy = tmp_path / "copy.so"; copy.write_bytes(so.read_bytes())
-    so.unlink(); so.symlink_to(copy)
+    copy = tmp_path / "copy.so"
+    copy.write_bytes(so.read_bytes())
+    so.unlink()
+    so.symlink_to(copy)
     with pytest.raises(KernelUnavailable, match="link"):
         AdaptiveUPGD(model().parameters(), kernel="compiled")
 

@@ -11,9 +11,11 @@ from tradingrl_nb.vgs import VarianceGradientScaler, allocate, stratified_sample
 
 def reference_stats(grads, beta):
     "Straightforward per-element EMAs of g and g^2 with bias correction, and nv = Var / (E^2 + eps)."
-    m1 = torch.zeros_like(grads[0], dtype=torch.float64); m2 = torch.zeros_like(m1)
+    m1 = torch.zeros_like(grads[0], dtype=torch.float64)
+    m2 = torch.zeros_like(m1)
     for g in grads:
-        m1 = beta * m1 + (1 - beta) * g.double(); m2 = beta * m2 + (1 - beta) * g.double() ** 2
+        m1 = beta * m1 + (1 - beta) * g.double()
+        m2 = beta * m2 + (1 - beta) * g.double() ** 2
     bc = 1 - beta ** len(grads)
     mean = m1 / bc
     return mean, (m2 / bc - mean ** 2).clamp_min(0)
@@ -23,8 +25,10 @@ class MeanVariance:
     "Seed 002's v3 statistic (variance of the tensor's mean, normalized by its square), as the seed's test used it."
     def __init__(self, beta=0.99, eps=1e-8): self.beta, self.eps, self.t, self.m1, self.m2 = beta, eps, 0, 0.0, 0.0
     def step(self, g):
-        self.t += 1; mu = float(g.mean())
-        self.m1 = self.beta * self.m1 + (1 - self.beta) * mu; self.m2 = self.beta * self.m2 + (1 - self.beta) * mu * mu
+        self.t += 1
+        mu = float(g.mean())
+        self.m1 = self.beta * self.m1 + (1 - self.beta) * mu
+        self.m2 = self.beta * self.m2 + (1 - self.beta) * mu * mu
     def normalized_variance(self):
         bc = 1 - self.beta ** self.t
         return max(self.m2 / bc - (self.m1 / bc) ** 2, 0.0) / ((self.m1 / bc) ** 2 + self.eps)
@@ -32,7 +36,8 @@ class MeanVariance:
 
 def feed(vgs, param, grads):
     for g in grads:
-        param.grad = g.clone(); vgs.step()
+        param.grad = g.clone()
+        vgs.step()
 
 
 # ---- statistics --------------------------------------------------------------------------------
@@ -55,7 +60,8 @@ def test_anticorrelated_noise_is_detected_element_wise_and_missed_by_the_mean():
     for _ in range(30):
         noise = torch.randn(50, generator=gen) * 2.0
         param.grad = torch.cat([noise, -noise])
-        vgs.step(); old.step(param.grad)
+        vgs.step()
+        old.step(param.grad)
     assert old.normalized_variance() < 1e-6                         # the old estimator sees nothing
     assert vgs.get_normalized_variance() > 10                         # ours sees every element's noise
     assert vgs.get_scaling_factor() < 0.5
@@ -67,7 +73,8 @@ def test_correlated_noise_is_detected_by_both():
     vgs, old = VarianceGradientScaler([param], warmup_steps=5, reference="absolute"), MeanVariance()   # the raw statistic's factor
     for _ in range(30):
         param.grad = 0.5 + 2.0 * torch.randn(1, generator=gen) + 0.01 * torch.randn(100, generator=gen)
-        vgs.step(); old.step(param.grad)
+        vgs.step()
+        old.step(param.grad)
     assert old.normalized_variance() > 1 and vgs.get_normalized_variance() > 1
 
 
@@ -99,7 +106,8 @@ def test_scaling_factor_is_clamped_to_the_unit_interval():
     huge = VarianceGradientScaler([p], alpha=1e12, warmup_steps=0, reference="absolute")
     feed(huge, p, [torch.randn(64, generator=gen) for _ in range(5)])
     assert huge.get_scaling_factor() == huge.min_factor == 0.1                     # the default floor
-    p.grad = torch.ones(64); assert huge.scale_gradients() == 0.1 and torch.allclose(p.grad, torch.full((64,), 0.1))
+    p.grad = torch.ones(64)
+    assert huge.scale_gradients() == 0.1 and torch.allclose(p.grad, torch.full((64,), 0.1))
     low = VarianceGradientScaler([p], alpha=1e12, warmup_steps=0, reference="absolute", min_factor=1e-4)
     feed(low, p, [torch.randn(64, generator=gen) for _ in range(5)])
     assert low.get_scaling_factor() == 1e-4
@@ -128,8 +136,11 @@ def test_step_records_raw_gradients_by_dividing_out_the_applied_factor():
     b = VarianceGradientScaler([q], alpha=5.0, warmup_steps=2)
     for t in range(15):
         g = 0.3 + torch.randn(40, generator=gen)
-        p.grad = g.clone(); k = a.scale_gradients(); a.step()           # scaled, then recorded
-        q.grad = g.clone(); b.step()                                      # recorded raw, never scaled
+        p.grad = g.clone()
+        k = a.scale_gradients()
+        a.step()  # scaled, then recorded
+        q.grad = g.clone()
+        b.step()  # recorded raw, never scaled
         if t > 3: assert k < 1.0
     for x, y in zip(a.state_dict()["grad_mean_ema"] + a.state_dict()["grad_sq_ema"],
                     b.state_dict()["grad_mean_ema"] + b.state_dict()["grad_sq_ema"]):
@@ -140,9 +151,12 @@ def test_a_parameter_without_gradient_keeps_its_statistics():
     "Issue 14: a tensor without a gradient is not decayed as if its gradient were zero (that collapsed k)."
     p, q = torch.nn.Parameter(torch.zeros(8)), torch.nn.Parameter(torch.zeros(8))
     vgs = VarianceGradientScaler([p, q], beta=0.9, warmup_steps=0)
-    p.grad, q.grad = torch.ones(8), torch.ones(8); vgs.step()
+    p.grad, q.grad = torch.ones(8), torch.ones(8)
+    vgs.step()
     before = vgs.state_dict()["grad_mean_ema"][1].clone()
-    q.grad = None; p.grad = torch.full((8,), 2.0); vgs.step()
+    q.grad = None
+    p.grad = torch.full((8,), 2.0)
+    vgs.step()
     assert torch.equal(vgs.state_dict()["grad_mean_ema"][1], before)                  # frozen
     assert vgs.state_dict()["tensor_steps"] == [2, 1]
     assert torch.allclose(vgs.state_dict()["grad_mean_ema"][0], 0.9 * 0.1 + 0.1 * 2.0 * torch.ones(8))
@@ -166,8 +180,10 @@ def test_disabled_scaler_does_nothing():
     vgs = VarianceGradientScaler([p], warmup_steps=0, enabled=False)
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
-        p.grad = torch.randn(8, generator=gen); before = p.grad.clone()
-        assert vgs.scale_gradients() == 1.0 and torch.equal(p.grad, before); vgs.step()
+        p.grad = torch.randn(8, generator=gen)
+        before = p.grad.clone()
+        assert vgs.scale_gradients() == 1.0 and torch.equal(p.grad, before)
+        vgs.step()
     assert vgs.metrics()["step"] == 0
 
 
@@ -177,7 +193,10 @@ def test_metrics_for_logging():
     m = vgs.metrics()
     assert set(m) == {"scaling_factor", "normalized_variance", "baseline_nv", "relative_nv", "step"} and m["scaling_factor"] == 1.0
     gen = torch.Generator().manual_seed(0)
-    for _ in range(5): p.grad = torch.randn(8, generator=gen); k = vgs.scale_gradients(); vgs.step()
+    for _ in range(5):
+        p.grad = torch.randn(8, generator=gen)
+        k = vgs.scale_gradients()
+        vgs.step()
     assert vgs.metrics()["scaling_factor"] == k and vgs.metrics()["step"] == 5
 
 
@@ -226,8 +245,10 @@ def test_the_aggregate_never_sorts_the_model():
     feed(vgs, p, [1 + torch.randn(100_000, generator=gen) for _ in range(4)])
     nv = vgs.get_normalized_variance()
     b = vgs._buckets[0]
-    mask = torch.ones(100_000, dtype=torch.bool); mask[b.idx] = False
-    b.m2[mask] *= 1e6; vgs._nv_cache = None
+    mask = torch.ones(100_000, dtype=torch.bool)
+    mask[b.idx] = False
+    b.m2[mask] *= 1e6
+    vgs._nv_cache = None
     assert vgs.get_normalized_variance() == nv and len(b.idx) == 1024
 
 
@@ -238,10 +259,13 @@ def make(seed=0):
 
 
 def train_steps(model, vgs, steps, seed):
-    gen = torch.Generator().manual_seed(seed); ks = []
+    gen = torch.Generator().manual_seed(seed)
+    ks = []
     for _ in range(steps):
-        model.zero_grad(); model(torch.randn(8, 6, generator=gen)).pow(2).mean().backward()
-        ks.append(vgs.scale_gradients()); vgs.step()
+        model.zero_grad()
+        model(torch.randn(8, 6, generator=gen)).pow(2).mean().backward()
+        ks.append(vgs.scale_gradients())
+        vgs.step()
     return ks
 
 
@@ -249,7 +273,9 @@ def test_state_dict_round_trip_reproduces_the_future():
     a, b = make(), make()
     va = VarianceGradientScaler(a.parameters(), warmup_steps=3)
     train_steps(a, va, 10, seed=1)
-    buf = io.BytesIO(); torch.save(va.state_dict(), buf); buf.seek(0)
+    buf = io.BytesIO()
+    torch.save(va.state_dict(), buf)
+    buf.seek(0)
     vb = VarianceGradientScaler(b.parameters(), alpha=7.0, warmup_steps=0)       # settings come from the state
     vb.load_state_dict(torch.load(buf, weights_only=True))
     b.load_state_dict(a.state_dict())
@@ -260,7 +286,9 @@ def test_state_dict_round_trip_reproduces_the_future():
 
 def test_state_dict_is_safetensors_compatible_and_versioned():
     import safetensors.torch
-    a = make(); va = VarianceGradientScaler(a.parameters()); train_steps(a, va, 2, seed=0)
+    a = make()
+    va = VarianceGradientScaler(a.parameters())
+    train_steps(a, va, 2, seed=0)
     sd = va.state_dict()
     assert sd["format_version"] == 3 and sd["reference"] == "baseline" and sd["min_factor"] == 0.1
     flat = {f"{k}.{i}": t for k in ("grad_mean_ema", "grad_sq_ema") for i, t in enumerate(sd[k])}
@@ -270,7 +298,9 @@ def test_state_dict_is_safetensors_compatible_and_versioned():
 
 
 def test_load_state_dict_rejects_another_architecture():
-    a = make(); va = VarianceGradientScaler(a.parameters()); train_steps(a, va, 2, seed=0)
+    a = make()
+    va = VarianceGradientScaler(a.parameters())
+    train_steps(a, va, 2, seed=0)
     other = VarianceGradientScaler(torch.nn.Linear(3, 3).parameters())
     with pytest.raises(ValueError, match="architecture"): other.load_state_dict(va.state_dict())
 
@@ -284,7 +314,8 @@ def test_pickling_never_includes_parameters_and_relinking_restores_scaling():
     assert vb._params is None and vb._buckets is None
     assert not any(isinstance(v, torch.nn.Parameter) for v in vars(vb).values())
     with pytest.raises(RuntimeError, match="update_parameters"): vb.scale_gradients()
-    b = make(); b.load_state_dict(a.state_dict())                                  # the reloaded model: new objects
+    b = make()
+    b.load_state_dict(a.state_dict())  # the reloaded model: new objects
     vb.update_parameters(b.parameters())
     assert vb.get_normalized_variance() == va.get_normalized_variance()
     assert train_steps(a, va, 4, seed=3) == train_steps(b, vb, 4, seed=3)
@@ -294,10 +325,12 @@ def test_relinking_after_a_model_reload_scales_the_live_gradients_only():
     a = make()
     vgs = VarianceGradientScaler(a.parameters(), alpha=10.0, warmup_steps=0)
     train_steps(a, vgs, 8, seed=0)
-    b = make(); b.load_state_dict(a.state_dict())
+    b = make()
+    b.load_state_dict(a.state_dict())
     vgs.update_parameters(b.parameters())
     for m in (a, b):
-        m.zero_grad(); m(torch.ones(2, 6)).sum().backward()
+        m.zero_grad()
+        m(torch.ones(2, 6)).sum().backward()
     old_grads = [p.grad.clone() for p in a.parameters()]
     new_grads = [p.grad.clone() for p in b.parameters()]
     k = vgs.scale_gradients()
@@ -327,20 +360,25 @@ def test_cuda_statistics_match_cpu():
     for _ in range(6):
         x = torch.randn(8, 6, generator=gen)
         for m, v, xx in ((a, va, x), (b, vb, x.cuda())):
-            m.zero_grad(); m(xx).pow(2).mean().backward(); v.scale_gradients(); v.step()
+            m.zero_grad()
+            m(xx).pow(2).mean().backward()
+            v.scale_gradients()
+            v.step()
     assert vb.get_normalized_variance() == pytest.approx(va.get_normalized_variance(), rel=1e-4)
 
 
 # ---- calibration: the factor's strength means something -------------------------------------------
 def _k_trace(snr: float, steps: int = 500, n: int = 4096, spike_at: int | None = None, **kw) -> list[float]:
     "k read before each step on gradients `snr + sd * N(0, 1)` (sd 1, then 2 from `spike_at`)."
-    q = torch.nn.Parameter(torch.zeros(n)); gen = torch.Generator().manual_seed(0)
+    q = torch.nn.Parameter(torch.zeros(n))
+    gen = torch.Generator().manual_seed(0)
     v = VarianceGradientScaler([q], **kw)
     ks = []
     for t in range(steps):
         sd = 2.0 if spike_at is not None and t >= spike_at else 1.0
         q.grad = snr + sd * torch.randn(n, generator=gen)
-        ks.append(v.get_scaling_factor()); v.step()
+        ks.append(v.get_scaling_factor())
+        v.step()
     return ks
 
 
@@ -371,14 +409,20 @@ def test_an_old_state_continues_under_the_seeds_factor_and_a_new_one_bit_for_bit
     grads = [0.3 + torch.randn(64, generator=gen) for _ in range(150)]
     p, q = torch.nn.Parameter(torch.zeros(64)), torch.nn.Parameter(torch.zeros(64))
     a = VarianceGradientScaler([p], warmup_steps=10)
-    for g in grads[:100]: p.grad = g.clone(); a.step()
-    b = VarianceGradientScaler([q], warmup_steps=10); b.load_state_dict(a.state_dict())
+    for g in grads[:100]:
+        p.grad = g.clone()
+        a.step()
+    b = VarianceGradientScaler([q], warmup_steps=10)
+    b.load_state_dict(a.state_dict())
     for g in grads[100:]:
-        p.grad, q.grad = g.clone(), g.clone(); a.step(); b.step()
+        p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
         assert a.get_scaling_factor() == b.get_scaling_factor()            # same process, same ops: identical
     old = {k: v for k, v in a.state_dict().items() if k not in ("reference", "min_factor") and not k.startswith("baseline_")}
     old["format_version"] = 2
-    c = VarianceGradientScaler([torch.nn.Parameter(torch.zeros(64))]); c.load_state_dict(old)
+    c = VarianceGradientScaler([torch.nn.Parameter(torch.zeros(64))])
+    c.load_state_dict(old)
     assert c.reference == "absolute" and c.min_factor == 1e-4
 
 
@@ -389,5 +433,6 @@ def test_factor_lies_between_the_floor_and_one(values, alpha, reference, floor):
     p = torch.nn.Parameter(torch.zeros(8))
     v = VarianceGradientScaler([p], alpha=alpha, warmup_steps=0, reference=reference, min_factor=floor)
     for i in range(6):
-        p.grad = torch.tensor(values) * (i + 1) - i; v.step()
+        p.grad = torch.tensor(values) * (i + 1) - i
+        v.step()
         assert floor <= v.get_scaling_factor() <= 1.0

@@ -15,7 +15,9 @@ def noisy_grads(n, steps, seed=0, signal=0.3):
 def run_k(grads, scale, **kw):
     p = torch.nn.Parameter(torch.zeros(grads[0].shape))
     vgs = VarianceGradientScaler([p], warmup_steps=0, **kw)
-    for g in grads: p.grad = g * scale; vgs.step()
+    for g in grads:
+        p.grad = g * scale
+        vgs.step()
     return vgs.get_scaling_factor(), vgs.get_normalized_variance()
 
 
@@ -49,7 +51,8 @@ def test_a_tensor_without_gradient_keeps_its_statistics_and_leaves_the_aggregate
         live.grad = g.clone()
         dead.grad = torch.randn(200, generator=gen) if t < 50 else None      # stops receiving gradients at t = 50
         vgs.step()
-        alone._params[0].grad = g.clone(); alone.step()
+        alone._params[0].grad = g.clone()
+        alone.step()
         if t == 49: frozen = [x[1].clone() for x in (vgs.state_dict()["grad_mean_ema"], vgs.state_dict()["grad_sq_ema"])]
     sd = vgs.state_dict()
     assert torch.equal(sd["grad_mean_ema"][1], frozen[0]) and torch.equal(sd["grad_sq_ema"][1], frozen[1])
@@ -65,8 +68,10 @@ def test_a_tensor_that_never_had_a_gradient_is_not_in_the_aggregate():
     alone = VarianceGradientScaler([torch.nn.Parameter(torch.zeros(50))], warmup_steps=0)
     for _ in range(30):
         g = 1.0 + torch.randn(50, generator=gen)
-        used.grad = g.clone(); vgs.step()
-        alone._params[0].grad = g.clone(); alone.step()
+        used.grad = g.clone()
+        vgs.step()
+        alone._params[0].grad = g.clone()
+        alone.step()
     assert vgs.get_normalized_variance() == pytest.approx(alone.get_normalized_variance(), rel=1e-5)
 
 
@@ -90,8 +95,10 @@ def test_one_huge_gradient_does_not_pin_the_factor_forever(reference):
     spiked = VarianceGradientScaler([p], beta=0.9, warmup_steps=0, alpha=0.1, reference=reference)
     clean = VarianceGradientScaler([q], beta=0.9, warmup_steps=0, alpha=0.1, reference=reference)
     for t, g in enumerate(grads):
-        p.grad = torch.full((64,), 1e30) if t == 100 else g.clone(); spiked.step()
-        q.grad = g.clone(); clean.step()
+        p.grad = torch.full((64,), 1e30) if t == 100 else g.clone()
+        spiked.step()
+        q.grad = g.clone()
+        clean.step()
     assert all(torch.isfinite(x).all() for x in spiked.state_dict()["grad_sq_ema"])
     assert spiked.get_scaling_factor() == pytest.approx(clean.get_scaling_factor(), rel=0.05)
 
@@ -101,7 +108,9 @@ def test_get_scaling_factor_is_what_scale_gradients_applies_and_touches_nothing(
     grads = noisy_grads(32, 20)
     p = torch.nn.Parameter(torch.zeros(32))
     vgs = VarianceGradientScaler([p], alpha=1.0, warmup_steps=2, reference="absolute")
-    for g in grads: p.grad = g.clone(); vgs.step()
+    for g in grads:
+        p.grad = g.clone()
+        vgs.step()
     p.grad = grads[0].clone()
     k = vgs.get_scaling_factor()
     assert k < 1.0 and torch.equal(p.grad, grads[0])                   # reading the factor leaves gradients alone
@@ -119,11 +128,13 @@ def test_step_treats_gradients_as_raw_unless_scaled_since_the_previous_step():
         if t == 10:
             a.scale_gradients()                                      # gradient mode once ...
             a.step()
-            p.grad = grads[t].clone(); a._params[0].grad = p.grad
+            p.grad = grads[t].clone()
+            a._params[0].grad = p.grad
         else:
             a.get_scaling_factor()                                   # ... then step mode: never scales
         if t != 10: a.step()
-        q.grad = g.clone(); ref.step()
+        q.grad = g.clone()
+        ref.step()
     for x, y in zip(a.state_dict()["grad_mean_ema"] + a.state_dict()["grad_sq_ema"],
                     ref.state_dict()["grad_mean_ema"] + ref.state_dict()["grad_sq_ema"]):
         assert torch.allclose(x, y, rtol=1e-5, atol=1e-7)
@@ -132,10 +143,16 @@ def test_step_treats_gradients_as_raw_unless_scaled_since_the_previous_step():
 def test_a_scale_without_a_step_is_forgotten_by_load_state_dict_and_disable():
     p = torch.nn.Parameter(torch.zeros(8))
     vgs = VarianceGradientScaler([p], alpha=1.0, warmup_steps=0)
-    for g in noisy_grads(8, 10): p.grad = g; vgs.step()
-    p.grad = torch.ones(8); k = vgs.scale_gradients(); assert k < 1
+    for g in noisy_grads(8, 10):
+        p.grad = g
+        vgs.step()
+    p.grad = torch.ones(8)
+    k = vgs.scale_gradients()
+    assert k < 1
     vgs.load_state_dict(vgs.state_dict())                            # a reload in between: gradients are raw again
-    p.grad = torch.ones(8); before = vgs.state_dict()["grad_mean_ema"][0].clone(); vgs.step()
+    p.grad = torch.ones(8)
+    before = vgs.state_dict()["grad_mean_ema"][0].clone()
+    vgs.step()
     assert torch.allclose(vgs.state_dict()["grad_mean_ema"][0], 0.99 * before + 0.01 * torch.ones(8), rtol=1e-5)
 
 
@@ -147,7 +164,9 @@ def test_low_precision_parameters_get_float32_statistics(dtype):
     q = torch.nn.Parameter(torch.zeros(128))
     lo, hi = VarianceGradientScaler([p], warmup_steps=0, beta=0.999), VarianceGradientScaler([q], warmup_steps=0, beta=0.999)
     for g in grads:
-        p.grad = g.to(dtype); lo.step()
-        q.grad = g.to(dtype).float(); hi.step()
+        p.grad = g.to(dtype)
+        lo.step()
+        q.grad = g.to(dtype).float()
+        hi.step()
     assert lo.state_dict()["grad_sq_ema"][0].dtype == torch.float32
     assert lo.get_normalized_variance() == pytest.approx(hi.get_normalized_variance(), rel=1e-4)

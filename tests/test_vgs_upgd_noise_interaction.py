@@ -66,14 +66,17 @@ def test_adaptive_noise_scales_with_gradient_norm():
         opt = AdaptiveUPGD([p], sigma=1e-3, seed=0)
         gen = torch.Generator().manual_seed(0)
         for _ in range(30):
-            p.grad = scale * torch.randn(2048, generator=gen); opt.step()
+            p.grad = scale * torch.randn(2048, generator=gen)
+            opt.step()
         stds[scale] = opt.metrics()["noise_std"]
         assert opt.metrics()["grad_norm"] == pytest.approx(scale * 2048 ** 0.5, rel=0.1)
     assert stds[0.1] / stds[1.0] == pytest.approx(0.1, rel=0.05)
     assert stds[0.01] / stds[1.0] == pytest.approx(0.01, rel=0.05)
     assert stds[1.0] == pytest.approx(1e-3, rel=0.05)                   # sigma times the gradient's RMS
-    p = torch.nn.Parameter(torch.zeros(64)); fixed = AdaptiveUPGD([p], sigma=1e-3, adaptive_noise=False)
-    p.grad = 0.01 * torch.ones(64); fixed.step()
+    p = torch.nn.Parameter(torch.zeros(64))
+    fixed = AdaptiveUPGD([p], sigma=1e-3, adaptive_noise=False)
+    p.grad = 0.01 * torch.ones(64)
+    fixed.step()
     assert fixed.metrics()["noise_std"] == pytest.approx(1e-3)          # fixed noise ignores the gradient
 
 
@@ -136,8 +139,11 @@ def train(adaptive, sigma=1e-2, scale=1e-3, steps=250, seed=0, vgs_on=True):
     losses, nsr = [], []
     for _ in range(steps):
         i = torch.randint(0, 2048, (16,), generator=g)
-        opt.zero_grad(); (scale * (net(X[i]) - y[i]).pow(2).mean()).backward()
-        vgs.scale_gradients(); opt.step(); vgs.step()
+        opt.zero_grad()
+        (scale * (net(X[i]) - y[i]).pow(2).mean()).backward()
+        vgs.scale_gradients()
+        opt.step()
+        vgs.step()
         with torch.no_grad(): losses.append(float((net(X[:512]) - y[:512]).pow(2).mean()))
         nsr.append(opt.metrics()["noise_to_signal"])
     return first, np.array(losses), np.array(nsr)

@@ -118,7 +118,9 @@ def _adaptive_pass1(self: AdaptiveUPGD, group, b, A, grads, params, norms, kern)
         if fast:
             std = torch.full((len(A),), sigma, dtype=b.dtype)
             if sigma > 0: W.normal_(generator=gen)                        # same draws as normal_(0, sigma)
-        elif sigma > 0: W.normal_(0.0, sigma, generator=gen); torch._foreach_add_(Wv, grads)
+        elif sigma > 0:
+            W.normal_(0.0, sigma, generator=gen)
+            torch._foreach_add_(Wv, grads)
         else: torch._foreach_copy_(Wv, grads)
     if fast:
         if not hasattr(b, "c_numel"): b.c_numel = Kernel.numel_array(b.numels)
@@ -132,7 +134,8 @@ def _adaptive_pass1(self: AdaptiveUPGD, group, b, A, grads, params, norms, kern)
         else: torch._foreach_mul_(Uv, bu)
         torch._foreach_addcmul_(Uv, grads, params, value=-(1 - bu))
         if uni:
-            mn, mx = torch.aminmax(b.flat["utility"]); bcu = 1 - bu ** t
+            mn, mx = torch.aminmax(b.flat["utility"])
+            bcu = 1 - bu ** t
             mn, mx = mn / bcu, mx / bcu
         else:
             mm = [torch.aminmax(u) for u in Uv]

@@ -223,7 +223,8 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
     t0, n_rows = env._t0, m.t_hi - env._t0 + 1
     dates = m.dates[t0:t0 + n_rows]
     V0 = env.initial_value
-    value = np.full(n_rows, np.nan); value[0] = V0
+    value = np.full(n_rows, np.nan)
+    value[0] = V0
     position, cost, trade = np.full(n_rows, np.nan), np.zeros(n_rows), np.zeros(n_rows)
     for i, st in enumerate(infos):
         value[i + 1], position[i], cost[i], trade[i] = st["portfolio_value"], st["position"], st["cost"], st["trade"]
@@ -235,7 +236,8 @@ def backtest(model_or_policy, df: pd.DataFrame | TradingEnv, start=None, end=Non
                           index=pd.DatetimeIndex(dates, name="date"))
     rf = dict(risk_free_daily=env._cash_d[t0:t0 + n_rows - 1]) if risk_free is None else dict(risk_free=float(risk_free))
     metrics = performance_metrics(value, trade[:-1], cost[:-1], periods, **rf)
-    bh_trade = np.zeros(n_rows - 1); bh_trade[0] = 1.0 / (1.0 + env.k)
+    bh_trade = np.zeros(n_rows - 1)
+    bh_trade[0] = 1.0 / (1.0 + env.k)
     bh = performance_metrics(bench, bh_trade, bh_trade * env.k * V0, periods, **rf)
     metrics.update({"bh_" + k: v for k, v in bh.items() if k != "n_days"})
     settings = dict(start=dates[0], end=dates[-1], window=env.window, cost_bps=env.cost_bps, slippage_bps=env.slippage_bps,
@@ -263,16 +265,21 @@ def plot_backtest(result: BacktestResult, title: str | None = None):
     fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(10, 7), sharex=True, gridspec_kw=dict(height_ratios=(3, 1.4, 1)))
     a1.plot(eq.index, eq["value"], label=result.name, color="tab:blue")
     a1.plot(eq.index, eq["benchmark"], label="buy and hold", color="gray", ls="--")
-    a1.set_ylabel("value"); a1.legend(loc="upper left")
+    a1.set_ylabel("value")
+    a1.legend(loc="upper left")
     a1.set_title(title or f"{result.name}: total return {result.metrics['total_return']:.1%}, "
                           f"Sharpe {result.metrics['sharpe']:.2f} (buy and hold {result.metrics['bh_total_return']:.1%}, "
                           f"{result.metrics['bh_sharpe']:.2f})")
     for col, color, lab in (("value", "tab:blue", result.name), ("benchmark", "gray", "buy and hold")):
         dd = eq[col] / eq[col].cummax() - 1
         a2.fill_between(eq.index, dd, 0, color=color, alpha=0.35 if col == "value" else 0.2, lw=0, label=lab)
-    a2.legend(loc="lower left", fontsize=8); a2.set_ylabel("drawdown"); a2.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
+    a2.legend(loc="lower left", fontsize=8)
+    a2.set_ylabel("drawdown")
+    a2.yaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
     a3.step(eq.index, eq["position"], where="post", color="black", lw=0.8)
-    a3.set_ylim(-1.1, 1.1); a3.set_ylabel("position"); a3.axhline(0, color="gray", lw=0.5)
+    a3.set_ylim(-1.1, 1.1)
+    a3.set_ylabel("position")
+    a3.axhline(0, color="gray", lw=0.5)
     fig.tight_layout()
     return fig
 
@@ -288,7 +295,9 @@ def plot_return_hist(result: BacktestResult, bins: int = 60):
     m = result.metrics
     ax.axvline(m["var_5"], color="tab:orange", ls="--", label=f"VaR 5% = {m['var_5']:.2%}")
     ax.axvline(m["cvar_5"], color="tab:red", label=f"CVaR 5% = {m['cvar_5']:.2%}")
-    ax.set_xlabel("daily return"); ax.set_ylabel("days"); ax.legend()
+    ax.set_xlabel("daily return")
+    ax.set_ylabel("days")
+    ax.legend()
     ax.xaxis.set_major_formatter(plt.matplotlib.ticker.PercentFormatter(1.0))
     fig.tight_layout()
     return fig

@@ -182,7 +182,9 @@ def write_checkpoint(path, content: dict) -> None:
     skeleton = json.dumps(_encode(content, tensors, "checkpoint"), allow_nan=False)
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "content": skeleton}
     data = safetensors.torch.save(tensors, metadata=_seal(tensors, meta))
-    if hasattr(path, "write"): path.write(data); return
+    if hasattr(path, "write"):
+        path.write(data)
+        return
     atomic_write_bytes(_checkpoint_path(path), data)
 
 # %% ../nbs/06a_checkpoint.ipynb #fa487c6c
@@ -268,7 +270,9 @@ def checked_hyperparams(owner: str, hyperparams: Mapping, known, limits: Mapping
     if unknown: raise ValueError(f"{owner}: unknown hyperparameter(s) {sorted(unknown)}; known: {list(known)}")
     out = {}
     for k, v in hyperparams.items():
-        if callable(v) and k in SCHEDULABLE: out[k] = v; continue
+        if callable(v) and k in SCHEDULABLE:
+            out[k] = v
+            continue
         try: x = float(v)
         except (TypeError, ValueError): raise ValueError(f"{owner}: {k}={v!r} is not a number") from None
         if not math.isfinite(x): raise ValueError(f"{owner}: {k}={x!r} is not finite")
@@ -310,7 +314,8 @@ def set_parameters(self: Checkpointing, load_path_or_dict: str | pathlib.Path | 
     if "policy.optimizer" in params: self.policy.optimizer.load_state_dict(_to_device(params["policy.optimizer"], self.device))
     self._relink()
     if "vgs" in params and self.vgs is not None:
-        self.vgs.load_state_dict(_to_device(params["vgs"], self.device)); self.vgs.update_parameters(self._params)
+        self.vgs.load_state_dict(_to_device(params["vgs"], self.device))
+        self.vgs.update_parameters(self._params)
     if "critic_adjuster" in params and self._critic_adjuster is not None:
         for k, a in enumerate(self._critic_adjuster): a.load_state_dict(params["critic_adjuster"][str(k)])
     self.reset_lstm_states_to_initial()
@@ -378,10 +383,14 @@ def set_hparams(self: Checkpointing, **hparams) -> None:
                          f"{type(self.policy.optimizer).__name__} has no sigma")
     for k, v in hp.items():
         if k == "learning_rate":
-            self.learning_rate = v; self._setup_lr_schedule(); self._apply_lr()
+            self.learning_rate = v
+            self._setup_lr_schedule()
+            self._apply_lr()
         elif k == "clip_range": self.clip_range, self._clip_schedule = v, FloatSchedule(v)
         elif k == "ent_coef": self.ent_coef = max(v, float(self.ent_coef_min))
-        elif k == "vgs_alpha": self.vgs.alpha = v; self.vgs_kwargs["alpha"] = v
+        elif k == "vgs_alpha":
+            self.vgs.alpha = v
+            self.vgs_kwargs["alpha"] = v
         elif k == "upgd_sigma":
             for g in groups: g["sigma"] = v
             self.policy.optimizer_kwargs["sigma"] = v
@@ -424,12 +433,15 @@ def _restore_state(self: Checkpointing, s: dict) -> None:
     if np.shape(s["ret_acc"]) == self.return_scale.acc.shape: self.return_scale.acc = np.array(s["ret_acc"], dtype=np.float64)
     st = s["np_rng"]
     if not isinstance(st, dict) or st.get("bit_generator") != "PCG64": raise ValueError("checkpoint has an unknown RNG state")
-    bg = np.random.PCG64(); bg.state = st; self._rng = np.random.Generator(bg)
+    bg = np.random.PCG64()
+    bg.state = st
+    self._rng = np.random.Generator(bg)
     th.set_rng_state(s["torch_rng"].to(th.uint8))
     cuda = s.get("cuda_rng") or []                             # one state per GPU; absent in CPU-only runs
     if cuda and th.cuda.is_available():
         for i, st in enumerate(cuda[:th.cuda.device_count()]): th.cuda.set_rng_state(st.to(th.uint8), i)
 
+# %% ../nbs/06a_checkpoint.ipynb #480b5553
 @patch(cls_method=True)
 def load(cls: Checkpointing, path: str | pathlib.Path, env=None, device: th.device | str = "auto", custom_objects=None,
          print_system_info: bool = False, force_reset: bool = True, **kwargs) -> Self:

@@ -54,7 +54,8 @@ def _cmd_findings(a) -> int:
     print(f"wrote {out}")
     if a.plot:
         fig = fd.plot_findings(found)
-        fig.savefig(a.plot, dpi=110, bbox_inches="tight"); print(f"figure: {a.plot}")
+        fig.savefig(a.plot, dpi=110, bbox_inches="tight")
+        print(f"figure: {a.plot}")
     return 0
 
 # %% ../nbs/10a_cli.ipynb #7e272607
@@ -83,10 +84,15 @@ def _split_parameters(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]
     rest, pairs, i = [], [], 0
     while i < len(argv):
         t = argv[i]
-        if t == "--": rest += argv[i:]; break
+        if t == "--":
+            rest += argv[i:]
+            break
         if t in _P_FLAGS and i + 2 < len(argv):   # (fewer: argparse says what is missing)
-            pairs.append((argv[i + 1], argv[i + 2])); i += 3; continue
-        rest.append(t); i += 1
+            pairs.append((argv[i + 1], argv[i + 2]))
+            i += 3
+            continue
+        rest.append(t)
+        i += 1
     return rest, pairs
 
 def _shown(path) -> str:
@@ -106,12 +112,18 @@ def _help_text(s) -> str:
 def _cmd_list(a) -> int:
     if a.name: return _list_one(a.name)
     exps = P.list_experiments()
-    if not exps: print("no experiments found in", ", ".join(map(str, P.experiment_dirs())) or "(nowhere)"); return 0
+    if not exps:
+        print("no experiments found in", ", ".join(map(str, P.experiment_dirs())) or "(nowhere)")
+        return 0
     for name, path in exps.items():
         try: n = sum(1 for s in P.experiment_parameters(path) if s not in P.RESERVED)
-        except ValueError as e: print(f"{name}  ({e})"); continue
+        except ValueError as e:
+            print(f"{name}  ({e})")
+            continue
         try: presets = P.experiment_presets(path)
-        except ValueError as e: presets = {}; print(f"{name}  (presets: {e})")
+        except ValueError as e:
+            presets = {}
+            print(f"{name}  (presets: {e})")
         print(f"{name:<26} {n:>3} parameters" + (f"  presets: {', '.join(presets)}" if presets else "") + f"  ({_shown(path)})")
     print("\nan experiment's parameters, ranges and presets: tradingrl list NAME")
     return 0
@@ -310,7 +322,9 @@ def _cmd_results(a) -> int:
     try: table = rt.results(a.dir, experiment=a.experiment, sort=a.sort, ascending=not a.desc, on_skip=warn,
                             statistics=not a.no_stats, family=a.family.split(",") if a.family else None)
     except (ValueError, OSError) as e: return _error("results", e)
-    if table.empty: print("no runs found"); return 0
+    if table.empty:
+        print("no runs found")
+        return 0
     if a.plot: return _plot(a, table)
     if not a.columns:
         import shutil
@@ -322,7 +336,8 @@ def _cmd_results(a) -> int:
         shown = table = table[a.columns.split(",")]
     _print_table(shown)
     if a.csv:
-        table.to_csv(a.csv, index=False); print(f"written {a.csv}")
+        table.to_csv(a.csv, index=False)
+        print(f"written {a.csv}")
     return 0
 
 # %% ../nbs/10a_cli.ipynb #c7df1f52
@@ -375,14 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--output-dir", default=None, help="run folder (default: runs/<timestamp>-<name>)")
         sp.add_argument("--overwrite", action="store_true", help="replace the run(s) already in --output-dir (clears them first)")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r = sub.add_parser("run", help="run one experiment"); common(r, name_optional=True)
+    r = sub.add_parser("run", help="run one experiment")
+    common(r, name_optional=True)
     r.add_argument("--resume", default=None, metavar="DIR", help="continue the unfinished run in DIR (interrupted, died or "
                    "failed) from its last checkpoint, with its own parameters (train_agent writes one at each evaluation)")
     r.add_argument("--preset", default=None, metavar="NAME", help="a parameter set of the notebook's presets cell, e.g. "
                    "full (the stored full-size run: written to results/NAME unless --output-dir is given)")
     r.add_argument("--tensorboard", action="store_true", help="write TensorBoard events also in a --preset run")
     r.set_defaults(fn=_cmd_run)
-    s = sub.add_parser("sweep", help="run every combination of a grid"); common(s)
+    s = sub.add_parser("sweep", help="run every combination of a grid")
+    common(s)
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values of one parameter (repeatable)")
     s.add_argument("--jobs", type=int, default=1, help="runs at once (processes; process backend)")
     s.add_argument("--backend", choices=["process", "ray"], default="process", help="local processes (default) or Ray tasks")
@@ -392,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("results", help="table of all runs' parameters and metrics")
     q.add_argument("dir", nargs="?", default=None, help="runs folder (default: runs_dir of settings.ini)")
     q.add_argument("--experiment", default=None, help="only this experiment's runs")
-    q.add_argument("--sort", default=None, help="sort by this column"); q.add_argument("--desc", action="store_true", help="descending")
+    q.add_argument("--sort", default=None, help="sort by this column")
+    q.add_argument("--desc", action="store_true", help="descending")
     q.add_argument("--columns", default=None, help="comma-separated columns to show, or all (default: run, experiment, "
                    "status, the parameters that vary, key metrics and the verdict, fitted to the terminal)")
     q.add_argument("--family", default=None, metavar="KEYS", help="comma-separated parameters that split runs into families "
@@ -404,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="file of the --plot figure (default: DIR/compare-METRIC-by-PARAM.png)")
     q.set_defaults(fn=_cmd_results)
     c = sub.add_parser("compare", help="the parameters and metrics in which two runs differ")
-    c.add_argument("run_a", metavar="RUN_A", help="a run folder"); c.add_argument("run_b", metavar="RUN_B", help="another run folder")
+    c.add_argument("run_a", metavar="RUN_A", help="a run folder")
+    c.add_argument("run_b", metavar="RUN_B", help="another run folder")
     c.set_defaults(fn=_cmd_compare)
     f = sub.add_parser("findings", help="collect the stored runs' findings into results/findings.json")
     f.add_argument("--results", default=None, help="stored runs folder (default: the project's results/)")
@@ -413,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(fn=_cmd_findings)
     return p
 
+# %% ../nbs/10a_cli.ipynb #6e7ca2f9
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `tradingrl` command."
     import signal
@@ -424,12 +444,17 @@ def main(argv: list[str] | None = None) -> int:
         if pairs:
             if not hasattr(a, "p"): return _error(cmd, ValueError(f"-p is an option of run and sweep, not of {cmd}"))
             a.p = [*(a.p or []), *pairs]
-        if getattr(a, "jobs", 1) < 1: print("tradingrl: error: --jobs must be >= 1", file=sys.stderr); return 2
-        if getattr(a, "cpus_per_run", 1) <= 0: print("tradingrl: error: --cpus-per-run must be > 0", file=sys.stderr); return 2
+        if getattr(a, "jobs", 1) < 1:
+            print("tradingrl: error: --jobs must be >= 1", file=sys.stderr)
+            return 2
+        if getattr(a, "cpus_per_run", 1) <= 0:
+            print("tradingrl: error: --cpus-per-run must be > 0", file=sys.stderr)
+            return 2
         return a.fn(a)
     except KeyboardInterrupt as e: return _interrupted(cmd, e)
     except BrokenPipeError:  # e.g. `tradingrl list | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY); os.dup2(devnull, sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     finally:
         for s, h in old.items(): signal.signal(s, h)

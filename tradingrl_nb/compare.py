@@ -91,7 +91,9 @@ def compare_text(run_a: str | Path, run_b: str | Path, width: int = 100) -> str:
         out.append(f"{side}: {_fit(str(r['folder']), width - 3 - len(tail))}{tail}"[:width])
     for what, diffs, total in sections:
         out.append("")
-        if not diffs: out.append(f"no {what} differs ({total} compared)"); continue
+        if not diffs:
+            out.append(f"no {what} differs ({total} compared)")
+            continue
         out.append(f"{what}s that differ ({len(diffs)} of {total}):")
         for k, x, y in diffs:
             c = change(x, y)

@@ -96,9 +96,12 @@ def train_and_test(market_name: str, seed: int, agent: str = "default", total_ti
     model = make_agent(train, seed, device, **overrides) if agent == "default" else make_peer(agent, train, seed, device)
     t0 = time.perf_counter()
     if agent == "default":
-        log = TrainingLog(model); log.learn(total_timesteps); health = training_health(log.frame())
+        log = TrainingLog(model)
+        log.learn(total_timesteps)
+        health = training_health(log.frame())
     else:
-        model.learn(total_timesteps); health = {}
+        model.learn(total_timesteps)
+        health = {}
     secs = time.perf_counter() - t0
     _, m = evaluate_on_market(model, test, name=agent)
     _, o = evaluate_on_market(OraclePolicy(test.oracle_positions()), test)
@@ -128,7 +131,8 @@ def null_control(seeds=range(10), total_timesteps: int = CONTROL_STEPS, days: in
     for s in seeds:
         train, test = planted_market("null", TRAIN_PATH[0], 1000 + s), planted_market("null", days, 2000 + s)
         model = make_agent(train, s, device, **overrides)
-        log = TrainingLog(model); log.learn(total_timesteps)
+        log = TrainingLog(model)
+        log.learn(total_timesteps)
         res, m = evaluate_on_market(model, test)
         agent_r = res.returns
         bh_r = res.equity["benchmark"].pct_change().iloc[1:]

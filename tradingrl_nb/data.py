@@ -332,7 +332,8 @@ def _ohlcv(r: np.ndarray, rng: np.random.Generator, vol: np.ndarray, start: str 
            start_price: float = 100.0, volume_scale: np.ndarray | float = 1.0) -> pd.DataFrame:
     """Daily bars from log returns `r` (the first is ignored) with daily volatility `vol`: opens gap from the prior close,
     highs and lows around them, volume log-normal times `volume_scale`."""
-    r = r.copy(); r[0] = 0.0
+    r = r.copy()
+    r[0] = 0.0
     close = start_price * np.exp(np.cumsum(r))
     open_ = np.concatenate([[start_price], close[:-1]]) * np.exp(vol * 0.2 * rng.standard_normal(len(r)))
     hi = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(len(r))) * vol * 0.5)
@@ -347,7 +348,8 @@ def synthetic_market(n_days: int = 2000, seed: int = 0, drift: tuple[float, floa
     "Regime-switching daily OHLCV bars (business days) with a `regime` column (0 calm bull, 1 crash)."
     if n_days < 2: raise ValueError(f"n_days must be >= 2, got {n_days}")
     rng = np.random.default_rng(seed)
-    regime = np.empty(n_days, dtype=np.int64); regime[0] = 0
+    regime = np.empty(n_days, dtype=np.int64)
+    regime[0] = 0
     u = rng.random(n_days)
     for t in range(1, n_days):
         s = regime[t - 1]
@@ -400,7 +402,8 @@ def planted_signal_market(n_days: int = 4000, seed: int = 0, persistence: float 
     if not 0 <= persistence < 1: raise ValueError(f"persistence must be in [0, 1), got {persistence}")
     rng = np.random.default_rng(seed)
     e = rng.standard_normal(n_days)
-    x = np.empty(n_days); x[0] = e[0]
+    x = np.empty(n_days)
+    x[0] = e[0]
     for t in range(1, n_days): x[t] = persistence * x[t - 1] + math.sqrt(1 - persistence ** 2) * e[t]
     r = drift + vol * rng.standard_normal(n_days)
     r[2:] += strength * x[:-2]
@@ -442,7 +445,8 @@ def plot_regimes(df: pd.DataFrame, window: int = 21, threshold: float = 0.25, ax
     high = (vol > threshold).to_numpy()
     ax.fill_between(df.index, 0, 1, where=high, transform=ax.get_xaxis_transform(), color="tab:red", alpha=0.25,
                     lw=0, label=f"{window}-day realized vol > {threshold:.0%}")
-    ax.set_title(title or "Close with high-volatility regimes shaded"); ax.legend(loc="upper left")
+    ax.set_title(title or "Close with high-volatility regimes shaded")
+    ax.legend(loc="upper left")
     return ax
 
 # %% ../nbs/00_data.ipynb #564722e4

@@ -210,7 +210,10 @@ def step(self: TradingEnv, action):
     self._dd = math.log(Vc / self._peak) * 10.0
     bench = self._bench_scale * self._trl[t + 1] if t + 1 >= self._t_fill else self.initial_value
     h = self._hist
-    h["t"].append(t + 1); h["value"].append(V1); h["position"].append(w); h["benchmark"].append(bench)
+    h["t"].append(t + 1)
+    h["value"].append(V1)
+    h["position"].append(w)
+    h["benchmark"].append(bench)
     info = dict(date=self._dates[t], portfolio_value=V1, position=w, cost=tcost + borrow, trade=abs(dx) / Vf,
                 benchmark=bench, shares=shares, cash=cash, price=P1, carry=carry)
     truncated = (not ruin) and self._t >= self._t_end
@@ -259,8 +262,10 @@ def render_episode(market: MarketData, hist: dict, figsize=(8, 5), dpi=80) -> np
     ax1.set_ylabel("close")
     ax2.plot(d, hist["value"], label="agent", color="tab:blue")
     ax2.plot(d, hist["benchmark"], label="buy and hold", color="gray", ls="--")
-    ax2.set_ylabel("value"); ax2.legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate(); fig.tight_layout()
+    ax2.set_ylabel("value")
+    ax2.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 

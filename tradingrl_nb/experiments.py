@@ -61,7 +61,9 @@ def new_run_dir(name: str) -> Path:
     base = root / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
     for i in range(1000):
         d = base if i == 0 else base.with_name(f"{base.name}-{i + 1}")
-        try: d.mkdir(parents=True, exist_ok=False); return d
+        try:
+            d.mkdir(parents=True, exist_ok=False)
+            return d
         except FileExistsError: continue
     raise RuntimeError(f"cannot create a run folder near {base}")
 
@@ -73,7 +75,9 @@ def _failure_message(e, nb_path: Path) -> str:
     where, line = "", None
     for entry in e.traceback or []:
         m = re.match(r"\s*Cell\s+In\s*\[\d*\],\s*line\s+(\d+)", _ANSI.sub("", entry))
-        if m: line = int(m.group(1)); break
+        if m:
+            line = int(m.group(1))
+            break
     if line is not None and 0 < line <= len(src): where = f", line {line}: `{src[line - 1].strip()[:100]}`"
     else:
         code = [l for l in src if l.strip() and not l.lstrip().startswith("#")]
@@ -117,10 +121,16 @@ def _kernel_stderr_to(path: Path):
     sys.stderr.flush()
     term_fd, log = os.dup(2), open(path, "ab")
     term, old = os.fdopen(os.dup(term_fd), "w", buffering=1, errors="replace"), sys.stderr
-    os.dup2(log.fileno(), 2); sys.stderr = term
+    os.dup2(log.fileno(), 2)
+    sys.stderr = term
     try: yield
     finally:
-        sys.stderr = old; term.flush(); os.dup2(term_fd, 2); os.close(term_fd); term.close(); log.close()
+        sys.stderr = old
+        term.flush()
+        os.dup2(term_fd, 2)
+        os.close(term_fd)
+        term.close()
+        log.close()
 
 _KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
 
@@ -256,7 +266,8 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
         write_json(out / "params.json", {k: v for k, v in values.items() if k not in RESERVED})
         write_json(out / "run.json", dict(record, status="running"))
     except OSError as e:
-        lock.release(); raise ValueError(f"run folder {out}: cannot write there ({e.strerror})") from None
+        lock.release()
+        raise ValueError(f"run folder {out}: cannot write there ({e.strerror})") from None
     t0, error, status, signum = time.perf_counter(), None, "ok", None
     try:
         with (_kernel_stderr_to(out / "kernel.log") if kernel_log else contextlib.nullcontext()), \
@@ -275,7 +286,8 @@ def _run(stop, name, parameters, device, output_dir, progress, report, kernel_na
     def stopped_meanwhile():   # a signal while the results are written: recorded once they are
         nonlocal status, error, signum
         if stop.pending and status == "ok":
-            signum = stop.pending[0]; status, error = "interrupted", f"interrupted by {signal_name(signum)}"
+            signum = stop.pending[0]
+            status, error = "interrupted", f"interrupted by {signal_name(signum)}"
             return True
     try:
         wall = time.perf_counter() - t0

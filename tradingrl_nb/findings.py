@@ -179,7 +179,8 @@ def seed_t_interval(per_seed, c: Claim, level: float = 0.95) -> tuple[float, flo
 def minimum_detectable_effect(per_seed, c: Claim, alpha: float = 0.05, power: float = 0.8) -> float:
     "The smallest true effect a two-sided t-test over these seeds finds with `power`: a difference, or a ratio's factor (>= 1)."
     from scipy import stats as st
-    x = _seed_scale(per_seed, c); n = len(x)
+    x = _seed_scale(per_seed, c)
+    n = len(x)
     d = (st.t.ppf(1 - alpha / 2, n - 1) + st.t.ppf(power, n - 1)) * x.std(ddof=1) / math.sqrt(n)
     return float(math.exp(d)) if c.ratio else float(d)
 
@@ -199,7 +200,9 @@ def holm_verdicts(findings: list[dict], alpha: float = 0.05) -> list[str]:
     p = [finding_p_value(f, c) for f, c in zip(findings, cs)]
     out = []
     for f, c, pi, pa in zip(findings, cs, p, holm_adjusted(p)):
-        if f["verdict"] == "not testable": out.append("not testable"); continue
+        if f["verdict"] == "not testable":
+            out.append("not testable")
+            continue
         level = 1 - alpha * (pi / pa if pa > 0 else 1.0 / len(findings))
         out.append(size_verdict(_interval_at(f, c, level), c.null, c.direction, c.claimed, c.sesoi, c.ratio))
     return out
@@ -380,13 +383,15 @@ def plot_findings(findings: list[dict], width: float = 8.0):
         color = VERDICT_COLORS[f["verdict"]]
         vals = np.array([*f["per_seed"], lo, hi, f["estimate"], f["null"]], dtype=float)
         if f["null"] == 1.0 and (vals > 0).all() and vals.max() / vals.min() > 10:
-            ax.set_xscale("log"); ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         else: ax.xaxis.set_major_formatter(FormatStrFormatter("%.4g"))
         ax.axvline(f["null"], color="black", ls="--", lw=0.8)
         ax.scatter(f["per_seed"], np.full(len(f["per_seed"]), 0.25), s=9, color=color, alpha=0.45)
         ax.plot([lo, hi], [0, 0], color=color, lw=3, solid_capstyle="butt")
         ax.plot([f["estimate"]], [0], "o", color=color, ms=7)
-        ax.set_ylim(-0.6, 0.7); ax.set_yticks([])
+        ax.set_ylim(-0.6, 0.7)
+        ax.set_yticks([])
         ax.set_ylabel(f["id"], rotation=0, ha="right", va="center", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(f"{f['verdict']} ({f['n_seeds']} seeds)", fontsize=7, loc="right", color=color, pad=2)

@@ -34,7 +34,8 @@ def training_health(curves: pd.DataFrame, warmup: float = 0.25, min_update_ratio
     if not 0 <= warmup < 1: raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
     col = lambda k: curves[HEALTH_KEYS[k]] if HEALTH_KEYS[k] in curves else pd.Series(dtype=float)
     med = lambda k: float(_after_warmup(col(k), warmup).median())         # NaN for a missing or empty curve
-    k = _after_warmup(col("vgs_k_mean"), warmup); kmin = _after_warmup(col("vgs_k_min"), warmup)
+    k = _after_warmup(col("vgs_k_mean"), warmup)
+    kmin = _after_warmup(col("vgs_k_min"), warmup)
     ev = pd.to_numeric(col("explained_variance"), errors="coerce").dropna()
     std = pd.to_numeric(col("action_std"), errors="coerce").dropna()
     out = dict(updates=int(len(curves)), actor_update_ratio=med("actor_update_ratio"),

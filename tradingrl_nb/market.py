@@ -81,7 +81,8 @@ def prepare_market(df: pd.DataFrame, window: int = 32, start=None, end=None, win
                          f"let alone window={window} more bars")
     f0 = int(np.argmax(valid))
     if not valid[f0:].all():
-        i = f0 + int(np.argmin(valid[f0:])); col = names[int(np.flatnonzero(~np.isfinite(F[i]))[0])]
+        i = f0 + int(np.argmin(valid[f0:]))
+        col = names[int(np.flatnonzero(~np.isfinite(F[i]))[0])]
         raise ValueError(f"feature {col!r} is missing or non-finite at {df.index[i].date()} (row {i}), after the warm-up")
     t_first = f0 + window - 1
     T = len(df)

@@ -198,7 +198,8 @@ def parse_date(value: Any, end: bool = False) -> str:
     try:
         if m[3]: return date(y, int(m[2]), int(m[3])).isoformat()
         if m[2]:
-            mo = int(m[2]); first = date(y, mo, 1)
+            mo = int(m[2])
+            first = date(y, mo, 1)
             if not end: return first.isoformat()
             return date.fromordinal(date(y + (mo == 12), mo % 12 + 1, 1).toordinal() - 1).isoformat()
         return date(y, 12, 31).isoformat() if end else date(y, 1, 1).isoformat()

@@ -60,7 +60,8 @@ class Hyperparam:
         "New value and a short description of the operation (`'resample'`, `'*1.2'`, `'shift +1'`)."
         if self.choices is not None:
             if rng.random() < resample_probability or value not in self.choices: return self.sample(rng), "resample"
-            i = self.choices.index(value); s = int(rng.choice([-1, 1]))
+            i = self.choices.index(value)
+            s = int(rng.choice([-1, 1]))
             return self.choices[min(max(i + s, 0), len(self.choices) - 1)], f"shift {s:+d}"
         if rng.random() < resample_probability: return self.sample(rng), "resample"
         f = float(rng.choice(factors))
@@ -240,7 +241,8 @@ def store(self: PBTScheduler, member_id: int, parameters: Mapping) -> None:
         rec.checkpoint = str(path)
     else:
         tensors, skel = flatten_state(dict(parameters))   # a deep copy that is also a serializability check
-        self._memory[member_id] = unflatten_state(tensors, skel); rec.checkpoint = "memory"
+        self._memory[member_id] = unflatten_state(tensors, skel)
+        rec.checkpoint = "memory"
 
 @patch
 def load(self: PBTScheduler, member_id: int) -> dict:
@@ -248,13 +250,15 @@ def load(self: PBTScheduler, member_id: int) -> dict:
     rec = self._rec(member_id)
     if rec.checkpoint is None: raise ValueError(f"member {member_id} has no stored parameters yet")
     if rec.checkpoint == "memory":
-        tensors, skel = flatten_state(self._memory[member_id]); return unflatten_state(tensors, skel)
+        tensors, skel = flatten_state(self._memory[member_id])
+        return unflatten_state(tensors, skel)
     return load_checkpoint(rec.checkpoint)[0]
 
 # %% ../nbs/08_pbt.ipynb #611a9d21
 @patch
 def mark_failed(self: PBTScheduler, member, error: str = "") -> MemberRecord:
-    rec = self._rec(member); rec.status, rec.failures = "failed", rec.failures + 1
+    rec = self._rec(member)
+    rec.status, rec.failures = "failed", rec.failures + 1
     self.fitness_log.append({"round": self.round, "member_id": rec.member_id, "step": rec.step, "fitness": None,
                              "parent": rec.parent, "time": time.time(), "error": error.strip().splitlines()[-1] if error else ""})
     return rec
@@ -348,7 +352,8 @@ def replace_failed(self: PBTScheduler, member) -> tuple[dict | None, dict, str |
     donors = [r for r in self.alive() if r.fitness is not None and r.checkpoint is not None] if self.exploit else []
     rec.status, rec.ready_checks_failed = "alive", 0
     if not donors:
-        old = dict(rec.hyperparams); rec.hyperparams = self.sample_hyperparams()
+        old = dict(rec.hyperparams)
+        rec.hyperparams = self.sample_hyperparams()
         rec.fitness, rec.checkpoint, rec.report_count, rec.parent = None, None, 0, None
         self._log("restart", rec, rec, None, old, rec.hyperparams, {k: "resample" for k in self.mutations})
         return None, dict(rec.hyperparams), None
@@ -369,7 +374,8 @@ def history_frame(self: PBTScheduler) -> pd.DataFrame:
             "old_hyperparams", "new_hyperparams", "operations", "time"]
     df = pd.DataFrame(self.history, columns=cols)
     for k in self.mutations:
-        df[f"old_{k}"] = [h.get(k) for h in df["old_hyperparams"]]; df[f"new_{k}"] = [h.get(k) for h in df["new_hyperparams"]]
+        df[f"old_{k}"] = [h.get(k) for h in df["old_hyperparams"]]
+        df[f"new_{k}"] = [h.get(k) for h in df["new_hyperparams"]]
     return df
 
 @patch
@@ -388,4 +394,5 @@ def state_dict(self: PBTScheduler) -> dict:
 def load_state_dict(self: PBTScheduler, state: Mapping) -> None:
     self.records = {int(k): MemberRecord(**v) for k, v in state["records"].items()}
     self.history, self.fitness_log = list(state["history"]), list(state["fitness_log"])
-    self.rng.bit_generator.state = state["rng"]; self.round, self._saves = int(state["round"]), int(state.get("saves", 0))
+    self.rng.bit_generator.state = state["rng"]
+    self.round, self._saves = int(state["round"]), int(state.get("saves", 0))

@@ -120,7 +120,8 @@ def make_tune_trainable(member_factory: Callable[[int], Any], hyperparam_names, 
         def reset_config(self, new_config):   # reuse_actors: this actor now runs another trial, or the same one re-configured
             if int(new_config.get("member_id", 0)) != int(self.config.get("member_id", 0)):
                 self.member = self._build(new_config)
-            self.member.apply_hyperparams(self._hp(new_config)); return True
+            self.member.apply_hyperparams(self._hp(new_config))
+            return True
 
     return PBTTrainable
 

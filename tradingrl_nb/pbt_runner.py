@@ -143,7 +143,10 @@ def run_population(member_factory: Callable[[int], Any], scheduler: PBTScheduler
             raise ValueError(f"{state_file}: saved population has members {sorted(scheduler.records)}, not {n_members}")
         _logger.info("resuming population from %s (rounds done: %s)", state_file, rounds_done)
     else:
-        scheduler.records.clear(); scheduler.history.clear(); scheduler.fitness_log.clear(); scheduler.round = 0
+        scheduler.records.clear()
+        scheduler.history.clear()
+        scheduler.fitness_log.clear()
+        scheduler.round = 0
         for i in range(n_members): scheduler.add_member(i, None if initial_hyperparams is None else initial_hyperparams[i])
         rounds_done = {i: 0 for i in range(n_members)}
     args = dict(scheduler=scheduler, n_rounds=n_rounds, steps=steps_per_round, run_dir=run_dir, fitness_fn=fitness_fn,
@@ -166,7 +169,8 @@ def _revive_or_drop(scheduler, rec, max_failures):
     "After a failure: drop the member for good, or revive it as an exploit. Returns the exploit (or None if dropped)."
     if rec.failures > max_failures:
         _logger.error("member %d failed %d times (max_failures=%d); dropped", rec.member_id, rec.failures, max_failures)
-        scheduler.drop(rec.member_id); return None
+        scheduler.drop(rec.member_id)
+        return None
     return scheduler.replace_failed(rec.member_id)
 
 def _new_member(factory, mid, n_rounds, steps, rngs: dict | None = None):
@@ -213,7 +217,9 @@ def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, ma
             trained = _train_together(members, scheduler, steps, rngs) if together else {}
             for mid in list(members):
                 rec = scheduler.records[mid]
-                if rec.status != "alive": bar.update(1); continue
+                if rec.status != "alive":
+                    bar.update(1)
+                    continue
                 try:
                     fitness, info = _interval(members[mid], steps, fitness_fn, trained.get(mid))
                     scheduler.report(mid, fitness, _member_steps(members[mid], rec.step + steps),
@@ -221,12 +227,15 @@ def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, ma
                                      **{f"train_{k}": v for k, v in info.items()})
                 except Exception as e:   # a member that raises does not stop the population
                     _failure(scheduler, failures, rec, e)
-                bar.update(1); bar.set_postfix(best=_best_str(scheduler))
+                bar.update(1)
+                bar.set_postfix(best=_best_str(scheduler))
             for mid in list(members):
                 rec = scheduler.records[mid]
                 if rec.status == "failed":
                     out = _revive_or_drop(scheduler, rec, max_failures)
-                    if out is None: members.pop(mid); continue
+                    if out is None:
+                        members.pop(mid)
+                        continue
                     params, hp, _ = out
                     if params is None:
                         members[mid] = _new_member(factory, mid, n_rounds, steps, rngs)
@@ -251,7 +260,9 @@ def _run_sequential(factory, scheduler, n_rounds, steps, run_dir, fitness_fn, ma
 # %% ../nbs/08a_pbt_runner.ipynb #90fc0183
 class _RemoteTraceback(Exception):
     "The traceback of an exception raised in a worker process (attached as the cause of the re-raised one)."
-    def __init__(self, tb: str): super().__init__(tb); self.tb = tb
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
     def __str__(self): return self.tb
 
 def _worker_main(conn, threads: int) -> None:
@@ -278,7 +289,8 @@ class _Worker:
     def __init__(self, ctx, threads: int):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, threads), daemon=True, name="tradingrl-pbt-worker")
-        self.proc.start(); child.close()
+        self.proc.start()
+        child.close()
         self.ready, self.task = False, None
 
     def submit(self, args: tuple, member_id: int, token: str, timeout: float | None) -> None:
@@ -297,9 +309,13 @@ class _Worker:
 
     def stop(self, kill: bool = False) -> None:
         if not kill and self.proc.is_alive():
-            try: self.conn.send(None); self.proc.join(timeout=5)
+            try:
+                self.conn.send(None)
+                self.proc.join(timeout=5)
             except OSError: pass
-        if self.proc.is_alive(): self.proc.kill(); self.proc.join()
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
         self.conn.close()
 
 # %% ../nbs/08a_pbt_runner.ipynb #c66545af
@@ -340,7 +356,8 @@ class _WorkerPool:
 
     def respawn(self, w: _Worker) -> None:
         "Replace worker `w` (dead, or killed) by a fresh process."
-        w.stop(kill=True); self.workers[self.workers.index(w)] = _Worker(self.ctx, self.threads)
+        w.stop(kill=True)
+        self.workers[self.workers.index(w)] = _Worker(self.ctx, self.threads)
 
 
 # %% ../nbs/08a_pbt_runner.ipynb #9079dc97
@@ -350,23 +367,29 @@ def dispatch(self: _WorkerPool, w: _Worker) -> None:
     rd, queue = self.rounds_done, self.queue
     least = min(rd[m] for m in queue)
     first = [m for m in queue if rd[m] == least]
-    mid = next((m for m in first if self.home.get(m) is w), first[0]); queue.remove(mid)
+    mid = next((m for m in first if self.home.get(m) is w), first[0])
+    queue.remove(mid)
     rec, token = self.scheduler.records[mid], uuid.uuid4().hex
     ckpt = rec.checkpoint if rec.checkpoint and Path(rec.checkpoint).exists() else None
     try: w.submit((self.factory, mid, self.expect[mid], token, ckpt, self.reset_opt[mid], dict(rec.hyperparams), self.steps,
                    self.fitness_fn, rec.step, self.n_rounds), mid, token, self.member_timeout)
     except OSError:   # the idle worker died: start another one; the member waits for it
-        queue.appendleft(mid); self.respawn(w); return
+        queue.appendleft(mid)
+        self.respawn(w)
+        return
     self.home[mid] = w
 
 @patch
 def failed(self: _WorkerPool, mid: int, exc: BaseException) -> None:
     "Member `mid`'s interval failed: record it, then revive it from a donor or drop it."
     s, rd = self.scheduler, self.rounds_done
-    rec = s.records[mid]; s.round = rd[mid]
+    rec = s.records[mid]
+    s.round = rd[mid]
     _failure(s, self.failures, rec, exc)
     out = _revive_or_drop(s, rec, self.max_failures)
-    if out is None: self.bar.update(self.n_rounds - rd[mid]); rd[mid] = self.n_rounds
+    if out is None:
+        self.bar.update(self.n_rounds - rd[mid])
+        rd[mid] = self.n_rounds
     else:
         params, hp, _ = out
         if params is not None: s.store(mid, params)    # the donor's state and clock
@@ -385,9 +408,14 @@ def finished(self: _WorkerPool, mid: int, token: str, value) -> None:
         self.expect[mid], self.reset_opt[mid] = token, False
         params, hp, _ = s.exploit_and_explore(mid)
         if params is not None:   # the worker reloads from this checkpoint next time: the donor's state, its own clock
-            s.store(mid, _with_clock(params, own)); self.expect[mid], self.reset_opt[mid] = None, self.reset
-    except Exception as e: self.failed(mid, e); return
-    rd[mid] += 1; self.bar.update(1); self.bar.set_postfix(best=_best_str(s))
+            s.store(mid, _with_clock(params, own))
+            self.expect[mid], self.reset_opt[mid] = None, self.reset
+    except Exception as e:
+        self.failed(mid, e)
+        return
+    rd[mid] += 1
+    self.bar.update(1)
+    self.bar.set_postfix(best=_best_str(s))
     self.save()
     if self.callback is not None: self.callback(rd[mid] - 1, s)
     if rd[mid] < self.n_rounds: self.queue.append(mid)
@@ -420,8 +448,11 @@ def answer(self: _WorkerPool, w: _Worker) -> None:
     msg = w.receive()
     if not w.ready:
         if msg[0] != "ready": raise RuntimeError(f"a PBT worker process could not start: {msg[1]}")
-        w.ready = True; return
-    if msg[0] == "started": w.started(); return
+        w.ready = True
+        return
+    if msg[0] == "started":
+        w.started()
+        return
     (mid, token, _), w.task = w.task, None
     if msg[0] == "died": self.respawn(w)
     if msg[0] == "ok": self.finished(mid, token, msg[1])
@@ -434,7 +465,8 @@ def answer(self: _WorkerPool, w: _Worker) -> None:
 # %% ../nbs/08a_pbt_runner.ipynb #fe308f50
 def lineage(history: pd.DataFrame, member_ids, n_rounds: int) -> pd.DataFrame:
     "For every member and round, the member whose initial weights it carries (`ancestor`)."
-    anc = {m: m for m in member_ids}; rows = []
+    anc = {m: m for m in member_ids}
+    rows = []
     ex = history[history["kind"].isin(["exploit", "replace_failed"])] if len(history) else history
     for r in range(n_rounds):
         for m in member_ids: rows.append({"round": r, "member_id": m, "ancestor": anc[m]})
@@ -450,16 +482,19 @@ def plot_population(result: PopulationResult, hyperparams: list[str] | None = No
     if fitness_transform is not None: log["fitness"] = fitness_transform(log["fitness"])
     hps = hyperparams or list(sched.mutations)
     ids, n_rounds = sorted(sched.records), int(log["round"].max()) + 1
-    fig = plt.figure(figsize=figsize); gs = fig.add_gridspec(2, max(2, len(hps)))
+    fig = plt.figure(figsize=figsize)
+    gs = fig.add_gridspec(2, max(2, len(hps)))
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(ids)}
     ax = fig.add_subplot(gs[0, 0])
     ex = hist[hist.kind.isin(["exploit", "replace_failed"])]
     for m in ids:
-        d = log[log.member_id == m]; ax.plot(d["round"], d.fitness, color=colors[m], lw=1.2, label=f"member {m}")
+        d = log[log.member_id == m]
+        ax.plot(d["round"], d.fitness, color=colors[m], lw=1.2, label=f"member {m}")
         after = d[d["round"].isin(ex[ex.member_id == m]["round"] + 1)]
         ax.plot(after["round"], after.fitness, "o", color=colors[m], ms=5)
     if fitness_scale != "linear": ax.set_yscale(fitness_scale)
-    ax.set(xlabel="round", ylabel=fitness_label, title=f"population {fitness_label}"); ax.legend(fontsize=7, ncol=2)
+    ax.set(xlabel="round", ylabel=fitness_label, title=f"population {fitness_label}")
+    ax.legend(fontsize=7, ncol=2)
     ax = fig.add_subplot(gs[0, 1:])
     lin = lineage(hist, ids, n_rounds)
     for m in ids:
@@ -472,7 +507,8 @@ def plot_population(result: PopulationResult, hyperparams: list[str] | None = No
     for j, k in enumerate(hps):
         ax = fig.add_subplot(gs[1, j])
         for m in ids:
-            d = log[log.member_id == m]; ax.step(d["round"], d[f"hp_{k}"], where="post", color=colors[m], lw=1.2)
+            d = log[log.member_id == m]
+            ax.step(d["round"], d[f"hp_{k}"], where="post", color=colors[m], lw=1.2)
         if sched.mutations[k].log: ax.set_yscale("log")
         ax.set(xlabel="round", ylabel=k, title=f"{k} trajectories")
     fig.tight_layout()

@@ -271,7 +271,8 @@ def _fused_cells(self: RecurrentQuantilePolicy, f: th.Tensor, states: RNNStates)
         sg = th.sigmoid(gates)
         c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
         x = sg[..., 3 * H:] * th.tanh(c)
-        hs.append(x); cs.append(c)
+        hs.append(x)
+        cs.append(c)
     new = th.stack([th.stack(hs, 1), th.stack(cs, 1)], 1) if len(hs) > 1 else th.stack([x.unsqueeze(1), c.unsqueeze(1)], 1)
     return x[0], x[1], RNNStates((new[0, 0], new[0, 1]), (new[1, 0], new[1, 1]))
 
@@ -341,7 +342,8 @@ def predict(self: RecurrentQuantilePolicy, observation: np.ndarray, state: tuple
     obs, vectorized = self.obs_to_tensor(observation)
     n = obs.shape[0]
     if state is None:
-        z = np.zeros((self.n_lstm_layers, n, self.lstm_hidden_size), dtype=np.float32); state = (z, z)
+        z = np.zeros((self.n_lstm_layers, n, self.lstm_hidden_size), dtype=np.float32)
+        state = (z, z)
     if episode_start is None: episode_start = np.zeros(n, dtype=bool)
     with th.no_grad():
         st = tuple(th.as_tensor(np.asarray(s), dtype=th.float32, device=self.device) for s in state)

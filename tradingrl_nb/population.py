@@ -88,7 +88,8 @@ def stacked_step(w: SimpleNamespace, obs: th.Tensor, states: Sequence[RNNStates]
         sg = th.sigmoid(gates)
         c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
         x = sg[..., 3 * H:] * th.tanh(c)
-        new_h.append(x); new_c.append(c)
+        new_h.append(x)
+        new_c.append(c)
     y = x[0::2]                                                                  # the actors' latents [K, B, H]
     for W, bias in w.pi: y = th.tanh(th.baddbmm(bias, y, W))
     mean = th.baddbmm(w.action[1], y, w.action[0])                               # [K, B, A]
@@ -101,7 +102,9 @@ def stacked_step(w: SimpleNamespace, obs: th.Tensor, states: Sequence[RNNStates]
     out = []
     for k in range(K):
         st = RNNStates((H_all[2 * k], C_all[2 * k]), (H_all[2 * k + 1], C_all[2 * k + 1]))
-        if deterministic: out.append((mean[k], (-w.const[k]).expand(B), q[k], st)); continue
+        if deterministic:
+            out.append((mean[k], (-w.const[k]).expand(B), q[k], st))
+            continue
         with rngs[k].active(): eps = th.randn_like(mean[k])
         out.append((th.addcmul(mean[k], eps, w.std[k]), eps.pow(2).sum(-1).mul_(-0.5).sub_(w.const[k]), q[k], st))
     return out
@@ -152,9 +155,12 @@ class Population:
 
     def freeze(self, k: int) -> None:
         "Stop training member k (early stopping): it takes no rollout steps and no updates until `unfreeze(k)`."
-        self._check(k); self.frozen.add(k)
+        self._check(k)
+        self.frozen.add(k)
 
-    def unfreeze(self, k: int) -> None: self._check(k); self.frozen.discard(k)
+    def unfreeze(self, k: int) -> None:
+        self._check(k)
+        self.frozen.discard(k)
 
     def _check(self, k: int) -> None:
         if not (isinstance(k, (int, np.integer)) and 0 <= k < len(self)):
@@ -162,13 +168,15 @@ class Population:
 
     def set_hparams(self, k: int, **hparams) -> None:
         "Member k's hyperparameters, through its own `set_hparams` (checked first; a refused value changes nothing)."
-        self._check(k); self.members[k].set_hparams(**hparams)
+        self._check(k)
+        self.members[k].set_hparams(**hparams)
 
     def exploit(self, src: int, dst: int) -> None:
         """PBT's exploit: member `dst` takes member `src`'s weights, optimizer and VGS state, return scaler,
         hyperparameters (`live_hparams`) and training clock, and restarts from zero LSTM states (its envs' hidden state
         belonged to the old weights). PBT's explore then perturbs `dst`'s hyperparameters with `set_hparams`."""
-        self._check(src); self._check(dst)
+        self._check(src)
+        self._check(dst)
         if src == dst: return
         a, b = self.members[src], self.members[dst]
         b.set_parameters(a.get_parameters(include_optimizer=True), exact_match=True)

@@ -71,7 +71,8 @@ class NonfiniteGuard:
 
     def dropped(self) -> bool:
         "Count one dropped update; True when `limit` have been dropped in a row."
-        self.total += 1; self.streak += 1
+        self.total += 1
+        self.streak += 1
         return self.streak >= self.limit
 
     def state_dict(self) -> list: return [int(self.total), int(self.streak)]
@@ -95,7 +96,8 @@ class _ReturnScale:
         if (mu1, s1) == (mu0, s0) or not preserve: return
         a, b = s0 / s1, (mu0 - mu1) / s1                  # z_new = a * z_old + b
         with th.no_grad():
-            self.policy.q_net.weights[-1].mul_(a); self.policy.q_net.biases[-1].mul_(a).add_(b)
+            self.policy.q_net.weights[-1].mul_(a)
+            self.policy.q_net.biases[-1].mul_(a).add_(b)
             for t in quantile_tensors: t.mul_(a).add_(b)
         self.policy.invalidate_caches()
 
@@ -131,7 +133,8 @@ class _EntropySchedule:
         "Plateau detection on the rollout's mean reward: decay the coefficient, unless it already sits at its floor."
         if self.ent_plateau_patience is None or not np.isfinite(metric): return
         if metric > self.entropy_plateau.best + self.ent_plateau_tol:
-            self.entropy_plateau.best, self.entropy_plateau.wait = metric, 0; return
+            self.entropy_plateau.best, self.entropy_plateau.wait = metric, 0
+            return
         self.entropy_plateau.wait += 1
         if self.entropy_plateau.wait >= self.ent_plateau_patience:
             self.entropy_plateau.wait = 0

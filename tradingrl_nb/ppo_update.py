@@ -69,7 +69,9 @@ class PPOUpdate:
     @staticmethod
     def _scaled_step(opt: th.optim.Optimizer, k: float) -> None:
         "`opt.step()` with every group's learning rate times `k` for this step only (VGS step mode)."
-        if k == 1.0: opt.step(); return
+        if k == 1.0:
+            opt.step()
+            return
         lrs = [g["lr"] for g in opt.param_groups]
         for g, lr in zip(opt.param_groups, lrs): g["lr"] = lr * k
         try: opt.step()
@@ -274,7 +276,8 @@ def train_finish(self: PPOUpdate, tr: SimpleNamespace) -> None:
     if self.sappo is not None:
         if self._sappo_acc:
             loss, kl = th.stack(self._sappo_acc).mean(0).tolist()
-            self.logger.record("sappo/loss", loss); self.logger.record("sappo/kl", kl)
+            self.logger.record("sappo/loss", loss)
+            self.logger.record("sappo/kl", kl)
         self.logger.record("sappo/eps", self.sappo_eps)
 
 @patch
@@ -306,7 +309,8 @@ def _log_train(self: PPOUpdate, acc: list, empty_epochs: int, clip_range: float,
     rec("train/ent_coef", ent_coef)
     rec("train/cvar", self._rollout_cvar)
     rec("train/value_dist_var", self._rollout_value_var)
-    rec("train/return_mean", self.return_scale.snapshot[0]); rec("train/return_std", self.return_scale.snapshot[1])
+    rec("train/return_mean", self.return_scale.snapshot[0])
+    rec("train/return_std", self.return_scale.snapshot[1])
     for k in (1, 2):
         if f"q{k}_loss" in mean: rec(f"critics/q{k}_loss", mean[f"q{k}_loss"])
         if f"q{k}_grad_norm" in mean: rec(f"critics/q{k}_grad_norm", mean[f"q{k}_grad_norm"])

@@ -124,15 +124,18 @@ class follow_progress:
         last = 0.0
         while not self._stop.wait(self.poll):
             if time.monotonic() - last >= self.interval and self.path.exists():
-                before = self._seen; self._show()
+                before = self._seen
+                self._show()
                 if self._seen != before: last = time.monotonic()
 
     def __enter__(self):
-        self._thread = threading.Thread(target=self._loop, daemon=True); self._thread.start()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set(); self._thread.join()
+        self._stop.set()
+        self._thread.join()
         self._show()  # the final state is always shown
         return False
 
@@ -176,10 +179,13 @@ class relay_progress:
 
     def __enter__(self):
         if self.file is not None:
-            self._thread = threading.Thread(target=self._loop, daemon=True); self._thread.start()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        if self._thread is not None: self._thread.join(); self.poll()
+        if self._thread is not None:
+            self._thread.join()
+            self.poll()
         return False

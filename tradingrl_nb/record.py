@@ -37,7 +37,8 @@ def save_figure(fig, name: str, output_dir: str | Path | None = None, dpi: int =
     "Save a matplotlib figure as `output_dir/figures/<name>.png` (nothing when `output_dir` is None)."
     if output_dir is None: return None
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name): raise ValueError(f"figure name {name!r}: use letters, digits, '_', '-', '.'")
-    d = Path(output_dir) / "figures"; d.mkdir(parents=True, exist_ok=True)
+    d = Path(output_dir) / "figures"
+    d.mkdir(parents=True, exist_ok=True)
     path = d / (name if name.endswith(".png") else name + ".png")
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
@@ -70,7 +71,8 @@ class TrainingLog:
             def _on_training_start(self) -> None: self._sum, self._n = 0.0, 0
             def _on_step(self) -> bool:
                 r = np.asarray(self.locals.get("rewards", []), dtype=np.float64)
-                self._sum += float(r.sum()); self._n += r.size
+                self._sum += float(r.sum())
+                self._n += r.size
                 return True
             def _on_rollout_end(self) -> None:
                 log._pending = {"timesteps": int(self.model.num_timesteps),

@@ -49,7 +49,8 @@ def _is_market_data(v: np.ndarray, env) -> bool:
 def _generator(state: dict) -> np.random.Generator:
     name = state.get("bit_generator") if isinstance(state, dict) else None
     if name not in _BIT_GENERATORS: raise ValueError(f"unknown random generator {str(name)[:40]!r} in the checkpoint")
-    bg = getattr(np.random, name)(); bg.state = state
+    bg = getattr(np.random, name)()
+    bg.state = state
     return np.random.Generator(bg)
 
 def env_state(env) -> dict:
@@ -121,7 +122,8 @@ def resume_training(output_dir: str | Path, env, make_log: Callable, device="aut
     tree, meta = load_checkpoint(d / "state.safetensors")
     if not (meta.get("timesteps") == info["timesteps"] == model.num_timesteps):
         raise ValueError(f"{d}: its files disagree on the step ({meta.get('timesteps')}, {info['timesteps']}, {model.num_timesteps})")
-    set_env_state(env, tree["env"]); model.rollout_state.load_state_dict(tree["model"], model.device)
+    set_env_state(env, tree["env"])
+    model.rollout_state.load_state_dict(tree["model"], model.device)
     log = make_log(model, name=tree["log"]["name"])
     log.rows, log.validation = list(tree["log"]["rows"]), list(tree["log"]["validation"])
     _set_rng_state(tree["rng"])                     # last: nothing above may draw from them afterwards

@@ -67,38 +67,12 @@ class SequenceRolloutBuffer:
 
     def add(self, t: int, obs: th.Tensor, actions: th.Tensor, log_probs: th.Tensor, quantiles: th.Tensor,
             rewards: np.ndarray, episode_starts: np.ndarray) -> None:
-        self.obs[t].copy_(obs); self.actions[t].copy_(actions); self.log_probs[t].copy_(log_probs)
-        self.quantiles[t].copy_(quantiles); self.rewards[t] = rewards; self.episode_starts[t] = episode_starts
-
-    def build_sequences(self) -> None:
-        """Cut the rollout into sequences and lay them out padded: `data [L, S, D]` (every per-step field packed
-        into one tensor, so a minibatch is one `index_select`), `mask [L, S]` and initial states `[4, layers, S, H]`."""
-        T, E, L = self.n_steps, self.n_envs, self.L
-        cut = self.episode_starts.copy(); cut[::L] = True
-        flat = cut.T.reshape(-1)                                   # env-major: j = e * T + t
-        starts = np.flatnonzero(flat)
-        seq_id = np.cumsum(flat) - 1
-        pos = np.arange(E * T) - starts[seq_id]
-        e_idx, t_idx = np.divmod(np.arange(E * T), T)
-        index = np.full((L, len(starts)), -1, dtype=np.int64)
-        index[pos, seq_id] = t_idx * E + e_idx                     # time-major flat index, -1 = padding
-        self.seq_lengths = np.bincount(seq_id, minlength=len(starts))
-        idx = th.as_tensor(index, device=self.device)
-        self.seq_mask = idx >= 0
-        fields = dict(obs=self.obs, actions=self.actions, old_log_prob=self.log_probs, old_quantiles=self.quantiles,
-                      advantages=self.advantages, returns=self.returns)
-        flat_fields = [x.reshape(T * E, -1) for x in fields.values()]
-        self.layout, o = {}, 0
-        for (k, x), ff in zip(fields.items(), flat_fields):
-            self.layout[k] = (slice(o, o + ff.shape[1]), x.shape[2:]); o += ff.shape[1]
-        self.seq_data = th.cat(flat_fields, 1)[idx.clamp(min=0)] * self.seq_mask.unsqueeze(-1)
-        e0, t0 = np.divmod(starts, T)
-        init = th.zeros(4, self.chunk_states.shape[2], len(starts), self.chunk_states.shape[-1], device=self.device)
-        stored = np.flatnonzero(t0 % L == 0)                       # other sequences start an episode: zero state
-        if len(stored):
-            st = self.chunk_states[th.as_tensor(t0[stored] // L), :, :, th.as_tensor(e0[stored])]  # [n, 4, layers, H]
-            init[:, :, th.as_tensor(stored, device=self.device)] = st.permute(1, 2, 0, 3)
-        self.seq_init = init
+        self.obs[t].copy_(obs)
+        self.actions[t].copy_(actions)
+        self.log_probs[t].copy_(log_probs)
+        self.quantiles[t].copy_(quantiles)
+        self.rewards[t] = rewards
+        self.episode_starts[t] = episode_starts
 
     @property
     def n_sequences(self) -> int: return self.seq_mask.shape[1]
@@ -118,6 +92,40 @@ class SequenceRolloutBuffer:
         out["mask"] = self.seq_mask[:Tm].index_select(1, s)
         out["states"] = RNNStates((init[0], init[1]), (init[2], init[3]))
         return out
+
+# %% ../nbs/06c_rollout.ipynb #44f7f078
+@patch
+def build_sequences(self: SequenceRolloutBuffer) -> None:
+    """Cut the rollout into sequences and lay them out padded: `data [L, S, D]` (every per-step field packed
+    into one tensor, so a minibatch is one `index_select`), `mask [L, S]` and initial states `[4, layers, S, H]`."""
+    T, E, L = self.n_steps, self.n_envs, self.L
+    cut = self.episode_starts.copy()
+    cut[::L] = True
+    flat = cut.T.reshape(-1)                                   # env-major: j = e * T + t
+    starts = np.flatnonzero(flat)
+    seq_id = np.cumsum(flat) - 1
+    pos = np.arange(E * T) - starts[seq_id]
+    e_idx, t_idx = np.divmod(np.arange(E * T), T)
+    index = np.full((L, len(starts)), -1, dtype=np.int64)
+    index[pos, seq_id] = t_idx * E + e_idx                     # time-major flat index, -1 = padding
+    self.seq_lengths = np.bincount(seq_id, minlength=len(starts))
+    idx = th.as_tensor(index, device=self.device)
+    self.seq_mask = idx >= 0
+    fields = dict(obs=self.obs, actions=self.actions, old_log_prob=self.log_probs, old_quantiles=self.quantiles,
+                  advantages=self.advantages, returns=self.returns)
+    flat_fields = [x.reshape(T * E, -1) for x in fields.values()]
+    self.layout, o = {}, 0
+    for (k, x), ff in zip(fields.items(), flat_fields):
+        self.layout[k] = (slice(o, o + ff.shape[1]), x.shape[2:])
+        o += ff.shape[1]
+    self.seq_data = th.cat(flat_fields, 1)[idx.clamp(min=0)] * self.seq_mask.unsqueeze(-1)
+    e0, t0 = np.divmod(starts, T)
+    init = th.zeros(4, self.chunk_states.shape[2], len(starts), self.chunk_states.shape[-1], device=self.device)
+    stored = np.flatnonzero(t0 % L == 0)                       # other sequences start an episode: zero state
+    if len(stored):
+        st = self.chunk_states[th.as_tensor(t0[stored] // L), :, :, th.as_tensor(e0[stored])]  # [n, 4, layers, H]
+        init[:, :, th.as_tensor(stored, device=self.device)] = st.permute(1, 2, 0, 3)
+    self.seq_init = init
 
 # %% ../nbs/06c_rollout.ipynb #01848527
 class RolloutState:
@@ -237,7 +245,9 @@ def rollout_advance(self: RolloutCollector, ro: SimpleNamespace, t: int, obs_t: 
         return False
     self._update_info_buffer(infos, dones)
     if ro.frozen:
-        ro.raw_obs.append(ro.vn.get_original_obs()); ro.raw_rew.append(ro.vn.get_original_reward()); ro.raw_dones.append(dones)
+        ro.raw_obs.append(ro.vn.get_original_obs())
+        ro.raw_rew.append(ro.vn.get_original_reward())
+        ro.raw_dones.append(dones)
     self.return_scale.acc = self.return_scale.acc * self.gamma + np.asarray(rewards, dtype=np.float64)
     ro.acc_hist[t] = self.return_scale.acc
     self.return_scale.acc[dones] = 0.0
@@ -278,7 +288,8 @@ def _unfreeze_vecnormalize(self: RolloutCollector, vn, raw_obs, raw_rew, raw_don
         else: vn.obs_rms.update(np.concatenate(raw_obs))
     if vn.norm_reward:
         for r, d in zip(raw_rew, raw_dones):
-            vn._update_reward(r); vn.returns[d] = 0
+            vn._update_reward(r)
+            vn.returns[d] = 0
 
 # %% ../nbs/06c_rollout.ipynb #b57b6f6e
 @patch

@@ -45,7 +45,9 @@ class RunLock:
     def release(self) -> None:
         if self.fd is None: return
         import fcntl
-        fcntl.flock(self.fd, fcntl.LOCK_UN); os.close(self.fd); self.fd = None
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
 
     def __enter__(self): return self if self.fd is not None else self.acquire()
     def __exit__(self, *exc): self.release()
@@ -59,7 +61,8 @@ def lock_held(folder: str | Path) -> bool | None:
     try:
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError: return True
-        fcntl.flock(fd, fcntl.LOCK_UN); return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
     finally: os.close(fd)
 
 def run_status(folder: Path, info: dict) -> str:
@@ -68,7 +71,9 @@ def run_status(folder: Path, info: dict) -> str:
     if st != "running": return st
     held = lock_held(folder)
     if held is None and info.get("pid") and info.get("host") == __import__("socket").gethostname():
-        try: os.kill(int(info["pid"]), 0); held = True
+        try:
+            os.kill(int(info["pid"]), 0)
+            held = True
         except ProcessLookupError: held = False
         except (PermissionError, ValueError): held = True
     return "died" if held is False else st
@@ -195,14 +200,16 @@ def claim_run_dir(out: str | Path, overwrite: bool = False, resume: bool = False
             raise ValueError(problem)
         if overwrite and not resume: clear_run_dir(out)
     except BaseException:
-        lock.release(); raise
+        lock.release()
+        raise
     return lock
 
 # %% ../nbs/10b_rundir.ipynb #7a3d9e10
 class RunInterrupted(KeyboardInterrupt):
     "A run stopped by SIGINT (Ctrl-C) or SIGTERM; `.signum`, `.result` (its `run.json` says 'interrupted')."
     def __init__(self, message: str, signum: int, result=None):
-        super().__init__(message); self.signum, self.result = signum, result
+        super().__init__(message)
+        self.signum, self.result = signum, result
     def __str__(self) -> str: return self.args[0] if self.args else "interrupted"
 
 def signal_name(signum: int) -> str:
@@ -309,14 +316,16 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
     committed: results/ keeps what is needed to recompute and read) links to its page in the docs as well."""
     import html as H, nbformat
     from nbconvert import HTMLExporter
-    nb_path = Path(nb_path); folder = nb_path.parent
+    nb_path = Path(nb_path)
+    folder = nb_path.parent
     nb = nbformat.read(nb_path, as_version=4)
     html_path = Path(html_path or nb_path.with_suffix(".html"))
     full = html_path.with_name(html_path.stem + ".notebook.html")
     full.write_text(HTMLExporter().from_notebook_node(nb)[0], encoding="utf-8")
     read = lambda f: (json.loads((folder / f).read_text()) if (folder / f).exists() else {})
     info, metrics, params = read("run.json"), read("metrics.json"), read("params.json")
-    status = status or info.get("status", "ok"); error = error if error is not None else info.get("error")
+    status = status or info.get("status", "ok")
+    error = error if error is not None else info.get("error")
     wall_s = wall_s if wall_s is not None else info.get("wall_s")
     flat = flatten_dict(metrics) if isinstance(metrics, dict) else {}
     name = nb_path.stem
@@ -349,7 +358,8 @@ def write_report(nb_path: Path, html_path: Path | None = None, status: str | Non
             elif "text/html" in d: result.append(f'<div class="result">{"".join(d["text/html"])}</div>')  # our own notebook's tables
             elif "image/png" in d and not saved: result.append(img("figure", str(d["image/png"]).replace("\n", "")))
             elif "text/plain" in d and "<Figure" not in str(d["text/plain"]): result.append(f"<pre>{H.escape(str(d['text/plain']))}</pre>")
-        result += [img(n, figs[n]) for n in saved]; shown.update(saved)
+        result += [img(n, figs[n]) for n in saved]
+        shown.update(saved)
     if result: parts.append('<h2>Result</h2><div id="result">' + "\n".join(result) + "</div>")
     rest = [(n, b) for n, b in figs.items() if n not in shown]
     if rest: parts.append(("<h2>More figures</h2>" if result else "<h2>Figures</h2>") + "".join(img(n, b) for n, b in rest))
@@ -372,7 +382,9 @@ def tearsheet_figure(returns, title: str | None = None, window: int = 63, period
     import numpy as np
     import matplotlib.pyplot as plt, matplotlib.dates as mdates
     def dates(ax):
-        loc = mdates.AutoDateLocator(maxticks=7); ax.xaxis.set_major_locator(loc); ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+        loc = mdates.AutoDateLocator(maxticks=7)
+        ax.xaxis.set_major_locator(loc)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
     r = returns[["agent", "buy_and_hold"]].astype(float)
     if len(r) < 2: raise ValueError(f"tearsheet_figure needs at least 2 daily returns, got {len(r)}")
     eq = (1 + r).cumprod()
@@ -380,19 +392,29 @@ def tearsheet_figure(returns, title: str | None = None, window: int = 63, period
     g = fig.add_gridspec(3, 2, height_ratios=[1.3, 1, 1])
     ax = fig.add_subplot(g[0, :])
     for c, st in (("agent", dict(lw=1.4)), ("buy_and_hold", dict(lw=1, color="gray", ls="--"))): ax.plot(eq.index, eq[c], label=c, **st)
-    ax.set_title("value of 1 invested"); ax.legend(loc="upper left"); dates(ax)
+    ax.set_title("value of 1 invested")
+    ax.legend(loc="upper left")
+    dates(ax)
     ax = fig.add_subplot(g[1, 0])
     for c, st in (("agent", {}), ("buy_and_hold", dict(color="gray"))): ax.fill_between(eq.index, eq[c] / eq[c].cummax() - 1, 0, alpha=.35, label=c, **st)
-    ax.set_title("drawdown"); ax.legend(loc="lower left", fontsize=8); dates(ax)
+    ax.set_title("drawdown")
+    ax.legend(loc="lower left", fontsize=8)
+    dates(ax)
     ax = fig.add_subplot(g[1, 1])
     if "agent_position" in returns:
-        ax.plot(returns.index, returns["agent_position"].astype(float), lw=.9); ax.axhline(0, color="black", lw=.5)
-        ax.set_title(f"exposure (position), mean {returns['agent_position'].astype(float).abs().mean():.2f} gross"); dates(ax)
-    else: ax.text(.5, .5, "no positions recorded", ha="center", va="center", transform=ax.transAxes); ax.set_title("exposure")
+        ax.plot(returns.index, returns["agent_position"].astype(float), lw=.9)
+        ax.axhline(0, color="black", lw=.5)
+        ax.set_title(f"exposure (position), mean {returns['agent_position'].astype(float).abs().mean():.2f} gross")
+        dates(ax)
+    else:
+        ax.text(.5, .5, "no positions recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title("exposure")
     ax = fig.add_subplot(g[2, 0])
     roll = r.rolling(window).mean() / r.rolling(window).std() * np.sqrt(periods)
     for c, st in (("agent", {}), ("buy_and_hold", dict(color="gray", ls="--"))): ax.plot(roll.index, roll[c], label=c, lw=1, **st)
-    ax.axhline(0, color="black", lw=.5); ax.set_title(f"rolling Sharpe ({window} days, annualized)"); dates(ax)
+    ax.axhline(0, color="black", lw=.5)
+    ax.set_title(f"rolling Sharpe ({window} days, annualized)")
+    dates(ax)
     ax = fig.add_subplot(g[2, 1])
     m = (1 + r["agent"]).groupby([r.index.year, r.index.month]).prod() - 1
     table = m.unstack().reindex(columns=range(1, 13)) * 100
@@ -401,7 +423,8 @@ def tearsheet_figure(returns, title: str | None = None, window: int = 63, period
     for (i, j), v in np.ndenumerate(table.to_numpy()):
         if np.isfinite(v): ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(12), ["J", "F", "M", "A", "M", "J", "J", "A", "S", "O", "N", "D"])
-    ax.set_yticks(range(len(table)), [str(y) for y in table.index]); ax.set_title("agent: monthly returns (%)")
+    ax.set_yticks(range(len(table)), [str(y) for y in table.index])
+    ax.set_title("agent: monthly returns (%)")
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig

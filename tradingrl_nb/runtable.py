@@ -84,7 +84,9 @@ def results(runs_dir: str | Path | None = None, experiment: str | None = None, s
     rows = []
     for pj in sorted(root.rglob("params.json")):
         try: row = _run_row(pj.parent, root)
-        except ValueError as e: on_skip(f"skipped a run: {e}"); continue
+        except ValueError as e:
+            on_skip(f"skipped a run: {e}")
+            continue
         if experiment is None or row["experiment"] == experiment: rows.append(row)
     # the table is assembled here, once: add derived columns (e.g. statistics across runs) below this line
     table = pd.DataFrame(rows)
@@ -125,7 +127,8 @@ def plot_comparison(table: pd.DataFrame, metric: str, by: str, level: float = 0.
     ax.errorbar(x, s["mean"], yerr=np.nan_to_num(err), fmt="o-" if numeric else "o", capsize=4)
     if not numeric: ax.set_xticks(x, [shorten(str(v), 20) for v in s[by]])
     for xi, (m, n) in zip(x, zip(s["mean"], s["n"])): ax.annotate(f"n={n}", (xi, m), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel(by); ax.set_ylabel(metric)
+    ax.set_xlabel(by)
+    ax.set_ylabel(metric)
     ax.set_title(f"{metric} by {by} (mean, {level:.0%} interval over runs)", fontsize=10)
     fig.tight_layout()
     return fig, s

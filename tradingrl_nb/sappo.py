@@ -243,7 +243,8 @@ class SAPPOConfig:
         object.__setattr__(self, name, value)
         try: self.__post_init__()
         except Exception:
-            object.__setattr__(self, name, old); raise
+            object.__setattr__(self, name, old)
+            raise
 
     @classmethod
     def coerce(cls, cfg: "SAPPOConfig | dict | None") -> "SAPPOConfig":
@@ -336,7 +337,8 @@ class AttackedPolicy:
             adv = _actor_state(p, tuple(th.as_tensor(np.asarray(s)) for s in state), n, p.device)
         if episode_start is not None:
             keep = 1.0 - th.as_tensor(np.asarray(episode_start, dtype=np.float32).reshape(-1), device=p.device).view(1, -1, 1)
-            adv = (adv[0] * keep, adv[1] * keep); self._clean = (self._clean[0] * keep, self._clean[1] * keep)
+            adv = (adv[0] * keep, adv[1] * keep)
+            self._clean = (self._clean[0] * keep, self._clean[1] * keep)
         with th.no_grad(): mu_clean, self._clean = actor_mean(p, x, self._clean)
         xa = self._perturb(x, mu_clean, adv)
         with th.no_grad():

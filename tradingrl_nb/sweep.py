@@ -123,7 +123,8 @@ def sweep(name: str | Path, grid: dict[str, list], parameters: dict | None = Non
             try:
                 for f in as_completed(futs): done(futs[f], f.result())
             except KeyboardInterrupt:
-                ex.shutdown(wait=False, cancel_futures=True); raise
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
     table = pd.DataFrame(rows)
     metrics = pd.json_normalize([r.pop("metrics") or {} for r in rows]) if rows else pd.DataFrame()
     table = table.drop(columns=["metrics"])

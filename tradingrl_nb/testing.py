@@ -51,8 +51,10 @@ class ToyGradScaler:
     "Element-wise gradient-variance scaler (a stand-in for VGS): EMA of g and g^2, scale = 1/(1+alpha*normalized variance)."
     def __init__(self, parameters, alpha: float = 0.1, beta: float = 0.9, eps: float = 1e-8):
         self.alpha, self.beta, self.eps = float(alpha), float(beta), eps
-        self.update_parameters(parameters); self.step_count = 0
-        self.mean = [torch.zeros_like(p) for p in self._params]; self.sq = [torch.zeros_like(p) for p in self._params]
+        self.update_parameters(parameters)
+        self.step_count = 0
+        self.mean = [torch.zeros_like(p) for p in self._params]
+        self.sq = [torch.zeros_like(p) for p in self._params]
 
     def update_parameters(self, parameters) -> None:
         "Track these (live) parameter tensors."
@@ -60,12 +62,15 @@ class ToyGradScaler:
 
     def scale_gradients(self) -> float:
         self.step_count += 1
-        b = self.beta; c = 1 - b ** self.step_count
+        b = self.beta
+        c = 1 - b ** self.step_count
         var_sum, sq_sum = 0.0, 0.0
         for p, m, s in zip(self._params, self.mean, self.sq):
             if p.grad is None: continue
-            m.mul_(b).add_(p.grad, alpha=1 - b); s.mul_(b).addcmul_(p.grad, p.grad, value=1 - b)
-            var_sum += float((s / c - (m / c) ** 2).clamp_min(0).sum()); sq_sum += float((s / c).sum())
+            m.mul_(b).add_(p.grad, alpha=1 - b)
+            s.mul_(b).addcmul_(p.grad, p.grad, value=1 - b)
+            var_sum += float((s / c - (m / c) ** 2).clamp_min(0).sum())
+            sq_sum += float((s / c).sum())
         scale = 1.0 / (1.0 + self.alpha * var_sum / (sq_sum + self.eps))
         for p in self._params:
             if p.grad is not None: p.grad.mul_(scale)
@@ -77,17 +82,22 @@ class ToyGradScaler:
 
     def load_state_dict(self, d: Mapping) -> None:
         self.alpha, self.beta, self.step_count = float(d["alpha"]), float(d["beta"]), int(d["step_count"])
-        self.mean = [m.clone() for m in d["mean"]]; self.sq = [s.clone() for s in d["sq"]]
+        self.mean = [m.clone() for m in d["mean"]]
+        self.sq = [s.clone() for s in d["sq"]]
 
 class _ToyNet(nn.Module):
     def __init__(self, hidden: int):
-        super().__init__(); self.lstm = nn.LSTM(1, hidden, batch_first=True); self.head = nn.Linear(hidden, 1)
+        super().__init__()
+        self.lstm = nn.LSTM(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
     def forward(self, x, state=None):
-        y, state = self.lstm(x, state); return self.head(y), state
+        y, state = self.lstm(x, state)
+        return self.head(y), state
 
 def toy_series(n: int = 3000, seed: int = 0) -> np.ndarray:
     "A noisy quasi-periodic series (two incommensurate sines plus AR(1) noise)."
-    rng = np.random.default_rng(seed); t = np.arange(n)
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
     noise = np.zeros(n)
     for i in range(1, n): noise[i] = 0.8 * noise[i - 1] + 0.1 * rng.standard_normal()
     return (np.sin(2 * np.pi * t / 37) + 0.5 * np.sin(2 * np.pi * t / 11.3) + noise).astype("float32")
@@ -102,8 +112,10 @@ class ToyMember:
         self.member_id, self.seq_len, self.batch = member_id, seq_len, batch
         self.fail_at_step, self.fail_flag, self.sleep = fail_at_step, fail_flag, sleep
         with torch.random.fork_rng():
-            torch.manual_seed(1000 * seed + member_id); self.net = _ToyNet(hidden)
-        s = toy_series(3000, data_seed); self.train_x, self.val_x = torch.from_numpy(s[:2400]), torch.from_numpy(s[2400:])
+            torch.manual_seed(1000 * seed + member_id)
+            self.net = _ToyNet(hidden)
+        s = toy_series(3000, data_seed)
+        self.train_x, self.val_x = torch.from_numpy(s[:2400]), torch.from_numpy(s[2400:])
         self.hyperparams = {"learning_rate": 3e-3, "vgs_alpha": 0.1}
         self.optimizer = self._new_optimizer()
         self.vgs = ToyGradScaler(self.net.parameters(), alpha=self.hyperparams["vgs_alpha"])
@@ -163,15 +175,18 @@ def _normalize(self: ToyMember, y):
 
 @patch
 def _update_stats(self: ToyMember, y):
-    s, n = self.target_stats, float(y.numel()); m, v = y.mean().double(), y.var(unbiased=False).double()
-    tot = s["count"] + n; d = m - s["mean"].double()
+    s, n = self.target_stats, float(y.numel())
+    m, v = y.mean().double(), y.var(unbiased=False).double()
+    tot = s["count"] + n
+    d = m - s["mean"].double()
     new_mean = s["mean"].double() + d * n / tot
     new_var = (s["var"].double() * s["count"] + v * n + d ** 2 * s["count"] * n / tot) / tot
     self.target_stats = {"mean": new_mean.float(), "var": new_var.float(), "count": tot}
 
 @patch
 def train(self: ToyMember, n_steps: int) -> dict:
-    L, B = self.seq_len, self.batch; span = len(self.train_x) // B
+    L, B = self.seq_len, self.batch
+    span = len(self.train_x) // B
     losses = []
     for _ in range(int(n_steps)):
         if self.fail_at_step is not None and self.num_timesteps >= self.fail_at_step:
@@ -182,15 +197,22 @@ def train(self: ToyMember, n_steps: int) -> dict:
         if self.sleep: time.sleep(self.sleep)
         if self._cursor + L + 1 > span: self._cursor, self.lstm_states = 0, None
         idx = torch.arange(B)[:, None] * span + self._cursor + torch.arange(L + 1)[None]
-        chunk = self.train_x[idx]; x, y = chunk[:, :-1, None], chunk[:, 1:, None]
+        chunk = self.train_x[idx]
+        x, y = chunk[:, :-1, None], chunk[:, 1:, None]
         self._update_stats(y)
         pred, state = self.net(x, self.lstm_states)
         loss = ((pred - self._normalize(y)) ** 2).mean()
-        self.optimizer.zero_grad(); loss.backward(); self.vgs.scale_gradients(); self.optimizer.step()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.vgs.scale_gradients()
+        self.optimizer.step()
         self.lstm_states = tuple(s.detach() for s in state)
-        self._cursor += L; self.num_timesteps += 1; losses.append(float(loss.detach()))
+        self._cursor += L
+        self.num_timesteps += 1
+        losses.append(float(loss.detach()))
     return {"loss": float(np.mean(losses)) if losses else float("nan")}
 
+# %% ../nbs/13_testing.ipynb #dae54988
 @patch
 def live_hyperparams(self: ToyMember) -> dict:
     "The values in force in the live objects (read back, not from `self.hyperparams`)."

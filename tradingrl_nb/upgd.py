@@ -61,7 +61,8 @@ class FlatBucket:
         grads, params = [self.params[j].grad for j in A], [self.params[j] for j in A]
         if not self.low: return grads, params
         g32, p32 = [self.scratch_views[-2][j] for j in A], [self.scratch_views[-1][j] for j in A]
-        torch._foreach_copy_(g32, grads); torch._foreach_copy_(p32, params)
+        torch._foreach_copy_(g32, grads)
+        torch._foreach_copy_(p32, params)
         return g32, p32
 
     def commit(self, A: list[int]) -> None:
@@ -220,7 +221,8 @@ def _build(self: FlatOptimizer, group: dict) -> list[FlatBucket]:
 @patch
 def _link(self: FlatOptimizer, b: FlatBucket, j: int, group: dict) -> None:
     "Copy parameter j's state (if any) into the bucket and make `self.state[p]` hold the bucket's views."
-    p = b.params[j]; st = self.state[p]
+    p = b.params[j]
+    st = self.state[p]
     for k in self._keys:
         if k in st and st[k] is not b.views[k][j]:
             v = st[k]
@@ -264,7 +266,9 @@ def _gradients(self: FlatOptimizer, plans) -> tuple[list[tuple], Tensor | None] 
         okb = ok.to(b.device)
         if b.low: gbuf, gv = b.scratch[-2], [b.scratch_views[-2][j] for j in A]
         else:
-            if getattr(b, "gsafe", None) is None: b.gsafe = torch.empty(b.n, device=b.device, dtype=b.dtype); b.gsafe_views = b._split(b.gsafe)
+            if getattr(b, "gsafe", None) is None:
+                b.gsafe = torch.empty(b.n, device=b.device, dtype=b.dtype)
+                b.gsafe_views = b._split(b.gsafe)
             gbuf, gv = b.gsafe, [b.gsafe_views[j] for j in A]
             torch._foreach_copy_(gv, w[3])
         gbuf.nan_to_num_(0.0, 0.0, 0.0).mul_(okb)
@@ -358,7 +362,8 @@ class UPGD(FlatOptimizer):
         hi, grad_sq, noise_sq, numel, steps = None, None, 0.0, 0, []
         for group, b, A, grads, params, norms in work:
             bu = group["beta_utility"]
-            ts, uni = self._advance(b, A); steps.append((ts, uni))
+            ts, uni = self._advance(b, A)
+            steps.append((ts, uni))
             if uni: b.flat["utility"].mul_(bu)
             else: torch._foreach_mul_([b.views["utility"][j] for j in A], bu)
             torch._foreach_addcmul_([b.views["utility"][j] for j in A], grads, params, value=-(1 - bu))
@@ -368,7 +373,8 @@ class UPGD(FlatOptimizer):
             g2 = norms.square().sum()
             grad_sq = g2 if grad_sq is None else grad_sq + g2.to(grad_sq.device)
             n = sum(b.numels[j] for j in A)
-            noise_sq += n * group["sigma"] ** 2; numel += n
+            noise_sq += n * group["sigma"] ** 2
+            numel += n
         # pass 2: gate 1 - s = sigmoid(-u_hat / max), perturbed gradient, update
         for (group, b, A, grads, params, _), (ts, uni) in zip(work, steps):
             bu, lr, wd, sigma = group["beta_utility"], group["lr"], group["weight_decay"], group["sigma"]

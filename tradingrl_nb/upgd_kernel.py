@@ -197,10 +197,13 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data); f.flush(); os.fsync(f.fileno())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True); raise
+        tmp.unlink(missing_ok=True)
+        raise
 
 def _compile(path: Path, cc: str, timeout: float) -> None:
     "Compile into `path` (its folder private and locked by the caller) and record the library's sha256 beside it."
@@ -247,7 +250,8 @@ def verify_kernel(path: Path) -> None:
     at build time must be regular files (not links) owned by this user and not writable by group or others, and the
     library's bytes must have that sha256."""
     path = Path(path)
-    _check_file(path, "kernel library"); _check_file(digest_path(path), "kernel's recorded sha256")
+    _check_file(path, "kernel library")
+    _check_file(digest_path(path), "kernel's recorded sha256")
     recorded = digest_path(path).read_text().strip()
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     if actual != recorded:
@@ -289,7 +293,8 @@ class Kernel:
               v: Tensor, bu: float, b1: float, b2: float) -> tuple[float, float]:
         "Pass 1 over a bucket (see the source); returns the min and max of the updated utility `u`."
         k, n = len(grads), u.numel()
-        gp = (_P * k)(*[t.data_ptr() for t in grads]); pp = (_P * k)(*[t.data_ptr() for t in params])
+        gp = (_P * k)(*[t.data_ptr() for t in grads])
+        pp = (_P * k)(*[t.data_ptr() for t in params])
         ranges = self._ranges(n)
         mm = (ctypes.c_float * (2 * len(ranges)))()
         outs = [ctypes.byref(mm, 8 * i) for i in range(len(ranges))]
@@ -332,7 +337,8 @@ def load_kernel(build: bool = True) -> Kernel | None:
                 if not (os.path.lexists(path) and os.path.lexists(digest_path(path))):   # never built by this user
                     if not build: return None
                     if cc is None: raise KernelUnavailable("no C compiler found (set $CC, or install gcc)")
-                    _compile(path, cc, 120.0); compiled = True
+                    _compile(path, cc, 120.0)
+                    compiled = True
                 verify_kernel(path)
                 kern, err = Kernel(path), None
         except (KernelUnavailable, OSError) as e:

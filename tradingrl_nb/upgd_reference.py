@@ -86,7 +86,8 @@ class AdaptiveUPGDLoop(torch.optim.Optimizer):
                 if len(st) == 0:
                     st.update(step=0, utility=torch.zeros_like(p), m=torch.zeros_like(p), v=torch.zeros_like(p), norm_ema=0.0)
                     if self.track_terms: st.update(m_g=torch.zeros_like(p), m_xi=torch.zeros_like(p))
-                st["step"] += 1; t = st["step"]
+                st["step"] += 1
+                t = st["step"]
                 g = p.grad
                 st["utility"].mul_(group["beta_utility"]).add_(-g * p, alpha=1 - group["beta_utility"])
                 u_hat = st["utility"] / (1 - group["beta_utility"] ** t)

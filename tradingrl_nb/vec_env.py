@@ -58,7 +58,8 @@ class TradingVecEnv(_TemplateAccess, VecEnv):
             if self._seeds[i] is not None: self._rngs[i] = seeding.np_random(self._seeds[i])[0]
             elif self._rngs[i] is None: self._rngs[i] = seeding.np_random()[0]
         obs = self._reset_idx(np.arange(self.num_envs))
-        self._reset_seeds(); self._reset_options()
+        self._reset_seeds()
+        self._reset_options()
         self._needs_reset = False
         return obs
 
@@ -127,9 +128,12 @@ def _observe(self: TradingVecEnv, t1: np.ndarray, w: np.ndarray, shP1: np.ndarra
     peak = np.maximum(self._peak, Vc, out=self._peak)
     book, c = self._book, e.obs_clip
     np.divide(shP1, Vc, out=book[0])
-    np.log(Vc / self._entry, out=book[1]); book[1] *= np.abs(s_new) * 10.0
-    np.log(Vc / peak, out=book[2]); book[2] *= 10.0
-    np.maximum(book, -c, out=book); np.minimum(book, c, out=book)
+    np.log(Vc / self._entry, out=book[1])
+    book[1] *= np.abs(s_new) * 10.0
+    np.log(Vc / peak, out=book[2])
+    book[2] *= 10.0
+    np.maximum(book, -c, out=book)
+    np.minimum(book, c, out=book)
     obs = self._rows.take(t1, axis=0)
     obs[:, -N_BOOK:] = book.T
     return obs
@@ -202,8 +206,13 @@ def _reset_idx(self: TradingVecEnv, idx: np.ndarray) -> np.ndarray:
     V0 = e.initial_value
     self._t[idx] = t0
     self._t_end[idx] = self.market.t_hi if e.episode_length is None else t0 + e.episode_length
-    self._shares[idx] = 0.0; self._cash[idx] = V0; self._value[idx] = V0
-    self._peak[idx] = V0; self._entry[idx] = V0; self._sign[idx] = 0.0; self._position[idx] = 0.0
+    self._shares[idx] = 0.0
+    self._cash[idx] = V0
+    self._value[idx] = V0
+    self._peak[idx] = V0
+    self._entry[idx] = V0
+    self._sign[idx] = 0.0
+    self._position[idx] = 0.0
     t_f = t0 if e._mode == 2 else t0 + 1
     F0 = self._close[t0] if e._mode == 2 else self._fill_px[t0 + 1]
     self._bench_scale[idx] = V0 / (1.0 + e.k) / F0 * self._close[t_f] / e._tr[t_f]
@@ -236,6 +245,7 @@ def _positions(self: TradingVecEnv, actions) -> np.ndarray:
     if not fin.all(): raise ValueError(f"actions must be finite; NaN/inf at envs {np.flatnonzero(~fin)[:5].tolist()}")
     return np.minimum(np.maximum(w, e.low), 1.0)
 
+# %% ../nbs/01b_vec_env.ipynb #7de2a8ce
 @patch
 def _night(self: TradingVecEnv, t, cash, y):
     "Cash after the night from bar t: interest and dividends on a book of cash `cash` and exposure `y`, less borrow."

@@ -193,9 +193,14 @@ def step(self: VarianceGradientScaler) -> None:
         if any(b.params[j].grad.is_sparse for j in have): raise ValueError("VarianceGradientScaler does not support sparse gradients")
         fold = min(self._decays[ids[j]] for j in have) * self.beta < self.RENORM
         for j in have:
-            i = ids[j]; live[i] = True; self._counts[i] += 1
+            i = ids[j]
+            live[i] = True
+            self._counts[i] += 1
             if fold:                                                # this step's decay applied now, with the lazy one
-                f = self._decays[i] * self.beta; b.v1[j].mul_(f); b.v2[j].mul_(f); self._decays[i] = 1.0
+                f = self._decays[i] * self.beta
+                b.v1[j].mul_(f)
+                b.v2[j].mul_(f)
+                self._decays[i] = 1.0
             else: self._decays[i] *= self.beta
         groups: dict[float, list[int]] = {}                           # live tensors with the same decay: one group
         for j in have: groups.setdefault(self._decays[ids[j]], []).append(j)
@@ -237,7 +242,8 @@ def update_parameters(self: VarianceGradientScaler, parameters: Iterable[Tensor]
     self._buckets = [_VGSBucket([params[i] for i in ids], [counts[i] for i in ids], self.seed + j)
                      for j, ids in enumerate(by_dev.values())]
     self._bucket_ids = [list(ids) for ids in by_dev.values()]
-    v1: list = [None] * len(params); v2: list = [None] * len(params)
+    v1: list = [None] * len(params)
+    v2: list = [None] * len(params)
     for b, ids in zip(self._buckets, self._bucket_ids):
         for k, i in enumerate(ids): v1[i], v2[i] = b.v1[k], b.v2[k]
     if old is not None:
@@ -380,7 +386,9 @@ def _watch(self: VarianceGradientScaler) -> None:
 def _fold(self: VarianceGradientScaler, b: _VGSBucket, j: int, i: int) -> None:
     "Multiply tensor i's stored statistics (bucket b, position j) by its decay, which becomes 1."
     if self._decays[i] != 1.0:
-        b.v1[j].mul_(self._decays[i]); b.v2[j].mul_(self._decays[i]); self._decays[i] = 1.0
+        b.v1[j].mul_(self._decays[i])
+        b.v2[j].mul_(self._decays[i])
+        self._decays[i] = 1.0
 
 @patch
 def _renormalize(self: VarianceGradientScaler) -> None:
@@ -458,7 +466,9 @@ def load_state_dict(self: VarianceGradientScaler, state: dict[str, Any]) -> None
         for dst, src in zip(self._stats[0] + self._stats[1], m1 + m2): dst.copy_(src)
     else:
         self._shapes, self._stats = shapes, ([t.detach().clone() for t in m1], [t.detach().clone() for t in m2])
-        if self._params is not None: params, self._shapes = self._params, None; self.update_parameters(params)
+        if self._params is not None:
+            params, self._shapes = self._params, None
+            self.update_parameters(params)
     self._nv_cache = None
 
 # %% ../nbs/02_vgs.ipynb #95919d1d
