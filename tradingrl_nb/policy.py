@@ -26,7 +26,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from .checkpoint import register_checkpoint_class, write_checkpoint, read_checkpoint, space_from_dict, space_to_dict
 
 # %% auto #0
-__all__ = ['MlpLstmPolicy', 'mlp', 'zero_states', 'mask_states', 'TwinMLP', 'RecurrentQuantilePolicy']
+__all__ = ['MlpLstmPolicy', 'mlp', 'zero_states', 'mask_states', 'TwinMLP', 'RecurrentQuantilePolicy', 'lstm_cell_update']
 
 # %% ../nbs/05_policy.ipynb #c6cf074f
 def mlp(sizes: list[int], activation_fn: type[nn.Module] = nn.Tanh) -> nn.Sequential:
@@ -254,12 +254,19 @@ def _std_terms(self: RecurrentQuantilePolicy) -> tuple[th.Tensor, th.Tensor]:
         self._std_cache = (key, ls.exp(), ls.sum() + 0.5 * _LOG_2PI * ls.numel(), self.log_std.data)
     return self._std_cache[1], self._std_cache[2]
 
+def lstm_cell_update(gates: th.Tensor, c: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    """`nn.LSTM`'s cell update from the pre-activations `gates [..., 4H]` (i, f, g, o, as torch orders them) and the cell
+    state `c [..., H]`: the new `(h, c)`. One definition for every hand-written LSTM step (rollout, population)."""
+    H = c.shape[-1]
+    sg = th.sigmoid(gates)
+    c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
+    return sg[..., 3 * H:] * th.tanh(c), c
+
 @patch
 def _fused_cells(self: RecurrentQuantilePolicy, f: th.Tensor, states: RNNStates):
     """One step of the actor and critic LSTMs together (rollout, no grad): per layer two batched matmuls
     over the stacked weights instead of two `nn.LSTM` calls. Same maths as `nn.LSTM` (gates i, f, g, o)."""
     cells = self._cells()
-    H = self.lstm_hidden_size
     x = f.unsqueeze(0).expand(2, -1, -1)
     base = states.pi[0]._base                                  # states from the previous fused step are views
     stacked = base is not None and base.dim() == 5 and states.vf[1]._base is base   # of one [2, 2, layers, B, H]
@@ -267,10 +274,7 @@ def _fused_cells(self: RecurrentQuantilePolicy, f: th.Tensor, states: RNNStates)
     for l, (w_ih, w_hh, b) in enumerate(cells):
         if stacked: h, c = base[:, 0, l], base[:, 1, l]
         else: h, c = th.stack([states.pi[0][l], states.vf[0][l]]), th.stack([states.pi[1][l], states.vf[1][l]])
-        gates = th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh)
-        sg = th.sigmoid(gates)
-        c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
-        x = sg[..., 3 * H:] * th.tanh(c)
+        x, c = lstm_cell_update(th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh), c)
         hs.append(x)
         cs.append(c)
     new = th.stack([th.stack(hs, 1), th.stack(cs, 1)], 1) if len(hs) > 1 else th.stack([x.unsqueeze(1), c.unsqueeze(1)], 1)

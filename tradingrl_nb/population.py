@@ -21,6 +21,7 @@ from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from .checkpoint import save_checkpoint, load_checkpoint
+from .policy import lstm_cell_update
 from .ppo import DistributionalPPO
 from .record import TrainingLog
 from .ppo_update import ppo_terms
@@ -83,11 +84,7 @@ def stacked_step(w: SimpleNamespace, obs: th.Tensor, states: Sequence[RNNStates]
     for l, (w_ih, w_hh, b) in enumerate(w.cells):
         h = th.stack([s for st in states for s in (st.pi[0][l], st.vf[0][l])])    # [2K, B, H]
         c = th.stack([s for st in states for s in (st.pi[1][l], st.vf[1][l])])
-        H = h.shape[-1]
-        gates = th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh)
-        sg = th.sigmoid(gates)
-        c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
-        x = sg[..., 3 * H:] * th.tanh(c)
+        x, c = lstm_cell_update(th.baddbmm(b, x, w_ih).baddbmm_(h, w_hh), c)
         new_h.append(x)
         new_c.append(c)
     y = x[0::2]                                                                  # the actors' latents [K, B, H]
@@ -268,10 +265,7 @@ def stacked_sequences(policies: Sequence, obs: th.Tensor, actions: th.Tensor, h0
         h, c = h0[:, l], c0[:, l]
         H, outs = h.shape[-1], []
         for t in range(T):
-            gates = th.baddbmm(xp[:, t], h, w_hh)
-            sg = th.sigmoid(gates)
-            c = th.addcmul(sg[..., H:2 * H] * c, sg[..., :H], th.tanh(gates[..., 2 * H:3 * H]))
-            h = sg[..., 3 * H:] * th.tanh(c)
+            h, c = lstm_cell_update(th.baddbmm(xp[:, t], h, w_hh), c)
             outs.append(h)
         x = th.stack(outs, 1).reshape(2 * K, T * B, H)
     y = x[0::2]                                                                  # actors' latents [K, T*B, H]
