@@ -156,7 +156,6 @@ def test_training_logs_and_a_callback_that_stops_one_member():
     log = TrainingLog(pop[0])
     seen = []
     pop.learn(256, callbacks=[log.callback, StopAt(64)], progress=lambda done, total: seen.append((done, total)))
-    log.flush()
     assert pop[0].num_timesteps == 256 and pop[1].num_timesteps == 64
     assert len(log.frame()) == 2 and "train/value_loss" in log.frame()
     assert seen[-1][1] == 512 and seen[0][0] >= 128

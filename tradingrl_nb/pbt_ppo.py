@@ -81,9 +81,7 @@ class PPOMember:
 
     def train(self, n_steps: int) -> dict:
         "Train `n_steps` env steps (whole rollouts); returns the clock and the schedules' values at the end."
-        self.model.learn(total_timesteps=int(n_steps), callback=self.log.callback, reset_num_timesteps=False,
-                         log_interval=None, progress_bar=False)
-        self.log.flush()
+        self.log.learn(int(n_steps), progress_bar=False)
         return self.train_info()
 
     def curves(self) -> pd.DataFrame:

@@ -192,8 +192,6 @@ def _train_together(members: dict, scheduler, steps: int, rngs: dict) -> dict:
     logs = [getattr(members[mid], "log", None) for mid in mids]   # a member's own per-update record, if it keeps one
     try: pop.learn(steps, callbacks=[None if g is None else g.callback for g in logs], reset_num_timesteps=False)
     except Exception as e: return {mid: e for mid in mids}
-    for g in logs:
-        if g is not None: g.flush()
     return {mid: members[mid].train_info() for mid in mids}
 
 # %% ../nbs/08a_pbt_runner.ipynb #f1d4d3f7

@@ -389,7 +389,6 @@ def train_together(build: Callable[[Any], DistributionalPPO], keys: Sequence, to
         if callback is not None:
             for lg, k in zip(logs, chunk): lg.callback = CallbackList([lg.callback, callback(k)])
         pop.learn(total_timesteps, callbacks=[lg.callback for lg in logs])
-        for lg in logs: lg.flush()
         out.update({k: (m, lg) for k, m, lg in zip(chunk, pop.members, logs)})
     return out
 

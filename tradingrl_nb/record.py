@@ -79,6 +79,7 @@ class TrainingLog:
                                 "rollout/reward_mean": self._sum / self._n if self._n else float("nan")}
                 self._sum, self._n = 0.0, 0
                 if log.progress: log.progress.update(self.model.num_timesteps)
+            def _on_training_end(self) -> None: log.flush()   # every learn ends here: a model's, or a Population's
         self.callback = _Callback()
 
     def _scalars(self, values: dict, step: int) -> None:
@@ -110,12 +111,11 @@ class TrainingLog:
         "`model.learn` for `total_timesteps` more steps with the recording callback; returns the model."
         first = self.model.num_timesteps == 0
         self.model.learn(total_timesteps, callback=self.callback, reset_num_timesteps=first, log_interval=None, **kwargs)
-        self.flush()
         return self.model
 
     def flush(self) -> None:
-        """Record the last iteration's row and update the live progress: what `learn` does after training. Call it
-        after training with `callback` elsewhere (a `Population`'s `learn(callbacks=[log.callback, ...])`)."""
+        """Record the last iteration's row and update the live progress. The callback does it when training ends (a
+        model's `learn`, or a `Population`'s `learn(callbacks=[log.callback, ...])`); calling it again changes nothing."""
         self._emit()
         if self.progress: self.progress.update(self.model.num_timesteps, force=True)
 

@@ -92,7 +92,6 @@ def train_window(df: pd.DataFrame, span: Mapping[str, str], seeds: Sequence[int]
         first = False
         for k in list(pop.active):
             m, st = pop[k], loop[k]
-            logs[k].flush()
             v = validate(k).metrics
             logs[k].record_validation(**{n: v[n] for n in ("sharpe", "total_return", "max_drawdown")})
             st["evals"].append(dict(timesteps=int(m.num_timesteps), **{n: v[n] for n in ("sharpe", "total_return", "max_drawdown")}))
