@@ -44,7 +44,8 @@ class BuildError(Exception):
     "A problem that must fail the docs build."
 
 
-GENERATED_PAGES = ("index", "datasets", "api", "claims")   # pages the build writes itself (claims: the findings page)
+FINDINGS_PAGE = "claims"                                   # the findings page, drawn from results/findings.json
+GENERATED_PAGES = ("index", "datasets", "api", FINDINGS_PAGE)   # pages the build writes itself
 
 
 def page_name(nb: Path) -> str:
@@ -159,10 +160,11 @@ a download). Returns (stored pages, findings page or None)."""
     matplotlib.use("Agg")
     from tradingrl_nb import findings as fd
     found = json.loads((results / "findings.json").read_text(encoding="utf-8"))
-    if found: fd.plot_findings(found).savefig(src / "claims.png", dpi=110, bbox_inches="tight")
+    if found: fd.plot_findings(found).savefig(src / f"{FINDINGS_PAGE}.png", dpi=110, bbox_inches="tight")
     link = lambda f: f"results/{Path(f['experiment']).parent.name}.ipynb" if f"results/{Path(f['experiment']).parent.name}" in stored else f["experiment"]
-    (src / "claims.md").write_text(fd.findings_markdown(found, figure="claims.png" if found else None, link=link), encoding="utf-8")
-    return stored, "claims"
+    (src / f"{FINDINGS_PAGE}.md").write_text(fd.findings_markdown(found, figure=f"{FINDINGS_PAGE}.png" if found else None, link=link),
+                                             encoding="utf-8")
+    return stored, FINDINGS_PAGE
 
 
 def staged_documents(notebooks: list[Path], modules: list[str]) -> dict[str, str]:
@@ -172,7 +174,7 @@ def staged_documents(notebooks: list[Path], modules: list[str]) -> dict[str, str
             **{f"experiments/{nb.stem}": ".ipynb" for nb in (NBS / "experiments").glob("*.ipynb")},
             **{f"results/{d.name}": ".ipynb" for d in (ROOT / "results").glob("*") if (d / f"{d.name}.ipynb").is_file()}}
     if (ROOT / "data" / "README.md").is_file(): docs["datasets"] = ".md"
-    if (ROOT / "results" / "findings.json").is_file(): docs["claims"] = ".md"
+    if (ROOT / "results" / "findings.json").is_file(): docs[FINDINGS_PAGE] = ".md"
     return docs
 
 
